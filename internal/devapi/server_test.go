@@ -1,0 +1,201 @@
+package devapi_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/identity-agent/identity-agent/internal/devapi"
+)
+
+var (
+	td    = spiffeid.RequireTrustDomainFromString("example.org")
+	fedTD = spiffeid.RequireTrustDomainFromString("partner.test")
+	idA   = spiffeid.RequireFromString("spiffe://example.org/a")
+	idB   = spiffeid.RequireFromString("spiffe://example.org/b")
+)
+
+func startServer(t *testing.T, cfg devapi.Config) (*devapi.Server, string) {
+	t.Helper()
+	srv, err := devapi.New(cfg)
+	require.NoError(t, err)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	require.NoError(t, srv.Start(sock))
+	t.Cleanup(srv.Stop)
+	return srv, sock
+}
+
+func TestX509ContextHintsAndFederation(t *testing.T) {
+	srv, _ := startServer(t, devapi.Config{
+		TrustDomain: td,
+		Identities:  []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}},
+		Federated:   []spiffeid.TrustDomain{fedTD},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.NoError(t, err)
+	require.Len(t, x509ctx.SVIDs, 2)
+	assert.Equal(t, idA, x509ctx.SVIDs[0].ID)
+	assert.Equal(t, "a", x509ctx.SVIDs[0].Hint)
+	assert.Equal(t, "b", x509ctx.SVIDs[1].Hint)
+
+	for _, sv := range x509ctx.SVIDs {
+		_, _, err := x509svid.Verify(sv.Certificates, x509ctx.Bundles)
+		require.NoError(t, err, "SVID %s must verify against the served bundle", sv.ID)
+	}
+	fed, ok := x509ctx.Bundles.Get(fedTD)
+	require.True(t, ok, "federated bundle must be served")
+	assert.True(t, fed.Equal(srv.FederatedCA(fedTD).X509Bundle()))
+
+	// A certificate from the federated CA verifies through the same set.
+	foreign, err := srv.FederatedCA(fedTD).IssueX509SVID(spiffeid.RequireFromString("spiffe://partner.test/x"), time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	_, _, err = x509svid.Verify(foreign.Certificates, x509ctx.Bundles)
+	require.NoError(t, err)
+}
+
+func TestPushesRotationAtHalfLifeAndOnCARotation(t *testing.T) {
+	srv, _ := startServer(t, devapi.Config{TrustDomain: td, TTL: 2 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	updates := make(chan *workloadapi.X509Context, 16)
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.NoError(t, err)
+	defer client.Close()
+	go func() {
+		_ = client.WatchX509Context(ctx, watcher{updates})
+	}()
+
+	first := <-updates
+	firstSerial := first.DefaultSVID().Certificates[0].SerialNumber
+	select {
+	case next := <-updates:
+		assert.NotEqual(t, firstSerial, next.DefaultSVID().Certificates[0].SerialNumber, "half-life push must carry a new SVID")
+	case <-ctx.Done():
+		t.Fatal("no push at half-life")
+	}
+
+	oldRoots := srv.CA().X509Bundle().X509Authorities()
+	require.NoError(t, srv.RotateCA())
+	var rotated *workloadapi.X509Context
+	require.Eventually(t, func() bool {
+		for {
+			select {
+			case rotated = <-updates:
+				b, _ := rotated.Bundles.Get(td)
+				if len(b.X509Authorities()) == 2 {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	}, 10*time.Second, 20*time.Millisecond)
+	b, _ := rotated.Bundles.Get(td)
+	assert.True(t, b.HasX509Authority(oldRoots[0]), "old root stays in the bundle during rotation")
+	leaf := rotated.DefaultSVID().Certificates[0]
+	assert.NotEqual(t, oldRoots[0].SubjectKeyId, leaf.AuthorityKeyId, "new SVID is signed by the new root")
+}
+
+type watcher struct{ ch chan *workloadapi.X509Context }
+
+func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.ch <- c }
+func (w watcher) OnX509ContextWatchError(error)                  {}
+
+func TestJWTSVIDAndBundles(t *testing.T) {
+	srv, _ := startServer(t, devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.NoError(t, err)
+	defer client.Close()
+
+	sv, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "redis", Subject: idB})
+	require.NoError(t, err)
+	assert.Equal(t, idB, sv.ID)
+
+	bundles, err := client.FetchJWTBundles(ctx)
+	require.NoError(t, err)
+	parsed, err := jwtsvid.ParseAndValidate(sv.Marshal(), bundles, []string{"redis"})
+	require.NoError(t, err)
+	assert.Equal(t, idB, parsed.ID)
+
+	validated, err := client.ValidateJWTSVID(ctx, sv.Marshal(), "redis")
+	require.NoError(t, err)
+	assert.Equal(t, idB, validated.ID)
+	_, err = client.ValidateJWTSVID(ctx, sv.Marshal(), "other-audience")
+	require.Error(t, err)
+
+	_, err = client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "x", Subject: spiffeid.RequireFromString("spiffe://example.org/unknown")})
+	assert.Equal(t, codes.PermissionDenied, status.Code(err))
+}
+
+func TestSecurityHeaderRequired(t *testing.T) {
+	_, sock := startServer(t, devapi.Config{TrustDomain: td})
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	api := workload.NewSpiffeWorkloadAPIClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	stream, err := api.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	require.NoError(t, err)
+	_, err = stream.Recv()
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, err.Error(), "security header missing")
+
+	_, err = api.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+
+	withHeader := metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+	_, err = api.FetchJWTSVID(withHeader, &workload.JWTSVIDRequest{})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err), "audience is required, as in SPIRE")
+}
+
+func TestStopAndRestartKeepsCA(t *testing.T) {
+	srv, sock := startServer(t, devapi.Config{TrustDomain: td})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.NoError(t, err)
+
+	srv.Stop()
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = workloadapi.FetchX509Bundles(short, workloadapi.WithAddr(srv.Addr()))
+	cancelShort()
+	require.Error(t, err, "a stopped server must not answer")
+
+	require.NoError(t, srv.Start(sock))
+	after, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.NoError(t, err)
+	b1, _ := before.Get(td)
+	b2, _ := after.Get(td)
+	assert.True(t, b1.Equal(b2))
+}
+
+func TestConfigErrors(t *testing.T) {
+	_, err := devapi.New(devapi.Config{})
+	require.ErrorContains(t, err, "trust domain is required")
+	_, err = devapi.New(devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: spiffeid.RequireFromString("spiffe://other.org/x")}}})
+	require.ErrorContains(t, err, "not in trust domain")
+	_, err = devapi.New(devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: idA, Hint: "h"}, {ID: idB, Hint: "h"}}})
+	require.ErrorContains(t, err, "hint \"h\" used twice")
+}
