@@ -1,0 +1,154 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/config"
+)
+
+func noEnv(string) string { return "" }
+
+// issueExample is the shape issue #2 says must work as written.
+const issueExample = `workload_api:
+  socket: unix:///tmp/ia/agent.sock     # default $SPIFFE_ENDPOINT_SOCKET
+admin:
+  socket: /tmp/ia/admin.sock
+outputs:
+  - name: redis
+    spiffe_id: spiffe://example.org/redis   # or hint:, or neither = first
+    dir: /tmp/ia/redis
+    cert_file: svid.pem
+    key_file: key.pem
+    bundle_file: bundle.pem
+    include_federated: true
+    cert_mode: "0644"
+    key_mode: "0600"
+    reload:
+      - signal: {pid_file: /run/redis.pid, name: SIGHUP}
+  - name: api
+    dir: /tmp/ia/api
+    jwt:
+      - audience: [redis, api]
+        file: token.jwt
+    jwt_bundle_file: jwks.json
+proxies:
+  - name: ollama
+    mode: server
+    spiffe_id: spiffe://example.org/model-server
+    listen: 127.0.0.1:6701
+    target: 127.0.0.1:11434
+    allow: [spiffe://example.org/traefik]
+  - name: to-ollama
+    mode: client
+    spiffe_id: spiffe://example.org/traefik
+    listen: 127.0.0.1:16701
+    target: 127.0.0.1:6701
+    allow: [spiffe://example.org/model-server]
+`
+
+func TestIssueExampleParses(t *testing.T) {
+	cfg, err := config.Parse("agent.yaml", []byte(issueExample), noEnv)
+	require.NoError(t, err)
+	require.Len(t, cfg.Outputs, 2)
+	r := cfg.Outputs[0]
+	assert.Equal(t, "spiffe://example.org/redis", r.SpiffeID)
+	assert.Equal(t, config.FileMode(0o644), r.CertMode)
+	assert.Equal(t, config.FileMode(0o600), r.KeyMode)
+	assert.Equal(t, config.FileMode(0o644), r.BundleMode, "default")
+	require.Len(t, r.Reload, 1)
+	assert.Equal(t, "signal", r.Reload[0].Kind())
+	assert.Equal(t, "/run/redis.pid", r.Reload[0].Signal.PidFile)
+	api := cfg.Outputs[1]
+	assert.Equal(t, []string{"redis", "api"}, api.JWT[0].Audience)
+	assert.Equal(t, config.FileMode(0o600), api.JWT[0].Mode, "JWT tokens are secrets by default")
+	require.Len(t, cfg.Proxies, 2)
+	assert.Equal(t, "client", cfg.Proxies[1].Mode)
+	assert.Equal(t, 10*time.Minute, cfg.Rotation.ExpiryWindow.D(0))
+	assert.True(t, *cfg.Rotation.Guard)
+}
+
+func TestSocketDefaultsToSPIFFEEndpointSocket(t *testing.T) {
+	env := func(k string) string {
+		if k == "SPIFFE_ENDPOINT_SOCKET" {
+			return "unix:///run/spire/agent.sock"
+		}
+		return ""
+	}
+	cfg, err := config.Parse("a.yaml", []byte("outputs:\n  - {name: x, dir: /tmp/x, bundle_file: b.pem}\n"), env)
+	require.NoError(t, err)
+	assert.Equal(t, "unix:///run/spire/agent.sock", cfg.WorkloadAPI.Socket)
+	assert.Equal(t, config.DefaultAdminSocket, cfg.Admin.Socket)
+
+	_, err = config.Parse("a.yaml", []byte("outputs:\n  - {name: x, dir: /tmp/x, bundle_file: b.pem}\n"), noEnv)
+	require.EqualError(t, err, "a.yaml:1: workload_api.socket: no Workload API address: set it or export SPIFFE_ENDPOINT_SOCKET")
+}
+
+// Every bad input is one line, with the file and the line of the field.
+func TestErrorsNameFileAndLine(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"unknown top-level key", "workload_api: {socket: unix:///s}\noutptus: []\n",
+			`bad.yaml:2: unknown field "outptus" in the top level`},
+		{"unknown output key", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    cert_mod: \"0644\"\n",
+			`bad.yaml:6: unknown field "cert_mod" in an output`},
+		{"bad mode", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    bundle_mode: \"0999\"\n",
+			`bad.yaml:6: "0999" is not a file mode (use an octal string such as "0640")`},
+		{"bad duration", "workload_api: {socket: unix:///s}\nrotation:\n  debounce: 10\n",
+			`bad.yaml:3: "10" is not a duration (use e.g. 30s, 10m, 24h)`},
+		{"bad socket scheme", "workload_api:\n  socket: /tmp/agent.sock\n",
+			`bad.yaml:2: workload_api.socket: "/tmp/agent.sock" must start with unix:// (or tcp://)`},
+		{"bad spiffe id", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    spiffe_id: http://x/y\n",
+			`bad.yaml:6: outputs[0].spiffe_id: "http://x/y": scheme is missing or invalid`},
+		{"cert without key", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    cert_file: c.pem\n",
+			`bad.yaml:5: outputs[0].cert_file: needs key_file too: cert_file and key_file go together`},
+		{"path in file name", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: ../b.pem\n",
+			`bad.yaml:5: outputs[0].bundle_file: "../b.pem" must be a plain file name inside dir (no '/' and no leading '..')`},
+		{"two reload kinds in one entry", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - {exec: {command: [true]}, systemd: {unit: x}}\n",
+			`bad.yaml:7: outputs[0].reload[0]: sets exec and systemd: one action per list entry`},
+		{"proxy without allow", "workload_api: {socket: unix:///s}\nproxies:\n  - name: p\n    mode: server\n    listen: 127.0.0.1:1\n    target: 127.0.0.1:2\n",
+			`bad.yaml:3: proxies[0].allow: is required: list the peer SPIFFE IDs to accept (there is no allow-anyone)`},
+		{"metrics on a public address", "workload_api: {socket: unix:///s}\nadmin: {metrics_listen: \"0.0.0.0:9090\"}\n",
+			`bad.yaml:2: admin.metrics_listen: "0.0.0.0:9090" must be a loopback address`},
+		{"syntax error", "outputs: [\n", `bad.yaml:1: did not find expected node content`},
+		{"empty", "", `bad.yaml:1: the file is empty`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse("bad.yaml", []byte(tc.yaml), noEnv)
+			require.Error(t, err)
+			assert.Equal(t, tc.want, err.Error())
+			assert.NotContains(t, err.Error(), "\n", "one line per error")
+		})
+	}
+}
+
+func TestAllErrorsReportedOnePerLine(t *testing.T) {
+	y := "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    key_mode: \"x\"\n    bogus: 1\n  - name: a\n    dir: /d\n    bundle_file: b\n"
+	_, err := config.Parse("m.yaml", []byte(y), noEnv)
+	require.Error(t, err)
+	lines := strings.Split(err.Error(), "\n")
+	require.Len(t, lines, 2, "decode errors come first, all of them: %v", lines)
+	assert.Equal(t, `m.yaml:6: "x" is not a file mode (use an octal string such as "0640")`, lines[0])
+	assert.Equal(t, `m.yaml:7: unknown field "bogus" in an output`, lines[1])
+
+	y2 := "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n  - name: a\n    dir: /d/\n    bundle_file: b\n"
+	_, err = config.Parse("m.yaml", []byte(y2), noEnv)
+	require.Error(t, err)
+	assert.Equal(t, "m.yaml:6: outputs[1].name: \"a\" is also the name of outputs[0]\n"+
+		"m.yaml:7: outputs[1].dir: \"/d/\" is also the dir of outputs[0]; two outputs cannot share a directory", err.Error())
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "nope.yaml")
+	_, err := config.Load(p, noEnv)
+	require.ErrorIs(t, err, os.ErrNotExist)
+	assert.Contains(t, err.Error(), p)
+}

@@ -1,0 +1,284 @@
+package config
+
+import (
+	"fmt"
+	"io/fs"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole agent configuration.
+type Config struct {
+	WorkloadAPI WorkloadAPI `yaml:"workload_api"`
+	Admin       Admin       `yaml:"admin"`
+	Log         Log         `yaml:"log"`
+	Rotation    Rotation    `yaml:"rotation"`
+	Outputs     []Output    `yaml:"outputs"`
+	Proxies     []Proxy     `yaml:"proxies"`
+	Redis       *Redis      `yaml:"redis"`
+
+	// Path is the file the config was read from (not a YAML key).
+	Path string `yaml:"-"`
+}
+
+// WorkloadAPI says where the SPIFFE Workload API is.
+type WorkloadAPI struct {
+	// Socket is "unix:///path"; default $SPIFFE_ENDPOINT_SOCKET.
+	Socket string `yaml:"socket"`
+}
+
+// Admin is the local endpoint `identity-agent status` and Prometheus read.
+type Admin struct {
+	// Socket is a unix socket path (mode 0600). Default DefaultAdminSocket.
+	Socket string `yaml:"socket"`
+	// MetricsListen optionally also serves /metrics on a loopback TCP
+	// address for a Prometheus scraper that cannot read unix sockets.
+	MetricsListen string `yaml:"metrics_listen"`
+}
+
+// Log configures zap.
+type Log struct {
+	Level  string `yaml:"level"`  // debug|info|warn|error; default info
+	Format string `yaml:"format"` // json|console; default json
+}
+
+// Rotation tunes how outputs are written.
+type Rotation struct {
+	// ExpiryWindow: status turns WARNING when an SVID on disk expires
+	// within it while the Workload API is unreachable. Default 10m.
+	ExpiryWindow Duration `yaml:"expiry_window"`
+	// Debounce coalesces bursts of Workload API pushes. Default 100ms.
+	Debounce Duration `yaml:"debounce"`
+	// RetryMin/RetryMax bound the backoff of failed writes and reloads.
+	RetryMin Duration `yaml:"retry_min"`
+	RetryMax Duration `yaml:"retry_max"`
+	// Guard rewrites files deleted or altered behind the agent's back. Default true.
+	Guard *bool `yaml:"guard"`
+}
+
+// Output is one directory of material for one consumer.
+type Output struct {
+	Name  string `yaml:"name"`
+	Dir   string `yaml:"dir"`
+	Owner Owner  `yaml:"owner"`
+
+	// Which X.509-SVID: by SPIFFE ID, by hint, or neither for the first.
+	SpiffeID string `yaml:"spiffe_id"`
+	Hint     string `yaml:"hint"`
+
+	CertFile              string   `yaml:"cert_file"`
+	KeyFile               string   `yaml:"key_file"`
+	BundleFile            string   `yaml:"bundle_file"`
+	IncludeFederated      bool     `yaml:"include_federated"`
+	IntermediatesInBundle bool     `yaml:"intermediates_in_bundle"`
+	CertMode              FileMode `yaml:"cert_mode"`
+	KeyMode               FileMode `yaml:"key_mode"`
+	BundleMode            FileMode `yaml:"bundle_mode"`
+
+	JWT           []JWTFile `yaml:"jwt"`
+	JWTBundleFile string    `yaml:"jwt_bundle_file"`
+	JWTBundleMode FileMode  `yaml:"jwt_bundle_mode"`
+
+	Reload []Reload `yaml:"reload"`
+}
+
+// Owner of written files; empty means the agent's own user.
+type Owner struct {
+	User  string `yaml:"user"`
+	Group string `yaml:"group"`
+}
+
+// JWTFile is one JWT-SVID written to a file.
+type JWTFile struct {
+	Audience []string `yaml:"audience"`
+	File     string   `yaml:"file"`
+	Mode     FileMode `yaml:"mode"`
+}
+
+// Reload is one action after an output's files changed. Exactly one field is set.
+type Reload struct {
+	Signal  *SignalReload  `yaml:"signal"`
+	Exec    *ExecReload    `yaml:"exec"`
+	Systemd *SystemdReload `yaml:"systemd"`
+	Launchd *LaunchdReload `yaml:"launchd"`
+	Redis   *RedisReload   `yaml:"redis"`
+	Traefik *TraefikReload `yaml:"traefik"`
+}
+
+// Kind names the set field.
+func (r Reload) Kind() string {
+	var kinds []string
+	if r.Signal != nil {
+		kinds = append(kinds, "signal")
+	}
+	if r.Exec != nil {
+		kinds = append(kinds, "exec")
+	}
+	if r.Systemd != nil {
+		kinds = append(kinds, "systemd")
+	}
+	if r.Launchd != nil {
+		kinds = append(kinds, "launchd")
+	}
+	if r.Redis != nil {
+		kinds = append(kinds, "redis")
+	}
+	if r.Traefik != nil {
+		kinds = append(kinds, "traefik")
+	}
+	return strings.Join(kinds, "+")
+}
+
+// SignalReload sends a signal to a process named by pid or pid file.
+type SignalReload struct {
+	PidFile string `yaml:"pid_file"`
+	Pid     int    `yaml:"pid"`
+	Name    string `yaml:"name"` // e.g. SIGHUP (default)
+}
+
+// ExecReload runs a command, never through a shell unless argv names one.
+type ExecReload struct {
+	Command []string `yaml:"command"`
+	Timeout Duration `yaml:"timeout"` // default 30s
+}
+
+// SystemdReload reloads or restarts a unit with systemctl.
+type SystemdReload struct {
+	Unit   string `yaml:"unit"`
+	Action string `yaml:"action"` // reload (default) | restart | try-restart
+}
+
+// LaunchdReload kickstarts a launchd job.
+type LaunchdReload struct {
+	Label   string `yaml:"label"`
+	Restart *bool  `yaml:"restart"` // kill and restart the job (default true)
+}
+
+// RedisReload makes a running Redis load new TLS files with CONFIG SET.
+type RedisReload struct {
+	// Addr of the admin connection: "unix:///path", "host:port" (password
+	// or plaintext) or "rediss://host:port" (TLS with the agent's SVID).
+	Addr         string `yaml:"addr"`
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// ServerID is the SPIFFE ID (or spiffe://trust-domain) the Redis
+	// server must present on a TLS admin connection.
+	ServerID string `yaml:"server_id"`
+	// CACertFile overrides the bundle file given to Redis as tls-ca-cert-file.
+	CACertFile string `yaml:"ca_cert_file"`
+}
+
+// TraefikReload regenerates a Traefik dynamic configuration file so that
+// Traefik's file provider notices the rotation.
+type TraefikReload struct {
+	File          string   `yaml:"file"`
+	TransportName string   `yaml:"transport_name"`
+	ServerName    string   `yaml:"server_name"`
+	PeerIDs       []string `yaml:"peer_spiffe_ids"`
+	Mode          FileMode `yaml:"mode"`
+}
+
+// Proxy is one mTLS proxy.
+type Proxy struct {
+	Name     string   `yaml:"name"`
+	Mode     string   `yaml:"mode"` // server | client
+	SpiffeID string   `yaml:"spiffe_id"`
+	Hint     string   `yaml:"hint"`
+	Listen   string   `yaml:"listen"`
+	Target   string   `yaml:"target"`
+	Allow    []string `yaml:"allow"`
+	HTTP     bool     `yaml:"http"`
+
+	MaxConns         int      `yaml:"max_conns"`
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+	IdleTimeout      Duration `yaml:"idle_timeout"`
+	ConnectTimeout   Duration `yaml:"connect_timeout"`
+	DrainTimeout     Duration `yaml:"drain_timeout"`
+
+	UnsafeAllowNonLoopbackPlaintext bool `yaml:"unsafe_allow_non_loopback_plaintext"`
+}
+
+// Redis configures the password → mTLS transition sampler and tool.
+type Redis struct {
+	Transition *RedisTransition `yaml:"transition"`
+}
+
+// RedisTransition is the migration of one Redis server.
+type RedisTransition struct {
+	Admin     RedisReload `yaml:"admin"`
+	PlainPort int         `yaml:"plain_port"` // default 6379
+	TLSPort   int         `yaml:"tls_port"`   // default 6380
+	// TLSAddr is where the TLS gate PINGs with the agent's SVID.
+	TLSAddr        string   `yaml:"tls_addr"`
+	CertFile       string   `yaml:"cert_file"`
+	KeyFile        string   `yaml:"key_file"`
+	CACertFile     string   `yaml:"ca_cert_file"`
+	StateFile      string   `yaml:"state_file"`
+	Window         Duration `yaml:"window"`          // plaintext-idle window before D; default 24h
+	SampleInterval Duration `yaml:"sample_interval"` // default 1m
+	HealthChecks   []string `yaml:"health_checks"`   // commands (argv as one string split on spaces is not allowed: use exec lists)
+	SpiffeID       string   `yaml:"spiffe_id"`       // which SVID the agent presents
+}
+
+// Duration is a time.Duration written as "90s", "10m", "24h".
+type Duration time.Duration
+
+// UnmarshalYAML accepts Go duration strings only, so "10" is not silently 10ns.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return lineError(n, "%q is not a duration (use e.g. 30s, 10m, 24h)", n.Value)
+	}
+	if v < 0 {
+		return lineError(n, "duration %q is negative", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the time.Duration, or def when unset.
+func (d Duration) D(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// MarshalYAML writes the duration back in Go syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// FileMode is a permission mode written as an octal string: "0640".
+type FileMode fs.FileMode
+
+// UnmarshalYAML reads the raw scalar as octal whether or not it was quoted,
+// because YAML would otherwise read an unquoted 0640 as decimal 640 or octal
+// depending on the parser.
+func (m *FileMode) UnmarshalYAML(n *yaml.Node) error {
+	raw := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	v, err := strconv.ParseUint(raw, 8, 32)
+	if err != nil || v > 0o777 || v == 0 {
+		return lineError(n, "%q is not a file mode (use an octal string such as \"0640\")", n.Value)
+	}
+	*m = FileMode(v)
+	return nil
+}
+
+// Or returns the mode, or def when unset.
+func (m FileMode) Or(def fs.FileMode) fs.FileMode {
+	if m == 0 {
+		return def
+	}
+	return fs.FileMode(m)
+}
+
+// MarshalYAML writes the mode as an octal string.
+func (m FileMode) MarshalYAML() (any, error) { return fmt.Sprintf("%04o", uint32(m)), nil }
+
+// lineError reports a bad scalar as a yaml.TypeError so that decoding goes
+// on and every bad field in the file is reported at once.
+func lineError(n *yaml.Node, format string, args ...any) error {
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
+}
