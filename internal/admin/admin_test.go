@@ -1,0 +1,116 @@
+package admin_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/admin"
+)
+
+func healthyReport(now time.Time) admin.Report {
+	return admin.Report{
+		Now:                 now,
+		ExpiryWindowSeconds: 60,
+		WorkloadAPI:         admin.WorkloadAPI{Address: "unix:///s", Connected: true},
+		SVIDs:               []admin.SVID{{SpiffeID: "spiffe://example.org/a", NotAfter: now.Add(time.Hour)}},
+		Outputs:             []admin.Output{{Name: "redis", NotAfter: now.Add(time.Hour)}},
+	}
+}
+
+func TestEvaluate(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name   string
+		mutate func(*admin.Report)
+		want   admin.Severity
+		reason string
+	}{
+		{"healthy", func(*admin.Report) {}, admin.OK, ""},
+		{"no svid", func(r *admin.Report) { r.SVIDs = nil; r.Outputs = nil }, admin.Critical, "no X.509-SVID received from the Workload API yet"},
+		{"disconnected", func(r *admin.Report) { r.WorkloadAPI.Connected = false; r.WorkloadAPI.LastError = "connection refused" },
+			admin.Warning, "Workload API unix:///s unreachable: connection refused"},
+		{"inside expiry window", func(r *admin.Report) { r.SVIDs[0].NotAfter = now.Add(30 * time.Second) },
+			admin.Warning, "SVID spiffe://example.org/a expires in 30s (expiry window 1m0s)"},
+		{"expired on disk", func(r *admin.Report) { r.Outputs[0].NotAfter = now.Add(-5 * time.Second) },
+			admin.Critical, "output redis on disk expired 5s ago"},
+		{"reload failed", func(r *admin.Report) { r.Outputs[0].LastReloadError = "exit status 1" },
+			admin.Warning, "output redis: last reload failed: exit status 1"},
+		{"write failed", func(r *admin.Report) { r.Outputs[0].LastWriteError = "read-only file system" },
+			admin.Warning, "output redis: last write failed: read-only file system"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := healthyReport(now)
+			tc.mutate(&r)
+			sev, reasons := admin.Evaluate(r)
+			assert.Equal(t, tc.want, sev)
+			if tc.reason == "" {
+				assert.Empty(t, reasons)
+			} else {
+				assert.Contains(t, reasons, tc.reason)
+			}
+		})
+	}
+}
+
+func TestServerSocketIsPrivateAndServesStatusAndMetrics(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "run", "admin.sock")
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "identity_agent_test_total", Help: "t"})
+	reg.MustRegister(c)
+	c.Add(3)
+	now := time.Now()
+	srv := admin.NewServer(sock, "127.0.0.1:0", func() admin.Report { return healthyReport(now) }, reg, nil)
+	require.NoError(t, srv.Start())
+	defer func() { require.NoError(t, srv.Shutdown(context.Background())) }()
+
+	fi, err := os.Stat(sock)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	assert.NotZero(t, fi.Mode()&os.ModeSocket)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := admin.Fetch(ctx, sock)
+	require.NoError(t, err)
+	assert.Equal(t, "spiffe://example.org/a", r.SVIDs[0].SpiffeID)
+
+	// A second agent on the same socket is refused, not silently stealing it.
+	other := admin.NewServer(sock, "", func() admin.Report { return admin.Report{} }, reg, nil)
+	require.ErrorContains(t, other.Start(), "in use by another running agent")
+}
+
+func TestFetchUnreachable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := admin.Fetch(ctx, filepath.Join(t.TempDir(), "none.sock"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "agent not reachable at")
+}
+
+func TestStaleSocketIsReplacedButRegularFileIsNot(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	require.NoError(t, l.Close()) // stale socket file left behind, as after a crash
+	srv := admin.NewServer(sock, "", func() admin.Report { return admin.Report{} }, prometheus.NewRegistry(), nil)
+	require.NoError(t, srv.Start())
+	require.NoError(t, srv.Shutdown(context.Background()))
+
+	plain := filepath.Join(dir, "plain")
+	require.NoError(t, os.WriteFile(plain, []byte("keep me"), 0o644))
+	srv = admin.NewServer(plain, "", func() admin.Report { return admin.Report{} }, prometheus.NewRegistry(), nil)
+	require.ErrorContains(t, srv.Start(), "is not a socket")
+	b, _ := os.ReadFile(plain)
+	assert.Equal(t, "keep me", string(b))
+}
