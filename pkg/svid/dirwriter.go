@@ -1,0 +1,408 @@
+package svid
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	dataLink    = "..data"
+	dataTmpLink = "..data_tmp"
+	linkTmpPfx  = "..link_tmp."
+	tsLayout    = "2006_01_02_15_04_05"
+)
+
+// WriterOption configures a DirWriter.
+type WriterOption func(*DirWriter)
+
+// WithOwner sets the owner of written files and versioned directories.
+// The default leaves ownership as the process creates it.
+func WithOwner(o Owner) WriterOption {
+	return func(w *DirWriter) { w.owner = o }
+}
+
+// WithDirMode sets the mode of the target directory (applied by
+// NewDirWriter) and of each versioned directory. Default 0755: the files'
+// own modes guard the secrets, the directories only need to be traversable
+// by the service that reads them.
+func WithDirMode(m fs.FileMode) WriterOption {
+	return func(w *DirWriter) {
+		w.dirMode = m.Perm()
+		w.dirModeSet = true
+	}
+}
+
+// DirWriter writes a set of files into one directory so that the whole set
+// changes at once (the Kubernetes AtomicWriter layout):
+//
+//	dir/..2026_01_02_15_04_05.123456789/cert.pem   the data, one dir per version
+//	dir/..data -> ..2026_01_02_15_04_05.123456789  swapped with one rename
+//	dir/cert.pem -> ..data/cert.pem                 stable names for services
+//
+// A reader that resolves ..data once (filepath.EvalSymlinks) and reads all
+// its files from the result always gets a matching certificate and key; the
+// previous version is kept, so a reader that resolved just before a swap
+// still finishes. Opening dir/cert.pem and then dir/key.pem separately can
+// straddle a swap, as with any symlink-swapping scheme.
+//
+// Only one DirWriter per directory may write at a time; Write is safe for
+// concurrent use within one DirWriter.
+type DirWriter struct {
+	dir        string
+	owner      Owner
+	dirMode    fs.FileMode
+	dirModeSet bool
+	mu         sync.Mutex
+}
+
+// NewDirWriter returns a writer for dir, creating it (with the dir mode and
+// owner) when missing.
+func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
+	if dir == "" {
+		return nil, errors.New("dir writer: directory is empty")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("dir writer %s: %w", dir, err)
+	}
+	w := &DirWriter{dir: abs, owner: KeepOwner(), dirMode: 0o755}
+	for _, o := range opts {
+		o(w)
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// MkdirAll's mode is narrowed by the umask; chmod below sets it exactly.
+		if err := os.MkdirAll(abs, w.dirMode); err != nil {
+			return nil, fmt.Errorf("dir writer: create %s: %w", abs, err)
+		}
+		if err := w.prepareDir(abs); err != nil {
+			return nil, fmt.Errorf("dir writer: %w", err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("dir writer %s: %w", abs, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("dir writer %s: not a directory", abs)
+	case w.dirModeSet:
+		if err := w.prepareDir(abs); err != nil {
+			return nil, fmt.Errorf("dir writer: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// Dir returns the absolute target directory.
+func (w *DirWriter) Dir() string { return w.dir }
+
+func (w *DirWriter) prepareDir(path string) error {
+	if !w.owner.isKeep() {
+		if err := os.Lchown(path, w.owner.UID, w.owner.GID); err != nil {
+			return fmt.Errorf("chown %s to %d:%d: %w", path, w.owner.UID, w.owner.GID, err)
+		}
+	}
+	if err := os.Chmod(path, w.dirMode); err != nil {
+		return fmt.Errorf("chmod %s to %04o: %w", path, w.dirMode, err)
+	}
+	return nil
+}
+
+// Write makes files the directory's current set. It returns changed=false
+// and writes nothing when the set on disk already equals files (content,
+// mode, owner, links). On an error before the swap, the new version is
+// removed and the previous set stays exactly as it was; errors after the
+// swap (fsync of the directory, links for new names) return changed=true,
+// because the new set is already what ..data shows.
+func (w *DirWriter) Write(files []File) (changed bool, err error) {
+	if err := checkFiles(files); err != nil {
+		return false, fmt.Errorf("write %s: %w", w.dir, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+
+	// The directory may have been removed since NewDirWriter (an operator
+	// cleaning up, a tmpfs remounted); the guard's rewrite must recover.
+	if _, err := os.Lstat(w.dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(w.dir, w.dirMode); err != nil {
+			return false, fmt.Errorf("write %s: recreate directory: %w", w.dir, err)
+		}
+		if err := w.prepareDir(w.dir); err != nil {
+			return false, fmt.Errorf("write %s: %w", w.dir, err)
+		}
+	}
+
+	// Refuse before touching anything when a stable name cannot become a
+	// link, so this failure too leaves the previous set intact.
+	for _, f := range files {
+		fi, err := os.Lstat(filepath.Join(w.dir, f.Name))
+		if err == nil && !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
+			return false, fmt.Errorf("write %s: %s exists and is not a file or symlink (%s)", w.dir, f.Name, fi.Mode().Type())
+		}
+	}
+	if diff, err := w.diff(files); err == nil && diff == "" {
+		return false, nil
+	}
+
+	prev, _ := os.Readlink(filepath.Join(w.dir, dataLink))
+	tsDir, err := os.MkdirTemp(w.dir, ".."+time.Now().UTC().Format(tsLayout)+".")
+	if err != nil {
+		return false, fmt.Errorf("write %s: create version directory: %w", w.dir, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = os.RemoveAll(tsDir)
+		}
+	}()
+	if err := w.prepareDir(tsDir); err != nil {
+		return false, fmt.Errorf("write %s: %w", w.dir, err)
+	}
+	for _, f := range files {
+		if err := createExact(filepath.Join(tsDir, f.Name), f.Data, f.Mode, w.owner); err != nil {
+			return false, fmt.Errorf("write %s: file %s: %w", w.dir, f.Name, err)
+		}
+	}
+	if err := syncDir(tsDir); err != nil {
+		return false, fmt.Errorf("write %s: %w", w.dir, err)
+	}
+
+	tmpLink := filepath.Join(w.dir, dataTmpLink)
+	// A leftover from a crash between symlink and rename; os.Remove (not
+	// RemoveAll) so that anything but a stale link or file makes us stop.
+	if err := os.Remove(tmpLink); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("write %s: remove stale %s: %w", w.dir, dataTmpLink, err)
+	}
+	if err := os.Symlink(filepath.Base(tsDir), tmpLink); err != nil {
+		return false, fmt.Errorf("write %s: %w", w.dir, err)
+	}
+	if err := os.Rename(tmpLink, filepath.Join(w.dir, dataLink)); err != nil {
+		_ = os.Remove(tmpLink)
+		return false, fmt.Errorf("write %s: swap %s: %w", w.dir, dataLink, err)
+	}
+	committed = true
+
+	if err := syncDir(w.dir); err != nil {
+		return true, fmt.Errorf("write %s: new set is live: %w", w.dir, err)
+	}
+	for _, f := range files {
+		if err := w.ensureLink(f.Name); err != nil {
+			return true, fmt.Errorf("write %s: new set is live but %s: %w", w.dir, f.Name, err)
+		}
+	}
+	w.removeStaleLinks(prev, files)
+	if err := syncDir(w.dir); err != nil {
+		return true, fmt.Errorf("write %s: new set is live: %w", w.dir, err)
+	}
+	w.removeOldVersions(filepath.Base(tsDir), prev)
+	return true, nil
+}
+
+// Check reports whether the set on disk, read through the stable names,
+// equals files in content and mode (and owner, when set), so a guard can
+// notice a deleted, edited or chmod-ed file and rewrite the set. ok=false
+// with a nil error means "differs"; an error means the check itself failed.
+func (w *DirWriter) Check(files []File) (ok bool, err error) {
+	diff, err := w.Diff(files)
+	if err != nil {
+		return false, err
+	}
+	return diff == "", nil
+}
+
+// Diff is Check with the reason: "" when the set on disk equals files,
+// otherwise the first difference found, e.g. "key.pem: mode 0644, want 0600".
+func (w *DirWriter) Diff(files []File) (string, error) {
+	if err := checkFiles(files); err != nil {
+		return "", fmt.Errorf("check %s: %w", w.dir, err)
+	}
+	// Serialized with Write so a guard never mistakes our own swap in
+	// progress for tampering.
+	w.mu.Lock()
+	d, err := w.diff(files)
+	w.mu.Unlock()
+	if err != nil {
+		return "", fmt.Errorf("check %s: %w", w.dir, err)
+	}
+	return d, nil
+}
+
+func (w *DirWriter) diff(files []File) (string, error) {
+	target, err := os.Readlink(filepath.Join(w.dir, dataLink))
+	if errors.Is(err, fs.ErrNotExist) {
+		return dataLink + ": missing", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if strings.ContainsRune(target, '/') || !strings.HasPrefix(target, "..") {
+		return fmt.Sprintf("%s: points to %q, not a version directory", dataLink, target), nil
+	}
+	verDir := filepath.Join(w.dir, target)
+	entries, err := os.ReadDir(verDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Sprintf("%s: version directory %s missing", dataLink, target), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	want := make(map[string]bool, len(files))
+	for _, f := range files {
+		want[f.Name] = true
+	}
+	for _, e := range entries {
+		if !want[e.Name()] {
+			return fmt.Sprintf("%s: unexpected file %s", target, e.Name()), nil
+		}
+	}
+	for _, f := range files {
+		link, err := os.Readlink(filepath.Join(w.dir, f.Name))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return f.Name + ": missing", nil
+		case errors.Is(err, syscall.EINVAL):
+			return f.Name + ": not a symlink to " + dataLink, nil
+		case err != nil:
+			return "", err
+		case link != dataLink+"/"+f.Name:
+			return fmt.Sprintf("%s: points to %q", f.Name, link), nil
+		}
+		p := filepath.Join(verDir, f.Name)
+		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return f.Name + ": missing in " + target, nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if !fi.Mode().IsRegular() {
+			return f.Name + ": not a regular file", nil
+		}
+		if fi.Mode().Perm() != f.Mode.Perm() {
+			return fmt.Sprintf("%s: mode %04o, want %04o", f.Name, fi.Mode().Perm(), f.Mode.Perm()), nil
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			if w.owner.UID >= 0 && int(st.Uid) != w.owner.UID {
+				return fmt.Sprintf("%s: uid %d, want %d", f.Name, st.Uid, w.owner.UID), nil
+			}
+			if w.owner.GID >= 0 && int(st.Gid) != w.owner.GID {
+				return fmt.Sprintf("%s: gid %d, want %d", f.Name, st.Gid, w.owner.GID), nil
+			}
+		}
+		if fi.Size() != int64(len(f.Data)) {
+			return fmt.Sprintf("%s: size %d, want %d", f.Name, fi.Size(), len(f.Data)), nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return "", err
+		}
+		if !bytes.Equal(data, f.Data) {
+			return f.Name + ": content differs", nil
+		}
+	}
+	return "", nil
+}
+
+// ensureLink makes name a symlink to ..data/name, replacing a regular file
+// (a pre-existing plain file from before the agent) with one rename so the
+// name never disappears.
+func (w *DirWriter) ensureLink(name string) error {
+	p := filepath.Join(w.dir, name)
+	want := dataLink + "/" + name
+	if cur, err := os.Readlink(p); err == nil && cur == want {
+		return nil
+	}
+	tmp := filepath.Join(w.dir, linkTmpPfx+name)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", filepath.Base(tmp), err)
+	}
+	if err := os.Symlink(want, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// removeStaleLinks removes stable names that the previous set had and the
+// new one does not, but only links that are ours (pointing into ..data).
+func (w *DirWriter) removeStaleLinks(prev string, files []File) {
+	if prev == "" || strings.ContainsRune(prev, '/') {
+		return
+	}
+	entries, err := os.ReadDir(filepath.Join(w.dir, prev))
+	if err != nil {
+		return
+	}
+	keep := make(map[string]bool, len(files))
+	for _, f := range files {
+		keep[f.Name] = true
+	}
+	for _, e := range entries {
+		if keep[e.Name()] {
+			continue
+		}
+		p := filepath.Join(w.dir, e.Name())
+		if link, err := os.Readlink(p); err == nil && link == dataLink+"/"+e.Name() {
+			_ = os.Remove(p)
+		}
+	}
+}
+
+// removeOldVersions deletes version directories other than the current
+// and the previous one. Only names of the form ..<timestamp>.<random> are
+// considered, so nothing a user put into the directory is touched.
+func (w *DirWriter) removeOldVersions(current, prev string) {
+	entries, err := os.ReadDir(w.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if n == current || n == prev || !e.IsDir() || !isVersionDir(n) {
+			continue
+		}
+		_ = os.RemoveAll(filepath.Join(w.dir, n))
+	}
+}
+
+func isVersionDir(name string) bool {
+	if !strings.HasPrefix(name, "..") || len(name) <= 2+len(tsLayout)+1 {
+		return false
+	}
+	if _, err := time.Parse(tsLayout, name[2:2+len(tsLayout)]); err != nil {
+		return false
+	}
+	return name[2+len(tsLayout)] == '.'
+}
+
+func checkFiles(files []File) error {
+	if len(files) == 0 {
+		return errors.New("no files to write")
+	}
+	seen := make(map[string]bool, len(files))
+	for _, f := range files {
+		switch {
+		case f.Name == "" || f.Name == "." || f.Name == "..":
+			return fmt.Errorf("file name %q: not a file name", f.Name)
+		case strings.ContainsRune(f.Name, '/') || strings.ContainsRune(f.Name, 0):
+			return fmt.Errorf("file name %q: must be a base name", f.Name)
+		case strings.HasPrefix(f.Name, ".."):
+			return fmt.Errorf("file name %q: names starting with \"..\" are reserved for the writer", f.Name)
+		case f.Mode.Perm() == 0:
+			return fmt.Errorf("file %s: mode 0000 leaves it unreadable", f.Name)
+		case seen[f.Name]:
+			return fmt.Errorf("file name %q: given twice", f.Name)
+		}
+		seen[f.Name] = true
+	}
+	return nil
+}

@@ -1,0 +1,38 @@
+// Package svid is identity-agent's link to the SPIFFE Workload API and its
+// way of putting SPIFFE material on disk.
+//
+// # Source
+//
+// A Source holds one connection to the Workload API (a SPIRE agent's socket
+// or the embedded dev server) through go-spiffe's workloadapi.Client and
+// keeps the latest X.509 context (SVIDs, own and federated bundles) and JWT
+// bundles, all pushed by the API on streams. It never polls. Connection
+// loss is retried forever with capped backoff and shows in Status; until
+// the first update arrives (WaitReady) the getters return ErrNotReady.
+//
+// Source implements go-spiffe's x509svid.Source, x509bundle.Source and
+// jwtbundle.Source, so it can be handed to tlsconfig directly. A
+// Selector chooses one SVID by SPIFFE ID or SPIRE hint when the workload
+// has several; X509SVIDSource(sel) applies it on every call so TLS
+// handshakes always see the current SVID.
+//
+// # Encoding and validation
+//
+// EncodeCertsPEM, EncodeKeyPEM (PKCS#8), EncodeJWKS and BundleCerts turn
+// the material into the bytes services read; all are deterministic, so an
+// unchanged SVID or bundle encodes to unchanged bytes and causes no
+// rewrite or reload. Validate rejects material that would break a service
+// (key not matching the certificate, outside its validity, chain not
+// verifying to the trust bundle) before it is written.
+//
+// # Writing files
+//
+// WriteFileAtomic replaces one file atomically. DirWriter writes a set of
+// files that must change together (certificate, key, bundle) with the
+// Kubernetes AtomicWriter layout: a hidden versioned directory per set, a
+// "..data" symlink swapped with one rename, and stable names that are
+// symlinks through "..data". Files never exist with wider permissions than
+// asked, a failed write leaves the previous set untouched, and writing an
+// identical set is a no-op. Readers that need a matching certificate and
+// key should resolve "..data" once and read both files below it.
+package svid
