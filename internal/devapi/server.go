@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -213,7 +214,9 @@ func (s *Server) Stop() {
 	errc := s.serveErr
 	s.mu.Unlock()
 	g.Stop()
-	<-errc
+	if err := <-errc; err != nil {
+		s.log.Warn("dev Workload API serve ended", zap.Error(err))
+	}
 	_ = os.Remove(s.socket)
 }
 
@@ -391,19 +394,34 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	})
 }
 
+// FetchX509Bundles and FetchJWTBundles send only when the bundles differ
+// from the last response on the stream, as SPIRE's agent does: an SVID
+// rotation alone does not produce a bundle message.
 func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
+	var prev *workload.X509BundlesResponse
 	return h.stream(stream.Context(), func([]*x509svid.SVID) error {
-		return stream.Send(&workload.X509BundlesResponse{Bundles: h.s.x509Bundles()})
+		resp := &workload.X509BundlesResponse{Bundles: h.s.x509Bundles()}
+		if prev != nil && proto.Equal(prev, resp) {
+			return nil
+		}
+		prev = resp
+		return stream.Send(resp)
 	})
 }
 
 func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
+	var prev *workload.JWTBundlesResponse
 	return h.stream(stream.Context(), func([]*x509svid.SVID) error {
 		bundles, err := h.s.jwtBundles()
 		if err != nil {
 			return status.Errorf(codes.Unavailable, "could not serialize response: %v", err)
 		}
-		return stream.Send(&workload.JWTBundlesResponse{Bundles: bundles})
+		resp := &workload.JWTBundlesResponse{Bundles: bundles}
+		if prev != nil && proto.Equal(prev, resp) {
+			return nil
+		}
+		prev = resp
+		return stream.Send(resp)
 	})
 }
 

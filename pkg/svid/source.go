@@ -504,10 +504,16 @@ type jwtWatcher struct{ s *Source }
 func (w jwtWatcher) OnJWTBundlesUpdate(set *jwtbundle.Set) {
 	s := w.s
 	s.mu.Lock()
+	// A stream that (re)sends identical bundles, as on every reconnect,
+	// must not wake subscribers: they would rewrite and debounce for
+	// nothing, delaying the X.509 update that matters.
+	changed := !jwtSetsEqual(s.jwtBundles, set)
 	s.jwtBundles = set
 	s.status.JWTBundleUpdates++
 	s.status.LastUpdate = time.Now()
-	s.notifyLocked()
+	if changed {
+		s.notifyLocked()
+	}
 	s.mu.Unlock()
 	s.cfg.log.Debug("JWT bundles update", zap.Int("bundles", set.Len()))
 }
@@ -572,3 +578,19 @@ func (l spiffeLogger) Debugf(format string, args ...any) { l.l.Debugf(format, ar
 func (l spiffeLogger) Infof(format string, args ...any)  { l.l.Infof(format, args...) }
 func (l spiffeLogger) Warnf(format string, args ...any)  { l.l.Debugf(format, args...) }
 func (l spiffeLogger) Errorf(format string, args ...any) { l.l.Debugf(format, args...) }
+
+func jwtSetsEqual(a, b *jwtbundle.Set) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.Len() != b.Len() {
+		return false
+	}
+	for _, ab := range a.Bundles() {
+		bb, ok := b.Get(ab.TrustDomain())
+		if !ok || !ab.Equal(bb) {
+			return false
+		}
+	}
+	return true
+}

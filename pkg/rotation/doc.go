@@ -1,0 +1,38 @@
+// Package rotation keeps identity files on disk in step with the SPIFFE
+// Workload API and tells services to pick them up.
+//
+// A Manager takes a *svid.Source and a list of Outputs. Each Output is one
+// directory for one service: which X.509-SVID to use (svid.Selector), which
+// files to write (certificate chain, PKCS#8 key, CA bundle, JWT-SVID
+// tokens, JWKS), with which modes and owner, and which Reloaders to run
+// once they changed (signal, exec, systemctl, launchctl, or your own).
+//
+// What Run does, per output:
+//
+//   - On every push from the Workload API (the first push of a burst at
+//     once, the ones following it within the debounce, 100ms by default,
+//     coalesced into one trailing write) it picks the SVID,
+//     validates it against the bundles, encodes the files and writes them
+//     as one set with svid.DirWriter (versioned directory plus symlink
+//     swap), so a reader never sees a new certificate with an old key.
+//     Material that fails validation is never written; the last good files
+//     stay and the error shows in State.
+//   - Reloads run in order only when the DirWriter reports a change. A
+//     failed write or reload is retried with exponential backoff (1s..1m)
+//     until it succeeds or newer material supersedes it; a retry resumes
+//     at the reload that failed.
+//   - JWT-SVIDs are not pushed: each token file is refreshed at half the
+//     token's lifetime (one timer per token) and on every X.509 push.
+//   - A fsnotify guard restores the set when something else deletes,
+//     replaces, edits or chmods a file or the ..data link. The agent's own
+//     writes pass DirWriter.Check and never trigger a rewrite.
+//   - An expiry watchdog, armed at NotAfter minus the expiry window (10m by
+//     default), warns periodically while the Workload API is unreachable
+//     and marks the output ExpiresSoon in State.
+//
+// WriteAll is the one-shot pass behind `identity-agent fetch`. Snapshot
+// returns a JSON-tagged State for `identity-agent status`. Metrics are
+// registered only on the prometheus.Registerer given with WithRegisterer.
+//
+// The package targets Linux and macOS (signals and process groups).
+package rotation

@@ -1,0 +1,397 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/svid"
+)
+
+// Defaults for the Manager options.
+const (
+	// DefaultDebounce is the quiet period after a write during which
+	// further pushes are coalesced into one trailing write (X.509 contexts
+	// and JWT bundles arrive on separate streams). The first push of a
+	// burst is written at once, so the debounce adds no latency to a
+	// rotation.
+	DefaultDebounce = 100 * time.Millisecond
+	// DefaultRetryMin and DefaultRetryMax bound the backoff between retries
+	// of a failed write or reload.
+	DefaultRetryMin = time.Second
+	DefaultRetryMax = time.Minute
+	// DefaultExpiryWindow is how close to NotAfter an SVID on disk must be,
+	// while the Workload API is unreachable, before the watchdog warns.
+	// SPIRE rotates at half-life (30m left of its default 1h TTL), so 10m
+	// left means rotation is already 20 minutes overdue: long enough to
+	// ride out an agent restart, short enough to act before services fail.
+	DefaultExpiryWindow = 10 * time.Minute
+	// jwtFetchTimeout bounds one JWT-SVID request.
+	jwtFetchTimeout = 30 * time.Second
+	// minJWTRefresh stops a token with a tiny lifetime from refetching in a
+	// tight loop.
+	minJWTRefresh = time.Second
+)
+
+// Option configures a Manager.
+type Option func(*config)
+
+type config struct {
+	log                *zap.Logger
+	reg                prometheus.Registerer
+	debounce           time.Duration
+	retryMin, retryMax time.Duration
+	expiryWindow       time.Duration
+	guard              bool
+	writeHook          func(writeEvent)
+	watchdogCheck      time.Duration
+}
+
+// WithLogger sets the logger (default zap.NewNop()).
+func WithLogger(l *zap.Logger) Option {
+	return func(c *config) {
+		if l != nil {
+			c.log = l
+		}
+	}
+}
+
+// WithRegisterer registers the Manager's metrics on reg. Without it (or with
+// nil) no metric is registered anywhere.
+func WithRegisterer(reg prometheus.Registerer) Option {
+	return func(c *config) { c.reg = reg }
+}
+
+// WithDebounce sets how long the Manager waits for a burst of pushes to end
+// before writing (default 100ms; 0 writes on every push).
+func WithDebounce(d time.Duration) Option {
+	return func(c *config) {
+		if d >= 0 {
+			c.debounce = d
+		}
+	}
+}
+
+// WithRetryBackoff sets the exponential backoff between retries of a failed
+// write or reload (default 1s doubling up to 1m).
+func WithRetryBackoff(minDelay, maxDelay time.Duration) Option {
+	return func(c *config) {
+		if minDelay > 0 {
+			c.retryMin = minDelay
+		}
+		if maxDelay > 0 {
+			c.retryMax = maxDelay
+		}
+	}
+}
+
+// WithExpiryWindow sets how close to NotAfter the SVID on disk must be for
+// the watchdog to warn while the Workload API is unreachable (default 10m).
+func WithExpiryWindow(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.expiryWindow = d
+		}
+	}
+}
+
+// WithGuard turns the fsnotify guard on or off (default on). The guard
+// restores an output's files when something else deletes, replaces or
+// alters them.
+func WithGuard(enabled bool) Option {
+	return func(c *config) { c.guard = enabled }
+}
+
+// writeEvent is reported to the test hook after every DirWriter.Write.
+type writeEvent struct {
+	Output  string
+	Changed bool
+	Serial  string
+	Err     error
+	At      time.Time
+}
+
+// withWriteHook lets tests and benchmarks observe writes as they happen.
+func withWriteHook(f func(writeEvent)) Option {
+	return func(c *config) { c.writeHook = f }
+}
+
+// withWatchdogCheck overrides how often the watchdog looks at the
+// connection once inside the expiry window.
+func withWatchdogCheck(d time.Duration) Option {
+	return func(c *config) { c.watchdogCheck = d }
+}
+
+// Manager keeps every Output's files in step with the Workload API.
+type Manager struct {
+	src     *svid.Source
+	cfg     config
+	log     *zap.Logger
+	metrics *metrics
+	outs    []*outputRunner
+
+	running atomic.Bool
+	guardMu sync.Mutex
+	guard   *guard
+}
+
+// NewManager validates the outputs and builds a Manager. It creates missing
+// output directories (svid.NewDirWriter does) but writes no file and does
+// not talk to the Workload API until Run or WriteAll.
+func NewManager(src *svid.Source, outputs []Output, opts ...Option) (*Manager, error) {
+	if src == nil {
+		return nil, errors.New("rotation: source is nil")
+	}
+	cfg := config{
+		log:          zap.NewNop(),
+		debounce:     DefaultDebounce,
+		retryMin:     DefaultRetryMin,
+		retryMax:     DefaultRetryMax,
+		expiryWindow: DefaultExpiryWindow,
+		guard:        true,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.retryMax < cfg.retryMin {
+		cfg.retryMax = cfg.retryMin
+	}
+	m := &Manager{src: src, cfg: cfg, log: cfg.log}
+	names := map[string]bool{}
+	dirs := map[string]string{}
+	for i, o := range outputs {
+		n, err := o.normalize()
+		if err != nil {
+			return nil, fmt.Errorf("rotation: outputs[%d]: %w", i, err)
+		}
+		if names[n.Name] {
+			return nil, fmt.Errorf("rotation: output %q: name used twice", n.Name)
+		}
+		names[n.Name] = true
+		// Two writers swapping links in one directory would undo each
+		// other's files.
+		if prev, ok := dirs[n.Dir]; ok {
+			return nil, fmt.Errorf("rotation: output %q: dir %s is also used by output %q", n.Name, n.Dir, prev)
+		}
+		dirs[n.Dir] = n.Name
+		w, err := svid.NewDirWriter(n.Dir, svid.WithOwner(n.Owner))
+		if err != nil {
+			return nil, fmt.Errorf("rotation: output %q: %w", n.Name, err)
+		}
+		m.outs = append(m.outs, newOutputRunner(m, n, w))
+	}
+	met, err := newMetrics(cfg.reg)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: %w", err)
+	}
+	m.metrics = met
+	return m, nil
+}
+
+// Run keeps the outputs up to date until ctx is done: it writes on every
+// push from the Source (debounced), runs reloads, retries failures with
+// backoff, refreshes JWT-SVIDs, guards the files and watches expiry. The
+// caller starts the Source; Run does not wait for it to be ready. It
+// returns nil when ctx is done, or an error if it could not start.
+func (m *Manager) Run(ctx context.Context) error {
+	if !m.running.CompareAndSwap(false, true) {
+		return errors.New("rotation: Run is already running")
+	}
+	defer m.running.Store(false)
+
+	updates, unsubscribe := m.src.Subscribe()
+	defer unsubscribe()
+
+	ctx, cancel := context.WithCancel(ctx)
+	var (
+		wg sync.WaitGroup
+		g  *guard
+	)
+	defer func() {
+		cancel()
+		wg.Wait()
+		for _, r := range m.outs {
+			r.stopTimers()
+		}
+		if g != nil {
+			m.setGuard(nil)
+			_ = g.close()
+		}
+	}()
+
+	if m.cfg.guard {
+		var err error
+		if g, err = newGuard(m.log); err != nil {
+			return fmt.Errorf("rotation: guard: %w", err)
+		}
+		m.setGuard(g)
+		wg.Go(func() { g.run(ctx) })
+		for _, r := range m.outs {
+			r.refreshWatches()
+		}
+	}
+	for _, r := range m.outs {
+		wg.Go(func() { r.loop(ctx) })
+		// Write what is already there, without waiting for the next push.
+		r.poke(r.pushCh)
+	}
+
+	var (
+		timer   = time.NewTimer(0)
+		quiet   bool // a write went out less than one debounce ago
+		pending bool // pushes arrived during the quiet period
+	)
+	<-timer.C
+	defer timer.Stop()
+	pushAll := func() {
+		for _, r := range m.outs {
+			r.poke(r.pushCh)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-updates:
+			if m.cfg.debounce <= 0 {
+				pushAll()
+				continue
+			}
+			if quiet {
+				pending = true
+				continue
+			}
+			// Leading edge: a rotation reaches disk in milliseconds, and
+			// the pushes that follow it within the debounce are coalesced
+			// into one trailing write, at most one write per debounce.
+			pushAll()
+			quiet = true
+			timer.Reset(m.cfg.debounce)
+		case <-timer.C:
+			if pending {
+				pending = false
+				pushAll()
+				timer.Reset(m.cfg.debounce)
+				continue
+			}
+			quiet = false
+		}
+	}
+}
+
+// WriteAll makes one pass over every output: build, validate, write and,
+// where the files changed, reload. It is what `identity-agent fetch` runs;
+// waiting for the Source to be ready is the caller's job. The error joins
+// one error per failed output, each naming the output and the cause.
+//
+// JWT bundles arrive on their own stream, usually just after the X.509
+// context: when an output needs them, WriteAll waits for them until ctx
+// is done.
+func (m *Manager) WriteAll(ctx context.Context) error {
+	var errs []error
+	for _, r := range m.outs {
+		if r.out.JWTBundleFile != "" {
+			m.waitJWTBundles(ctx)
+		}
+		if err := r.sync(ctx, "write-all"); err != nil {
+			errs = append(errs, fmt.Errorf("output %q: %w", r.out.Name, err))
+		}
+	}
+	if !m.running.Load() {
+		// Nobody will serve the JWT refresh or watchdog timers.
+		for _, r := range m.outs {
+			r.stopTimers()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close releases what the Manager holds outside Run: its metrics are
+// unregistered (so a new Manager can register on the same Registerer, e.g.
+// after a config reload) and pending timers are stopped. Call it after Run
+// returned; the files on disk are left as they are.
+func (m *Manager) Close() error {
+	if m.running.Load() {
+		return errors.New("rotation: Close while Run is running")
+	}
+	for _, r := range m.outs {
+		r.stopTimers()
+	}
+	m.metrics.unregister()
+	return nil
+}
+
+// waitJWTBundles returns once the Source has JWT bundles or ctx is done;
+// the write that follows reports the latter.
+func (m *Manager) waitJWTBundles(ctx context.Context) {
+	updates, cancel := m.src.Subscribe()
+	defer cancel()
+	for {
+		if set := m.src.JWTBundles(); set != nil && set.Len() > 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-updates:
+		}
+	}
+}
+
+// Snapshot returns the current state of the Source and every output.
+func (m *Manager) Snapshot() State {
+	now := time.Now()
+	st := m.src.Status()
+	s := State{
+		Connected:   st.Connected,
+		LastUpdate:  st.LastUpdate,
+		SourceError: st.LastError,
+		Outputs:     make([]OutputState, 0, len(m.outs)),
+		SVIDs:       []SVIDState{},
+	}
+	for _, r := range m.outs {
+		s.Outputs = append(s.Outputs, r.snapshot(now, st.Connected))
+	}
+	if x := m.src.X509Context(); x != nil {
+		for _, sv := range x.SVIDs {
+			if sv == nil || len(sv.Certificates) == 0 {
+				continue
+			}
+			leaf := sv.Certificates[0]
+			s.SVIDs = append(s.SVIDs, SVIDState{
+				SpiffeID: sv.ID.String(),
+				Hint:     sv.Hint,
+				Serial:   serialString(leaf.SerialNumber),
+				NotAfter: leaf.NotAfter,
+			})
+		}
+	}
+	return s
+}
+
+func (m *Manager) setGuard(g *guard) {
+	m.guardMu.Lock()
+	m.guard = g
+	m.guardMu.Unlock()
+}
+
+func (m *Manager) currentGuard() *guard {
+	m.guardMu.Lock()
+	defer m.guardMu.Unlock()
+	return m.guard
+}
+
+// backoff returns the delay before retry number n (n >= 1).
+func (m *Manager) backoff(n int) time.Duration {
+	d := m.cfg.retryMin
+	for i := 1; i < n && d < m.cfg.retryMax; i++ {
+		d *= 2
+	}
+	return min(d, m.cfg.retryMax)
+}

@@ -1,0 +1,344 @@
+package rotation
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Reloader is one reload action run after an output's files were written.
+// Other packages implement it too (for example a Redis CONFIG SET reload).
+type Reloader interface {
+	// Kind names the reload for logs, state and metric labels: "signal",
+	// "exec", "systemd", "launchd", "redis", ...
+	Kind() string
+	// Reload tells the service to pick up the new files. It must honour ctx.
+	Reload(ctx context.Context) error
+}
+
+// validator is implemented by reloaders that can reject their configuration
+// up front, so NewManager fails at start instead of at the first rotation.
+type validator interface {
+	validate() error
+}
+
+const (
+	// defaultExecTimeout bounds an exec reload; a reload hook that hangs must
+	// not stall the rotation of this output forever.
+	defaultExecTimeout = 30 * time.Second
+	// defaultServiceTimeout is longer because a restart through systemd or
+	// launchd waits for the service to stop and start again.
+	defaultServiceTimeout = 2 * time.Minute
+	// stderrTail is how much of a failed command's stderr goes into the
+	// error: enough to see the cause, short enough for one log line.
+	stderrTail = 512
+	// waitDelay bounds how long we wait for a killed command's pipes to
+	// close (a grandchild outside the process group may hold them).
+	waitDelay = 2 * time.Second
+)
+
+// ReloaderOption configures the command-based reloaders (systemd, launchd).
+type ReloaderOption func(*commandConfig)
+
+type commandConfig struct {
+	path    string
+	timeout time.Duration
+	domain  string
+}
+
+// WithCommandPath sets the program run by a systemd or launchd reloader
+// (default "systemctl" / "launchctl", looked up in $PATH). Tests point it at a
+// fake script; hardened hosts may pin an absolute path.
+func WithCommandPath(path string) ReloaderOption {
+	return func(c *commandConfig) { c.path = path }
+}
+
+// WithCommandTimeout bounds one run of the command (default 2m). On timeout
+// the command's whole process group is killed.
+func WithCommandTimeout(d time.Duration) ReloaderOption {
+	return func(c *commandConfig) { c.timeout = d }
+}
+
+// WithLaunchdDomain sets the launchd domain of the service target, e.g.
+// "system" (default) or "gui/501".
+func WithLaunchdDomain(domain string) ReloaderOption {
+	return func(c *commandConfig) { c.domain = domain }
+}
+
+// ---------------------------------------------------------------- signal
+
+type signalReloader struct {
+	pidFile string
+	pid     int
+	sig     syscall.Signal
+}
+
+// NewSignalReloader sends sig to a process. When pidFile is not empty it is
+// read again on every reload (services rewrite it when they restart) and pid
+// is ignored; otherwise pid is used as is.
+func NewSignalReloader(pidFile string, pid int, sig syscall.Signal) Reloader {
+	return &signalReloader{pidFile: pidFile, pid: pid, sig: sig}
+}
+
+func (r *signalReloader) Kind() string { return "signal" }
+
+func (r *signalReloader) validate() error {
+	if r.sig <= 0 {
+		return fmt.Errorf("signal reload: invalid signal %d", int(r.sig))
+	}
+	if r.pidFile == "" && r.pid <= 1 {
+		return fmt.Errorf("signal reload: need a pid file or a pid > 1 (got %d)", r.pid)
+	}
+	return nil
+}
+
+func (r *signalReloader) target() (int, error) {
+	if r.pidFile == "" {
+		return r.pid, nil
+	}
+	raw, err := os.ReadFile(r.pidFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("pid file %s: missing", r.pidFile)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("pid file %s: %w", r.pidFile, err)
+	}
+	s := strings.TrimSpace(string(raw))
+	pid, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("pid file %s: not a number: %q", r.pidFile, truncate(s, 32))
+	}
+	return pid, nil
+}
+
+func (r *signalReloader) Reload(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := r.validate(); err != nil {
+		return err
+	}
+	pid, err := r.target()
+	if err != nil {
+		return fmt.Errorf("signal reload: %w", err)
+	}
+	// pid 0, -1 and negative values address process groups or every process
+	// we may signal; 1 is init. None of them is ever a service to reload.
+	if pid <= 1 {
+		return fmt.Errorf("signal reload: refusing pid %d%s", pid, r.fromFile())
+	}
+	if err := syscall.Kill(pid, r.sig); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("signal reload: pid %d%s is not running (stale)", pid, r.fromFile())
+		}
+		return fmt.Errorf("signal reload: kill %d %s%s: %w", pid, r.sig, r.fromFile(), err)
+	}
+	return nil
+}
+
+func (r *signalReloader) fromFile() string {
+	if r.pidFile == "" {
+		return ""
+	}
+	return " (from " + r.pidFile + ")"
+}
+
+// ---------------------------------------------------------------- exec
+
+type execReloader struct {
+	argv    []string
+	timeout time.Duration
+	kind    string
+	label   string // names the reloader in errors
+}
+
+// NewExecReloader runs argv (no shell: argv[0] is the program, looked up in
+// $PATH when it has no slash). A non-zero exit is an error carrying the tail
+// of the command's stderr. On timeout (default 30s when <= 0) or context
+// cancellation the whole process group is killed, so a hook's children do
+// not outlive it.
+func NewExecReloader(argv []string, timeout time.Duration) Reloader {
+	if timeout <= 0 {
+		timeout = defaultExecTimeout
+	}
+	return &execReloader{argv: append([]string(nil), argv...), timeout: timeout, kind: "exec", label: "exec reload"}
+}
+
+func (r *execReloader) Kind() string { return r.kind }
+
+func (r *execReloader) validate() error {
+	if len(r.argv) == 0 || r.argv[0] == "" {
+		return fmt.Errorf("%s: empty command", r.label)
+	}
+	return nil
+}
+
+func (r *execReloader) Reload(ctx context.Context) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	return runCommand(ctx, r.label, r.argv, r.timeout)
+}
+
+func runCommand(ctx context.Context, label string, argv []string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...) //nolint:gosec // argv comes from the operator's config; no shell is involved
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		// Negative pid: the whole group, so `sh -c 'sleep 100 & wait'`
+		// style hooks die with their children.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = waitDelay
+	tail := &tailBuffer{max: stderrTail}
+	cmd.Stderr = tail
+	cmd.Stdout = nil // discarded: only stderr explains a failure
+
+	err := cmd.Run()
+	if err == nil {
+		return nil
+	}
+	msg := fmt.Sprintf("%s %q", label, argv)
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		msg += fmt.Sprintf(": timed out after %s (process group killed)", timeout)
+	case ctx.Err() != nil:
+		msg += ": canceled (process group killed)"
+	default:
+		msg += ": " + err.Error()
+	}
+	if s := tail.String(); s != "" {
+		msg += fmt.Sprintf(": stderr: %q", s)
+	}
+	return errors.New(msg)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.TrimSpace(t.buf))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// ---------------------------------------------------------------- systemd
+
+type systemdReloader struct {
+	unit, action string
+	cfg          commandConfig
+}
+
+func validSystemdAction(a string) bool {
+	switch a {
+	case "reload", "restart", "try-restart", "reload-or-restart", "try-reload-or-restart":
+		return true
+	}
+	return false
+}
+
+// NewSystemdReloader runs `systemctl <action> <unit>`. action is one of
+// reload, restart, try-restart, reload-or-restart, try-reload-or-restart.
+// Options: WithCommandPath, WithCommandTimeout.
+func NewSystemdReloader(unit, action string, opts ...ReloaderOption) Reloader {
+	cfg := commandConfig{path: "systemctl", timeout: defaultServiceTimeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return &systemdReloader{unit: unit, action: action, cfg: cfg}
+}
+
+func (r *systemdReloader) Kind() string { return "systemd" }
+
+func (r *systemdReloader) validate() error {
+	if !validSystemdAction(r.action) {
+		return fmt.Errorf("systemd reload of %q: unsupported action %q (want reload, restart, try-restart, reload-or-restart or try-reload-or-restart)", r.unit, r.action)
+	}
+	// A leading dash would be taken as an option by systemctl.
+	if r.unit == "" || strings.HasPrefix(r.unit, "-") {
+		return fmt.Errorf("systemd reload: invalid unit name %q", r.unit)
+	}
+	return nil
+}
+
+func (r *systemdReloader) Reload(ctx context.Context) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	return runCommand(ctx, "systemd reload", []string{r.cfg.path, r.action, r.unit}, r.cfg.timeout)
+}
+
+// ---------------------------------------------------------------- launchd
+
+type launchdReloader struct {
+	label   string
+	restart bool
+	cfg     commandConfig
+}
+
+// NewLaunchdReloader runs `launchctl kickstart [-k] <domain>/<label>`
+// (domain "system" unless WithLaunchdDomain). restart adds -k, which kills a
+// running instance first; without it kickstart only starts a stopped job.
+// Options: WithCommandPath, WithCommandTimeout, WithLaunchdDomain.
+func NewLaunchdReloader(label string, restart bool, opts ...ReloaderOption) Reloader {
+	cfg := commandConfig{path: "launchctl", timeout: defaultServiceTimeout, domain: "system"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return &launchdReloader{label: label, restart: restart, cfg: cfg}
+}
+
+func (r *launchdReloader) Kind() string { return "launchd" }
+
+func (r *launchdReloader) validate() error {
+	if r.label == "" || strings.ContainsAny(r.label, "/ ") {
+		return fmt.Errorf("launchd reload: invalid label %q", r.label)
+	}
+	if r.cfg.domain == "" {
+		return fmt.Errorf("launchd reload of %q: empty domain", r.label)
+	}
+	return nil
+}
+
+func (r *launchdReloader) Reload(ctx context.Context) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	argv := []string{r.cfg.path, "kickstart"}
+	if r.restart {
+		argv = append(argv, "-k")
+	}
+	argv = append(argv, r.cfg.domain+"/"+r.label)
+	return runCommand(ctx, "launchd reload", argv, r.cfg.timeout)
+}

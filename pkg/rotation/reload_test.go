@@ -1,0 +1,198 @@
+package rotation
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/devapi"
+)
+
+// recorder returns a script that appends its argv (one line, args joined
+// with '|') to log.
+func recorder(t *testing.T, dir, name string) (script, log string) {
+	t.Helper()
+	log = filepath.Join(dir, name+".log")
+	script = writeScript(t, dir, name+".sh", `IFS='|'; echo "$*" >> '`+log+`'`)
+	return script, log
+}
+
+func TestReloadOnlyWhenWritten(t *testing.T) {
+	e := newEnv(t, devapi.Config{}, true)
+	base := t.TempDir()
+	svidScript, svidLog := recorder(t, base, "svid")
+	bundleScript, bundleLog := recorder(t, base, "bundle")
+	w := newWrites()
+	m := newTestManager(t, e, []Output{
+		{Name: "svid", Dir: filepath.Join(base, "svid"), CertFile: "cert.pem", KeyFile: "key.pem",
+			Reloads: []Reloader{NewExecReloader([]string{svidScript, "svid"}, 5*time.Second)}},
+		// Only the bundle: an SVID rotation pushes, but changes nothing here.
+		{Name: "bundle", Dir: filepath.Join(base, "bundle"), BundleFile: "ca.pem",
+			Reloads: []Reloader{NewExecReloader([]string{bundleScript, "bundle"}, 5*time.Second)}},
+	}, withWriteHook(w.hook))
+	runManager(t, m)
+	require.Eventually(t, func() bool { return len(lines(svidLog)) == 1 && len(lines(bundleLog)) == 1 }, waitFor, tick)
+	waitSettled(t, w, "bundle")
+
+	bundleSyncs := w.count("bundle", false)
+	require.NoError(t, e.srv.RotateSVIDs())
+	waitSerial(t, filepath.Join(base, "svid", "cert.pem"), currentSerial(e, ""))
+	require.Eventually(t, func() bool { return len(lines(svidLog)) == 2 }, waitFor, tick)
+	// The bundle output saw the push (an unchanged write) and did not reload.
+	require.Eventually(t, func() bool { return w.count("bundle", false) > bundleSyncs }, waitFor, tick)
+	require.Len(t, lines(bundleLog), 1, "reload ran although nothing was written")
+	require.Equal(t, 1, w.count("bundle", true))
+
+	require.NoError(t, e.srv.RotateCA())
+	require.Eventually(t, func() bool { return len(lines(bundleLog)) == 2 }, waitFor, tick)
+	require.Equal(t, []string{"svid", "svid"}, lines(svidLog)[:2])
+	st := outputState(m, "bundle")
+	require.False(t, st.LastReload.IsZero())
+	require.True(t, st.Healthy)
+}
+
+func TestSignalReloader(t *testing.T) {
+	e := newEnv(t, devapi.Config{}, true)
+	base := t.TempDir()
+	hups := filepath.Join(base, "hups")
+	ready := filepath.Join(base, "ready")
+	// A real service stand-in: counts SIGHUPs.
+	cmd := exec.Command("sh", "-c", `trap 'echo hup >> "$0"' HUP; echo up > "$1"; while :; do sleep 0.05; done`, hups, ready)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, waitFor, tick)
+	pidFile := filepath.Join(base, "svc.pid")
+	require.NoError(t, os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644))
+
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), CertFile: "cert.pem", KeyFile: "key.pem",
+		Reloads: []Reloader{NewSignalReloader(pidFile, 0, syscall.SIGHUP)}}})
+	runManager(t, m)
+	require.Eventually(t, func() bool { return len(lines(hups)) == 1 }, waitFor, tick)
+	require.NoError(t, e.srv.RotateSVIDs())
+	require.Eventually(t, func() bool { return len(lines(hups)) == 2 }, waitFor, tick)
+
+	// Errors name the pid file and what is wrong with it.
+	ctx := context.Background()
+	missing := NewSignalReloader(filepath.Join(base, "nope.pid"), 0, syscall.SIGHUP)
+	require.ErrorContains(t, missing.Reload(ctx), "nope.pid: missing")
+	require.NoError(t, os.WriteFile(pidFile, []byte("abc\n"), 0o644))
+	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx), `not a number: "abc"`)
+	done := exec.Command("true")
+	require.NoError(t, done.Run())
+	require.NoError(t, os.WriteFile(pidFile, []byte(strconv.Itoa(done.Process.Pid)), 0o644))
+	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx), "not running (stale)")
+	require.NoError(t, os.WriteFile(pidFile, []byte("1"), 0o644))
+	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx), "refusing pid 1")
+	// Without a pid file, the pid is used directly.
+	require.NoError(t, NewSignalReloader("", cmd.Process.Pid, syscall.SIGHUP).Reload(ctx))
+	require.Eventually(t, func() bool { return len(lines(hups)) == 3 }, waitFor, tick)
+}
+
+func TestExecReloader(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	args := filepath.Join(dir, "args")
+	script := writeScript(t, dir, "args.sh", `for a in "$@"; do echo "$a" >> '`+args+`'; done`)
+	// No shell: spaces and $ stay literal.
+	require.NoError(t, NewExecReloader([]string{script, "a b", "$HOME", ";true"}, time.Second).Reload(ctx))
+	require.Equal(t, []string{"a b", "$HOME", ";true"}, lines(args))
+
+	fail := writeScript(t, dir, "fail.sh", `echo "first line" >&2; echo "config broken" >&2; exit 3`)
+	err := NewExecReloader([]string{fail}, time.Second).Reload(ctx)
+	require.ErrorContains(t, err, "exit status 3")
+	require.ErrorContains(t, err, "config broken")
+	require.NotContains(t, err.Error(), "\n\n")
+
+	// Timeout kills the whole process group, grandchildren included.
+	childPid := filepath.Join(dir, "child.pid")
+	hang := writeScript(t, dir, "hang.sh", `sleep 30 & echo $! > '`+childPid+`'; wait`)
+	start := time.Now()
+	err = NewExecReloader([]string{hang}, time.Second).Reload(ctx)
+	require.ErrorContains(t, err, "timed out after 1s")
+	require.Less(t, time.Since(start), 10*time.Second)
+	raw, rerr := os.ReadFile(childPid)
+	require.NoError(t, rerr)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+	require.Eventually(t, func() bool { return !processAlive(pid) }, waitFor, tick, "grandchild survived the timeout")
+
+	require.ErrorContains(t, NewExecReloader([]string{filepath.Join(dir, "absent")}, time.Second).Reload(ctx), "absent")
+}
+
+// processAlive is false for a gone or zombie process (a zombie is dead; it
+// only waits for a reaper that a container may not run).
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+func TestServiceManagerReloaders(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	systemctl, sysLog := recorder(t, dir, "systemctl")
+	launchctl, launchLog := recorder(t, dir, "launchctl")
+
+	require.NoError(t, NewSystemdReloader("redis.service", "reload", WithCommandPath(systemctl)).Reload(ctx))
+	require.NoError(t, NewSystemdReloader("uvicorn.service", "try-restart", WithCommandPath(systemctl)).Reload(ctx))
+	require.Equal(t, []string{"reload|redis.service", "try-restart|uvicorn.service"}, lines(sysLog))
+
+	require.NoError(t, NewLaunchdReloader("com.example.api", true, WithCommandPath(launchctl)).Reload(ctx))
+	require.NoError(t, NewLaunchdReloader("com.example.api", false, WithCommandPath(launchctl), WithLaunchdDomain("gui/501")).Reload(ctx))
+	require.Equal(t, []string{"kickstart|-k|system/com.example.api", "kickstart|gui/501/com.example.api"}, lines(launchLog))
+
+	failing := writeScript(t, dir, "systemctl-fail", `echo "Unit redis.service not found." >&2; exit 5`)
+	err := NewSystemdReloader("redis.service", "restart", WithCommandPath(failing)).Reload(ctx)
+	require.ErrorContains(t, err, "exit status 5")
+	require.ErrorContains(t, err, "Unit redis.service not found.")
+
+	require.Equal(t, "systemd", NewSystemdReloader("a", "reload").Kind())
+	require.Equal(t, "launchd", NewLaunchdReloader("a", false).Kind())
+	require.Equal(t, "exec", NewExecReloader([]string{"x"}, 0).Kind())
+	require.Equal(t, "signal", NewSignalReloader("p", 0, syscall.SIGHUP).Kind())
+}
+
+func TestFailingReloadIsRetriedAndReported(t *testing.T) {
+	e := newEnv(t, devapi.Config{}, true)
+	base := t.TempDir()
+	okFile := filepath.Join(base, "ok")
+	attempts := filepath.Join(base, "attempts")
+	flaky := writeScript(t, base, "flaky.sh", `echo try >> '`+attempts+`'; [ -f '`+okFile+`' ] && exit 0; echo "service not ready" >&2; exit 1`)
+	next, nextLog := recorder(t, base, "next")
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), CertFile: "cert.pem",
+		Reloads: []Reloader{NewExecReloader([]string{flaky}, 5*time.Second), NewExecReloader([]string{next, "next"}, 5*time.Second)}}})
+	runManager(t, m)
+
+	require.Eventually(t, func() bool { return len(lines(attempts)) >= 3 }, waitFor, tick, "failed reload not retried")
+	st := outputState(m, "svc")
+	require.False(t, st.Healthy)
+	require.Contains(t, st.LastReloadError, "reload 1/2 (exec)")
+	require.Contains(t, st.LastReloadError, "service not ready")
+	require.Empty(t, st.LastWriteError, "the write itself succeeded")
+	require.Empty(t, lines(nextLog), "later reloads wait for the earlier one")
+	require.GreaterOrEqual(t, testCounter(m.metrics.reloadFailures.WithLabelValues("svc", "exec")), 2.0)
+
+	require.NoError(t, os.WriteFile(okFile, nil, 0o644))
+	require.Eventually(t, func() bool {
+		st := outputState(m, "svc")
+		return st.Healthy && st.LastReloadError == "" && len(lines(nextLog)) == 1
+	}, waitFor, tick)
+	// Success ends the retries.
+	n := len(lines(attempts))
+	time.Sleep(time.Second)
+	require.Len(t, lines(attempts), n)
+}
