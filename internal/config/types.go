@@ -206,21 +206,42 @@ type Redis struct {
 	Transition *RedisTransition `yaml:"transition"`
 }
 
-// RedisTransition is the migration of one Redis server.
+// RedisTransition is the migration of one Redis server from password auth
+// on the plaintext port to mTLS on the TLS port (phases A–D).
 type RedisTransition struct {
+	// Admin is the connection the agent uses for CONFIG and CLIENT LIST.
 	Admin     RedisReload `yaml:"admin"`
 	PlainPort int         `yaml:"plain_port"` // default 6379
 	TLSPort   int         `yaml:"tls_port"`   // default 6380
-	// TLSAddr is where the TLS gate PINGs with the agent's SVID.
-	TLSAddr        string   `yaml:"tls_addr"`
-	CertFile       string   `yaml:"cert_file"`
-	KeyFile        string   `yaml:"key_file"`
-	CACertFile     string   `yaml:"ca_cert_file"`
-	StateFile      string   `yaml:"state_file"`
-	Window         Duration `yaml:"window"`          // plaintext-idle window before D; default 24h
-	SampleInterval Duration `yaml:"sample_interval"` // default 1m
-	HealthChecks   []string `yaml:"health_checks"`   // commands (argv as one string split on spaces is not allowed: use exec lists)
-	SpiffeID       string   `yaml:"spiffe_id"`       // which SVID the agent presents
+	// TLSAddr is where the tls-ping gate dials with the agent's SVID;
+	// default 127.0.0.1:<tls_port>.
+	TLSAddr string `yaml:"tls_addr"`
+	// SpiffeID selects the SVID the agent presents for the tls-ping gate.
+	SpiffeID string `yaml:"spiffe_id"`
+	// ServerID is the SPIFFE ID (or spiffe://trust-domain) the server must
+	// present; default admin.server_id.
+	ServerID string `yaml:"server_id"`
+	// The TLS files as redis-server sees them (an output's files).
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	CACertFile string `yaml:"ca_cert_file"`
+	// PasswordFile restores requirepass when rolling back from D; default
+	// admin.password_file.
+	PasswordFile   string        `yaml:"password_file"`
+	StateFile      string        `yaml:"state_file"`
+	Window         Duration      `yaml:"window"`          // plaintext-free window before D; default 24h
+	SampleInterval Duration      `yaml:"sample_interval"` // CLIENT LIST sampling; default 15s
+	MaxSampleGap   Duration      `yaml:"max_sample_gap"`  // a longer gap restarts the window; default 10m
+	HealthChecks   []HealthCheck `yaml:"health_checks"`
+}
+
+// HealthCheck is one gate check: an HTTP GET that must answer 2xx, or a
+// command (argv list) that must exit 0.
+type HealthCheck struct {
+	Name    string   `yaml:"name"`
+	HTTP    string   `yaml:"http"`
+	Exec    []string `yaml:"exec"`
+	Timeout Duration `yaml:"timeout"` // default 10s
 }
 
 // Duration is a time.Duration written as "90s", "10m", "24h".

@@ -85,7 +85,17 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 			t.TLSPort = 6380
 		}
 		t.Window = Duration(t.Window.D(24 * time.Hour))
-		t.SampleInterval = Duration(t.SampleInterval.D(time.Minute))
+		t.SampleInterval = Duration(t.SampleInterval.D(15 * time.Second))
+		t.MaxSampleGap = Duration(t.MaxSampleGap.D(10 * time.Minute))
+		if t.ServerID == "" {
+			t.ServerID = t.Admin.ServerID
+		}
+		if t.PasswordFile == "" {
+			t.PasswordFile = t.Admin.PasswordFile
+		}
+		for i := range t.HealthChecks {
+			t.HealthChecks[i].Timeout = Duration(t.HealthChecks[i].Timeout.D(10 * time.Second))
+		}
 	}
 }
 
@@ -222,9 +232,23 @@ func (c *Config) validate(v *validator) {
 		if t.StateFile == "" {
 			v.errorf(p("state_file"), "is required (the plaintext-idle window must survive restarts)")
 		}
-		if t.SpiffeID != "" {
-			if _, err := spiffeid.FromString(t.SpiffeID); err != nil {
-				v.errorf(p("spiffe_id"), "%v", err)
+		for _, f := range []struct{ name, val string }{{"spiffe_id", t.SpiffeID}, {"server_id", t.ServerID}} {
+			if f.val == "" {
+				continue
+			}
+			if _, err := spiffeid.FromString(f.val); err != nil {
+				v.errorf(p(f.name), "%q: %v", f.val, err)
+			}
+		}
+		if t.PlainPort == t.TLSPort {
+			v.errorf(p("tls_port"), "must differ from plain_port (%d)", t.PlainPort)
+		}
+		for i, hc := range t.HealthChecks {
+			if hc.Name == "" {
+				v.errorf(p("health_checks", i, "name"), "is required")
+			}
+			if (hc.HTTP == "") == (len(hc.Exec) == 0) {
+				v.errorf(p("health_checks", i), "set exactly one of http and exec")
 			}
 		}
 	}
