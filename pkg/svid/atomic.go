@@ -100,17 +100,20 @@ func createExact(path string, data []byte, mode fs.FileMode, owner Owner) error 
 	return fillFile(f, data, mode, owner)
 }
 
-// fillFile sets owner, then mode (chown may clear mode bits, so chmod comes
-// second), then writes, fsyncs and closes f. f is closed in all cases.
+// fillFile sets mode, then owner, then writes, fsyncs and closes f; f is
+// closed in all cases. The mode comes first because changing the mode of
+// a file another user owns needs CAP_FOWNER, and the agent runs with
+// CAP_CHOWN only; the file is still empty when either happens, and chown
+// clears only set-id bits, which modes here never carry.
 func fillFile(f *os.File, data []byte, mode fs.FileMode, owner Owner) error {
 	err := func() error {
+		if err := f.Chmod(mode.Perm()); err != nil {
+			return fmt.Errorf("chmod %04o: %w", mode.Perm(), err)
+		}
 		if !owner.isKeep() {
 			if err := f.Chown(owner.UID, owner.GID); err != nil {
 				return fmt.Errorf("chown %d:%d: %w", owner.UID, owner.GID, err)
 			}
-		}
-		if err := f.Chmod(mode.Perm()); err != nil {
-			return fmt.Errorf("chmod %04o: %w", mode.Perm(), err)
 		}
 		if _, err := f.Write(data); err != nil {
 			return err

@@ -102,14 +102,19 @@ func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 // Dir returns the absolute target directory.
 func (w *DirWriter) Dir() string { return w.dir }
 
+// prepareDir sets the mode first, while the directory is still the
+// agent's, then hands only its group to the owner. The agent keeps the
+// directory so that it can fill it and later prune it with CAP_CHOWN
+// alone, never needing CAP_FOWNER or CAP_DAC_OVERRIDE (which would let it
+// read every service's keys).
 func (w *DirWriter) prepareDir(path string) error {
-	if !w.owner.isKeep() {
-		if err := os.Lchown(path, w.owner.UID, w.owner.GID); err != nil {
-			return fmt.Errorf("chown %s to %d:%d: %w", path, w.owner.UID, w.owner.GID, err)
-		}
-	}
 	if err := os.Chmod(path, w.dirMode); err != nil {
 		return fmt.Errorf("chmod %s to %04o: %w", path, w.dirMode, err)
+	}
+	if w.owner.GID >= 0 {
+		if err := os.Lchown(path, -1, w.owner.GID); err != nil {
+			return fmt.Errorf("chgrp %s to %d: %w", path, w.owner.GID, err)
+		}
 	}
 	return nil
 }

@@ -221,13 +221,20 @@ func TestDirWriterOwner(t *testing.T) {
 	require.NoError(t, err)
 	_, err = w.Write(fileSet("C", "K", "B"))
 	require.NoError(t, err)
-	for _, n := range []string{"cert.pem", "key.pem", "..data"} {
+	for _, n := range []string{"cert.pem", "key.pem"} {
 		fi, err := os.Stat(filepath.Join(dir, n))
 		require.NoError(t, err)
 		st := fi.Sys().(*syscall.Stat_t)
 		assert.Equal(t, uint32(1234), st.Uid, n)
 		assert.Equal(t, uint32(2345), st.Gid, n)
 	}
+	// The versioned directory stays the agent's (so it can prune it with
+	// CAP_CHOWN alone); only its group is the owner's.
+	fi, err := os.Stat(filepath.Join(dir, "..data"))
+	require.NoError(t, err)
+	st := fi.Sys().(*syscall.Stat_t)
+	assert.Equal(t, uint32(os.Geteuid()), st.Uid, "..data")
+	assert.Equal(t, uint32(2345), st.Gid, "..data")
 	ok, err := w.Check(fileSet("C", "K", "B"))
 	require.NoError(t, err)
 	assert.True(t, ok)
