@@ -1,0 +1,66 @@
+package sdnotify
+
+import (
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// listen opens a real unixgram socket like systemd's and points
+// $NOTIFY_SOCKET at it.
+func listen(t *testing.T) *net.UnixConn {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	t.Setenv("NOTIFY_SOCKET", p)
+	return c
+}
+
+func read(t *testing.T, c *net.UnixConn) string {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	buf := make([]byte, 4096)
+	n, err := c.Read(buf)
+	require.NoError(t, err)
+	return string(buf[:n])
+}
+
+func TestReadyStatusStopping(t *testing.T) {
+	c := listen(t)
+	n := New()
+
+	ok, err := n.Status("waiting for the Workload API")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "STATUS=waiting for the Workload API", read(t, c))
+
+	ok, err = n.Ready("3 outputs written\nsecond line")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "READY=1\nSTATUS=3 outputs written second line", read(t, c))
+
+	ok, err = n.Stopping()
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "STOPPING=1", read(t, c))
+}
+
+func TestNoSocketIsNoop(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	ok, err := New().Ready("x")
+	require.NoError(t, err)
+	require.False(t, ok)
+}
+
+func TestDeadSocketIsAnError(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(t.TempDir(), "nobody-listens.sock"))
+	ok, err := New().Ready("")
+	require.Error(t, err)
+	require.False(t, ok)
+	require.Contains(t, err.Error(), "READY=1")
+}

@@ -1,0 +1,193 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Modes for the directories the agent creates. Output files carry their own
+// modes (keys 0600/0640), so the directory only has to let the consuming
+// service traverse it; sockets likewise carry their own modes.
+const (
+	OutputDirMode fs.FileMode = 0o755
+	SocketDirMode fs.FileMode = 0o755
+)
+
+// Dir is one directory the agent needs before it starts writing or listening.
+type Dir struct {
+	Path string
+	Mode fs.FileMode
+	// User owns the directory (group: the user's primary group). Empty means
+	// the current user: nothing is chowned.
+	User string
+}
+
+// OutputDir is the Dir for an output's `dir:`.
+func OutputDir(path, owner string) Dir {
+	return Dir{Path: path, Mode: OutputDirMode, User: owner}
+}
+
+// SocketDir is the Dir holding a unix socket the agent listens on (admin
+// socket, proxy listeners); socket may carry a "unix://" prefix.
+func SocketDir(socket, owner string) Dir {
+	return Dir{Path: filepath.Dir(strings.TrimPrefix(socket, "unix://")), Mode: SocketDirMode, User: owner}
+}
+
+// systemDirs are never chmodded or chowned, whoever asks: a socket path such
+// as /run/x.sock must not turn /run into the agent's directory.
+var systemDirs = map[string]bool{
+	"/": true, "/tmp": true, "/var/tmp": true, "/run": true, "/var/run": true, "/etc": true,
+	"/var": true, "/var/lib": true, "/var/db": true, "/usr": true, "/usr/local": true,
+	"/usr/local/etc": true, "/usr/local/var": true, "/opt": true, "/srv": true, "/home": true,
+	"/Library": true, "/Library/Logs": true, "/private": true, "/private/tmp": true,
+	"/private/var": true, "/Users": true,
+}
+
+// EnsureDirs creates each directory that is missing with its mode and owner
+// (parents: 0755, owned by the caller), and brings the mode of an existing
+// one owned by the wanted user back to Mode. It never takes over a directory
+// someone else owns: that is an error naming the path and both owners. The
+// agent calls it at start; under systemd `service prepare` (ExecStartPre=+,
+// as root) calls it before the sandbox makes the file system read-only.
+func EnsureDirs(dirs ...Dir) error {
+	for _, d := range dirs {
+		if err := ensureDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type owner struct {
+	name     string
+	uid, gid int
+}
+
+func lookupOwner(name string) (*owner, error) {
+	if name == "" {
+		return nil, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: %w", name, err)
+	}
+	uid, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: uid %q: %w", name, u.Uid, err)
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: gid %q: %w", name, u.Gid, err)
+	}
+	return &owner{name: name, uid: uid, gid: gid}, nil
+}
+
+func ensureDir(d Dir) error {
+	p := d.Path
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return fmt.Errorf("service: directory %q must be an absolute, clean path", p)
+	}
+	if d.Mode == 0 || d.Mode&^fs.ModePerm != 0 {
+		return fmt.Errorf("service: directory %s: mode %v must be permission bits only", p, d.Mode)
+	}
+	o, err := lookupOwner(d.User)
+	if err != nil {
+		return fmt.Errorf("service: directory %s: %w", p, err)
+	}
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = create(p, d.Mode, o)
+		if !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		// Lost a race with another creator: check what is there now.
+		fi, err = os.Lstat(p)
+	}
+	if err != nil {
+		return fmt.Errorf("service: directory %s: %w", p, err)
+	}
+	return fixExisting(p, fi, d.Mode, o)
+}
+
+func create(p string, mode fs.FileMode, o *owner) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("service: directory %s: create parent: %w", p, err)
+	}
+	if err := os.Mkdir(p, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		return fmt.Errorf("service: directory %s: %w", p, err)
+	}
+	// Mode before owner: chmod of a directory already given to another user
+	// would need CAP_FOWNER, which the unit does not grant.
+	if err := os.Chmod(p, mode); err != nil {
+		return fmt.Errorf("service: directory %s: chmod %04o: %w", p, mode, err)
+	}
+	if o != nil {
+		if err := os.Lchown(p, o.uid, o.gid); err != nil {
+			return fmt.Errorf("service: directory %s: chown to %s: %w", p, o.name, err)
+		}
+	}
+	return nil
+}
+
+func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("service: directory %s is a symlink; configure the directory it points to", p)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("service: %s exists and is not a directory", p)
+	}
+	if systemDirs[p] || fi.Mode()&fs.ModeSticky != 0 {
+		return nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("service: directory %s: no owner information", p)
+	}
+	wantUID := os.Geteuid()
+	wantName := "the agent's user"
+	if o != nil {
+		wantUID, wantName = o.uid, o.name
+	}
+	if int(st.Uid) != wantUID {
+		if o == nil {
+			// The caller did not ask for an owner: a directory of someone
+			// else's (e.g. a shared socket dir) is used as it is.
+			return nil
+		}
+		return fmt.Errorf("service: directory %s is owned by uid %d, not %s (uid %d): chown it to %s or point the config at a directory of its own",
+			p, st.Uid, wantName, wantUID, wantName)
+	}
+	if fi.Mode().Perm() != mode {
+		if err := os.Chmod(p, mode); err != nil {
+			return fmt.Errorf("service: directory %s: chmod %04o (was %04o): %w", p, mode, fi.Mode().Perm(), err)
+		}
+	}
+	return nil
+}
+
+// Prepare creates what the agent needs before it starts: each output
+// directory (OutputDirMode) and the directory of each unix socket the agent
+// listens on (SocketDirMode), owned by user ("" = the caller). It is the body
+// of `identity-agent service prepare --config FILE --user USER` (the unit's
+// ExecStartPre=+, as root) and of the same step at the start of `run`.
+// Do not pass the Workload API socket: its directory belongs to SPIRE.
+func Prepare(user string, outputDirs, listenSockets []string) error {
+	dirs := make([]Dir, 0, len(outputDirs)+len(listenSockets))
+	for _, d := range outputDirs {
+		dirs = append(dirs, OutputDir(d, user))
+	}
+	for _, s := range listenSockets {
+		dirs = append(dirs, SocketDir(s, user))
+	}
+	return EnsureDirs(dirs...)
+}

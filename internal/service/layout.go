@@ -1,0 +1,114 @@
+package service
+
+import (
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/identity-agent/identity-agent/internal/config"
+)
+
+// The directories systemd creates and leaves writable for the unit
+// (RuntimeDirectory=, StateDirectory=); nothing under them needs a
+// ReadWritePaths= line.
+const (
+	RuntimeDir = "/run/identity-agent"
+	StateDir   = "/var/lib/identity-agent"
+)
+
+// Layout is what the service definition and `service prepare` need to know
+// about an agent config.
+type Layout struct {
+	// WritableDirs: every directory the agent writes into outside
+	// RuntimeDir/StateDir (outputs, traefik dynamic files, the Redis
+	// transition state file, unix listeners). InstallConfig.OutputDirs.
+	WritableDirs []string
+	// ListenSockets: the admin socket and the proxies' unix listeners, whose
+	// directories Prepare creates.
+	ListenSockets []string
+	// WorkloadAPISocket as configured (after defaults).
+	WorkloadAPISocket string
+	// ExtraCapabilities the config needs beyond CAP_CHOWN: CAP_KILL for
+	// signal reloads (their targets usually run as another user),
+	// CAP_NET_BIND_SERVICE for a proxy on a port below 1024.
+	ExtraCapabilities []string
+}
+
+// LayoutFromConfig derives the Layout from a loaded (defaulted, validated)
+// config.
+func LayoutFromConfig(c *config.Config) Layout {
+	var l Layout
+	writable := func(dir string) {
+		if dir == "" || under(dir, RuntimeDir) || under(dir, StateDir) {
+			return
+		}
+		l.WritableDirs = append(l.WritableDirs, dir)
+	}
+	caps := map[string]bool{}
+	for _, o := range c.Outputs {
+		writable(o.Dir)
+		for _, r := range o.Reload {
+			if r.Traefik != nil {
+				writable(filepath.Dir(r.Traefik.File))
+			}
+			if r.Signal != nil {
+				caps["CAP_KILL"] = true
+			}
+		}
+	}
+	if c.Redis != nil && c.Redis.Transition != nil && c.Redis.Transition.StateFile != "" {
+		writable(filepath.Dir(c.Redis.Transition.StateFile))
+	}
+	if c.Admin.Socket != "" {
+		l.ListenSockets = append(l.ListenSockets, c.Admin.Socket)
+	}
+	for _, p := range c.Proxies {
+		if path, ok := unixPath(p.Listen); ok {
+			l.ListenSockets = append(l.ListenSockets, path)
+			writable(filepath.Dir(path))
+			continue
+		}
+		if _, port, err := net.SplitHostPort(p.Listen); err == nil {
+			if n, err := strconv.Atoi(port); err == nil && n > 0 && n < 1024 {
+				caps["CAP_NET_BIND_SERVICE"] = true
+			}
+		}
+	}
+	l.WorkloadAPISocket = c.WorkloadAPI.Socket
+	for cp := range caps {
+		l.ExtraCapabilities = append(l.ExtraCapabilities, cp)
+	}
+	slices.Sort(l.ExtraCapabilities)
+	slices.Sort(l.WritableDirs)
+	l.WritableDirs = slices.Compact(l.WritableDirs)
+	return l
+}
+
+func unixPath(addr string) (string, bool) {
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		return p, true
+	}
+	if strings.HasPrefix(addr, "/") {
+		return addr, true
+	}
+	return "", false
+}
+
+// InstallConfig returns the InstallConfig for this layout; empty fields
+// take the platform defaults when rendered.
+func (l Layout) InstallConfig(configPath, user string) InstallConfig {
+	return InstallConfig{
+		ConfigPath:        configPath,
+		User:              user,
+		OutputDirs:        slices.Clone(l.WritableDirs),
+		WorkloadAPISocket: l.WorkloadAPISocket,
+		ExtraCapabilities: slices.Clone(l.ExtraCapabilities),
+	}
+}
+
+// Prepare creates the layout's directories owned by user (see Prepare).
+func (l Layout) Prepare(user string) error {
+	return Prepare(user, l.WritableDirs, l.ListenSockets)
+}

@@ -1,0 +1,55 @@
+package traefik_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/traefik"
+)
+
+// An output wrote svid.pem, key.pem and bundle.pem; the Reloader turns them
+// into a dynamic configuration that Traefik's file provider applies.
+func Example() {
+	dir, _ := os.MkdirTemp("", "traefik-example")
+	defer os.RemoveAll(dir)
+
+	// Stand-in for what the agent's output writes on every rotation.
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	ca, _ := devapi.NewCA(td)
+	s, _ := ca.IssueX509SVID(spiffeid.RequireFromPath(td, "/traefik"), time.Now(), time.Now().Add(time.Hour))
+	key, _ := svid.EncodeKeyPEM(s.PrivateKey)
+	_ = os.WriteFile(filepath.Join(dir, "svid.pem"), svid.EncodeCertsPEM(s.Certificates), 0o644)
+	_ = os.WriteFile(filepath.Join(dir, "key.pem"), key, 0o600)
+	_ = os.WriteFile(filepath.Join(dir, "bundle.pem"), svid.EncodeCertsPEM(ca.X509Bundle().X509Authorities()), 0o644)
+
+	r, err := traefik.NewReloader(filepath.Join(dir, "identity-agent.yml"),
+		traefik.Files{
+			Cert:   filepath.Join(dir, "svid.pem"),
+			Key:    filepath.Join(dir, "key.pem"),
+			Bundle: filepath.Join(dir, "bundle.pem"),
+		},
+		traefik.WithPeerSPIFFEID(spiffeid.RequireFromPath(td, "/model-server")))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := r.Reload(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	data, _ := os.ReadFile(r.Path())
+	var c traefik.Config
+	_ = yaml.Unmarshal(data, &c)
+	st := c.HTTP.ServersTransports["spiffe"]
+	fmt.Println(r.Kind(), len(st.Certificates), len(st.RootCAs), st.PeerCertURI, st.InsecureSkipVerify)
+	// Output: traefik 1 1 spiffe://example.org/model-server true
+}
