@@ -51,8 +51,9 @@ var systemDirs = map[string]bool{
 }
 
 // EnsureDirs creates each directory that is missing with its mode and owner
-// (parents: 0755, owned by the caller), and brings the mode of an existing
-// one owned by the wanted user back to Mode. It never takes over a directory
+// (parents: 0755, owned by the caller), and removes from an existing one
+// owned by the wanted user any permission bit Mode does not allow (it never
+// widens: an operator's 0750 stays 0750). It never takes over a directory
 // someone else owns: that is an error naming the path and both owners. The
 // agent calls it at start; under systemd `service prepare` (ExecStartPre=+,
 // as root) calls it before the sandbox makes the file system read-only.
@@ -167,9 +168,11 @@ func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
 		return fmt.Errorf("service: directory %s is owned by uid %d, not %s (uid %d): chown it to %s or point the config at a directory of its own",
 			p, st.Uid, wantName, wantUID, wantName)
 	}
-	if fi.Mode().Perm() != mode {
-		if err := os.Chmod(p, mode); err != nil {
-			return fmt.Errorf("service: directory %s: chmod %04o (was %04o): %w", p, mode, fi.Mode().Perm(), err)
+	// Only ever tighten: an operator's 0750 stays 0750, a stray 0777
+	// loses what Mode does not allow.
+	if have := fi.Mode().Perm(); have&^mode != 0 {
+		if err := os.Chmod(p, have&mode); err != nil {
+			return fmt.Errorf("service: directory %s: chmod %04o (was %04o): %w", p, have&mode, have, err)
 		}
 	}
 	return nil

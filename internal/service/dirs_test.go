@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -106,4 +107,21 @@ func TestPrepare(t *testing.T) {
 	require.Equal(t, fs.ModeDir|SocketDirMode, mode(t, filepath.Dir(sock)))
 	_, err := os.Lstat(sock)
 	require.ErrorIs(t, err, fs.ErrNotExist, "only the directory is made; the listener creates the socket")
+}
+
+func TestEnsureDirsNeverWidensAnExistingDirectory(t *testing.T) {
+	base := t.TempDir()
+	tight := filepath.Join(base, "tight")
+	loose := filepath.Join(base, "loose")
+	require.NoError(t, os.Mkdir(tight, 0o700))
+	require.NoError(t, os.Chmod(tight, 0o750))
+	require.NoError(t, os.Mkdir(loose, 0o700))
+	require.NoError(t, os.Chmod(loose, 0o777))
+	require.NoError(t, EnsureDirs(OutputDir(tight, ""), OutputDir(loose, "")))
+	fi, err := os.Stat(tight)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o750), fi.Mode().Perm(), "an operator's tighter mode is kept")
+	fi, err = os.Stat(loose)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o755), fi.Mode().Perm(), "bits beyond OutputDirMode are removed")
 }
