@@ -1,0 +1,195 @@
+package tlsproxy
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Mode says which side of the proxy speaks mTLS.
+type Mode string
+
+const (
+	// ModeServer accepts mTLS connections and forwards plaintext to a local target.
+	ModeServer Mode = "server"
+	// ModeClient accepts local plaintext connections and forwards them over mTLS.
+	ModeClient Mode = "client"
+)
+
+// Defaults applied by New when a Config field is zero.
+const (
+	DefaultMaxConns         = 1024
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 5 * time.Minute
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultDrainTimeout     = 30 * time.Second
+	DefaultSocketMode       = fs.FileMode(0o600)
+)
+
+// Config describes one proxy. Addresses are "host:port" for TCP or
+// "unix:///abs/path" for a unix socket.
+type Config struct {
+	// Name identifies the proxy in errors, logs, metrics and Stats.
+	Name string
+	Mode Mode
+	// Listen is where the proxy accepts connections: mTLS in server mode,
+	// plaintext in client mode.
+	Listen string
+	// Target is where accepted connections are forwarded: plaintext in
+	// server mode, mTLS in client mode.
+	Target string
+	// Allow lists the peer SPIFFE IDs that are accepted (clients in server
+	// mode, the server in client mode). See ParseAllow for the forms.
+	Allow []string
+	// HTTP turns a server-mode proxy into an HTTP/1.1 reverse proxy that
+	// passes the verified peer identity to the target in the
+	// X-Forwarded-Client-Cert header and strips any incoming copy.
+	HTTP bool
+
+	// MaxConns bounds concurrent connections, including those still in
+	// the TLS handshake. Connections beyond it are reset at once.
+	MaxConns int
+	// HandshakeTimeout bounds the TLS handshake (both modes).
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection after no byte moved in either
+	// direction for this long.
+	IdleTimeout time.Duration
+	// ConnectTimeout bounds dialing the target.
+	ConnectTimeout time.Duration
+	// DrainTimeout bounds Shutdown when its context has no earlier deadline.
+	DrainTimeout time.Duration
+	// SocketMode is applied to a unix socket the proxy listens on
+	// (default 0600): whoever can connect to a client-mode socket borrows
+	// this agent's identity.
+	SocketMode fs.FileMode
+
+	// UnsafeAllowNonLoopbackPlaintext permits the plaintext side (target in
+	// server mode, listen in client mode) to be something other than a
+	// loopback address or a unix socket.
+	UnsafeAllowNonLoopbackPlaintext bool
+}
+
+// addr is a parsed listen or target address.
+type addr struct {
+	network string // "tcp" or "unix"
+	address string // host:port or socket path
+}
+
+func (a addr) String() string {
+	if a.network == "unix" {
+		return "unix://" + a.address
+	}
+	return a.address
+}
+
+// parseAddr accepts "host:port", "[v6]:port" and "unix:///abs/path".
+func parseAddr(s string) (addr, error) {
+	if s == "" {
+		return addr{}, errors.New("empty address")
+	}
+	if rest, ok := strings.CutPrefix(s, "unix://"); ok {
+		if !filepath.IsAbs(rest) {
+			return addr{}, fmt.Errorf("%q: unix socket path must be absolute (unix:///path)", s)
+		}
+		return addr{network: "unix", address: filepath.Clean(rest)}, nil
+	}
+	if strings.Contains(s, "://") {
+		return addr{}, fmt.Errorf("%q: want host:port or unix:///path", s)
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return addr{}, fmt.Errorf("%q: %w", s, err)
+	}
+	if port == "" {
+		return addr{}, fmt.Errorf("%q: missing port", s)
+	}
+	return addr{network: "tcp", address: net.JoinHostPort(host, port)}, nil
+}
+
+// isLoopback reports whether a is a unix socket or a loopback TCP address.
+// Host names other than "localhost" are refused: what they resolve to can
+// change after validation.
+func (a addr) isLoopback() bool {
+	if a.network == "unix" {
+		return true
+	}
+	host, _, err := net.SplitHostPort(a.address)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// normalized returns cfg with defaults filled in and its addresses parsed,
+// or an error naming the proxy and the field.
+func (cfg Config) normalized() (Config, addr, addr, error) {
+	fail := func(field string, err error) (Config, addr, addr, error) {
+		return Config{}, addr{}, addr{}, fmt.Errorf("proxy %q: %s: %w", cfg.Name, field, err)
+	}
+	if cfg.Name == "" {
+		return fail("name", errors.New("must not be empty"))
+	}
+	switch cfg.Mode {
+	case ModeServer, ModeClient:
+	default:
+		return fail("mode", fmt.Errorf("%q: want %q or %q", cfg.Mode, ModeServer, ModeClient))
+	}
+	listen, err := parseAddr(cfg.Listen)
+	if err != nil {
+		return fail("listen", err)
+	}
+	target, err := parseAddr(cfg.Target)
+	if err != nil {
+		return fail("target", err)
+	}
+	if !cfg.UnsafeAllowNonLoopbackPlaintext {
+		if cfg.Mode == ModeServer && !target.isLoopback() {
+			return fail("target", fmt.Errorf("%q: plaintext target must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)", cfg.Target))
+		}
+		if cfg.Mode == ModeClient && !listen.isLoopback() {
+			return fail("listen", fmt.Errorf("%q: plaintext listener must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)", cfg.Listen))
+		}
+	}
+	if cfg.HTTP && cfg.Mode != ModeServer {
+		return fail("http", errors.New("HTTP mode is only available in server mode"))
+	}
+	if len(cfg.Allow) == 0 {
+		return fail("allow", errEmptyAllow)
+	}
+	for _, d := range []struct {
+		field string
+		v     *time.Duration
+		def   time.Duration
+	}{
+		{"handshake_timeout", &cfg.HandshakeTimeout, DefaultHandshakeTimeout},
+		{"idle_timeout", &cfg.IdleTimeout, DefaultIdleTimeout},
+		{"connect_timeout", &cfg.ConnectTimeout, DefaultConnectTimeout},
+		{"drain_timeout", &cfg.DrainTimeout, DefaultDrainTimeout},
+	} {
+		if *d.v < 0 {
+			return fail(d.field, fmt.Errorf("%s: must not be negative", *d.v))
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if cfg.MaxConns < 0 {
+		return fail("max_conns", fmt.Errorf("%d: must not be negative", cfg.MaxConns))
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	return cfg, listen, target, nil
+}

@@ -1,0 +1,50 @@
+// Package tlsproxy is identity-agent's local mTLS proxy.
+//
+// A server-mode proxy accepts mTLS connections, verifies the client's
+// X.509-SVID against the current trust bundles (federated trust domains
+// included), authorizes its SPIFFE ID and forwards plaintext to a target on
+// loopback or a unix socket. A client-mode proxy accepts plaintext on
+// loopback or a unix socket and forwards it over mTLS, checking the
+// server's SPIFFE ID. Services that cannot speak TLS (Ollama, a legacy
+// redis:// client) thus get SPIFFE mTLS on the network without changing.
+//
+// Identity comes from go-spiffe sources (x509svid.Source and
+// x509bundle.Source: a workloadapi.X509Source, identity-agent's
+// svid.Source, or static go-spiffe values). Every handshake asks them for
+// the SVID and bundles of that moment, so rotations apply to new
+// connections while existing ones go on. To present a particular SVID
+// (the config's spiffe_id or hint), pass a source that picks it, such as
+// svid.Source.X509SVIDSource(selector).
+//
+// Peer verification runs in tls.Config.VerifyConnection, which crypto/tls
+// calls on resumed sessions too; TLS session resumption between our own
+// client and server proxies therefore never skips the bundle check or the
+// allow list. Sessions are bound to the SVID the proxy presents, so after
+// a rotation the next connection performs a full handshake with the new
+// certificate.
+//
+// Safety by default: the plaintext side must be a loopback address,
+// "localhost" or a unix socket unless Config.UnsafeAllowNonLoopbackPlaintext
+// is set; TLS 1.2 is the minimum (1.3 is negotiated when the peer has it);
+// an empty allow list is an error. Limits: MaxConns (connections beyond it
+// are reset at once, handshakes in progress count), HandshakeTimeout,
+// IdleTimeout (no byte in either direction), ConnectTimeout and a graceful
+// Shutdown bounded by DrainTimeout.
+//
+// Data path: plain sockets are read with read(2) straight into pooled
+// 64 KiB buffers that are taken only once data is there; a tls.Conn is
+// read into a 4 KiB per-direction buffer first and, when more is already
+// decrypted or buffered, into a pooled buffer without blocking. TLS
+// records of one chunk go out in one write(2), and received records are
+// read ahead so several are decrypted per read(2). So a connection
+// waiting for its peer holds no pooled buffer: what an idle connection
+// costs is a few KiB per direction plus crypto/tls's own buffers (about
+// 115 KiB for both proxies of a pair after a bulk transfer, measured in
+// TestIdleConnsAreCheap). TCP_NODELAY is on (Go's default). splice(2)
+// does not apply: one side of every connection is TLS in user space.
+//
+// Every rejected connection is logged once at Warn with the peer address,
+// the SPIFFE ID it presented (if any) and a Cause, and counted in
+// identity_agent_proxy_handshake_failures_total{proxy,cause}. See Stats for
+// the other counters.
+package tlsproxy

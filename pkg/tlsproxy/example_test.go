@@ -1,0 +1,139 @@
+package tlsproxy_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
+)
+
+func ExampleParseAllow() {
+	authz, err := tlsproxy.ParseAllow([]string{
+		"spiffe://example.org/traefik", // exactly this workload
+		"spiffe://example.org/batch/*", // /batch and everything below it
+		"spiffe://partner.org",         // any workload of a federated trust domain
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, id := range []string{
+		"spiffe://example.org/traefik",
+		"spiffe://example.org/batch/nightly",
+		"spiffe://partner.org/etl",
+		"spiffe://example.org/web",
+	} {
+		fmt.Println(id, authz(spiffeid.RequireFromString(id), nil) == nil)
+	}
+	_, err = tlsproxy.ParseAllow(nil)
+	fmt.Println(err)
+	// Output:
+	// spiffe://example.org/traefik true
+	// spiffe://example.org/batch/nightly true
+	// spiffe://partner.org/etl true
+	// spiffe://example.org/web false
+	// at least one allowed SPIFFE ID is required (there is no allow-anyone)
+}
+
+// ExampleNew runs the issue's Ollama layout on loopback: a plaintext
+// service, a server-mode proxy in front of it, and a client-mode proxy
+// that a plaintext client talks to. Identities come from the dev Workload
+// API through go-spiffe's workloadapi.X509Source.
+func ExampleNew() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "tpex")
+	defer os.RemoveAll(dir)
+
+	api, _ := devapi.New(devapi.Config{
+		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+		Identities: []devapi.Identity{
+			{ID: spiffeid.RequireFromString("spiffe://example.org/model-server"), Hint: "model-server"},
+			{ID: spiffeid.RequireFromString("spiffe://example.org/traefik"), Hint: "traefik"},
+		},
+	})
+	_ = api.Start(filepath.Join(dir, "api.sock"))
+	defer api.Stop()
+	source := func(hint string) *workloadapi.X509Source {
+		s, err := workloadapi.NewX509Source(ctx,
+			workloadapi.WithClientOptions(workloadapi.WithAddr(api.Addr())),
+			workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+				for _, s := range svids {
+					if s.Hint == hint {
+						return s
+					}
+				}
+				return svids[0]
+			}))
+		if err != nil {
+			panic(err)
+		}
+		return s
+	}
+	modelHost, traefikHost := source("model-server"), source("traefik")
+	defer modelHost.Close()
+	defer traefikHost.Close()
+
+	// The plaintext service: answers one line.
+	svc, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer svc.Close()
+	go func() {
+		for {
+			c, err := svc.Accept()
+			if err != nil {
+				return
+			}
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			_, _ = io.WriteString(c, "model says: "+line)
+			_ = c.Close()
+		}
+	}()
+
+	server, err := tlsproxy.New(tlsproxy.Config{
+		Name: "ollama", Mode: tlsproxy.ModeServer,
+		Listen: "127.0.0.1:0", Target: svc.Addr().String(),
+		Allow: []string{"spiffe://example.org/traefik"},
+	}, modelHost, modelHost)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	_ = server.Start(ctx)
+	client, err := tlsproxy.New(tlsproxy.Config{
+		Name: "to-ollama", Mode: tlsproxy.ModeClient,
+		Listen: "127.0.0.1:0", Target: server.Addr().String(),
+		Allow: []string{"spiffe://example.org/model-server"},
+	}, traefikHost, traefikHost)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	_ = client.Start(ctx)
+
+	c, _ := net.Dial("tcp", client.Addr().String())
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(c, "hello\n")
+	reply, _ := io.ReadAll(c)
+	c.Close()
+	fmt.Print(string(reply))
+
+	shutdownCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = client.Shutdown(shutdownCtx)
+	_ = server.Shutdown(shutdownCtx)
+	st := server.Stats()
+	fmt.Println(st.Name, st.ConnectionsTotal, st.BytesToTarget, st.BytesFromTarget)
+	// Output:
+	// model says: hello
+	// ollama 1 6 18
+}

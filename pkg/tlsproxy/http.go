@@ -1,0 +1,209 @@
+package tlsproxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+)
+
+// XFCCHeader carries the verified client identity to an HTTP-mode target,
+// in Envoy's X-Forwarded-Client-Cert format:
+//
+//	By=spiffe://example.org/server;Hash=<hex SHA-256 of the client leaf DER>;URI=spiffe://example.org/client
+//
+// Any copy sent by the client is removed first, including spellings with
+// underscores that some frameworks fold into the same name.
+const XFCCHeader = "X-Forwarded-Client-Cert"
+
+// httpFront serves HTTP/1.1 on connections the proxy has already
+// handshaken and authorized, and reverse-proxies to the target.
+type httpFront struct {
+	p         *Proxy
+	srv       *http.Server
+	ln        *chanListener
+	transport *http.Transport
+}
+
+type peerKey struct{}
+
+func newHTTPFront(p *Proxy) *httpFront {
+	f := &httpFront{p: p}
+	target := p.target
+	dialer := &net.Dialer{Timeout: p.cfg.ConnectTimeout}
+	f.transport = &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, target.network, target.address)
+			if err != nil {
+				p.stats.dialFail.Add(1)
+				return nil, err
+			}
+			setNoDelay(c)
+			return c, nil
+		},
+		MaxIdleConns:        p.cfg.MaxConns,
+		MaxIdleConnsPerHost: p.cfg.MaxConns,
+		IdleConnTimeout:     p.cfg.IdleTimeout,
+		DisableCompression:  true,
+	}
+	host := target.address
+	if target.network == "unix" {
+		host = "localhost"
+	}
+	stdLog, _ := zap.NewStdLogAt(p.log, zap.DebugLevel)
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "http", Host: host})
+			pr.Out.Host = pr.In.Host
+			stripXFCC(pr.Out.Header)
+			pr.SetXForwarded()
+			pr.Out.Header.Set("X-Forwarded-Proto", "https")
+			if hc, ok := pr.In.Context().Value(peerKey{}).(*httpConn); ok {
+				pr.Out.Header.Set(XFCCHeader, f.xfcc(hc))
+			}
+		},
+		Transport: f.transport,
+		// Streamed responses (Ollama tokens, server-sent events) go out as
+		// they arrive.
+		FlushInterval: -1,
+		ErrorLog:      stdLog,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.log.Warn("target request failed", zap.String("peer_addr", r.RemoteAddr), zap.Error(err))
+			w.WriteHeader(http.StatusBadGateway)
+		},
+	}
+	f.srv = &http.Server{
+		Handler:           rp,
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		ErrorLog:          stdLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, c)
+		},
+	}
+	return f
+}
+
+func (f *httpFront) xfcc(hc *httpConn) string {
+	var b strings.Builder
+	if s, err := f.p.svids.GetX509SVID(); err == nil {
+		b.WriteString("By=")
+		b.WriteString(s.ID.String())
+		b.WriteByte(';')
+	}
+	sum := sha256.Sum256(hc.leaf.Raw)
+	b.WriteString("Hash=")
+	b.WriteString(hex.EncodeToString(sum[:]))
+	b.WriteString(";URI=")
+	b.WriteString(hc.peer.String())
+	return b.String()
+}
+
+// stripXFCC removes every header that a backend could read as
+// X-Forwarded-Client-Cert: any case, '-' or '_'.
+func stripXFCC(h http.Header) {
+	for k := range h {
+		if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), XFCCHeader) {
+			delete(h, k)
+		}
+	}
+}
+
+func (f *httpFront) start() {
+	f.ln = &chanListener{ch: make(chan net.Conn), done: make(chan struct{}), addr: f.p.ln.Addr()}
+	f.p.wg.Add(1)
+	go func() {
+		defer f.p.wg.Done()
+		if err := f.srv.Serve(f.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			f.p.log.Error("http server stopped", zap.Error(err))
+		}
+	}()
+}
+
+// hand gives an authorized connection to the HTTP server.
+func (f *httpFront) hand(c *httpConn) {
+	select {
+	case f.ln.ch <- c:
+	case <-f.ln.done:
+		_ = c.Close()
+	}
+}
+
+// shutdown closes idle keep-alive connections and waits for requests in
+// flight, until ctx is done.
+func (f *httpFront) shutdown(ctx context.Context) {
+	_ = f.srv.Shutdown(ctx)
+}
+
+func (f *httpFront) close() {
+	_ = f.srv.Close()
+	f.transport.CloseIdleConnections()
+}
+
+// httpConn is an authorized TLS connection owned by the HTTP server. It
+// counts payload bytes and releases the proxy's bookkeeping on Close.
+type httpConn struct {
+	net.Conn // *tls.Conn
+	p        *Proxy
+	t        *tracked
+	peer     spiffeid.ID
+	leaf     *x509.Certificate
+	once     sync.Once
+}
+
+func (c *httpConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.p.stats.toTarget.Add(uint64(n))
+	return n, err
+}
+
+func (c *httpConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.p.stats.fromTarget.Add(uint64(n))
+	return n, err
+}
+
+func (c *httpConn) Close() error {
+	var err error
+	c.once.Do(func() {
+		err = c.Conn.Close()
+		c.p.release(c.t)
+	})
+	return err
+}
+
+// chanListener feeds the HTTP server connections accepted, handshaken
+// and authorized by the proxy's own accept loop, so limits, timeouts,
+// metrics and rejection logging are the same in both modes.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
