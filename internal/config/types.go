@@ -171,14 +171,18 @@ type RedisReload struct {
 	CACertFile string `yaml:"ca_cert_file"`
 }
 
-// TraefikReload regenerates a Traefik dynamic configuration file so that
-// Traefik's file provider notices the rotation.
+// TraefikReload regenerates a Traefik dynamic configuration file (with the
+// SVID, key and bundle inline) so that Traefik's file provider, which
+// watches that file and not the certificates, notices the rotation.
 type TraefikReload struct {
-	File          string   `yaml:"file"`
-	TransportName string   `yaml:"transport_name"`
-	ServerName    string   `yaml:"server_name"`
-	PeerIDs       []string `yaml:"peer_spiffe_ids"`
-	Mode          FileMode `yaml:"mode"`
+	File          string `yaml:"file"`           // absolute path in Traefik's watched directory
+	TransportName string `yaml:"transport_name"` // serversTransports name; default "spiffe"
+	ServerName    string `yaml:"server_name"`
+	// PeerSpiffeID is the one SPIFFE ID the backend must present
+	// (Traefik's peerCertURI).
+	PeerSpiffeID string   `yaml:"peer_spiffe_id"`
+	TCP          bool     `yaml:"tcp"`  // a tcp serversTransport instead of http
+	Mode         FileMode `yaml:"mode"` // default 0600: the file holds the private key
 }
 
 // Proxy is one mTLS proxy.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
 // Defaults applied to fields left empty.
@@ -72,7 +74,7 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 				rl.Launchd.Restart = &t
 			}
 			if rl.Traefik != nil && rl.Traefik.Mode == 0 {
-				rl.Traefik.Mode = DefaultBundleMode
+				rl.Traefik.Mode = DefaultKeyMode
 			}
 		}
 	}
@@ -214,8 +216,10 @@ func (c *Config) validate(v *validator) {
 			v.errorf(p("allow"), "is required: list the peer SPIFFE IDs to accept (there is no allow-anyone)")
 		}
 		for j, a := range px.Allow {
-			if !strings.HasPrefix(a, "spiffe://") {
-				v.errorf(p("allow", j), "%q must be a spiffe:// ID, trust domain or prefix", a)
+			// The proxy's own parser, so the forms accepted here are
+			// exactly the ones the proxy enforces.
+			if _, err := tlsproxy.ParseAllow([]string{a}); err != nil {
+				v.errorf(p("allow", j), "%s", strings.TrimPrefix(err.Error(), "allow[0] "))
 			}
 		}
 		if px.MaxConns < 0 {
@@ -351,6 +355,14 @@ func checkReload(v *validator, p []any, rl Reload, o Output) {
 		}
 		if o.CertFile == "" || o.BundleFile == "" {
 			v.errorf(q("traefik"), "needs the output to write cert_file, key_file and bundle_file")
+		}
+		if id := rl.Traefik.PeerSpiffeID; id != "" {
+			if _, err := spiffeid.FromString(id); err != nil {
+				v.errorf(q("traefik", "peer_spiffe_id"), "%q: %v", id, err)
+			}
+		}
+		if rl.Traefik.Mode&0o007 != 0 {
+			v.errorf(q("traefik", "mode"), "%04o lets every user read the inline private key; use 0600 or 0640", uint32(rl.Traefik.Mode))
 		}
 	}
 }

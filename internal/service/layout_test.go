@@ -29,7 +29,7 @@ outputs:
     key_file: key.pem
     bundle_file: bundle.pem
     reload:
-      - traefik: {file: /etc/traefik/dynamic/identity-agent.yml, peer_spiffe_ids: [spiffe://example.org/model]}
+      - traefik: {file: /etc/traefik/dynamic/identity-agent.yml, peer_spiffe_id: spiffe://example.org/model}
   - name: state
     dir: /var/lib/identity-agent/jwt
     jwt_bundle_file: jwks.json

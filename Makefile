@@ -1,0 +1,37 @@
+# identity-agent. `make run` is the quick start; `make test` is what CI runs.
+GO        ?= go
+BIN       := bin/identity-agent
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin/golangci-lint)
+
+.PHONY: build deps test run bench lint e2e clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
+
+# The whole suite with the race detector: unit, integration (real redis-server,
+# uvicorn, openssl, curl) and the CLI tests against the built binary.
+deps:
+	./scripts/deps.sh
+
+test: deps
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+run: build
+	./scripts/quickstart.sh
+
+# Benchmarks; results go to docs/BENCHMARKS.md (see scripts/bench.sh).
+bench: build
+	./scripts/bench.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOLANGCI) run ./...
+
+e2e: build
+	$(GO) test -count=1 -tags e2e -timeout 20m ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/devapi"
+)
+
+func newDevCmd() *cobra.Command {
+	var (
+		socket, trustDomain string
+		ids, dns, federate  []string
+		ttl, jwtTTL         time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "dev [--socket PATH] [--trust-domain TD] [--spiffe-id ID[#hint]]... [--ttl 1m]",
+		Short: "Serve a development Workload API with an in-process CA (never for production)",
+		Long: `Serve the SPIFFE Workload API on a unix socket with an in-process CA, for
+development, demos and tests. Every caller gets every configured identity.
+SVIDs are re-issued and pushed at half of --ttl.
+
+  SIGHUP   rotate the CA (the bundle keeps the old root next to the new one)
+  SIGUSR1  issue and push new SVIDs now
+  SIGINT/SIGTERM stop`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			td, err := spiffeid.TrustDomainFromString(trustDomain)
+			if err != nil {
+				return withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", trustDomain, err))
+			}
+			idents, err := parseIdentities(ids, dns)
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			var feds []spiffeid.TrustDomain
+			for _, f := range federate {
+				ftd, err := spiffeid.TrustDomainFromString(f)
+				if err != nil {
+					return withCode(exitUsage, fmt.Errorf("--federate-with %q: %w", f, err))
+				}
+				feds = append(feds, ftd)
+			}
+			log, err := newLogger(config.Log{Level: "info", Format: "console"}, cmd.ErrOrStderr())
+			if err != nil {
+				return withCode(exitFailure, err)
+			}
+			srv, err := devapi.New(devapi.Config{TrustDomain: td, Identities: idents, TTL: ttl, JWTTTL: jwtTTL, Federated: feds, Logger: log})
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			if err := srv.Start(socket); err != nil {
+				return withCode(exitFailure, err)
+			}
+			defer srv.Stop()
+			log.Info("export " + config.EnvEndpointSocket + "=" + srv.Addr())
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			for {
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case s := <-sigs:
+					switch s {
+					case syscall.SIGHUP:
+						if err := srv.RotateCA(); err != nil {
+							log.Error("CA rotation failed", zap.Error(err))
+						} else {
+							log.Info("CA rotated; SVIDs re-issued")
+						}
+					case syscall.SIGUSR1:
+						if err := srv.RotateSVIDs(); err != nil {
+							log.Error("SVID rotation failed", zap.Error(err))
+						}
+					default:
+						log.Info("stopping", zap.String("signal", s.String()))
+						return nil
+					}
+				}
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&socket, "socket", "/tmp/identity-agent-dev/agent.sock", "unix socket to serve the Workload API on")
+	f.StringVar(&trustDomain, "trust-domain", "example.org", "trust domain of the dev CA")
+	f.StringArrayVar(&ids, "spiffe-id", nil, "identity to issue, ID[#hint] (repeatable; default spiffe://TD/workload)")
+	f.StringArrayVar(&dns, "dns", nil, "DNS SAN added to every SVID, e.g. localhost (repeatable)")
+	f.StringArrayVar(&federate, "federate-with", nil, "serve a federated bundle for this trust domain (repeatable)")
+	f.DurationVar(&ttl, "ttl", devapi.DefaultTTL, "X.509-SVID lifetime; rotated at half of it")
+	f.DurationVar(&jwtTTL, "jwt-ttl", devapi.DefaultJWTTTL, "JWT-SVID lifetime")
+	return cmd
+}
+
+// parseIdentities reads "spiffe://td/path#hint" flags.
+func parseIdentities(flags, dns []string) ([]devapi.Identity, error) {
+	var out []devapi.Identity
+	for _, f := range flags {
+		idStr, hint, _ := strings.Cut(f, "#")
+		id, err := spiffeid.FromString(idStr)
+		if err != nil {
+			return nil, fmt.Errorf("--spiffe-id %q: %w", f, err)
+		}
+		out = append(out, devapi.Identity{ID: id, Hint: hint, DNSNames: dns})
+	}
+	if len(out) == 0 && len(dns) > 0 {
+		return nil, errors.New("--dns needs at least one --spiffe-id")
+	}
+	return out, nil
+}

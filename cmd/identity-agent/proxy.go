@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/internal/agent"
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
+)
+
+func newProxyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "proxy server|client",
+		Short: "Run one mTLS proxy without a config file",
+		Long: `server: accept mTLS on --listen, authorize the client's SPIFFE ID against
+--allow, forward plaintext to --target (loopback or unix socket).
+client: accept plaintext on --listen (loopback or unix socket), dial --target
+over mTLS and authorize the server's SPIFFE ID against --allow.
+
+--allow forms: spiffe://td/path (exact), spiffe://td (any ID in the trust
+domain), spiffe://td/prefix/* (path prefix). Repeat it for several.`,
+	}
+	cmd.AddCommand(proxyModeCmd(tlsproxy.ModeServer), proxyModeCmd(tlsproxy.ModeClient))
+	return cmd
+}
+
+func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
+	var (
+		pc       config.Proxy
+		api      string
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   string(mode) + " --listen ADDR --target ADDR --allow SPIFFE_ID [...]",
+		Short: fmt.Sprintf("Run a %s-mode mTLS proxy", mode),
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pc.Name, pc.Mode = string(mode), string(mode)
+			if api == "" {
+				api = os.Getenv(config.EnvEndpointSocket)
+			}
+			if api == "" {
+				return withCode(exitUsage, errors.New("--workload-api is required (or set "+config.EnvEndpointSocket+")"))
+			}
+			if len(pc.Allow) == 0 {
+				return withCode(exitUsage, errors.New("--allow is required: list the peer SPIFFE IDs to accept (there is no allow-anyone)"))
+			}
+			log, err := newLogger(config.Log{Level: logLevel, Format: "json"}, cmd.ErrOrStderr())
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			defer func() { _ = log.Sync() }()
+			src := svid.NewSource(svid.WithAddr(api), svid.WithLogger(log.Named("workloadapi")))
+			p, err := tlsproxy.New(agent.ProxyConfig(pc), src.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), src,
+				tlsproxy.WithLogger(log.With(zap.String("proxy", pc.Name))))
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			if err := src.Start(ctx); err != nil {
+				return withCode(exitUsage, fmt.Errorf("workload API %s: %w", api, err))
+			}
+			defer func() { _ = src.Close() }()
+			if err := src.WaitReady(ctx); err != nil {
+				return nil // interrupted before the first SVID
+			}
+			if err := p.Start(ctx); err != nil {
+				return withCode(exitFailure, err)
+			}
+			log.Info("proxy ready", zap.String("mode", string(mode)), zap.Stringer("listen", p.Addr()), zap.String("target", pc.Target))
+			<-ctx.Done()
+			drain := time.Duration(pc.DrainTimeout)
+			if drain == 0 {
+				drain = tlsproxy.DefaultDrainTimeout
+			}
+			dctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			return withCode(exitFailure, p.Shutdown(dctx))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&api, "workload-api", "", "Workload API address, unix:///path (default $"+config.EnvEndpointSocket+")")
+	f.StringVar(&pc.Listen, "listen", "", "address to accept on: host:port or unix:///path")
+	f.StringVar(&pc.Target, "target", "", "address to forward to: host:port or unix:///path")
+	f.StringArrayVar(&pc.Allow, "allow", nil, "peer SPIFFE ID, trust domain or prefix to accept (repeatable)")
+	f.StringVar(&pc.SpiffeID, "spiffe-id", "", "which of this workload's SVIDs to present (default: the first)")
+	f.StringVar(&pc.Hint, "hint", "", "pick the SVID to present by its Workload API hint")
+	f.IntVar(&pc.MaxConns, "max-conns", 0, "concurrent connections (default 1024)")
+	f.Var(durationFlag{&pc.HandshakeTimeout}, "handshake-timeout", "TLS handshake limit (default 10s)")
+	f.Var(durationFlag{&pc.IdleTimeout}, "idle-timeout", "close after this long without traffic (default 5m)")
+	f.Var(durationFlag{&pc.ConnectTimeout}, "connect-timeout", "target dial limit (default 5s)")
+	f.Var(durationFlag{&pc.DrainTimeout}, "drain-timeout", "how long SIGTERM lets connections finish (default 30s)")
+	f.BoolVar(&pc.UnsafeAllowNonLoopbackPlaintext, "unsafe-allow-non-loopback-plaintext", false, "allow the plaintext side off loopback")
+	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	if mode == tlsproxy.ModeServer {
+		f.BoolVar(&pc.HTTP, "http", false, "HTTP mode: pass the verified client SPIFFE ID in X-Forwarded-Client-Cert")
+	}
+	return cmd
+}
+
+// durationFlag lets config.Duration be a pflag value.
+type durationFlag struct{ d *config.Duration }
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return "0s"
+	}
+	return time.Duration(*f.d).String()
+}
+
+func (f durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*f.d = config.Duration(v)
+	return nil
+}
+
+func (durationFlag) Type() string { return "duration" }

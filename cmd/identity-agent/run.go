@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/internal/agent"
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/sdnotify"
+	"github.com/identity-agent/identity-agent/internal/service"
+)
+
+// loadConfig reads the config; a bad file is a usage error (exit 2) whose
+// message is already one "FILE:LINE: ..." line per problem.
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return nil, withCode(exitUsage, errors.New("--config is required"))
+	}
+	cfg, err := config.Load(path, os.Getenv)
+	if err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	return cfg, nil
+}
+
+func newRunCmd() *cobra.Command {
+	var cfgPath string
+	cmd := &cobra.Command{
+		Use:   "run --config FILE",
+		Short: "Run the agent: keep outputs rotated, serve proxies and the admin endpoint",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg.Log, cmd.ErrOrStderr())
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			defer func() { _ = log.Sync() }()
+			// Directories the agent writes into or listens in; under systemd
+			// `service prepare` already made them as root, this is a no-op.
+			if err := service.LayoutFromConfig(cfg).Prepare(""); err != nil {
+				return withCode(exitFailure, err)
+			}
+			notifier := sdnotify.New()
+			a, err := agent.New(cfg, agent.Options{
+				Logger:  log,
+				Version: version,
+				OnReady: func() {
+					if _, err := notifier.Ready("SVIDs written"); err != nil {
+						log.Warn("sd_notify READY", zap.Error(err))
+					}
+				},
+				OnStopping: func() { _, _ = notifier.Stopping() },
+			})
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			if err := a.Run(ctx); err != nil {
+				return withCode(exitFailure, err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "agent configuration file (YAML)")
+	return cmd
+}
+
+func newFetchCmd() *cobra.Command {
+	var (
+		cfgPath string
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "fetch --config FILE",
+		Short: "Write every output once and exit (init containers, scripts)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg.Log, cmd.ErrOrStderr())
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			defer func() { _ = log.Sync() }()
+			a, err := agent.New(cfg, agent.Options{Logger: log, Version: version})
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			if err := a.Fetch(ctx); err != nil {
+				return withCode(exitFailure, err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "agent configuration file (YAML)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "give up when the Workload API has not answered by then")
+	return cmd
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/identity-agent/identity-agent/internal/admin"
+	"github.com/identity-agent/identity-agent/internal/config"
+)
+
+// EnvAdmin overrides the default admin address for `status`.
+const EnvAdmin = "IDENTITY_AGENT_ADMIN"
+
+func newStatusCmd() *cobra.Command {
+	var (
+		addr, cfgPath string
+		asJSON        bool
+		timeout       time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "status [--admin ADDR | --config FILE] [--json]",
+		Short: "Report the running agent's health (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			target, err := statusTarget(addr, cfgPath)
+			if err != nil {
+				return withCode(int(admin.Unknown), err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			report, err := admin.Fetch(ctx, target)
+			if err != nil {
+				if asJSON {
+					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{"severity": admin.Unknown.String(), "reasons": []string{err.Error()}})
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "UNKNOWN: %v\n", err)
+				}
+				return withCode(int(admin.Unknown), errors.New(""))
+			}
+			sev, reasons := admin.Evaluate(report)
+			if asJSON {
+				out := struct {
+					Severity string   `json:"severity"`
+					Reasons  []string `json:"reasons"`
+					admin.Report
+				}{sev.String(), reasons, report}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(out); err != nil {
+					return withCode(int(admin.Unknown), err)
+				}
+			} else {
+				printStatus(cmd.OutOrStdout(), report, sev, reasons)
+			}
+			if sev == admin.OK {
+				return nil
+			}
+			return withCode(int(sev), errors.New(""))
+		},
+	}
+	cmd.Flags().StringVar(&addr, "admin", "", "admin socket path or http://127.0.0.1:PORT (default: from --config, $"+EnvAdmin+", or "+config.DefaultAdminSocket+")")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "read the admin socket from this agent configuration")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the full report as JSON")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
+	return cmd
+}
+
+func statusTarget(addr, cfgPath string) (string, error) {
+	switch {
+	case addr != "":
+		return addr, nil
+	case cfgPath != "":
+		cfg, err := config.Load(cfgPath, os.Getenv)
+		if err != nil {
+			return "", err
+		}
+		return cfg.Admin.Socket, nil
+	case os.Getenv(EnvAdmin) != "":
+		return os.Getenv(EnvAdmin), nil
+	default:
+		return config.DefaultAdminSocket, nil
+	}
+}
+
+func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []string) {
+	head := sev.String()
+	if len(reasons) > 0 {
+		head += ": " + strings.Join(reasons, "; ")
+	}
+	fmt.Fprintln(w, head)
+	conn := "connected"
+	if !r.WorkloadAPI.Connected {
+		conn = "NOT connected"
+	}
+	fmt.Fprintf(w, "agent %s, up %s; Workload API %s %s (reconnects %d)\n",
+		r.Version, r.Now.Sub(r.StartedAt).Round(time.Second), r.WorkloadAPI.Address, conn, r.WorkloadAPI.Reconnects)
+	for _, s := range r.SVIDs {
+		hint := ""
+		if s.Hint != "" {
+			hint = " hint=" + s.Hint
+		}
+		fmt.Fprintf(w, "svid    %s%s serial=%s not_after=%s (in %s)\n", s.SpiffeID, hint, s.Serial,
+			s.NotAfter.UTC().Format(time.RFC3339), s.NotAfter.Sub(r.Now).Round(time.Second))
+	}
+	for _, o := range r.Outputs {
+		fmt.Fprintf(w, "output  %s files=%s", o.Name, strings.Join(o.Files, ","))
+		if o.Serial != "" {
+			fmt.Fprintf(w, " serial=%s not_after=%s", o.Serial, o.NotAfter.UTC().Format(time.RFC3339))
+		}
+		if !o.LastWrite.IsZero() {
+			fmt.Fprintf(w, " written=%s", o.LastWrite.UTC().Format(time.RFC3339))
+		}
+		if o.LastWriteError != "" {
+			fmt.Fprintf(w, " write_error=%q", o.LastWriteError)
+		}
+		if !o.LastReload.IsZero() {
+			result := "ok"
+			if o.LastReloadError != "" {
+				result = fmt.Sprintf("%q", o.LastReloadError)
+			}
+			fmt.Fprintf(w, " reloaded=%s result=%s", o.LastReload.UTC().Format(time.RFC3339), result)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, p := range r.Proxies {
+		fmt.Fprintf(w, "proxy   %s %s %s -> %s %s\n", p.Name, p.Mode, p.Listen, p.Target, compactJSON(p.Stats))
+	}
+}
+
+func compactJSON(raw json.RawMessage) string {
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		return ""
+	}
+	var parts []string
+	for _, k := range []string{"connections_open", "connections_total", "connections_refused", "bytes_to_target", "bytes_from_target"} {
+		if v, ok := m[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+		}
+	}
+	if hf, ok := m["handshake_failures"].(map[string]any); ok {
+		var total float64
+		for _, v := range hf {
+			if f, ok := v.(float64); ok {
+				total += f
+			}
+		}
+		parts = append(parts, fmt.Sprintf("handshake_failures=%v", total))
+	}
+	return strings.Join(parts, " ")
+}

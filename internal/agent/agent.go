@@ -1,0 +1,310 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/internal/admin"
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/pkg/redisclient"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
+	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
+)
+
+// Options are the parts of a run that do not come from the config file.
+type Options struct {
+	Logger  *zap.Logger
+	Version string
+	// OnReady is called once the first SVIDs are written and the proxies
+	// listen (systemd's READY=1).
+	OnReady func()
+	// OnStopping is called when shutdown begins.
+	OnStopping func()
+}
+
+// Agent is one configured agent.
+type Agent struct {
+	cfg      *config.Config
+	opts     Options
+	log      *zap.Logger
+	registry *prometheus.Registry
+	source   *svid.Source
+	manager  *rotation.Manager
+	proxies  []*tlsproxy.Proxy
+	started  time.Time
+
+	// sampler watches the Redis plaintext port during a transition.
+	sampler    *redisclient.Sampler
+	redisAdmin *redisclient.Admin
+}
+
+// New builds every part from cfg without starting anything.
+func New(cfg *config.Config, opts Options) (*Agent, error) {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry()}
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")))
+	a.registerSourceMetrics()
+
+	outs, err := Outputs(cfg, a.extraReloader)
+	if err != nil {
+		return nil, err
+	}
+	a.manager, err = rotation.NewManager(a.source, outs,
+		rotation.WithLogger(a.log.Named("rotation")),
+		rotation.WithRegisterer(a.registry),
+		rotation.WithDebounce(cfg.Rotation.Debounce.D(config.DefaultDebounce)),
+		rotation.WithRetryBackoff(cfg.Rotation.RetryMin.D(config.DefaultRetryMin), cfg.Rotation.RetryMax.D(config.DefaultRetryMax)),
+		rotation.WithExpiryWindow(cfg.Rotation.ExpiryWindow.D(config.DefaultExpiryWindow)),
+		rotation.WithGuard(cfg.Rotation.Guard == nil || *cfg.Rotation.Guard),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("%s: outputs: %w", cfg.Path, err)
+	}
+	for i, pc := range cfg.Proxies {
+		p, err := tlsproxy.New(ProxyConfig(pc), a.source.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), a.source,
+			tlsproxy.WithLogger(a.log.Named("proxy").With(zap.String("proxy", pc.Name))),
+			tlsproxy.WithRegisterer(a.registry))
+		if err != nil {
+			return nil, fmt.Errorf("%s: proxies[%d]: %w", cfg.Path, i, err)
+		}
+		a.proxies = append(a.proxies, p)
+	}
+	if cfg.Redis != nil && cfg.Redis.Transition != nil {
+		t := cfg.Redis.Transition
+		ropts := []redisclient.Option{redisclient.WithLogger(a.log.Named("redis")), redisclient.WithRegisterer(a.registry)}
+		tr, adm, err := RedisTransition(cfg, a.source, ropts...)
+		if err != nil {
+			return nil, err
+		}
+		a.redisAdmin = adm
+		a.sampler, err = redisclient.NewSampler(adm, redisclient.SamplerConfig{
+			StateFile: t.StateFile, Interval: t.SampleInterval.D(15 * time.Second), MaxGap: t.MaxSampleGap.D(10 * time.Minute),
+			PlainPort: t.PlainPort, TLSPort: t.TLSPort, Transition: tr,
+		}, ropts...)
+		if err != nil {
+			_ = adm.Close()
+			return nil, fmt.Errorf("%s: redis.transition: %w", cfg.Path, err)
+		}
+	}
+	return a, nil
+}
+
+// extraReloader builds the reload kinds that live outside pkg/rotation.
+func (a *Agent) extraReloader(o config.Output, r config.Reload) (rotation.Reloader, error) {
+	switch {
+	case r.Redis != nil:
+		return a.redisReloader(o, r.Redis)
+	case r.Traefik != nil:
+		return a.traefikReloader(o, r.Traefik)
+	}
+	return nil, fmt.Errorf("reload kind %q is not supported", r.Kind())
+}
+
+// ProxyConfig maps a configured proxy to tlsproxy's Config.
+func ProxyConfig(pc config.Proxy) tlsproxy.Config {
+	return tlsproxy.Config{
+		Name:                            pc.Name,
+		Mode:                            tlsproxy.Mode(pc.Mode),
+		Listen:                          pc.Listen,
+		Target:                          pc.Target,
+		Allow:                           pc.Allow,
+		HTTP:                            pc.HTTP,
+		MaxConns:                        pc.MaxConns,
+		HandshakeTimeout:                time.Duration(pc.HandshakeTimeout),
+		IdleTimeout:                     time.Duration(pc.IdleTimeout),
+		ConnectTimeout:                  time.Duration(pc.ConnectTimeout),
+		DrainTimeout:                    time.Duration(pc.DrainTimeout),
+		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
+	}
+}
+
+// Registry is the agent's private metrics registry; other parts (the redis
+// sampler) register on it too.
+func (a *Agent) Registry() *prometheus.Registry { return a.registry }
+
+// Source is the agent's Workload API source.
+func (a *Agent) Source() *svid.Source { return a.source }
+
+func (a *Agent) registerSourceMetrics() {
+	src := a.source
+	a.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "identity_agent_workload_api_connected",
+			Help: "1 while the Workload API stream is delivering, 0 otherwise.",
+		}, func() float64 {
+			if src.Status().Connected {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "identity_agent_workload_api_reconnects_total",
+			Help: "Times the Workload API stream recovered after failing.",
+		}, func() float64 { return float64(src.Status().Reconnects) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "identity_agent_workload_api_x509_updates_total",
+			Help: "X.509 context updates pushed by the Workload API.",
+		}, func() float64 { return float64(src.Status().X509Updates) }),
+	)
+}
+
+// Run serves until ctx is done: admin endpoint first (so `status` can tell
+// "waiting for the Workload API" from "agent down"), then the source, the
+// first write, the proxies, and the rotation loop. Shutdown drains proxies.
+func (a *Agent) Run(ctx context.Context) error {
+	a.started = time.Now()
+	adm := admin.NewServer(a.cfg.Admin.Socket, a.cfg.Admin.MetricsListen, a.Report, a.registry, a.log.Named("admin"))
+	if err := adm.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := adm.Shutdown(sctx); err != nil {
+			a.log.Warn("admin shutdown", zap.Error(err))
+		}
+	}()
+
+	if err := a.source.Start(ctx); err != nil {
+		return fmt.Errorf("workload API %s: %w", a.cfg.WorkloadAPI.Socket, err)
+	}
+	defer func() { _ = a.source.Close() }()
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.manager.Run(ctx) }()
+
+	a.log.Info("waiting for the first SVIDs", zap.String("workload_api", a.cfg.WorkloadAPI.Socket))
+	if err := a.source.WaitReady(ctx); err != nil {
+		return a.stop(ctx, runErr)
+	}
+	// One synchronous pass so READY means "files are on disk"; the rotation
+	// loop finds them identical and does not write or reload again.
+	if err := a.manager.WriteAll(ctx); err != nil {
+		a.log.Warn("first write incomplete; retrying in the background", zap.Error(err))
+	}
+	for _, p := range a.proxies {
+		if err := p.Start(ctx); err != nil {
+			return errors.Join(fmt.Errorf("proxy %s: %w", p.Name(), err), a.stop(ctx, runErr))
+		}
+	}
+	var samplerDone chan struct{}
+	if a.sampler != nil {
+		samplerDone = make(chan struct{})
+		go func() {
+			defer close(samplerDone)
+			if err := a.sampler.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("redis transition sampler stopped", zap.Error(err))
+			}
+		}()
+		defer func() {
+			<-samplerDone
+			_ = a.redisAdmin.Close()
+		}()
+	}
+	a.log.Info("agent ready", zap.Int("outputs", len(a.cfg.Outputs)), zap.Int("proxies", len(a.proxies)))
+	if a.opts.OnReady != nil {
+		a.opts.OnReady()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-runErr:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("rotation: %w", err)
+		}
+	}
+	return a.stop(ctx, runErr)
+}
+
+func (a *Agent) stop(ctx context.Context, runErr chan error) error {
+	if a.opts.OnStopping != nil {
+		a.opts.OnStopping()
+	}
+	a.log.Info("shutting down")
+	var errs []error
+	for _, p := range a.proxies {
+		dctx, cancel := context.WithTimeout(context.Background(), a.drainTimeout())
+		if err := p.Shutdown(dctx); err != nil {
+			errs = append(errs, fmt.Errorf("proxy %s: %w", p.Name(), err))
+		}
+		cancel()
+	}
+	if ctx.Err() != nil {
+		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Agent) drainTimeout() time.Duration {
+	d := tlsproxy.DefaultDrainTimeout
+	for _, p := range a.cfg.Proxies {
+		if p.DrainTimeout.D(0) > d {
+			d = p.DrainTimeout.D(0)
+		}
+	}
+	return d
+}
+
+// Fetch writes every output once and returns; for init containers and scripts.
+func (a *Agent) Fetch(ctx context.Context) error {
+	if err := a.source.Start(ctx); err != nil {
+		return fmt.Errorf("workload API %s: %w", a.cfg.WorkloadAPI.Socket, err)
+	}
+	defer func() { _ = a.source.Close() }()
+	if err := a.source.WaitReady(ctx); err != nil {
+		st := a.source.Status()
+		msg := "no X.509-SVID from the Workload API at " + a.cfg.WorkloadAPI.Socket
+		if st.LastError != "" {
+			msg += ": " + st.LastError
+		}
+		return errors.New(msg)
+	}
+	return a.manager.WriteAll(ctx)
+}
+
+// Report is the admin endpoint's status document.
+func (a *Agent) Report() admin.Report {
+	st := a.source.Status()
+	snap := a.manager.Snapshot()
+	r := admin.Report{
+		Version:             a.opts.Version,
+		Now:                 time.Now(),
+		StartedAt:           a.started,
+		Ready:               a.source.X509Context() != nil,
+		ExpiryWindowSeconds: a.cfg.Rotation.ExpiryWindow.D(config.DefaultExpiryWindow).Seconds(),
+		WorkloadAPI: admin.WorkloadAPI{
+			Address: a.cfg.WorkloadAPI.Socket, Connected: st.Connected, LastUpdate: st.LastUpdate,
+			LastError: st.LastError, Reconnects: st.Reconnects,
+		},
+	}
+	for _, s := range snap.SVIDs {
+		r.SVIDs = append(r.SVIDs, admin.SVID{SpiffeID: s.SpiffeID, Hint: s.Hint, Serial: s.Serial, NotAfter: s.NotAfter})
+	}
+	for _, o := range snap.Outputs {
+		r.Outputs = append(r.Outputs, admin.Output{
+			Name: o.Name, Files: o.Files, SpiffeID: o.SpiffeID, Serial: o.Serial, NotAfter: o.NotAfter,
+			LastWrite: o.LastWrite, LastWriteError: o.LastWriteError, LastReload: o.LastReload, LastReloadError: o.LastReloadError,
+		})
+	}
+	for _, p := range a.proxies {
+		s := p.Stats()
+		raw, err := json.Marshal(s)
+		if err != nil {
+			raw = nil
+		}
+		r.Proxies = append(r.Proxies, admin.Proxy{Name: s.Name, Mode: string(s.Mode), Listen: s.Listen, Target: s.Target, Stats: raw})
+	}
+	return r
+}
