@@ -15,10 +15,15 @@ echo "== idle agent" >&2
 IDLE_SECONDS=${IDLE_SECONDS:-60} ./scripts/idle.sh | tee "$tmp/idle.md" >&2
 
 proxy_md=""
-if [ -x bench/proxy/run.sh ] && [ -z "${SKIP_PROXY:-}" ]; then
-  echo "== proxy" >&2
-  bench/proxy/run.sh >"$tmp/proxy.md"
-  proxy_md=$(cat "$tmp/proxy.md")
+if [ -z "${SKIP_PROXY:-}" ]; then
+  # iperf3 and wrk are the independent load generators for the proxy runs.
+  if ! command -v iperf3 >/dev/null || ! command -v wrk >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iperf3 wrk >/dev/null
+  fi
+  echo "== proxy (bench/proxy/run.sh -> docs/BENCHMARKS-proxy.md)" >&2
+  bench/proxy/run.sh >&2
+  proxy_md="See [BENCHMARKS-proxy.md](BENCHMARKS-proxy.md) for the mTLS proxy pair against direct loopback (iperf3, wrk), measured in the same \`make bench\` run."
 fi
 
 # Pull "name value unit" metric pairs out of a go test -bench line.
