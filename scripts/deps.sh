@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the integration tests use, only if something is missing:
 # redis-server (Debian's build has TLS), uvicorn, openssl and curl as
-# independent TLS peers, systemd-analyze for the unit checks.
+# independent TLS peers, redis-py for the Celery client snippet,
+# systemd-analyze for the unit checks.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 /usr/bin/python3 -c 'import uvicorn' 2>/dev/null || missing+=(python3-uvicorn)
+/usr/bin/python3 -c 'import redis' 2>/dev/null || missing+=(python3-redis)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
