@@ -315,3 +315,43 @@ func serialOf(t *testing.T, pemBytes []byte) string {
 	require.NoError(t, err)
 	return c.SerialNumber.String()
 }
+
+// An output directory that cannot be written (chattr +i, as a read-only
+// mount would) keeps the last good files, turns status WARNING naming the
+// write failure, and recovers by itself once writable again.
+func TestUnwritableOutputKeepsFilesWarnsAndRecovers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chattr +i needs root")
+	}
+	needBinary(t, "chattr")
+	dir := t.TempDir()
+	srv, apiSock := startDevAPI(t, dir, 8*time.Second) // rotates every 4s
+	cfg := writeConfig(t, dir, apiSock, "1s")
+	startAgent(t, cfg)
+	waitStatus(t, cfg, 0)
+	out := filepath.Join(dir, "out")
+	read := func() (string, string) {
+		c, err := os.ReadFile(filepath.Join(out, "svid.pem"))
+		require.NoError(t, err)
+		k, err := os.ReadFile(filepath.Join(out, "key.pem"))
+		require.NoError(t, err)
+		return string(c), string(k)
+	}
+	if b, err := exec.Command("chattr", "+i", out).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i not supported here: %v %s", err, b)
+	}
+	t.Cleanup(func() { _ = exec.Command("chattr", "-i", out).Run() })
+	cert, key := read()
+
+	require.NoError(t, srv.RotateSVIDs())
+	r := waitStatus(t, cfg, 1)
+	assert.Contains(t, r.stdout, "output svc: last write failed")
+	c2, k2 := read()
+	assert.Equal(t, cert, c2, "last good certificate kept")
+	assert.Equal(t, key, k2, "last good key kept")
+
+	require.NoError(t, exec.Command("chattr", "-i", out).Run())
+	waitStatus(t, cfg, 0)
+	c3, _ := read()
+	assert.NotEqual(t, serialOf(t, []byte(cert)), serialOf(t, []byte(c3)), "the pending rotation is written once the directory is writable")
+}
