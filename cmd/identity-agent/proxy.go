@@ -62,7 +62,7 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 			defer func() { _ = log.Sync() }()
 			src := svid.NewSource(svid.WithAddr(api), svid.WithLogger(log.Named("workloadapi")))
 			p, err := tlsproxy.New(agent.ProxyConfig(pc), src.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), src,
-				tlsproxy.WithLogger(log.With(zap.String("proxy", pc.Name))))
+				tlsproxy.WithLogger(log))
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
@@ -105,6 +105,7 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	if mode == tlsproxy.ModeServer {
 		f.BoolVar(&pc.HTTP, "http", false, "HTTP mode: pass the verified client SPIFFE ID in X-Forwarded-Client-Cert")
+		f.BoolVar(&pc.RewriteHost, "rewrite-host", false, "HTTP mode: send the target address as Host (Ollama refuses a non-local Host)")
 	}
 	return cmd
 }

@@ -63,9 +63,9 @@ func newRedisConfigCmd() *cobra.Command {
 	f.StringVarP(&cfgPath, "config", "c", "", "take ports and files from this agent configuration's redis.transition")
 	f.IntVar(&plainPort, "plain-port", 6379, "plaintext port")
 	f.IntVar(&tlsPort, "tls-port", 6380, "TLS port")
-	f.StringVar(&certFile, "cert-file", "/var/lib/identity-agent/redis/svid.pem", "tls-cert-file")
-	f.StringVar(&keyFile, "key-file", "/var/lib/identity-agent/redis/key.pem", "tls-key-file")
-	f.StringVar(&caCertFile, "ca-cert-file", "/var/lib/identity-agent/redis/bundle.pem", "tls-ca-cert-file")
+	f.StringVar(&certFile, "cert-file", "/etc/identity-agent/certs/redis/svid.pem", "tls-cert-file")
+	f.StringVar(&keyFile, "key-file", "/etc/identity-agent/certs/redis/key.pem", "tls-key-file")
+	f.StringVar(&caCertFile, "ca-cert-file", "/etc/identity-agent/certs/redis/bundle.pem", "tls-ca-cert-file")
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -66,7 +67,7 @@ func newStatusCmd() *cobra.Command {
 			return withCode(int(sev), errors.New(""))
 		},
 	}
-	cmd.Flags().StringVar(&addr, "admin", "", "admin socket path or http://127.0.0.1:PORT (default: from --config, $"+EnvAdmin+", or "+config.DefaultAdminSocket+")")
+	cmd.Flags().StringVar(&addr, "admin", "", "admin socket path or http://127.0.0.1:PORT (default: from --config, $"+EnvAdmin+", or "+config.AdminSocketFor(runtime.GOOS)+")")
 	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "read the admin socket from this agent configuration")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the full report as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
@@ -86,7 +87,7 @@ func statusTarget(addr, cfgPath string) (string, error) {
 	case os.Getenv(EnvAdmin) != "":
 		return os.Getenv(EnvAdmin), nil
 	default:
-		return config.DefaultAdminSocket, nil
+		return config.AdminSocketFor(runtime.GOOS), nil
 	}
 }
 

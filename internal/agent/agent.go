@@ -73,7 +73,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	for i, pc := range cfg.Proxies {
 		p, err := tlsproxy.New(ProxyConfig(pc), a.source.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), a.source,
-			tlsproxy.WithLogger(a.log.Named("proxy").With(zap.String("proxy", pc.Name))),
+			tlsproxy.WithLogger(a.log.Named("proxy")),
 			tlsproxy.WithRegisterer(a.registry))
 		if err != nil {
 			return nil, fmt.Errorf("%s: proxies[%d]: %w", cfg.Path, i, err)
@@ -120,6 +120,7 @@ func ProxyConfig(pc config.Proxy) tlsproxy.Config {
 		Target:                          pc.Target,
 		Allow:                           pc.Allow,
 		HTTP:                            pc.HTTP,
+		RewriteHost:                     pc.RewriteHost,
 		MaxConns:                        pc.MaxConns,
 		HandshakeTimeout:                time.Duration(pc.HandshakeTimeout),
 		IdleTimeout:                     time.Duration(pc.IdleTimeout),

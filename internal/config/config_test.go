@@ -91,6 +91,11 @@ func TestSocketDefaultsToSPIFFEEndpointSocket(t *testing.T) {
 }
 
 // Every bad input is one line, with the file and the line of the field.
+func TestAdminSocketDefaultPerOS(t *testing.T) {
+	assert.Equal(t, "/run/identity-agent/admin.sock", config.AdminSocketFor("linux"))
+	assert.Equal(t, "/var/db/identity-agent/admin.sock", config.AdminSocketFor("darwin"), "macOS has no /run")
+}
+
 func TestErrorsNameFileAndLine(t *testing.T) {
 	cases := []struct {
 		name, yaml, want string

@@ -13,9 +13,23 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// DefaultAdminSocket is where the admin endpoint listens when the config
-// does not say; systemd's RuntimeDirectory=identity-agent creates its parent.
-const DefaultAdminSocket = "/run/identity-agent/admin.sock"
+// Where the admin endpoint listens when the config does not say. On
+// Linux systemd's RuntimeDirectory=identity-agent creates the parent; macOS
+// has no /run, and `identity-agent install` creates /var/db/identity-agent
+// for the launchd job.
+const (
+	DefaultAdminSocket       = "/run/identity-agent/admin.sock"
+	DefaultAdminSocketDarwin = "/var/db/identity-agent/admin.sock"
+)
+
+// AdminSocketFor returns the default admin socket for an operating system
+// (runtime.GOOS).
+func AdminSocketFor(goos string) string {
+	if goos == "darwin" {
+		return DefaultAdminSocketDarwin
+	}
+	return DefaultAdminSocket
+}
 
 // EnvEndpointSocket is the SPIFFE standard variable naming the Workload API.
 const EnvEndpointSocket = "SPIFFE_ENDPOINT_SOCKET"

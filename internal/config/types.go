@@ -32,7 +32,7 @@ type WorkloadAPI struct {
 
 // Admin is the local endpoint `identity-agent status` and Prometheus read.
 type Admin struct {
-	// Socket is a unix socket path (mode 0600). Default DefaultAdminSocket.
+	// Socket is a unix socket path (mode 0600). Default AdminSocketFor(GOOS).
 	Socket string `yaml:"socket"`
 	// MetricsListen optionally also serves /metrics on a loopback TCP
 	// address for a Prometheus scraper that cannot read unix sockets.
@@ -195,6 +195,8 @@ type Proxy struct {
 	Target   string   `yaml:"target"`
 	Allow    []string `yaml:"allow"`
 	HTTP     bool     `yaml:"http"`
+	// RewriteHost (with http) sends the target address as Host.
+	RewriteHost bool `yaml:"rewrite_host"`
 
 	MaxConns         int      `yaml:"max_conns"`
 	HandshakeTimeout Duration `yaml:"handshake_timeout"`

@@ -4,6 +4,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"time"
 
@@ -32,7 +33,7 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 		c.WorkloadAPI.Socket = getenv(EnvEndpointSocket)
 	}
 	if c.Admin.Socket == "" {
-		c.Admin.Socket = DefaultAdminSocket
+		c.Admin.Socket = AdminSocketFor(runtime.GOOS)
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"

@@ -115,9 +115,9 @@ func ExampleModeFromEnv() {
 func ExampleServerConfig() {
 	block, err := redisclient.ServerConfig(redisclient.PhaseD, redisclient.ServerConfigOptions{
 		TLSFiles: redisclient.TLSFiles{
-			CertFile: "/var/lib/identity-agent/redis/svid.pem",
-			KeyFile:  "/var/lib/identity-agent/redis/key.pem",
-			CAFile:   "/var/lib/identity-agent/redis/bundle.pem",
+			CertFile: "/etc/identity-agent/certs/redis/svid.pem",
+			KeyFile:  "/etc/identity-agent/certs/redis/key.pem",
+			CAFile:   "/etc/identity-agent/certs/redis/bundle.pem",
 		},
 	})
 	if err != nil {
@@ -133,9 +133,9 @@ func ExampleServerConfig() {
 	//
 	// # Written and rotated by identity-agent; it reloads them with CONFIG SET
 	// # (Redis rereads TLS files when a tls-*-file setting is set; signals do nothing).
-	// tls-cert-file /var/lib/identity-agent/redis/svid.pem
-	// tls-key-file /var/lib/identity-agent/redis/key.pem
-	// tls-ca-cert-file /var/lib/identity-agent/redis/bundle.pem
+	// tls-cert-file /etc/identity-agent/certs/redis/svid.pem
+	// tls-key-file /etc/identity-agent/certs/redis/key.pem
+	// tls-ca-cert-file /etc/identity-agent/certs/redis/bundle.pem
 	//
 	// # A TLS client must present an SVID that chains to tls-ca-cert-file. "yes" already in B,
 	// # so a client that works on tls-port now keeps working when phase D closes the plaintext port.
@@ -165,9 +165,9 @@ func ExampleNewConfigSetReloader() {
 		Addr:         "unix:///run/redis/redis.sock",
 		PasswordFile: "/etc/identity-agent/redis-admin.pass",
 	}, redisclient.TLSFiles{
-		CertFile: "/var/lib/identity-agent/redis/svid.pem",
-		KeyFile:  "/var/lib/identity-agent/redis/key.pem",
-		CAFile:   "/var/lib/identity-agent/redis/bundle.pem",
+		CertFile: "/etc/identity-agent/certs/redis/svid.pem",
+		KeyFile:  "/etc/identity-agent/certs/redis/key.pem",
+		CAFile:   "/etc/identity-agent/certs/redis/bundle.pem",
 	})
 	if err != nil {
 		log.Fatal(err)

@@ -313,7 +313,7 @@ func startRaw(t *testing.T, conf string) *redisProc {
 
 // TestExampleConfigsMatchGenerator keeps examples/redis in sync with ServerConfig.
 func TestExampleConfigsMatchGenerator(t *testing.T) {
-	files := TLSFiles{CertFile: "/var/lib/identity-agent/redis/svid.pem", KeyFile: "/var/lib/identity-agent/redis/key.pem", CAFile: "/var/lib/identity-agent/redis/bundle.pem"}
+	files := TLSFiles{CertFile: "/etc/identity-agent/certs/redis/svid.pem", KeyFile: "/etc/identity-agent/certs/redis/key.pem", CAFile: "/etc/identity-agent/certs/redis/bundle.pem"}
 	for _, ph := range []Phase{PhaseB, PhaseD} {
 		b, err := os.ReadFile("../../examples/redis/redis-phase-" + string(ph) + ".conf")
 		require.NoError(t, err)
@@ -335,9 +335,9 @@ func TestExampleConfigsStartRedis(t *testing.T) {
 			dir := shortTempDir(t)
 			plain, tlsPort := freePort(t), freePort(t)
 			conf := strings.NewReplacer(
-				"/var/lib/identity-agent/redis/svid.pem", e.files.CertFile,
-				"/var/lib/identity-agent/redis/key.pem", e.files.KeyFile,
-				"/var/lib/identity-agent/redis/bundle.pem", e.files.CAFile,
+				"/etc/identity-agent/certs/redis/svid.pem", e.files.CertFile,
+				"/etc/identity-agent/certs/redis/key.pem", e.files.KeyFile,
+				"/etc/identity-agent/certs/redis/bundle.pem", e.files.CAFile,
 				"/run/redis/redis.sock", dir+"/redis.sock",
 				"dir /var/lib/redis", "dir "+dir,
 				"bind 0.0.0.0", "bind 127.0.0.1",

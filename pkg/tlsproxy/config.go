@@ -50,6 +50,10 @@ type Config struct {
 	// passes the verified peer identity to the target in the
 	// X-Forwarded-Client-Cert header and strips any incoming copy.
 	HTTP bool
+	// RewriteHost (HTTP mode) sends the target's address as the Host
+	// header, keeping the caller's in X-Forwarded-Host: for backends that
+	// refuse a non-local Host, as Ollama does on loopback.
+	RewriteHost bool
 
 	// MaxConns bounds concurrent connections, including those still in
 	// the TLS handshake. Connections beyond it are reset at once.
@@ -158,6 +162,9 @@ func (cfg Config) normalized() (Config, addr, addr, error) {
 		if cfg.Mode == ModeClient && !listen.isLoopback() {
 			return fail("listen", fmt.Errorf("%q: plaintext listener must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)", cfg.Listen))
 		}
+	}
+	if cfg.RewriteHost && !cfg.HTTP {
+		return fail("rewrite_host", errors.New("needs http: true"))
 	}
 	if cfg.HTTP && cfg.Mode != ModeServer {
 		return fail("http", errors.New("HTTP mode is only available in server mode"))

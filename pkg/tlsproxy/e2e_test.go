@@ -251,6 +251,35 @@ func TestHTTPModeHeader(t *testing.T) {
 	assert.NotContains(t, body, "admin")
 }
 
+// RewriteHost sends the target's address as Host (Ollama refuses a
+// non-local Host) and keeps the caller's in X-Forwarded-Host.
+func TestHTTPModeRewriteHost(t *testing.T) {
+	e := newEnv(t)
+	backend := httpBackend(t)
+	_, keep := pair(t, e, backend, func(s, _ *tlsproxy.Config) { s.HTTP = true })
+	_, rewrite := pair(t, e, backend, func(s, _ *tlsproxy.Config) { s.HTTP = true; s.RewriteHost = true })
+	c := httpClient(t)
+	req := func(addr string) string {
+		r, err := http.NewRequest(http.MethodGet, "http://"+addr+"/api/tags", nil)
+		require.NoError(t, err)
+		r.Host = "models.example.com"
+		resp, err := c.Do(r)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(b)
+	}
+	assert.Contains(t, req(keep.Addr().String()), "host=models.example.com\n")
+	body := req(rewrite.Addr().String())
+	assert.Contains(t, body, "host="+backend+"\n")
+	assert.Contains(t, body, "x_forwarded_host=models.example.com\n")
+
+	_, err := tlsproxy.New(tlsproxy.Config{Name: "x", Mode: tlsproxy.ModeServer, Listen: "127.0.0.1:0", Target: backend,
+		Allow: []string{clientID.String()}, RewriteHost: true}, e.server, e.server)
+	require.ErrorContains(t, err, "rewrite_host")
+}
+
 const asgiApp = `
 async def app(scope, receive, send):
     if scope["type"] != "http":

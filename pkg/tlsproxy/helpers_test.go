@@ -185,8 +185,8 @@ func httpBackend(t testing.TB) string {
 				forged = append(forged, k)
 			}
 		}
-		fmt.Fprintf(w, "path=%s\nxfcc=%s\nxfcc_count=%d\nforged=%v\n", r.URL.Path,
-			r.Header.Get(tlsproxy.XFCCHeader), len(r.Header.Values(tlsproxy.XFCCHeader)), forged)
+		fmt.Fprintf(w, "path=%s\nxfcc=%s\nxfcc_count=%d\nforged=%v\nhost=%s\nx_forwarded_host=%s\n", r.URL.Path,
+			r.Header.Get(tlsproxy.XFCCHeader), len(r.Header.Values(tlsproxy.XFCCHeader)), forged, r.Host, r.Header.Get("X-Forwarded-Host"))
 	})}
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(func() { _ = s.Close() })

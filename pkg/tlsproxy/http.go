@@ -65,6 +65,9 @@ func newHTTPFront(p *Proxy) *httpFront {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(&url.URL{Scheme: "http", Host: host})
 			pr.Out.Host = pr.In.Host
+			if f.p.cfg.RewriteHost {
+				pr.Out.Host = host
+			}
 			stripXFCC(pr.Out.Header)
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Forwarded-Proto", "https")
