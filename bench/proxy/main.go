@@ -283,8 +283,8 @@ func run() error {
 	}
 
 	notes = append(notes,
-		fmt.Sprintf("Machine: %d CPUs (GOMAXPROCS %d), %s, %s. Shared with other jobs while measured: numbers are noisy.",
-			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), cpuModel()),
+		fmt.Sprintf("Machine: %d CPUs (GOMAXPROCS %d), %s, %s; load average (1/5/15 min) when written: %s. Other load on the machine makes the numbers noisy.",
+			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), cpuModel(), loadAvg()),
 		"Pair = plaintext client → client-mode proxy → mTLS (TLS 1.3, ECDSA P-256 SVIDs) → server-mode proxy → plaintext backend, all on 127.0.0.1; both proxies run in one child process.",
 		"Reference rows: the same SVIDs through go-spiffe tlsconfig.MTLSServerConfig/MTLSClientConfig with io.Copy and no session cache, in the same process and run, as a straightforward Go TLS proxy would do it.",
 		"Resumption: TLS 1.3 session tickets (server) + ClientSessionCache (client); resumed sessions are re-verified in VerifyConnection (verified chains cached per bundle) and bound to the presented SVID. Default key exchange is Go's X25519MLKEM768 hybrid.",
@@ -633,4 +633,18 @@ func cpuModel() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// loadAvg reports what else the machine was doing, so a reader can judge
+// the numbers.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
