@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,6 +31,19 @@ func loadConfig(path string) (*config.Config, error) {
 	return cfg, nil
 }
 
+// loadConfigAndLogger is the common start of run and fetch.
+func loadConfigAndLogger(path string, stderr io.Writer) (*config.Config, *zap.Logger, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return nil, nil, withCode(exitUsage, err)
+	}
+	return cfg, log, nil
+}
+
 func newRunCmd() *cobra.Command {
 	var cfgPath string
 	cmd := &cobra.Command{
@@ -37,13 +51,9 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the agent: keep outputs rotated, serve proxies and the admin endpoint",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cfgPath)
+			cfg, log, err := loadConfigAndLogger(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
-			}
-			log, err := newLogger(cfg.Log, cmd.ErrOrStderr())
-			if err != nil {
-				return withCode(exitUsage, err)
 			}
 			defer func() { _ = log.Sync() }()
 			// Directories the agent writes into or listens in; under systemd
@@ -87,13 +97,9 @@ func newFetchCmd() *cobra.Command {
 		Short: "Write every output once and exit (init containers, scripts)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cfgPath)
+			cfg, log, err := loadConfigAndLogger(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
-			}
-			log, err := newLogger(cfg.Log, cmd.ErrOrStderr())
-			if err != nil {
-				return withCode(exitUsage, err)
 			}
 			defer func() { _ = log.Sync() }()
 			a, err := agent.New(cfg, agent.Options{Logger: log, Version: version})

@@ -199,18 +199,24 @@ func (t *Transition) ports(s ServerSettings) (plain, tlsPort string) {
 	return plain, tlsPort
 }
 
-// Status reads the live server and evaluates the gates of the next step
-// as if confirm were given (confirm is reported as pending otherwise).
-func (t *Transition) Status(ctx context.Context, confirm bool) (*Status, error) {
+// current reads the saved state and the live server and derives the phase.
+func (t *Transition) current(ctx context.Context) (State, ServerSettings, Phase, error) {
 	st, err := LoadState(t.cfg.StateFile)
 	if err != nil {
-		return nil, err
+		return st, ServerSettings{}, "", err
 	}
 	srv, err := t.server(ctx)
 	if err != nil {
-		return nil, err
+		return st, srv, "", err
 	}
 	ph, err := phaseOf(srv, st)
+	return st, srv, ph, err
+}
+
+// Status reads the live server and evaluates the gates of the next step
+// as if confirm were given (confirm is reported as pending otherwise).
+func (t *Transition) Status(ctx context.Context, confirm bool) (*Status, error) {
+	st, srv, ph, err := t.current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -471,15 +477,7 @@ func (t *Transition) killPlaintext(ctx context.Context, port string) int {
 // the advance that left it (or the defaults when the server was configured
 // by hand). Only confirm gates it: rollback is the emergency exit.
 func (t *Transition) Rollback(ctx context.Context, confirm bool) (*Result, error) {
-	st, err := LoadState(t.cfg.StateFile)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := t.server(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ph, err := phaseOf(srv, st)
+	st, srv, ph, err := t.current(ctx)
 	if err != nil {
 		return nil, err
 	}
