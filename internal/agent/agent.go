@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -162,11 +163,14 @@ func (a *Agent) registerSourceMetrics() {
 
 // Run serves until ctx is done: admin endpoint first (so `status` can tell
 // "waiting for the Workload API" from "agent down"), then the source, the
-// first write, the proxies, and the rotation loop. Shutdown drains proxies.
-func (a *Agent) Run(ctx context.Context) error {
+// first write, the proxies, and the rotation loop. Every way out goes
+// through the same shutdown: proxies drain under one deadline, then the
+// rotation loop and the Redis sampler stop and are waited for.
+func (a *Agent) Run(parent context.Context) (err error) {
 	a.started = time.Now()
 	adm := admin.NewServer(a.cfg.Admin.Socket, a.cfg.Admin.MetricsListen, a.Report, a.registry, a.log.Named("admin"))
 	if err := adm.Start(); err != nil {
+		a.closeRedisAdmin()
 		return err
 	}
 	defer func() {
@@ -177,17 +181,24 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
 	if err := a.source.Start(ctx); err != nil {
+		a.closeRedisAdmin()
 		return fmt.Errorf("workload API %s: %w", a.cfg.WorkloadAPI.Socket, err)
 	}
 	defer func() { _ = a.source.Close() }()
 
+	var workers sync.WaitGroup
 	runErr := make(chan error, 1)
-	go func() { runErr <- a.manager.Run(ctx) }()
+	workers.Go(func() { runErr <- a.manager.Run(ctx) })
+	defer func() {
+		err = errors.Join(err, a.shutdown(cancel, &workers))
+	}()
 
 	a.log.Info("waiting for the first SVIDs", zap.String("workload_api", a.cfg.WorkloadAPI.Socket))
 	if err := a.source.WaitReady(ctx); err != nil {
-		return a.stop(ctx, runErr)
+		return nil // stopped before the first SVID
 	}
 	// One synchronous pass so READY means "files are on disk"; the rotation
 	// loop finds them identical and does not write or reload again.
@@ -196,22 +207,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	for _, p := range a.proxies {
 		if err := p.Start(ctx); err != nil {
-			return errors.Join(fmt.Errorf("proxy %s: %w", p.Name(), err), a.stop(ctx, runErr))
+			return fmt.Errorf("proxy %s: %w", p.Name(), err)
 		}
 	}
-	var samplerDone chan struct{}
 	if a.sampler != nil {
-		samplerDone = make(chan struct{})
-		go func() {
-			defer close(samplerDone)
+		workers.Go(func() {
 			if err := a.sampler.Run(ctx); err != nil && ctx.Err() == nil {
 				a.log.Error("redis transition sampler stopped", zap.Error(err))
 			}
-		}()
-		defer func() {
-			<-samplerDone
-			_ = a.redisAdmin.Close()
-		}()
+		})
 	}
 	a.log.Info("agent ready", zap.Int("outputs", len(a.cfg.Outputs)), zap.Int("proxies", len(a.proxies)))
 	if a.opts.OnReady != nil {
@@ -219,33 +223,41 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	select {
 	case <-ctx.Done():
+		return nil
 	case err := <-runErr:
-		if err != nil && ctx.Err() == nil {
+		if err != nil {
 			return fmt.Errorf("rotation: %w", err)
 		}
+		return nil
 	}
-	return a.stop(ctx, runErr)
 }
 
-func (a *Agent) stop(ctx context.Context, runErr chan error) error {
+// shutdown drains the proxies, then stops and waits for the background
+// work. The proxies share one drain deadline, so several of them take no
+// longer than the longest drain_timeout.
+func (a *Agent) shutdown(cancel context.CancelFunc, workers *sync.WaitGroup) error {
 	if a.opts.OnStopping != nil {
 		a.opts.OnStopping()
 	}
 	a.log.Info("shutting down")
 	var errs []error
+	dctx, dcancel := context.WithTimeout(context.Background(), a.drainTimeout())
+	defer dcancel()
 	for _, p := range a.proxies {
-		dctx, cancel := context.WithTimeout(context.Background(), a.drainTimeout())
 		if err := p.Shutdown(dctx); err != nil {
 			errs = append(errs, fmt.Errorf("proxy %s: %w", p.Name(), err))
 		}
-		cancel()
 	}
-	if ctx.Err() != nil {
-		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
-			errs = append(errs, err)
-		}
-	}
+	cancel()
+	workers.Wait()
+	a.closeRedisAdmin()
 	return errors.Join(errs...)
+}
+
+func (a *Agent) closeRedisAdmin() {
+	if a.redisAdmin != nil {
+		_ = a.redisAdmin.Close()
+	}
 }
 
 func (a *Agent) drainTimeout() time.Duration {

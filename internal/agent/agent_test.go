@@ -1,0 +1,93 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/identity-agent/identity-agent/internal/agent"
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/devapi"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func setup(t *testing.T, proxyListen string) (*config.Config, string) {
+	t.Helper()
+	dir := t.TempDir()
+	srv, err := devapi.New(devapi.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), TTL: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, srv.Start(filepath.Join(dir, "api.sock")))
+	t.Cleanup(srv.Stop)
+	y := fmt.Sprintf(`workload_api: {socket: "%s"}
+admin: {socket: "%s/admin.sock"}
+outputs:
+  - {name: svc, dir: "%s/out", cert_file: svid.pem, key_file: key.pem, bundle_file: bundle.pem}
+proxies:
+  - {name: p, mode: server, listen: "%s", target: "127.0.0.1:1", allow: [spiffe://example.org/client], drain_timeout: 2s}
+`, srv.Addr(), dir, dir, proxyListen)
+	cfg, err := config.Parse(filepath.Join(dir, "agent.yaml"), []byte(y), func(string) string { return "" })
+	require.NoError(t, err)
+	return cfg, dir
+}
+
+// A proxy that cannot listen ends Run with its error, promptly, and every
+// goroutine the agent started is stopped (goleak in TestMain).
+func TestRunStopsEverythingWhenAProxyCannotListen(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	cfg, dir := setup(t, taken.Addr().String())
+	a, err := agent.New(cfg, agent.Options{})
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `proxy p: proxy "p": listen`)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after a proxy failed to start")
+	}
+	_, err = os.Stat(filepath.Join(dir, "out", "svid.pem"))
+	assert.NoError(t, err, "files were written before the proxies started")
+	_, err = os.Stat(filepath.Join(dir, "admin.sock"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "the admin socket is removed on the way out")
+}
+
+func TestRunServesUntilCancelled(t *testing.T) {
+	cfg, dir := setup(t, "127.0.0.1:0")
+	ready := make(chan struct{})
+	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("never ready")
+	}
+	_, err = os.Stat(filepath.Join(dir, "out", "key.pem"))
+	require.NoError(t, err, "READY means the files are on disk")
+	r := a.Report()
+	require.Len(t, r.Proxies, 1)
+	assert.Equal(t, "p", r.Proxies[0].Name)
+	cancel()
+	select {
+	case err := <-done:
+		assert.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
