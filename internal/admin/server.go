@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
 // Server serves /status and /metrics on a unix socket and, optionally,
@@ -83,7 +85,7 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// Shutdown stops serving and removes the socket.
+// Shutdown stops serving; the socket is removed with its listener.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, srv := range s.servers {
@@ -92,47 +94,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for range s.servers {
 		errs = append(errs, <-s.done)
 	}
-	s.servers = nil
-	if err := os.Remove(s.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	}
+	s.servers = nil // closing the listeners removed the socket
 	return errors.Join(errs...)
 }
 
-// listenUnixPrivate binds under a temporary name, restricts it to 0600 and
-// only then renames it into place, so the socket is never reachable with
-// wider permissions, whatever the process umask.
+// listenUnixPrivate creates the socket's directory and listens with mode
+// 0600 (see unixsock.Listen).
 func listenUnixPrivate(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("admin: socket directory %s: %w", dir, err)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin: %s exists and is not a socket; refusing to replace it", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			_ = c.Close()
-			return nil, fmt.Errorf("admin: %s is in use by another running agent", path)
-		}
+	lis, err := unixsock.Listen(path, 0o600)
+	if errors.Is(err, unixsock.ErrInUse) {
+		return nil, fmt.Errorf("admin: %s is in use by another running agent", path)
 	}
-	tmp := filepath.Join(dir, fmt.Sprintf(".%s.%d.tmp", filepath.Base(path), os.Getpid()))
-	_ = os.Remove(tmp)
-	lis, err := net.Listen("unix", tmp)
 	if err != nil {
-		return nil, fmt.Errorf("admin: listen on %s: %w", path, err)
-	}
-	ul := lis.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		_ = lis.Close()
-		_ = os.Remove(tmp)
-		return nil, fmt.Errorf("admin: chmod %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = lis.Close()
-		_ = os.Remove(tmp)
-		return nil, fmt.Errorf("admin: rename socket into %s: %w", path, err)
+		return nil, fmt.Errorf("admin: %w", err)
 	}
 	return lis, nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -24,6 +23,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
 // Defaults for Config fields left zero.
@@ -162,17 +163,10 @@ func (s *Server) Start(socketPath string) error {
 	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 		return fmt.Errorf("devapi: socket directory: %w", err)
 	}
-	if err := os.Remove(abs); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("devapi: remove stale socket %s: %w", abs, err)
-	}
-	lis, err := net.Listen("unix", abs)
-	if err != nil {
-		return fmt.Errorf("devapi: listen on %s: %w", abs, err)
-	}
 	// Only the owner may ask a dev CA for identities.
-	if err := os.Chmod(abs, 0o600); err != nil {
-		_ = lis.Close()
-		return fmt.Errorf("devapi: chmod socket %s: %w", abs, err)
+	lis, err := unixsock.Listen(abs, 0o600)
+	if err != nil {
+		return fmt.Errorf("devapi: %w", err)
 	}
 	g := grpc.NewServer(
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -16,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
 // Option configures a Proxy.
@@ -202,21 +203,20 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.running || p.stopped {
 		return fmt.Errorf("proxy %q: already started or shut down", p.cfg.Name)
 	}
+	var (
+		ln  net.Listener
+		err error
+	)
 	if p.listen.network == "unix" {
-		if err := removeStaleSocket(p.listen.address); err != nil {
-			return fmt.Errorf("proxy %q: listen: %w", p.cfg.Name, err)
-		}
+		// Never reachable at the umask's mode: whoever connects to a
+		// client-mode socket borrows this agent's identity.
+		ln, err = unixsock.Listen(p.listen.address, p.cfg.SocketMode)
+	} else {
+		var lc net.ListenConfig
+		ln, err = lc.Listen(ctx, p.listen.network, p.listen.address)
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, p.listen.network, p.listen.address)
 	if err != nil {
 		return fmt.Errorf("proxy %q: listen: %w", p.cfg.Name, err)
-	}
-	if p.listen.network == "unix" {
-		if err := os.Chmod(p.listen.address, p.cfg.SocketMode); err != nil {
-			_ = ln.Close()
-			return fmt.Errorf("proxy %q: listen: chmod socket: %w", p.cfg.Name, err)
-		}
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ln = ln
@@ -228,27 +228,6 @@ func (p *Proxy) Start(ctx context.Context) error {
 	go p.acceptLoop(ln)
 	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", p.target.String()))
 	return nil
-}
-
-// removeStaleSocket deletes a unix socket file nobody listens on, so that
-// a crash does not block the next start; a live socket is left alone and
-// Listen then fails with "address already in use".
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		_ = c.Close()
-		return nil
-	}
-	return os.Remove(path)
 }
 
 // Addr returns the listening address, or nil before Start.
