@@ -32,6 +32,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/internal/service"
 )
 
@@ -85,15 +86,12 @@ func exampleConfig(t *testing.T, dir, name string, oldNew ...string) string {
 }
 
 // startDevAPIWith serves the development Workload API with the given
-// identities; rotations happen only when the test asks (TTL 1h).
-func startDevAPIWith(t *testing.T, dir string, ids ...devapi.Identity) (*devapi.Server, string) {
+// identities; rotations happen only when the test asks (TTL 1h). It returns
+// the path of the API's socket with it.
+func startDevAPIWith(t *testing.T, ids ...devapi.Identity) (*devapi.Server, string) {
 	t.Helper()
-	srv, err := devapi.New(devapi.Config{TrustDomain: td, TTL: time.Hour, Identities: ids})
-	require.NoError(t, err)
-	sock := filepath.Join(dir, "api.sock")
-	require.NoError(t, srv.Start(sock))
-	t.Cleanup(srv.Stop)
-	return srv, sock
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: time.Hour, Identities: ids})
+	return srv, devapitest.SocketPath(srv)
 }
 
 // clientSVID issues an SVID for id from the dev API's CA, as SPIRE would
@@ -303,7 +301,7 @@ func TestUvicornExample(t *testing.T) {
 	needBinary(t, "curl")
 	needBinary(t, "openssl")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, dir, devapi.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
+	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
 	group, _ := currentGroup(t)
 	certDir := filepath.Join(dir, "certs", "api")
 	cfg := exampleConfig(t, dir, "uvicorn/agent.yaml",
@@ -411,7 +409,7 @@ func TestUvicornExampleBehindProxy(t *testing.T) {
 	needUvicorn(t)
 	needBinary(t, "curl")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, dir, devapi.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
+	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
 	published, plain := freePort(t), freePort(t)
 	cfg := exampleConfig(t, dir, "uvicorn/agent-proxy.yaml",
 		exSpireSocket, "unix://"+apiSock,
@@ -487,7 +485,7 @@ func ollamaAllowsHost(hostport string) bool {
 func TestOllamaExample(t *testing.T) {
 	needBinary(t, "curl")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, dir, devapi.Identity{ID: idModelServer, DNSNames: []string{"localhost"}})
+	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idModelServer, DNSNames: []string{"localhost"}})
 
 	var mu sync.Mutex
 	var seen []string // X-Forwarded-Client-Cert of each request Ollama got
@@ -623,7 +621,7 @@ type traefikTransport struct {
 // Traefik watches, with the SVID inline, and rewrites it on rotation.
 func TestTraefikExample(t *testing.T) {
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, dir, devapi.Identity{ID: idTraefik})
+	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idTraefik})
 	group, gid := currentGroup(t)
 	certDir := filepath.Join(dir, "certs", "traefik")
 	dynDir := filepath.Join(dir, "traefik", "dynamic")

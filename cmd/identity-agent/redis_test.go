@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 )
 
 func needBinary(t *testing.T, name string) string {
@@ -70,12 +71,9 @@ func TestRedisReloadAndTransitionThroughTheCLI(t *testing.T) {
 	needBinary(t, "redis-server")
 	needBinary(t, "openssl")
 	dir := t.TempDir()
-	srv, err := devapi.New(devapi.Config{TrustDomain: td, TTL: time.Hour,
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: time.Hour,
 		Identities: []devapi.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/redis")}}})
-	require.NoError(t, err)
-	apiSock := filepath.Join(dir, "api.sock")
-	require.NoError(t, srv.Start(apiSock))
-	t.Cleanup(srv.Stop)
+	apiSock := devapitest.SocketPath(srv)
 
 	plain, tlsPort := freePort(t), freePort(t)
 	redisSock := filepath.Join(dir, "redis.sock")

@@ -17,6 +17,7 @@ import (
 	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -24,10 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func setup(t *testing.T, proxyListen string) (*config.Config, string) {
 	t.Helper()
 	dir := t.TempDir()
-	srv, err := devapi.New(devapi.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), TTL: time.Hour})
-	require.NoError(t, err)
-	require.NoError(t, srv.Start(filepath.Join(dir, "api.sock")))
-	t.Cleanup(srv.Stop)
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), TTL: time.Hour})
 	y := fmt.Sprintf(`workload_api: {socket: "%s"}
 admin: {socket: "%s/admin.sock"}
 outputs:

@@ -2,7 +2,6 @@ package devapi_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 )
 
 var (
@@ -29,18 +29,8 @@ var (
 	idB   = spiffeid.RequireFromString("spiffe://example.org/b")
 )
 
-func startServer(t *testing.T, cfg devapi.Config) (*devapi.Server, string) {
-	t.Helper()
-	srv, err := devapi.New(cfg)
-	require.NoError(t, err)
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	require.NoError(t, srv.Start(sock))
-	t.Cleanup(srv.Stop)
-	return srv, sock
-}
-
 func TestX509ContextHintsAndFederation(t *testing.T) {
-	srv, _ := startServer(t, devapi.Config{
+	srv := devapitest.Start(t, devapi.Config{
 		TrustDomain: td,
 		Identities:  []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}},
 		Federated:   []spiffeid.TrustDomain{fedTD},
@@ -71,7 +61,7 @@ func TestX509ContextHintsAndFederation(t *testing.T) {
 }
 
 func TestPushesRotationAtHalfLifeAndOnCARotation(t *testing.T) {
-	srv, _ := startServer(t, devapi.Config{TrustDomain: td, TTL: 2 * time.Second})
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -120,7 +110,7 @@ func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.ch <- c }
 func (w watcher) OnX509ContextWatchError(error)                  {}
 
 func TestJWTSVIDAndBundles(t *testing.T) {
-	srv, _ := startServer(t, devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB}}})
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(srv.Addr()))
@@ -148,8 +138,8 @@ func TestJWTSVIDAndBundles(t *testing.T) {
 }
 
 func TestSecurityHeaderRequired(t *testing.T) {
-	_, sock := startServer(t, devapi.Config{TrustDomain: td})
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td})
+	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	defer conn.Close()
 	api := workload.NewSpiffeWorkloadAPIClient(conn)
@@ -171,7 +161,7 @@ func TestSecurityHeaderRequired(t *testing.T) {
 }
 
 func TestStopAndRestartKeepsCA(t *testing.T) {
-	srv, sock := startServer(t, devapi.Config{TrustDomain: td})
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	before, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
@@ -183,7 +173,7 @@ func TestStopAndRestartKeepsCA(t *testing.T) {
 	cancelShort()
 	require.Error(t, err, "a stopped server must not answer")
 
-	require.NoError(t, srv.Start(sock))
+	require.NoError(t, srv.Start(devapitest.SocketPath(srv)))
 	after, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
 	require.NoError(t, err)
 	b1, _ := before.Get(td)

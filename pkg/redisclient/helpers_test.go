@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 )
 
 var (
@@ -32,10 +33,7 @@ const testPassword = "s3cret-pass"
 // shortTempDir keeps unix socket paths under the 108-byte limit.
 func shortTempDir(t testing.TB) string {
 	t.Helper()
-	d, err := os.MkdirTemp("", "rc")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(d) })
-	return d
+	return devapitest.ShortDir(t, "rc")
 }
 
 type env struct {
@@ -61,14 +59,11 @@ func pick(id spiffeid.ID) func([]*x509svid.SVID) *x509svid.SVID {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := shortTempDir(t)
-	srv, err := devapi.New(devapi.Config{
+	srv := devapitest.Start(t, devapi.Config{
 		TrustDomain: td,
 		Identities:  []devapi.Identity{{ID: serverID, Hint: "redis"}, {ID: clientID, Hint: "worker"}},
 		TTL:         time.Hour, // rotations in these tests are explicit
 	})
-	require.NoError(t, err)
-	require.NoError(t, srv.Start(filepath.Join(dir, "api.sock")))
-	t.Cleanup(srv.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	mk := func(id spiffeid.ID) *workloadapi.X509Source {
@@ -90,18 +85,26 @@ func newEnv(t testing.TB) *env {
 // does (PEM chain, PKCS#8 key, bundle), each file renamed into place.
 func (e *env) writeServerFiles(t testing.TB) *x509svid.SVID {
 	t.Helper()
-	s, err := e.server.GetX509SVID()
-	require.NoError(t, err)
-	certs, key, err := s.Marshal()
-	require.NoError(t, err)
-	b, err := e.server.GetX509BundleForTrustDomain(td)
-	require.NoError(t, err)
-	bundle, err := b.Marshal()
-	require.NoError(t, err)
+	s, certs, key, bundle := svidPEM(t, e.server)
 	for path, data := range map[string][]byte{e.files.CertFile: certs, e.files.KeyFile: key, e.files.CAFile: bundle} {
 		require.NoError(t, writeFileAtomic(path, data, 0o600))
 	}
 	return s
+}
+
+// svidPEM is src's current SVID and its PEM encodings: chain, PKCS#8 key
+// and the bundle of the test trust domain.
+func svidPEM(t testing.TB, src *workloadapi.X509Source) (s *x509svid.SVID, certs, key, bundle []byte) {
+	t.Helper()
+	s, err := src.GetX509SVID()
+	require.NoError(t, err)
+	certs, key, err = s.Marshal()
+	require.NoError(t, err)
+	b, err := src.GetX509BundleForTrustDomain(td)
+	require.NoError(t, err)
+	bundle, err = b.Marshal()
+	require.NoError(t, err)
+	return s, certs, key, bundle
 }
 
 func freePort(t testing.TB) int {

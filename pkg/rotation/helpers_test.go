@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -30,14 +31,10 @@ const (
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-// shortDir returns a short temporary directory: unix socket paths are
-// limited to ~100 bytes and t.TempDir() paths can be longer.
+// shortDir returns a short temporary directory for unix sockets.
 func shortDir(t testing.TB) string {
 	t.Helper()
-	d, err := os.MkdirTemp("", "rot")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(d) })
-	return d
+	return devapitest.ShortDir(t, "rot")
 }
 
 type env struct {
@@ -56,13 +53,12 @@ func newEnv(t testing.TB, cfg devapi.Config, start bool) *env {
 	if cfg.TTL == 0 {
 		cfg.TTL = time.Hour // rotations happen when the test says so
 	}
-	srv, err := devapi.New(cfg)
-	require.NoError(t, err)
-	e := &env{srv: srv, socket: filepath.Join(shortDir(t), "api.sock")}
+	socket := filepath.Join(shortDir(t), "api.sock")
+	srv := devapitest.New(t, cfg)
+	e := &env{srv: srv, socket: socket}
 	if start {
 		require.NoError(t, srv.Start(e.socket))
 	}
-	t.Cleanup(srv.Stop)
 	e.src = svid.NewSource(svid.WithAddr("unix://"+e.socket), svid.WithBackoff(50*time.Millisecond, 300*time.Millisecond))
 	require.NoError(t, e.src.Start(context.Background()))
 	t.Cleanup(func() { _ = e.src.Close() })

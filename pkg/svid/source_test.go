@@ -3,7 +3,6 @@ package svid_test
 import (
 	"context"
 	"crypto/tls"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -30,27 +30,6 @@ var (
 )
 
 const waitFor = 30 * time.Second
-
-// socketPath returns a short path: unix socket paths are limited to ~108
-// bytes and t.TempDir() paths of long test names come close.
-func socketPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "svid")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return filepath.Join(dir, "api.sock")
-}
-
-func newDevAPI(t *testing.T, cfg devapi.Config) *devapi.Server {
-	t.Helper()
-	if cfg.TrustDomain.IsZero() {
-		cfg.TrustDomain = tdMain
-	}
-	srv, err := devapi.New(cfg)
-	require.NoError(t, err)
-	t.Cleanup(srv.Stop)
-	return srv
-}
 
 func startSource(t *testing.T, addr string, opts ...svid.SourceOption) *svid.Source {
 	t.Helper()
@@ -85,9 +64,7 @@ func leakCheck(t *testing.T) {
 
 func TestSourceFirstUpdateAndRotation(t *testing.T) {
 	leakCheck(t)
-	sock := socketPath(t)
-	srv := newDevAPI(t, devapi.Config{TTL: time.Hour})
-	require.NoError(t, srv.Start(sock))
+	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour})
 	src := startSource(t, srv.Addr())
 
 	assert.Nil(t, src.X509Context(), "nothing before ready")
@@ -128,9 +105,7 @@ func TestSourceFirstUpdateAndRotation(t *testing.T) {
 // handshake, so a rotation needs no restart of the listener.
 func TestSourceTLSHandshakeSeesRotation(t *testing.T) {
 	leakCheck(t)
-	sock := socketPath(t)
-	srv := newDevAPI(t, devapi.Config{TTL: time.Hour})
-	require.NoError(t, srv.Start(sock))
+	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour})
 	src := startSource(t, srv.Addr())
 	waitReady(t, src)
 
@@ -166,11 +141,9 @@ func TestSourceTLSHandshakeSeesRotation(t *testing.T) {
 
 func TestSourceSelectsByHintAndID(t *testing.T) {
 	leakCheck(t)
-	sock := socketPath(t)
-	srv := newDevAPI(t, devapi.Config{TTL: time.Hour, Identities: []devapi.Identity{
+	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour, Identities: []devapi.Identity{
 		{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"},
 	}})
-	require.NoError(t, srv.Start(sock))
 	src := startSource(t, srv.Addr(), svid.WithDefaultSelector(svid.Selector{Hint: "b"}))
 	waitReady(t, src)
 
@@ -220,9 +193,7 @@ func TestSourceSelectsByHintAndID(t *testing.T) {
 
 func TestSourceFederatedAndJWTBundles(t *testing.T) {
 	leakCheck(t)
-	sock := socketPath(t)
-	srv := newDevAPI(t, devapi.Config{TTL: time.Hour, Federated: []spiffeid.TrustDomain{tdFed}})
-	require.NoError(t, srv.Start(sock))
+	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour, Federated: []spiffeid.TrustDomain{tdFed}})
 	src := startSource(t, srv.Addr())
 	waitReady(t, src)
 
@@ -258,8 +229,8 @@ func TestSourceFederatedAndJWTBundles(t *testing.T) {
 
 func TestSourceWaitReadyWhenAPIStartsLate(t *testing.T) {
 	leakCheck(t)
-	sock := socketPath(t)
-	srv := newDevAPI(t, devapi.Config{TTL: time.Hour})
+	sock := filepath.Join(devapitest.ShortDir(t, "svid"), "api.sock")
+	srv := devapitest.New(t, devapi.Config{TTL: time.Hour})
 	src := startSource(t, "unix://"+sock)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -282,9 +253,7 @@ func TestSourceWaitReadyWhenAPIStartsLate(t *testing.T) {
 
 func TestSourceRecoversAfterRestart(t *testing.T) {
 	leakCheck(t)
-	sock := socketPath(t)
-	srv := newDevAPI(t, devapi.Config{TTL: time.Hour})
-	require.NoError(t, srv.Start(sock))
+	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour})
 	src := startSource(t, srv.Addr())
 	waitReady(t, src)
 
@@ -295,7 +264,7 @@ func TestSourceRecoversAfterRestart(t *testing.T) {
 	_, err := src.GetX509SVID()
 	require.NoError(t, err)
 
-	require.NoError(t, srv.Start(sock))
+	require.NoError(t, srv.Start(devapitest.SocketPath(srv)))
 	require.Eventually(t, func() bool {
 		st := src.Status()
 		return st.Connected && st.Reconnects == 1

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -22,19 +23,13 @@ var _ rotation.Reloader = (*Reloader)(nil)
 // dev Workload API → svid.Source → rotation.Manager → files → Reloader. An
 // SVID push and a CA rotation each land in the dynamic configuration.
 func TestWithRotationManager(t *testing.T) {
-	sockDir, err := os.MkdirTemp("", "ia-traefik-")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
-	api, err := devapi.New(devapi.Config{
+	api := devapitest.Start(t, devapi.Config{
 		TrustDomain: td,
 		Identities:  []devapi.Identity{{ID: traefikID, Hint: "traefik"}},
 		TTL:         time.Hour,
 		JWTTTL:      time.Hour,
 		Logger:      zap.NewNop(),
 	})
-	require.NoError(t, err)
-	require.NoError(t, api.Start(filepath.Join(sockDir, "api.sock")))
-	t.Cleanup(api.Stop)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	src := svid.NewSource(svid.WithAddr(api.Addr()))
