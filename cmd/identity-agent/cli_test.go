@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 )
 
 // agentBin is built once per test run from this package's source.
@@ -68,15 +69,13 @@ func runCLI(t *testing.T, args ...string) result {
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-func startDevAPI(t *testing.T, dir string, ttl time.Duration) (*devapi.Server, string) {
+// startDevAPI serves the development Workload API and returns it with the
+// path of its socket.
+func startDevAPI(t *testing.T, ttl time.Duration) (*devapi.Server, string) {
 	t.Helper()
-	srv, err := devapi.New(devapi.Config{TrustDomain: td, TTL: ttl,
+	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: ttl,
 		Identities: []devapi.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/svc")}}})
-	require.NoError(t, err)
-	sock := filepath.Join(dir, "api.sock")
-	require.NoError(t, srv.Start(sock))
-	t.Cleanup(srv.Stop)
-	return srv, sock
+	return srv, devapitest.SocketPath(srv)
 }
 
 func writeConfig(t *testing.T, dir, apiSock, window string) string {
@@ -105,6 +104,13 @@ outputs:
 // startAgent runs `identity-agent run` as a real process and stops it with SIGTERM.
 func startAgent(t *testing.T, cfgPath string) *syncBuffer {
 	t.Helper()
+	_, logs := startAgentProcess(t, cfgPath)
+	return logs
+}
+
+// startAgentProcess is startAgent for tests that signal the agent.
+func startAgentProcess(t *testing.T, cfgPath string) (*os.Process, *syncBuffer) {
+	t.Helper()
 	cmd := exec.Command(agentBin, "run", "--config", cfgPath)
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -121,7 +127,7 @@ func startAgent(t *testing.T, cfgPath string) *syncBuffer {
 			t.Errorf("agent did not stop on SIGTERM; logs:\n%s", logs)
 		}
 	})
-	return logs
+	return cmd.Process, logs
 }
 
 func waitStatus(t *testing.T, cfgPath string, want int) result {
@@ -141,7 +147,7 @@ func waitStatus(t *testing.T, cfgPath string, want int) result {
 
 func TestStatusExitCodesFollowTheAgentsHealth(t *testing.T) {
 	dir := t.TempDir()
-	srv, apiSock := startDevAPI(t, dir, time.Minute)
+	srv, apiSock := startDevAPI(t, time.Minute)
 	srv.Stop() // the Workload API is down when the agent starts
 	cfg := writeConfig(t, dir, apiSock, "20s")
 
@@ -189,7 +195,7 @@ func TestStatusExitCodesFollowTheAgentsHealth(t *testing.T) {
 
 func TestStatusWarnsInsideExpiryWindow(t *testing.T) {
 	dir := t.TempDir()
-	_, apiSock := startDevAPI(t, dir, time.Minute)
+	_, apiSock := startDevAPI(t, time.Minute)
 	cfg := writeConfig(t, dir, apiSock, "2m") // every 1m SVID is inside a 2m window
 	startAgent(t, cfg)
 	r := waitStatus(t, cfg, 1)
@@ -199,7 +205,7 @@ func TestStatusWarnsInsideExpiryWindow(t *testing.T) {
 
 func TestFetchWritesOnceAndExits(t *testing.T) {
 	dir := t.TempDir()
-	_, apiSock := startDevAPI(t, dir, time.Minute)
+	_, apiSock := startDevAPI(t, time.Minute)
 	cfg := writeConfig(t, dir, apiSock, "10s")
 	r := runCLI(t, "fetch", "--config", cfg)
 	require.Equal(t, 0, r.code, r.stderr)
@@ -325,7 +331,7 @@ func TestUnwritableOutputKeepsFilesWarnsAndRecovers(t *testing.T) {
 	}
 	needBinary(t, "chattr")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPI(t, dir, 8*time.Second) // rotates every 4s
+	srv, apiSock := startDevAPI(t, 8*time.Second) // rotates every 4s
 	cfg := writeConfig(t, dir, apiSock, "1s")
 	startAgent(t, cfg)
 	waitStatus(t, cfg, 0)

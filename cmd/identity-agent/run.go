@@ -77,7 +77,17 @@ func newRunCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			if err := a.Run(ctx); err != nil {
+			// Subscribed before Run, so a SIGHUP that arrives once the agent
+			// reports healthy can never take Go's default action (exit).
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			hupDone := make(chan struct{})
+			go func() { defer close(hupDone); checkConfigOnHUP(ctx, hup, cfgPath, log) }()
+			err = a.Run(ctx)
+			stop()
+			<-hupDone
+			if err != nil {
 				return withCode(exitFailure, err)
 			}
 			return nil
@@ -85,6 +95,27 @@ func newRunCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "agent configuration file (YAML)")
 	return cmd
+}
+
+// checkConfigOnHUP answers SIGHUP, whose default action would kill the
+// agent, by validating the configuration file again. There is no live
+// reload; the log says whether a restart would apply the file or which
+// lines it would fail on, and the running agent carries on unchanged.
+func checkConfigOnHUP(ctx context.Context, hup <-chan os.Signal, path string, log *zap.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if _, err := loadConfig(path); err != nil {
+				log.Error("SIGHUP: configuration is invalid; the agent keeps running with the configuration it started with",
+					zap.String("config", path), zap.Error(err))
+				continue
+			}
+			log.Warn("SIGHUP: configuration is valid; it is not reloaded live, restart the agent to apply it",
+				zap.String("config", path))
+		}
+	}
 }
 
 func newFetchCmd() *cobra.Command {
