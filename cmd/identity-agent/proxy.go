@@ -113,9 +113,11 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 // durationFlag lets config.Duration be a pflag value.
 type durationFlag struct{ d *config.Duration }
 
+// String is empty for an unset flag: the usage text names the real
+// default, which the proxy applies, and pflag then prints no "(default 0s)".
 func (f durationFlag) String() string {
-	if f.d == nil {
-		return "0s"
+	if f.d == nil || *f.d == 0 {
+		return ""
 	}
 	return time.Duration(*f.d).String()
 }
