@@ -467,15 +467,16 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		return nil
 	}
+	// Stop accepting before anyone can see Draining: a caller that waits
+	// for it (status, tests, an orchestrator) must find the port closed.
+	_ = p.ln.Close()
 	p.draining = true
 	p.idle = make(chan struct{})
 	if len(p.conns) == 0 {
 		close(p.idle)
 	}
-	ln := p.ln
 	p.mu.Unlock()
 
-	_ = ln.Close()
 	p.log.Info("proxy draining", zap.Int64("open", p.stats.open.Load()))
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.DrainTimeout)
 	defer cancel()
