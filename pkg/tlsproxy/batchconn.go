@@ -16,32 +16,27 @@ import (
 //     with one call.
 //   - Reads: crypto/tls reads into a small buffer, about one or two
 //     records per read(2). Once a read fills the caller's buffer (so more
-//     is likely waiting), reads go through a large pooled buffer instead,
-//     taken only once data is there (see readPooled). Idle connections
-//     hold no pooled buffer.
+//     is likely waiting), reads go through a pooled buffer instead, taken
+//     only once data is there (see readPooled), and a large one once those
+//     reads fill too. Idle connections hold no pooled buffer.
 type batchConn struct {
 	net.Conn
-	pool *sync.Pool // *ioBuf
+	pool *bufPool
 
 	wmu      sync.Mutex // orders our batch against writes crypto/tls makes from the reading goroutine (alerts)
 	batching bool
-	wbuf     *ioBuf
+	wbuf     *relayBuf
 	wlen     int
 
 	// Read side: used only by the goroutine reading the tls.Conn.
-	rc   syscall.RawConn // nil if the connection has no file descriptor
-	rbuf *ioBuf
-	r, w int
-	bulk bool
+	rc    syscall.RawConn // nil if the connection has no file descriptor
+	rbuf  *relayBuf
+	r, w  int
+	bulk  bool
+	large bulkHint
 }
 
-type ioBuf struct{ b [ioBufSize]byte }
-
-// ioBufSize holds a batch of full TLS records (16 KiB + 22 bytes each)
-// for a bufSize plaintext chunk.
-const ioBufSize = bufSize + bufSize/8
-
-func newBatchConn(c net.Conn, pool *sync.Pool) *batchConn {
+func newBatchConn(c net.Conn, pool *bufPool) *batchConn {
 	return &batchConn{Conn: c, pool: pool, rc: rawConn(c)}
 }
 
@@ -73,11 +68,12 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-func (c *batchConn) beginBatch() {
+// beginBatch starts collecting the records of an n-byte plaintext write.
+func (c *batchConn) beginBatch(n int) {
 	c.wmu.Lock()
 	c.batching = true
 	if c.wbuf == nil {
-		c.wbuf = c.pool.Get().(*ioBuf)
+		c.wbuf = c.pool.get(n > smallChunk)
 	}
 	c.wmu.Unlock()
 }
@@ -89,7 +85,7 @@ func (c *batchConn) flush() error {
 	err := c.flushLocked()
 	c.batching = false
 	if c.wbuf != nil {
-		c.pool.Put(c.wbuf)
+		c.pool.put(c.wbuf)
 		c.wbuf = nil
 	}
 	return err
@@ -125,6 +121,7 @@ func (c *batchConn) Read(p []byte) (int, error) {
 		// Nothing read (deadline, EOF, error): no reason to leave bulk mode.
 		return 0, err
 	}
+	c.large.observe(n, len(c.rbuf.b))
 	if n < len(c.rbuf.b)/8 {
 		c.bulk = false
 	}
@@ -147,7 +144,7 @@ func (c *batchConn) readPooled() (int, error) {
 	)
 	err := c.rc.Read(func(fd uintptr) bool {
 		if c.rbuf == nil {
-			c.rbuf = c.pool.Get().(*ioBuf)
+			c.rbuf = c.pool.get(bool(c.large))
 		}
 		n, serr = readFD(fd, c.rbuf.b[:])
 		if serr == syscall.EAGAIN {
@@ -185,7 +182,7 @@ func readFD(fd uintptr, b []byte) (int, error) {
 
 func (c *batchConn) releaseRead() {
 	if c.rbuf != nil {
-		c.pool.Put(c.rbuf)
+		c.pool.put(c.rbuf)
 	}
 	c.rbuf, c.r, c.w = nil, 0, 0
 }

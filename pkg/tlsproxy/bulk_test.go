@@ -19,10 +19,25 @@ import (
 
 // TestBulkIntegrity pushes large random payloads both ways through the
 // pair on several connections at once, so the batched TLS reads and
-// writes run, and checks every byte, then a half-close.
+// writes run, and checks every byte, then a half-close. It runs with the
+// default large-buffer budget, with none, and with room for one large
+// buffer, so streams switch sizes mid-transfer and mix them.
 func TestBulkIntegrity(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		budget int
+	}{
+		{"default budget", tlsproxy.DefaultBulkBufferBudget},
+		{"no large buffers", 0},
+		{"one large buffer", 600 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) { bulkIntegrity(t, tlsproxy.WithBulkBufferBudget(tc.budget)) })
+	}
+}
+
+func bulkIntegrity(t *testing.T, opts ...tlsproxy.Option) {
 	e := newEnv(t)
-	srv, cli := pair(t, e, echoBackend(t), nil)
+	srv, cli := pair(t, e, echoBackend(t), nil, opts...)
 	const conns, size = 4, 8 << 20
 	var wg sync.WaitGroup
 	for range conns {
@@ -100,4 +115,73 @@ func BenchmarkPairNewConnections(b *testing.B) {
 			_ = c.Close()
 		}
 	})
+}
+
+// TestBulkBufferBudgetHolds: streams into a backend that stops reading pin
+// the relay buffers they hold. Large ones never exceed the budget (the
+// rest of the streams run on small buffers), the gauge shows them, and
+// they are all returned when the streams end.
+func TestBulkBufferBudgetHolds(t *testing.T) {
+	const budget = 2 * (576 << 10) // two large buffers (512 KiB + 1/8 each)
+	e := newEnv(t)
+	backend, release := stalledBackend(t)
+	srv, cli := pair(t, e, backend, nil, tlsproxy.WithBulkBufferBudget(budget))
+
+	chunk := bytes.Repeat([]byte("b"), 256<<10)
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	for range 3 {
+		c, err := net.Dial("tcp", cli.Addr().String())
+		require.NoError(t, err)
+		conns = append(conns, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for { // until the connection is closed below
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	// Writers block once every buffer on the way is full; the client proxy
+	// then holds its whole budget in large buffers.
+	require.Eventually(t, func() bool { return cli.Stats().BulkBufferBytes == budget }, 20*time.Second, 10*time.Millisecond,
+		"client proxy holds %d bytes of large buffers", cli.Stats().BulkBufferBytes)
+	for range 50 {
+		for _, p := range []*proxyUnderTest{srv, cli} {
+			require.LessOrEqual(t, p.Stats().BulkBufferBytes, int64(budget))
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	// The gauge reports the same count (Eventually: until every writer has
+	// stalled, a buffer can still be returned and taken again).
+	assert.Eventually(t, func() bool {
+		return cli.metric(t, "identity_agent_proxy_bulk_buffer_bytes", nil) == float64(budget)
+	}, 20*time.Second, 10*time.Millisecond)
+
+	release()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	wg.Wait()
+	for _, p := range []*proxyUnderTest{srv, cli} {
+		require.Eventually(t, func() bool { return p.Stats().BulkBufferBytes == 0 && p.Stats().ConnectionsOpen == 0 },
+			20*time.Second, 10*time.Millisecond, "%s: %+v", p.Stats().Name, p.Stats())
+	}
+}
+
+// stalledBackend accepts connections and reads nothing until release,
+// then drains them.
+func stalledBackend(t *testing.T) (addr string, release func()) {
+	t.Helper()
+	gate := make(chan struct{})
+	addr = tcpBackend(t, func(c net.Conn) {
+		<-gate
+		_, _ = io.Copy(io.Discard, c)
+	})
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release) // runs before tcpBackend's cleanup, which waits for the handlers
+	return addr, release
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -43,16 +45,12 @@ type env struct {
 	srv     *devapi.Server
 	server  *workloadapi.X509Source
 	client  *workloadapi.X509Source
-	sockDir string
+	sockDir string // a short directory for the test's own unix sockets
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	// Unix socket paths must stay under ~100 bytes; t.TempDir() can be longer.
-	dir, err := os.MkdirTemp("", "tp")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	srv, err := devapi.New(devapi.Config{
+	srv := devapitest.Start(t, devapi.Config{
 		TrustDomain: td,
 		Identities: []devapi.Identity{
 			{ID: serverID, Hint: "server", DNSNames: []string{"localhost"}},
@@ -62,10 +60,7 @@ func newEnv(t testing.TB) *env {
 		TTL:       time.Hour, // rotations in tests are explicit
 		Federated: []spiffeid.TrustDomain{partnerTD},
 	})
-	require.NoError(t, err)
-	require.NoError(t, srv.Start(filepath.Join(dir, "api.sock")))
-	t.Cleanup(srv.Stop)
-	e := &env{srv: srv, sockDir: dir}
+	e := &env{srv: srv, sockDir: devapitest.ShortDir(t, "tp")}
 	e.server = e.source(t, "server")
 	e.client = e.source(t, "client")
 	return e
@@ -97,11 +92,12 @@ type proxyUnderTest struct {
 	reg  *prometheus.Registry
 }
 
-func startProxy(t testing.TB, cfg tlsproxy.Config, src *workloadapi.X509Source) *proxyUnderTest {
+func startProxy(t testing.TB, cfg tlsproxy.Config, src *workloadapi.X509Source, opts ...tlsproxy.Option) *proxyUnderTest {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	reg := prometheus.NewRegistry()
-	p, err := tlsproxy.New(cfg, src, src, tlsproxy.WithLogger(zap.New(core)), tlsproxy.WithRegisterer(reg))
+	opts = append([]tlsproxy.Option{tlsproxy.WithLogger(zap.New(core)), tlsproxy.WithRegisterer(reg)}, opts...)
+	p, err := tlsproxy.New(cfg, src, src, opts...)
 	require.NoError(t, err)
 	require.NoError(t, p.Start(context.Background()))
 	t.Cleanup(func() {
@@ -158,7 +154,7 @@ func fieldString(e observer.LoggedEntry, key string) string {
 
 // pair starts a server proxy in front of target and a client proxy in
 // front of it, authorizing each other.
-func pair(t testing.TB, e *env, target string, mutate func(s, c *tlsproxy.Config)) (srv, cli *proxyUnderTest) {
+func pair(t testing.TB, e *env, target string, mutate func(s, c *tlsproxy.Config), opts ...tlsproxy.Option) (srv, cli *proxyUnderTest) {
 	t.Helper()
 	sc := tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: "127.0.0.1:0", Target: target,
 		Allow: []string{clientID.String()}}
@@ -167,9 +163,9 @@ func pair(t testing.TB, e *env, target string, mutate func(s, c *tlsproxy.Config
 	if mutate != nil {
 		mutate(&sc, &cc)
 	}
-	srv = startProxy(t, sc, e.server)
+	srv = startProxy(t, sc, e.server, opts...)
 	cc.Target = srv.Addr().String()
-	cli = startProxy(t, cc, e.client)
+	cli = startProxy(t, cc, e.client, opts...)
 	return srv, cli
 }
 
@@ -197,44 +193,70 @@ func httpBackend(t testing.TB) string {
 // writes "bye" and closes.
 func echoBackend(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_, _ = c.Write([]byte("bye"))
-			}()
-		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); <-done })
-	return ln.Addr().String()
+	return tcpBackend(t, func(c net.Conn) {
+		_, _ = io.Copy(c, c)
+		_, _ = c.Write([]byte("bye"))
+	})
 }
 
 // sinkBackend reads and discards.
 func sinkBackend(t testing.TB) string {
 	t.Helper()
+	return tcpBackend(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+}
+
+// tcpBackend serves each connection with handle on a loopback listener,
+// closing the connection when handle returns. When the test ends it stops
+// accepting, closes the connections still open and waits for the handlers.
+func tcpBackend(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	done := make(chan struct{})
+	var (
+		mu     sync.Mutex
+		open   = map[net.Conn]struct{}{}
+		closed bool
+		wg     sync.WaitGroup
+	)
+	wg.Add(1)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); _, _ = io.Copy(io.Discard, c) }()
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				_ = c.Close()
+				continue
+			}
+			open[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					mu.Lock()
+					delete(open, c)
+					mu.Unlock()
+					_ = c.Close()
+				}()
+				handle(c)
+			}()
 		}
 	}()
-	t.Cleanup(func() { _ = ln.Close(); <-done })
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		closed = true
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	return ln.Addr().String()
 }
 

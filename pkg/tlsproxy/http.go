@@ -40,7 +40,7 @@ type peerKey struct{}
 func newHTTPFront(p *Proxy) *httpFront {
 	f := &httpFront{p: p}
 	target := p.target
-	dialer := &net.Dialer{Timeout: p.cfg.ConnectTimeout}
+	dialer := &net.Dialer{Timeout: p.cfg.ConnectTimeout, KeepAlive: plainKeepAlive(true, target)}
 	f.transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, target.network, target.address)

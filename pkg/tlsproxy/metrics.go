@@ -33,6 +33,9 @@ type Stats struct {
 	// request is rewritten for the target).
 	BytesToTarget   uint64 `json:"bytes_to_target"`
 	BytesFromTarget uint64 `json:"bytes_from_target"`
+	// BulkBufferBytes is the memory held right now in large relay buffers
+	// by bulk streams; it never exceeds the WithBulkBufferBudget budget.
+	BulkBufferBytes int64 `json:"bulk_buffer_bytes"`
 }
 
 type counters struct {
@@ -50,14 +53,15 @@ type counters struct {
 // data path only touches atomics.
 type collector struct {
 	c     *counters
+	bufs  *bufPool
 	descs struct {
-		open, total, refused, handshake, resumed, dialFail, bytes *prometheus.Desc
+		open, total, refused, handshake, resumed, dialFail, bytes, bulkBufs *prometheus.Desc
 	}
 }
 
-func newCollector(name string, c *counters) *collector {
+func newCollector(name string, c *counters, bufs *bufPool) *collector {
 	labels := prometheus.Labels{"proxy": name}
-	col := &collector{c: c}
+	col := &collector{c: c, bufs: bufs}
 	col.descs.open = prometheus.NewDesc("identity_agent_proxy_connections_open",
 		"Connections currently open, including those in the TLS handshake.", nil, labels)
 	col.descs.total = prometheus.NewDesc("identity_agent_proxy_connections_total",
@@ -72,6 +76,8 @@ func newCollector(name string, c *counters) *collector {
 		"Failed connection attempts to the target.", nil, labels)
 	col.descs.bytes = prometheus.NewDesc("identity_agent_proxy_bytes_total",
 		"Payload bytes moved, by direction (to_target, from_target).", []string{"direction"}, labels)
+	col.descs.bulkBufs = prometheus.NewDesc("identity_agent_proxy_bulk_buffer_bytes",
+		"Memory held in large relay buffers by bulk streams now (bounded by the proxy's bulk buffer budget).", nil, labels)
 	return col
 }
 
@@ -83,6 +89,7 @@ func (col *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- col.descs.resumed
 	ch <- col.descs.dialFail
 	ch <- col.descs.bytes
+	ch <- col.descs.bulkBufs
 }
 
 func (col *collector) Collect(ch chan<- prometheus.Metric) {
@@ -97,4 +104,5 @@ func (col *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(col.descs.dialFail, prometheus.CounterValue, float64(c.dialFail.Load()))
 	ch <- prometheus.MustNewConstMetric(col.descs.bytes, prometheus.CounterValue, float64(c.toTarget.Load()), "to_target")
 	ch <- prometheus.MustNewConstMetric(col.descs.bytes, prometheus.CounterValue, float64(c.fromTarget.Load()), "from_target")
+	ch <- prometheus.MustNewConstMetric(col.descs.bulkBufs, prometheus.GaugeValue, float64(col.bufs.largeBytesInUse()))
 }

@@ -11,10 +11,6 @@ import (
 	"time"
 )
 
-// bufSize is larger than a TLS record (16 KiB) so one read of plaintext
-// becomes several full records in consecutive writes.
-const bufSize = 64 << 10
-
 // maxRecordPlaintext is the most one TLS record can carry.
 const maxRecordPlaintext = 16 << 10
 
@@ -77,6 +73,7 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 	// small per-direction buffer, and only when that read comes back full
 	// is a pooled buffer filled without blocking, written and returned.
 	var small []byte
+	var large bulkHint // this direction's next pooled buffer is large
 	var rawSrc syscall.RawConn
 	if srcEnd.raw == nil {
 		rawSrc = rawConn(src)
@@ -89,23 +86,25 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 			n    int
 			err  error
 			b    []byte
-			bulk *ioBuf
+			bulk *relayBuf
 		)
 		if rawSrc != nil {
 			// Plain socket: read(2) straight into a pooled buffer that is
 			// taken only once data is there.
-			n, bulk, err = p.readPooled(rawSrc, src)
+			n, bulk, err = p.readPooled(rawSrc, src, bool(large))
 			if bulk != nil {
-				b = bulk.b[:bufSize]
+				b = bulk.chunk()
+				large.observe(n, len(b))
 			}
 		} else {
 			n, err = src.Read(small)
 			b = small
 			if err == nil && n == len(small) && srcEnd.raw != nil {
-				bulk = p.bufs.Get().(*ioBuf)
-				b = bulk.b[:bufSize]
+				bulk = p.bufs.get(bool(large))
+				b = bulk.chunk()
 				copy(b, small[:n])
 				n, err = gatherTLS(src, b, n, idle)
+				large.observe(n, len(b))
 			}
 		}
 		if n > 0 {
@@ -121,7 +120,7 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 			var werr error
 			if dstEnd.raw != nil && n > maxRecordPlaintext {
 				// Several records: one write(2) instead of one per record.
-				dstEnd.raw.beginBatch()
+				dstEnd.raw.beginBatch(n)
 				_, werr = dst.Write(b[:n])
 				if ferr := dstEnd.raw.flush(); werr == nil {
 					werr = ferr
@@ -131,7 +130,7 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 			}
 			if werr != nil {
 				if bulk != nil {
-					p.bufs.Put(bulk)
+					p.bufs.put(bulk)
 				}
 				closeBoth(dst, src)
 				return
@@ -140,7 +139,7 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 			act.touch(time.Now())
 		}
 		if bulk != nil {
-			p.bufs.Put(bulk)
+			p.bufs.put(bulk)
 		}
 		if err == nil {
 			continue
@@ -181,21 +180,22 @@ func gatherTLS(src net.Conn, b []byte, n int, idle time.Duration) (int, error) {
 	return n, err
 }
 
-// readPooled reads from a plain socket into a buffer from p.bufs, waiting
-// for data without holding one. The buffer is nil when nothing was read.
-func (p *Proxy) readPooled(rc syscall.RawConn, c net.Conn) (int, *ioBuf, error) {
+// readPooled reads from a plain socket into a buffer from p.bufs (large if
+// asked and the budget allows), waiting for data without holding one. The
+// buffer is nil when nothing was read.
+func (p *Proxy) readPooled(rc syscall.RawConn, c net.Conn, large bool) (int, *relayBuf, error) {
 	var (
-		buf  *ioBuf
+		buf  *relayBuf
 		n    int
 		serr error
 	)
 	err := rc.Read(func(fd uintptr) bool {
 		if buf == nil {
-			buf = p.bufs.Get().(*ioBuf)
+			buf = p.bufs.get(large)
 		}
-		n, serr = readFD(fd, buf.b[:bufSize])
+		n, serr = readFD(fd, buf.chunk())
 		if serr == syscall.EAGAIN {
-			p.bufs.Put(buf)
+			p.bufs.put(buf)
 			buf = nil
 			return false // wait for readability, then call again
 		}
@@ -207,7 +207,7 @@ func (p *Proxy) readPooled(rc syscall.RawConn, c net.Conn) (int, *ioBuf, error) 
 		err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
 	}
 	if n == 0 && buf != nil {
-		p.bufs.Put(buf)
+		p.bufs.put(buf)
 		buf = nil
 	}
 	return n, buf, err

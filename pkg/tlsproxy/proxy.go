@@ -27,10 +27,11 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 type options struct {
-	log      *zap.Logger
-	reg      prometheus.Registerer
-	noResume bool
-	curves   []tls.CurveID
+	log        *zap.Logger
+	reg        prometheus.Registerer
+	noResume   bool
+	curves     []tls.CurveID
+	bulkBudget int
 }
 
 // WithLogger sets the logger (default: no-op). Rejected connections are
@@ -67,6 +68,14 @@ func WithCurvePreferences(ids ...tls.CurveID) Option {
 	return optionFunc(func(o *options) { o.curves = append([]tls.CurveID(nil), ids...) })
 }
 
+// WithBulkBufferBudget bounds the bytes of large (512 KiB) relay buffers
+// the proxy's bulk streams may hold at once (default
+// DefaultBulkBufferBudget). Streams beyond it use 64 KiB buffers; 0 turns
+// large buffers off, for hosts where memory matters more than throughput.
+func WithBulkBufferBudget(bytes int) Option {
+	return optionFunc(func(o *options) { o.bulkBudget = max(bytes, 0) })
+}
+
 // Proxy is one server- or client-mode proxy. Create it with New, run it
 // with Start and stop it with Shutdown.
 type Proxy struct {
@@ -82,7 +91,7 @@ type Proxy struct {
 	reg     prometheus.Registerer
 	col     *collector
 	http    *httpFront // nil unless cfg.HTTP
-	bufs    sync.Pool  // *ioBuf, shared by all connections of this proxy
+	bufs    *bufPool   // relay buffers, shared by all connections of this proxy
 
 	// ctx is cancelled when Shutdown gives up waiting, to abort dials.
 	ctx    context.Context
@@ -113,7 +122,7 @@ func New(cfg Config, svids x509svid.Source, bundles x509bundle.Source, opts ...O
 	if svids == nil || bundles == nil {
 		return nil, fmt.Errorf("proxy %q: an X.509-SVID source and a bundle source are required", cfg.Name)
 	}
-	o := options{log: zap.NewNop()}
+	o := options{log: zap.NewNop(), bulkBudget: DefaultBulkBufferBudget}
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
@@ -126,9 +135,9 @@ func New(cfg Config, svids x509svid.Source, bundles x509bundle.Source, opts ...O
 		sem:    make(chan struct{}, cfg.MaxConns),
 		conns:  map[*tracked]struct{}{},
 		reg:    o.reg,
-		dialer: net.Dialer{Timeout: cfg.ConnectTimeout},
+		dialer: net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: plainKeepAlive(cfg.Mode == ModeServer, target)},
+		bufs:   newBufPool(o.bulkBudget),
 	}
-	p.bufs.New = func() any { return new(ioBuf) }
 	v := &verifier{bundles: bundles, authz: authz}
 	if cfg.Mode == ModeServer {
 		p.tlsConf = serverTLSConfig(svids, bundles, authz, v)
@@ -147,7 +156,7 @@ func New(cfg Config, svids x509svid.Source, bundles x509bundle.Source, opts ...O
 		p.tlsConf.ClientSessionCache = nil
 	}
 	if p.reg != nil {
-		p.col = newCollector(cfg.Name, &p.stats)
+		p.col = newCollector(cfg.Name, &p.stats, p.bufs)
 		if err := p.reg.Register(p.col); err != nil {
 			return nil, fmt.Errorf("proxy %q: register metrics: %w", cfg.Name, err)
 		}
@@ -212,7 +221,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		// client-mode socket borrows this agent's identity.
 		ln, err = unixsock.Listen(p.listen.address, p.cfg.SocketMode)
 	} else {
-		var lc net.ListenConfig
+		lc := net.ListenConfig{KeepAlive: plainKeepAlive(p.cfg.Mode == ModeClient, p.listen)}
 		ln, err = lc.Listen(ctx, p.listen.network, p.listen.address)
 	}
 	if err != nil {
@@ -228,6 +237,18 @@ func (p *Proxy) Start(ctx context.Context) error {
 	go p.acceptLoop(ln)
 	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", p.target.String()))
 	return nil
+}
+
+// plainKeepAlive turns TCP keep-alive probes off (-1) for the plaintext
+// side when it is on loopback: no peer there can vanish without a reset,
+// and the probes' four setsockopt(2) calls are a tenth of the syscalls of
+// a short connection. The TLS side, which crosses the network, keeps Go's
+// default (0: 15 s probes), as does an unsafe non-loopback plaintext side.
+func plainKeepAlive(plaintext bool, a addr) time.Duration {
+	if plaintext && a.isLoopback() {
+		return -1
+	}
+	return 0
 }
 
 // Addr returns the listening address, or nil before Start.
@@ -393,7 +414,7 @@ func (p *Proxy) handshake(tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
 
 func (p *Proxy) serveServer(t *tracked) {
 	raw := t.raw
-	bc := newBatchConn(raw, &p.bufs)
+	bc := newBatchConn(raw, p.bufs)
 	tc := tls.Server(bc, p.tlsConf)
 	peer, ok := p.handshake(tc, raw)
 	if !ok {
@@ -425,7 +446,7 @@ func (p *Proxy) serveClient(t *tracked) {
 		p.log.Warn("target dial failed", zap.String("peer_addr", t.raw.RemoteAddr().String()), zap.Error(err))
 		return
 	}
-	bc := newBatchConn(up, &p.bufs)
+	bc := newBatchConn(up, p.bufs)
 	tc := tls.Client(bc, p.tlsConf)
 	defer func() { _ = tc.Close() }()
 	// Failures here are the remote server's: they are logged with its address.
@@ -540,6 +561,7 @@ func (p *Proxy) Stats() Stats {
 		TargetDialFailures: p.stats.dialFail.Load(),
 		BytesToTarget:      p.stats.toTarget.Load(),
 		BytesFromTarget:    p.stats.fromTarget.Load(),
+		BulkBufferBytes:    p.bufs.largeBytesInUse(),
 	}
 	for i, c := range allCauses {
 		s.HandshakeFailures[c] = p.stats.handshake[i].Load()
