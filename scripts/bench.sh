@@ -25,7 +25,8 @@ elif [ -z "${SKIP_PROXY:-}" ]; then
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iperf3 wrk >/dev/null
   fi
   echo "== proxy (bench/proxy/run.sh -> docs/BENCHMARKS-proxy.md)" >&2
-  bench/proxy/run.sh >&2
+  # GHOSTUNNEL=/path/to/ghostunnel adds a reference pair measured in the same run.
+  bench/proxy/run.sh ${GHOSTUNNEL:+-ghostunnel "$GHOSTUNNEL"} >&2
   proxy_md="## mTLS proxy pair vs direct loopback (same run; also in BENCHMARKS-proxy.md)
 $(tail -n +2 docs/BENCHMARKS-proxy.md)"
 fi

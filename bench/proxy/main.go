@@ -11,6 +11,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -23,26 +25,30 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
 var (
-	serveMode = flag.Bool("serve", false, "internal: run the proxies and print their addresses")
+	serveSide = flag.String("serve", "", "internal: run one side (server|client) of the pairs and print their addresses")
 	targets   = flag.String("targets", "", "internal: name=addr,... backends for -serve")
 	out       = flag.String("out", "", "also write the markdown report to this file")
 	dur       = flag.Duration("duration", 5*time.Second, "length of each throughput/rate run")
@@ -50,13 +56,16 @@ var (
 	workers   = flag.Int("conn-workers", 16, "concurrent dialers for the new-connection run")
 	profile   = flag.String("cpuprofile", "", "write a CPU profile of the proxy process to this file")
 	only      = flag.String("only", "", "run only these parts: comma list of bulk,rate,latency,conns")
+	rounds    = flag.Int("rounds", 3, "rounds of every part; each round measures direct and every pair back to back, and the report gives medians")
+	ghost     = flag.String("ghostunnel", "", "optional path to a ghostunnel binary, measured as a reference pair with the same SVIDs in the same run")
+	pemDir    = flag.String("pemdir", "", "internal: where -serve reads the SVIDs and bundle")
 )
 
 func main() {
 	flag.Parse()
 	log.SetFlags(0)
-	if *serveMode {
-		serve()
+	if *serveSide != "" {
+		serve(*serveSide)
 		return
 	}
 	if err := run(); err != nil {
@@ -66,70 +75,62 @@ func main() {
 
 // ---------------------------------------------------------------- child
 
-// serve starts one server/client proxy pair per backend (plus a pair
-// without session resumption for the echo backend) and prints
-// name=client-proxy-address lines, then waits for SIGTERM.
-func serve() {
-	ca, err := devapi.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+// serve runs one side of every pair under test, as a proxy host would:
+// -serve server starts the server-side relays in front of the -targets
+// backends, -serve client the client-side relays in front of the server
+// side's addresses. Each prints name=address lines, then "ready", and runs
+// until SIGTERM. Keys name the variant: NAME (ours, defaults),
+// NAME-noresume, NAME-x25519, NAME-naive (go-spiffe tlsconfig + io.Copy)
+// and NAME-plain (plaintext io.Copy relay).
+func serve(side string) {
+	serverSVID, err := x509svid.Load(filepath.Join(*pemDir, "server.crt"), filepath.Join(*pemDir, "server.key"))
 	must(err)
-	now := time.Now()
-	serverSVID, err := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/server"), now.Add(-time.Minute), now.Add(time.Hour))
+	clientSVID, err := x509svid.Load(filepath.Join(*pemDir, "client.crt"), filepath.Join(*pemDir, "client.key"))
 	must(err)
-	clientSVID, err := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/client"), now.Add(-time.Minute), now.Add(time.Hour))
+	bundle, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("example.org"), filepath.Join(*pemDir, "bundle.pem"))
 	must(err)
-	bundles := x509bundle.NewSet(ca.X509Bundle())
+	bundles := x509bundle.NewSet(bundle)
+	serverID, clientID := serverSVID.ID, clientSVID.ID
 	ctx := context.Background()
 	if *profile != "" {
-		f, err := os.Create(*profile)
+		f, err := os.Create(*profile + "." + side)
 		must(err)
 		must(pprof.StartCPUProfile(f))
 		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 	}
 	var proxies []*tlsproxy.Proxy
-	for _, kv := range strings.Split(*targets, ",") {
-		name, target, _ := strings.Cut(kv, "=")
-		variants := []variant{{"", nil}}
-		if name == "echo" {
-			variants = append(variants,
-				variant{"-noresume", []tlsproxy.Option{tlsproxy.WithSessionResumption(false)}},
-				variant{"-x25519", []tlsproxy.Option{tlsproxy.WithCurvePreferences(tls.X25519)}})
-		}
-		for _, v := range variants {
-			srv, err := tlsproxy.New(tlsproxy.Config{Name: name + v.suffix + "-srv", Mode: tlsproxy.ModeServer, Listen: "127.0.0.1:0",
-				Target: target, Allow: []string{"spiffe://example.org/client"}, MaxConns: 4096}, serverSVID, bundles, v.opts...)
-			must(err)
-			must(srv.Start(ctx))
-			cli, err := tlsproxy.New(tlsproxy.Config{Name: name + v.suffix + "-cli", Mode: tlsproxy.ModeClient, Listen: "127.0.0.1:0",
-				Target: srv.Addr().String(), Allow: []string{"spiffe://example.org/server"}, MaxConns: 4096}, clientSVID, bundles, v.opts...)
-			must(err)
-			must(cli.Start(ctx))
-			proxies = append(proxies, srv, cli)
-			fmt.Printf("%s%s=%s\n", name, v.suffix, cli.Addr())
-		}
+	start := func(name string, cfg tlsproxy.Config, svid *x509svid.SVID, opts ...tlsproxy.Option) {
+		cfg.Name, cfg.Listen, cfg.MaxConns = name, "127.0.0.1:0", 4096
+		p, err := tlsproxy.New(cfg, svid, bundles, opts...)
+		must(err)
+		must(p.Start(ctx))
+		proxies = append(proxies, p)
+		fmt.Printf("%s=%s\n", name, p.Addr())
 	}
-	// A naive reference pair in the same process: go-spiffe's tlsconfig
-	// with io.Copy, as a straightforward Go TLS proxy would do it.
 	for _, kv := range strings.Split(*targets, ",") {
 		name, target, _ := strings.Cut(kv, "=")
-		if name == "echo" {
+		_, kind, _ := strings.Cut(name, "-")
+		var opts []tlsproxy.Option
+		switch kind {
+		case "noresume":
+			opts = append(opts, tlsproxy.WithSessionResumption(false))
+		case "x25519":
+			opts = append(opts, tlsproxy.WithCurvePreferences(tls.X25519))
+		case "naive":
+			if side == "server" {
+				fmt.Printf("%s=%s\n", name, naiveServer(tlsconfig.MTLSServerConfig(serverSVID, bundles, tlsconfig.AuthorizeID(clientID)), target))
+			} else {
+				fmt.Printf("%s=%s\n", name, naiveClient(tlsconfig.MTLSClientConfig(clientSVID, bundles, tlsconfig.AuthorizeID(serverID)), target))
+			}
+			continue
+		case "plain":
+			fmt.Printf("%s=%s\n", name, plainRelay(target))
 			continue
 		}
-		srvAddr := naiveServer(tlsconfig.MTLSServerConfig(serverSVID, bundles, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/client"))), target)
-		cliAddr := naiveClient(tlsconfig.MTLSClientConfig(clientSVID, bundles, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/server"))), srvAddr)
-		fmt.Printf("%s-naive=%s\n", name, cliAddr)
-		if name == "iperf" {
-			// Ceiling for any pair of relays: plaintext, io.Copy between TCP
-			// sockets (splice(2) on Linux), no crypto.
-			dial := func(addr string) func() (net.Conn, error) {
-				return func() (net.Conn, error) { return net.Dial("tcp", addr) }
-			}
-			ln2, err := net.Listen("tcp", "127.0.0.1:0")
-			must(err)
-			go naiveAccept(ln2, dial(target))
-			ln1, err := net.Listen("tcp", "127.0.0.1:0")
-			must(err)
-			go naiveAccept(ln1, dial(ln2.Addr().String()))
-			fmt.Printf("iperf-plain=%s\n", ln1.Addr())
+		if side == "server" {
+			start(name, tlsproxy.Config{Mode: tlsproxy.ModeServer, Target: target, Allow: []string{clientID.String()}}, serverSVID, opts...)
+		} else {
+			start(name, tlsproxy.Config{Mode: tlsproxy.ModeClient, Target: target, Allow: []string{serverID.String()}}, clientSVID, opts...)
 		}
 	}
 	fmt.Println("ready")
@@ -141,6 +142,15 @@ func serve() {
 	for _, p := range proxies {
 		_ = p.Shutdown(sctx)
 	}
+}
+
+// plainRelay is one hop of the no-TLS ceiling: io.Copy between TCP
+// sockets, which is splice(2) on Linux.
+func plainRelay(target string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(err)
+	go naiveAccept(ln, func() (net.Conn, error) { return net.Dial("tcp", target) })
+	return ln.Addr().String()
 }
 
 func naiveServer(cfg *tls.Config, target string) string {
@@ -179,9 +189,136 @@ func naiveAccept(ln net.Listener, dial func() (net.Conn, error)) {
 	}
 }
 
-type variant struct {
-	suffix string
-	opts   []tlsproxy.Option
+// writePEMs issues the server and client SVIDs from a fresh CA and writes
+// them to dir: NAME.crt/NAME.key for the children, NAME.pem (chain and key
+// in one file) for ghostunnel, and bundle.pem.
+func writePEMs(dir string) error {
+	ca, err := devapi.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, s := range []struct {
+		name string
+		dns  []string
+	}{{"server", []string{"localhost"}}, {"client", nil}} { // localhost: ghostunnel's client checks the host name too
+		svid, err := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/"+s.name), now.Add(-time.Minute), now.Add(time.Hour), s.dns...)
+		if err != nil {
+			return err
+		}
+		certs, key, err := svid.Marshal()
+		if err != nil {
+			return err
+		}
+		for file, b := range map[string][]byte{".crt": certs, ".key": key, ".pem": append(certs, key...)} {
+			if err := os.WriteFile(filepath.Join(dir, s.name+file), b, 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	b, err := ca.X509Bundle().Marshal()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "bundle.pem"), b, 0o600)
+}
+
+// side is one child process of proxybench -serve.
+type side struct {
+	cmd   *exec.Cmd
+	addrs map[string]string
+}
+
+func startSide(ctx context.Context, which, pems, targets string) (*side, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, "-serve", which, "-cpuprofile", *profile, "-pemdir", pems, "-targets", targets)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s side: %w", which, err)
+	}
+	sd := &side{cmd: cmd, addrs: map[string]string{}}
+	sc := bufio.NewScanner(stdout)
+	ready := false
+	for sc.Scan() {
+		if sc.Text() == "ready" {
+			ready = true
+			break
+		}
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		sd.addrs[k] = v
+	}
+	if !ready {
+		sd.stop()
+		return nil, fmt.Errorf("%s side exited before it was ready", which)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	return sd, nil
+}
+
+func (sd *side) stop() {
+	_ = sd.cmd.Process.Signal(syscall.SIGTERM)
+	_ = sd.cmd.Wait()
+}
+
+// ghostPair is a ghostunnel client → server pair in front of a backend.
+type ghostPair struct {
+	addr, version string
+	pids          []int
+	cmds          []*exec.Cmd
+}
+
+func startGhostunnel(ctx context.Context, bin, pems, backend string) (*ghostPair, error) {
+	ver, err := exec.CommandContext(ctx, bin, "--version").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %w: %s", bin, err, ver)
+	}
+	g := &ghostPair{version: strings.TrimSpace(strings.SplitN(string(ver), "\n", 2)[0])}
+	srvPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cliPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	srvAddr, cliAddr := fmt.Sprintf("127.0.0.1:%d", srvPort), fmt.Sprintf("127.0.0.1:%d", cliPort)
+	for _, args := range [][]string{
+		{"server", "--listen", srvAddr, "--target", backend, "--keystore", filepath.Join(pems, "server.pem"),
+			"--cacert", filepath.Join(pems, "bundle.pem"), "--allow-uri", "spiffe://example.org/client", "--quiet=all"},
+		{"client", "--listen", cliAddr, "--target", fmt.Sprintf("localhost:%d", srvPort), "--keystore", filepath.Join(pems, "client.pem"),
+			"--cacert", filepath.Join(pems, "bundle.pem"), "--verify-uri", "spiffe://example.org/server", "--quiet=all"},
+	} {
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			g.stop()
+			return nil, fmt.Errorf("ghostunnel %s: %w", args[0], err)
+		}
+		g.cmds = append(g.cmds, cmd)
+		g.pids = append(g.pids, cmd.Process.Pid)
+	}
+	g.addr = cliAddr
+	for _, a := range []string{srvAddr, cliAddr} {
+		if err := waitListening(a); err != nil {
+			g.stop()
+			return nil, fmt.Errorf("ghostunnel: %w", err)
+		}
+	}
+	return g, nil
+}
+
+func (g *ghostPair) stop() {
+	for _, c := range g.cmds {
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
 }
 
 func must(err error) {
@@ -202,7 +339,7 @@ func run() error {
 			return fmt.Errorf("%s is required: %w", tool, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 
 	// Backends.
@@ -226,30 +363,54 @@ func run() error {
 		return err
 	}
 
-	// Proxies in a child process.
-	self, err := os.Executable()
+	// SVIDs for both sides, as PEM files the children (and ghostunnel) load.
+	pems, err := os.MkdirTemp("", "proxybench-")
 	if err != nil {
 		return err
 	}
-	child := exec.CommandContext(ctx, self, "-serve", "-cpuprofile", *profile, "-targets",
-		fmt.Sprintf("iperf=%s,http=%s,echo=%s", iperfAddr, httpAddr, echoAddr))
-	child.Stderr = os.Stderr
-	stdout, err := child.StdoutPipe()
+	defer func() { _ = os.RemoveAll(pems) }()
+	if err := writePEMs(pems); err != nil {
+		return err
+	}
+
+	// Each side of the pairs in its own child process, as on two hosts.
+	backends := fmt.Sprintf("iperf=%s,iperf-naive=%s,iperf-plain=%s,http=%s,http-naive=%s,echo=%s,echo-noresume=%s,echo-x25519=%s",
+		iperfAddr, iperfAddr, iperfAddr, httpAddr, httpAddr, echoAddr, echoAddr, echoAddr)
+	srvSide, err := startSide(ctx, "server", pems, backends)
 	if err != nil {
 		return err
 	}
-	if err := child.Start(); err != nil {
-		return fmt.Errorf("start proxies: %w", err)
+	defer srvSide.stop()
+	var upstreams []string
+	for k, v := range srvSide.addrs {
+		upstreams = append(upstreams, k+"="+v)
 	}
-	defer func() { _ = child.Process.Signal(syscall.SIGTERM); _ = child.Wait() }()
-	addrs := map[string]string{}
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() && sc.Text() != "ready" {
-		k, v, _ := strings.Cut(sc.Text(), "=")
-		addrs[k] = v
+	cliSide, err := startSide(ctx, "client", pems, strings.Join(upstreams, ","))
+	if err != nil {
+		return err
 	}
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	pid := child.Process.Pid
+	defer cliSide.stop()
+	addrs := cliSide.addrs
+	pids := []int{srvSide.cmd.Process.Pid, cliSide.cmd.Process.Pid}
+	ours := func(key string) target { return target{key, addrs[key], pids} }
+	bulkPairs := []target{ours("iperf"), ours("iperf-naive"), ours("iperf-plain")}
+	ratePairs := []target{ours("http"), ours("http-naive")}
+	var ghostVersion string
+	if *ghost != "" {
+		g, err := startGhostunnel(ctx, *ghost, pems, iperfAddr)
+		if err != nil {
+			return err
+		}
+		defer g.stop()
+		bulkPairs = append(bulkPairs, target{"iperf-ghostunnel", g.addr, g.pids})
+		h, err := startGhostunnel(ctx, *ghost, pems, httpAddr)
+		if err != nil {
+			return err
+		}
+		defer h.stop()
+		ratePairs = append(ratePairs, target{"http-ghostunnel", h.addr, h.pids})
+		ghostVersion = g.version
+	}
 
 	var rows []result
 	var notes []string
@@ -257,25 +418,25 @@ func run() error {
 	want := func(part string) bool { return *only == "" || strings.Contains(","+*only+",", ","+part+",") }
 	for _, part := range []struct {
 		name string
-		run  func(ctx context.Context, addrs map[string]string, pid int) ([]result, error)
+		run  func(ctx context.Context) ([]result, error)
 	}{
-		{"bulk", func(ctx context.Context, addrs map[string]string, pid int) ([]result, error) {
-			return bulk(ctx, iperfPort, mustPort(addrs["iperf"]), mustPort(addrs["iperf-naive"]), mustPort(addrs["iperf-plain"]), pid)
+		{"bulk", func(ctx context.Context) ([]result, error) {
+			return bulk(ctx, iperfPort, iperfSrv.Process.Pid, bulkPairs)
 		}},
-		{"rate", func(ctx context.Context, addrs map[string]string, _ int) ([]result, error) {
-			return rate(ctx, "http://"+httpAddr+"/", "http://"+addrs["http"]+"/", "http://"+addrs["http-naive"]+"/")
+		{"rate", func(ctx context.Context) ([]result, error) {
+			return rate(ctx, "http://"+httpAddr+"/", ratePairs)
 		}},
-		{"latency", func(ctx context.Context, addrs map[string]string, _ int) ([]result, error) {
+		{"latency", func(ctx context.Context) ([]result, error) {
 			return latency(ctx, "http://"+httpAddr+"/", "http://"+addrs["http"]+"/")
 		}},
-		{"conns", func(ctx context.Context, addrs map[string]string, pid int) ([]result, error) {
-			return conns(ctx, echoAddr, addrs, pid)
+		{"conns", func(ctx context.Context) ([]result, error) {
+			return conns(ctx, echoAddr, addrs, pids)
 		}},
 	} {
 		if !want(part.name) {
 			continue
 		}
-		r, err := part.run(ctx, addrs, pid)
+		r, err := part.run(ctx)
 		if err != nil {
 			return fmt.Errorf("%s: %w", part.name, err)
 		}
@@ -285,11 +446,15 @@ func run() error {
 	notes = append(notes,
 		fmt.Sprintf("Machine: %d CPUs (GOMAXPROCS %d), %s, %s; load average (1/5/15 min) when written: %s. Other load on the machine makes the numbers noisy.",
 			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), cpuModel(), loadAvg()),
-		"Pair = plaintext client → client-mode proxy → mTLS (TLS 1.3, ECDSA P-256 SVIDs) → server-mode proxy → plaintext backend, all on 127.0.0.1; both proxies run in one child process.",
-		"Reference rows: the same SVIDs through go-spiffe tlsconfig.MTLSServerConfig/MTLSClientConfig with io.Copy and no session cache, in the same process and run, as a straightforward Go TLS proxy would do it.",
+		"Pair = plaintext client → client-mode proxy → mTLS (TLS 1.3, ECDSA P-256 SVIDs) → server-mode proxy → plaintext backend, all on 127.0.0.1; each side of a pair runs in its own child process (as on two hosts), and CPU figures are both processes'.",
+		fmt.Sprintf("Rounds: each of %d rounds measures direct and then every pair back to back; a ratio is pair / direct of the same round, and the table gives the medians (ranges in the notes column).", *rounds),
+		"Naive reference rows: the same SVIDs through go-spiffe tlsconfig.MTLSServerConfig/MTLSClientConfig with io.Copy and no session cache, in the same processes and run, as a straightforward Go TLS proxy would do it.",
 		"Resumption: TLS 1.3 session tickets (server) + ClientSessionCache (client); resumed sessions are re-verified in VerifyConnection (verified chains cached per bundle) and bound to the presented SVID. Default key exchange is Go's X25519MLKEM768 hybrid.",
-		"Data path: 64 KiB pooled buffers taken only when data is there; the TLS records of a chunk written with one write(2), received records read ahead so several are decrypted per read(2); TCP_NODELAY (Go default). splice(2) is not usable: one side of every hop is TLS in user space (no kTLS on this kernel: tcp_available_ulp lacks tls).",
+		"Data path: pooled buffers taken only when data is there, 64 KiB at first and 512 KiB for a stream whose reads fill them (within a 16 MiB budget per proxy); the TLS records of a chunk written with one write(2), received records read ahead so several are decrypted per read(2); TCP_NODELAY (Go default). splice(2) is not usable: one side of every hop is TLS in user space (no kTLS on this kernel: tcp_available_ulp lacks tls).",
 		fmt.Sprintf("New connections: %d concurrent dialers, each dials, sends one line, reads the reply and closes.", *workers))
+	if ghostVersion != "" {
+		notes = append(notes, fmt.Sprintf("ghostunnel rows: %s, a client and a server process per pair with the same SVIDs as PEM files (--keystore, --cacert, --allow-uri/--verify-uri); CPU is both processes'. It is not part of the repository: pass -ghostunnel PATH to include it.", ghostVersion))
+	}
 	report := render(rows, notes)
 	fmt.Print(report)
 	if *out != "" {
@@ -300,111 +465,215 @@ func run() error {
 	return nil
 }
 
-func bulk(ctx context.Context, directPort, pairPort, naivePort, plainPort, pid int) ([]result, error) {
-	directBps, _, err := iperf(ctx, directPort)
-	if err != nil {
-		return nil, err
-	}
-	cpu0 := cpuSeconds(pid)
-	pairBps, pairBytes, err := iperf(ctx, pairPort)
-	if err != nil {
-		return nil, err
-	}
-	cpu := cpuSeconds(pid) - cpu0
-	cpu0 = cpuSeconds(pid)
-	naiveBps, naiveBytes, err := iperf(ctx, naivePort)
-	if err != nil {
-		return nil, err
-	}
-	naiveCPU := cpuSeconds(pid) - cpu0
-	cpu0 = cpuSeconds(pid)
-	plainBps, plainBytes, err := iperf(ctx, plainPort)
-	if err != nil {
-		return nil, err
-	}
-	plainCPU := cpuSeconds(pid) - cpu0
-	gb, naiveGB := float64(pairBytes)/1e9, float64(naiveBytes)/1e9
-	return []result{
-		{"Bulk throughput (iperf3, 1 stream, " + dur.String() + ")",
-			fmt.Sprintf("%.2f Gbit/s", directBps/1e9), fmt.Sprintf("%.2f Gbit/s", pairBps/1e9),
-			pct(pairBps / directBps), "target ≥ 45%"},
-		{"Proxy CPU per GB moved (both proxies, during iperf3)", "–",
-			fmt.Sprintf("%.2f CPU-s/GB", cpu/gb), "–", fmt.Sprintf("%.2f CPU-s over %.2f GB", cpu, gb)},
-		{"Reference: naive go-spiffe + io.Copy pair, bulk", fmt.Sprintf("%.2f Gbit/s", directBps/1e9),
-			fmt.Sprintf("%.2f Gbit/s", naiveBps/1e9), pct(naiveBps / directBps), fmt.Sprintf("%.2f CPU-s/GB", naiveCPU/naiveGB)},
-		{"Reference: plaintext relay pair (io.Copy = splice, no TLS), bulk", fmt.Sprintf("%.2f Gbit/s", directBps/1e9),
-			fmt.Sprintf("%.2f Gbit/s", plainBps/1e9), pct(plainBps / directBps),
-			fmt.Sprintf("ceiling for two relays on this box; %.2f CPU-s/GB", plainCPU/(float64(plainBytes)/1e9))},
-	}, nil
+// measured is one pair's numbers over the rounds.
+type measured struct {
+	values, ratios []float64
+	cpuPerUnit     []float64 // proxy CPU: seconds per GB for bulk, µs per request or connection for rates
 }
 
-func rate(ctx context.Context, directURL, pairURL, naiveURL string) ([]result, error) {
-	dRate, _, _, err := wrk(ctx, directURL, *wrkConns, *dur)
-	if err != nil {
-		return nil, err
+func (m *measured) add(v, direct, cpuPerUnit float64) {
+	m.values = append(m.values, v)
+	m.ratios = append(m.ratios, v/direct)
+	m.cpuPerUnit = append(m.cpuPerUnit, cpuPerUnit)
+}
+
+// ratioRange is "min–max" of the per-round ratios, to show the noise.
+func (m *measured) ratioRange() string {
+	return fmt.Sprintf("%s–%s", pct(slices.Min(m.ratios)), pct(slices.Max(m.ratios)))
+}
+
+// target is a pair under test: where to send load and whose CPU to read.
+type target struct {
+	key  string
+	addr string
+	pids []int
+}
+
+func bulk(ctx context.Context, directPort, iperfPid int, pairs []target) ([]result, error) {
+	var direct, endsPerGB []float64
+	got := make([]measured, len(pairs))
+	for range *rounds {
+		d, _, _, err := iperf(ctx, directPort)
+		if err != nil {
+			return nil, err
+		}
+		direct = append(direct, d)
+		for i, pr := range pairs {
+			cpu0, srv0 := cpuSeconds(pr.pids...), cpuSeconds(iperfPid)
+			bps, bytes, cli, err := iperf(ctx, mustPort(pr.addr))
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", pr.key, err)
+			}
+			gb := float64(bytes) / 1e9
+			got[i].add(bps, d, (cpuSeconds(pr.pids...)-cpu0)/gb)
+			if pr.key == "iperf-plain" {
+				endsPerGB = append(endsPerGB, (cli+cpuSeconds(iperfPid)-srv0)/gb)
+			}
+		}
 	}
-	pRate, _, _, err := wrk(ctx, pairURL, *wrkConns, *dur)
-	if err != nil {
-		return nil, err
+	dm := median(direct)
+	gbit := func(v float64) string { return fmt.Sprintf("%.2f Gbit/s", v/1e9) }
+	var rows []result
+	for i, pr := range pairs {
+		m := &got[i]
+		r := result{direct: gbit(dm), pair: gbit(median(m.values)), ratio: pct(median(m.ratios))}
+		cpu := fmt.Sprintf("%.2f CPU-s/GB", median(m.cpuPerUnit))
+		switch pr.key {
+		case "iperf":
+			r.name = fmt.Sprintf("Bulk throughput (iperf3, 1 stream, %s × %d rounds)", dur, *rounds)
+			r.note = fmt.Sprintf("target ≥ 45%%; rounds %s", m.ratioRange())
+			rows = append(rows, r, result{"Proxy CPU per GB moved (both proxies, during iperf3)", "–", cpu, "–", "median of the rounds"})
+			continue
+		case "iperf-naive":
+			r.name, r.note = "Reference: naive go-spiffe + io.Copy pair, bulk", cpu
+		case "iperf-plain":
+			r.name, r.note = "Reference: plaintext relay pair (io.Copy = splice, no TLS), bulk", "ceiling for two relays on this box; "+cpu
+			if len(endsPerGB) > 0 {
+				// The most any user-space TLS pair could do here: iperf3's own
+				// CPU, the no-copy relay's, and AES-GCM once each way, all on
+				// runtime.NumCPU() cores with nothing else running.
+				aead := aesGCMCPUPerGB()
+				perGB := median(endsPerGB) + median(m.cpuPerUnit) + aead
+				bound := float64(runtime.NumCPU()) / perGB * 8e9
+				rows = append(rows, r, result{"Bound: best any user-space TLS pair could do here", gbit(dm), gbit(bound), pct(bound / dm),
+					fmt.Sprintf("%d cores ÷ (iperf3 ends %.2f + no-TLS relays %.2f + AES-128-GCM seal+open %.2f CPU-s/GB)",
+						runtime.NumCPU(), median(endsPerGB), median(m.cpuPerUnit), aead)})
+				continue
+			}
+		case "iperf-ghostunnel":
+			r.name, r.note = "Reference: ghostunnel pair, bulk", fmt.Sprintf("%s; rounds %s", cpu, m.ratioRange())
+		}
+		rows = append(rows, r)
 	}
-	nRate, _, _, err := wrk(ctx, naiveURL, *wrkConns, *dur)
-	if err != nil {
-		return nil, err
+	return rows, nil
+}
+
+func rate(ctx context.Context, directURL string, pairs []target) ([]result, error) {
+	var direct []float64
+	got := make([]measured, len(pairs))
+	for range *rounds {
+		d, _, _, err := wrk(ctx, directURL, *wrkConns, *dur)
+		if err != nil {
+			return nil, err
+		}
+		direct = append(direct, d)
+		for i, pr := range pairs {
+			cpu0 := cpuSeconds(pr.pids...)
+			start := time.Now()
+			r, _, _, err := wrk(ctx, "http://"+pr.addr+"/", *wrkConns, *dur)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", pr.key, err)
+			}
+			got[i].add(r, d, (cpuSeconds(pr.pids...)-cpu0)/(r*time.Since(start).Seconds())*1e6)
+		}
 	}
-	return []result{
-		{fmt.Sprintf("Keep-alive requests/s (wrk -c%d)", *wrkConns),
-			fmt.Sprintf("%.0f", dRate), fmt.Sprintf("%.0f", pRate), pct(pRate / dRate), "target ≥ 30%"},
-		{"Reference: naive go-spiffe + io.Copy pair, keep-alive requests/s",
-			fmt.Sprintf("%.0f", dRate), fmt.Sprintf("%.0f", nRate), pct(nRate / dRate), ""},
-	}, nil
+	dm := fmt.Sprintf("%.0f", median(direct))
+	var rows []result
+	for i, pr := range pairs {
+		m := &got[i]
+		r := result{direct: dm, pair: fmt.Sprintf("%.0f", median(m.values)), ratio: pct(median(m.ratios)),
+			note: fmt.Sprintf("%.1f µs proxy CPU per request; rounds %s", median(m.cpuPerUnit), m.ratioRange())}
+		switch pr.key {
+		case "http":
+			r.name = fmt.Sprintf("Keep-alive requests/s (wrk -c%d, %s × %d rounds)", *wrkConns, dur, *rounds)
+			r.note = "target ≥ 30%; " + r.note
+		case "http-naive":
+			r.name = "Reference: naive go-spiffe + io.Copy pair, keep-alive requests/s"
+		case "http-ghostunnel":
+			r.name = "Reference: ghostunnel pair, keep-alive requests/s"
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// aesGCMCPUPerGB is the CPU seconds to seal and then open 1 GB in 16 KiB
+// TLS records with AES-128-GCM (TLS 1.3's suite on AES-NI hardware), hot
+// in cache, so a lower bound on what the pair's crypto costs.
+func aesGCMCPUPerGB() float64 {
+	block, err := aes.NewCipher(make([]byte, 16))
+	must(err)
+	aead, err := cipher.NewGCM(block)
+	must(err)
+	nonce := make([]byte, aead.NonceSize())
+	plain := make([]byte, 16<<10)
+	sealed := make([]byte, 0, len(plain)+aead.Overhead())
+	opened := make([]byte, 0, len(plain))
+	r := testing.Benchmark(func(b *testing.B) {
+		b.SetBytes(int64(len(plain)))
+		for b.Loop() {
+			sealed = aead.Seal(sealed[:0], nonce, plain, nil)
+			if opened, err = aead.Open(opened[:0], nonce, sealed, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	return float64(r.NsPerOp()) / float64(len(plain)) // ns per byte = s per GB
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func latency(ctx context.Context, directURL, pairURL string) ([]result, error) {
 	d := *dur * 3 / 5
-	_, d50, d99, err := wrk(ctx, directURL, 1, d)
-	if err != nil {
-		return nil, err
-	}
-	_, p50, p99, err := wrk(ctx, pairURL, 1, d)
-	if err != nil {
-		return nil, err
-	}
-	return []result{
-		{"Latency p50 (wrk -c1)", fmtDur(d50), fmtDur(p50),
-			fmt.Sprintf("+%s/hop", fmtDur((p50-d50)/2)), "target < 100µs added per hop (2 hops)"},
-		{"Latency p99 (wrk -c1)", fmtDur(d99), fmtDur(p99), fmt.Sprintf("+%s/hop", fmtDur((p99-d99)/2)), ""},
-	}, nil
-}
-
-func conns(ctx context.Context, echoAddr string, addrs map[string]string, pid int) ([]result, error) {
-	direct, err := connRate(ctx, echoAddr, *workers, *dur*3/5)
-	if err != nil {
-		return nil, err
-	}
-	row := func(name, addr, note string, cpuNote bool) (result, error) {
-		cpu0 := cpuSeconds(pid)
-		start := time.Now()
-		r, err := connRate(ctx, addr, *workers, *dur)
-		if err != nil {
-			return result{}, err
-		}
-		if cpuNote {
-			perConn := (cpuSeconds(pid) - cpu0) / (r * time.Since(start).Seconds())
-			note += fmt.Sprintf("; %.0f µs proxy CPU per connection", perConn*1e6)
-		}
-		return result{name, fmt.Sprintf("%.0f (plaintext)", direct), fmt.Sprintf("%.0f", r), pct(r / direct), note}, nil
-	}
-	var rows []result
-	for _, v := range []struct{ name, addr, note string }{
-		{"New connections/s through the pair, TLS 1.3 resumption (default)", addrs["echo"], "target ≥ 1,500/s"},
-		{"New connections/s through the pair, full handshakes", addrs["echo-noresume"], "WithSessionResumption(false)"},
-		{"New connections/s through the pair, resumption + X25519 only", addrs["echo-x25519"], "WithCurvePreferences(tls.X25519): no post-quantum hybrid"},
-	} {
-		r, err := row(v.name, v.addr, v.note, true)
+	var d50s, d99s, p50s, p99s []float64
+	for range *rounds {
+		_, d50, d99, err := wrk(ctx, directURL, 1, d)
 		if err != nil {
 			return nil, err
 		}
-		rows = append(rows, r)
+		_, p50, p99, err := wrk(ctx, pairURL, 1, d)
+		if err != nil {
+			return nil, err
+		}
+		d50s, d99s = append(d50s, float64(d50)), append(d99s, float64(d99))
+		p50s, p99s = append(p50s, float64(p50)), append(p99s, float64(p99))
+	}
+	med := func(v []float64) time.Duration { return time.Duration(median(v)) }
+	d50, d99, p50, p99 := med(d50s), med(d99s), med(p50s), med(p99s)
+	return []result{
+		{fmt.Sprintf("Latency p50 (wrk -c1, %d rounds)", *rounds), fmtDur(d50), fmtDur(p50),
+			fmt.Sprintf("+%s/hop", fmtDur((p50-d50)/2)), "target < 100µs added per hop (2 hops)"},
+		{fmt.Sprintf("Latency p99 (wrk -c1, %d rounds)", *rounds), fmtDur(d99), fmtDur(p99), fmt.Sprintf("+%s/hop", fmtDur((p99-d99)/2)), ""},
+	}, nil
+}
+
+func conns(ctx context.Context, echoAddr string, addrs map[string]string, pids []int) ([]result, error) {
+	variants := []struct{ name, addr, note string }{
+		{"New connections/s through the pair, TLS 1.3 resumption (default)", addrs["echo"], "target ≥ 1,500/s"},
+		{"New connections/s through the pair, full handshakes", addrs["echo-noresume"], "WithSessionResumption(false)"},
+		{"New connections/s through the pair, resumption + X25519 only", addrs["echo-x25519"], "WithCurvePreferences(tls.X25519): no post-quantum hybrid"},
+	}
+	var direct []float64
+	got := make([]measured, len(variants))
+	for range *rounds {
+		d, err := connRate(ctx, echoAddr, *workers, *dur*3/5)
+		if err != nil {
+			return nil, err
+		}
+		direct = append(direct, d)
+		for i, v := range variants {
+			cpu0 := cpuSeconds(pids...)
+			start := time.Now()
+			r, err := connRate(ctx, v.addr, *workers, *dur)
+			if err != nil {
+				return nil, err
+			}
+			got[i].add(r, d, (cpuSeconds(pids...)-cpu0)/(r*time.Since(start).Seconds())*1e6)
+		}
+	}
+	var rows []result
+	for i, v := range variants {
+		m := &got[i]
+		rows = append(rows, result{v.name, fmt.Sprintf("%.0f (plaintext)", median(direct)), fmt.Sprintf("%.0f", median(m.values)),
+			pct(median(m.ratios)), fmt.Sprintf("%s; %.0f µs proxy CPU per connection; rounds %.0f–%.0f/s",
+				v.note, median(m.cpuPerUnit), slices.Min(m.values), slices.Max(m.values))})
 	}
 	return rows, nil
 }
@@ -432,13 +701,27 @@ func fmtDur(d time.Duration) string {
 	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
 }
 
-// iperf runs one client for *dur and returns received bits/s and bytes.
-func iperf(ctx context.Context, port int) (float64, int64, error) {
+// iperf runs one client for *dur and returns received bits/s and bytes,
+// and the client's CPU seconds.
+func iperf(ctx context.Context, port int) (float64, int64, float64, error) {
 	secs := strconv.Itoa(int(dur.Seconds()))
-	cmd := exec.CommandContext(ctx, "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(port), "-t", secs, "-J")
-	outb, err := cmd.Output()
+	var (
+		cmd  *exec.Cmd
+		outb []byte
+		err  error
+	)
+	// The iperf3 server runs one test at a time; the previous pair's relays
+	// may still be closing their connections to it for a moment.
+	for try := 0; ; try++ {
+		cmd = exec.CommandContext(ctx, "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(port), "-t", secs, "-J")
+		outb, err = cmd.Output()
+		if try == 20 || !bytes.Contains(outb, []byte("server is busy")) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("iperf3 -c port %d: %w: %s", port, err, outb)
+		return 0, 0, 0, fmt.Errorf("iperf3 -c port %d: %w: %s", port, err, outb)
 	}
 	var r struct {
 		End struct {
@@ -450,12 +733,13 @@ func iperf(ctx context.Context, port int) (float64, int64, error) {
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(outb, &r); err != nil {
-		return 0, 0, fmt.Errorf("iperf3 output: %w", err)
+		return 0, 0, 0, fmt.Errorf("iperf3 output: %w", err)
 	}
 	if r.Error != "" {
-		return 0, 0, fmt.Errorf("iperf3: %s", r.Error)
+		return 0, 0, 0, fmt.Errorf("iperf3: %s", r.Error)
 	}
-	return r.End.SumReceived.BitsPerSecond, r.End.SumReceived.Bytes, nil
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return r.End.SumReceived.BitsPerSecond, r.End.SumReceived.Bytes, cpu.Seconds(), nil
 }
 
 var (
@@ -608,17 +892,21 @@ func waitListening(addr string) error {
 	return fmt.Errorf("%s did not start listening", addr)
 }
 
-// cpuSeconds is the user+system CPU time of pid, from /proc/<pid>/stat.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	must(err)
-	// Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	const clkTck = 100 // USER_HZ on Linux
-	return (utime + stime) / clkTck
+// cpuSeconds is the user+system CPU time of pids, from /proc/<pid>/stat.
+func cpuSeconds(pids ...int) float64 {
+	var total float64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		must(err)
+		// Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		utime, _ := strconv.ParseFloat(fields[11], 64)
+		stime, _ := strconv.ParseFloat(fields[12], 64)
+		const clkTck = 100 // USER_HZ on Linux
+		total += (utime + stime) / clkTck
+	}
+	return total
 }
 
 func cpuModel() string {

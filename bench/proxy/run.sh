@@ -12,4 +12,4 @@ bin="$(mktemp -d)/proxybench"
 trap 'rm -rf "$(dirname "$bin")"' EXIT
 go build -o "$bin" ./bench/proxy
 mkdir -p docs
-timeout 300 "$bin" -out docs/BENCHMARKS-proxy.md "$@"
+timeout 900 "$bin" -out docs/BENCHMARKS-proxy.md "$@"
