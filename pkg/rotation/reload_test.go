@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -64,9 +65,16 @@ func TestSignalReloader(t *testing.T) {
 	base := t.TempDir()
 	hups := filepath.Join(base, "hups")
 	ready := filepath.Join(base, "ready")
-	// A real service stand-in: counts SIGHUPs.
+	// A real service stand-in: counts SIGHUPs. A shell cannot trap a signal
+	// that was ignored when it started, and under nohup (or a CI runner
+	// that ignores SIGHUP) the test inherits SIGHUP ignored. Catching it
+	// here for the fork gives the child the default disposition instead:
+	// exec resets caught signals and keeps ignored ones.
+	hupCaught := make(chan os.Signal, 1)
+	signal.Notify(hupCaught, syscall.SIGHUP)
 	cmd := exec.Command("sh", "-c", `trap 'echo hup >> "$0"' HUP; echo up > "$1"; while :; do sleep 0.05; done`, hups, ready)
 	require.NoError(t, cmd.Start())
+	signal.Stop(hupCaught)
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, waitFor, tick)
 	pidFile := filepath.Join(base, "svc.pid")
@@ -77,7 +85,8 @@ func TestSignalReloader(t *testing.T) {
 	runManager(t, m)
 	require.Eventually(t, func() bool { return len(lines(hups)) == 1 }, waitFor, tick)
 	require.NoError(t, e.srv.RotateSVIDs())
-	require.Eventually(t, func() bool { return len(lines(hups)) == 2 }, waitFor, tick)
+	require.Eventually(t, func() bool { return len(lines(hups)) == 2 }, waitFor, tick,
+		"hups %d; output %+v", len(lines(hups)), outputState(m, "svc"))
 
 	// Errors name the pid file and what is wrong with it.
 	ctx := context.Background()
