@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/metricstest"
 )
 
 func TestMTLSPingAndRejections(t *testing.T) {
@@ -174,7 +175,7 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	assert.False(t, h.TLSUp)
 	assert.GreaterOrEqual(t, h.Fallbacks, uint64(1))
 	assert.NotEmpty(t, h.LastFallbackError)
-	assert.GreaterOrEqual(t, gauge(t, reg, "identity_agent_redis_client_fallbacks_total", nil), 1.0)
+	assert.GreaterOrEqual(t, metricstest.Value(t, reg, "identity_agent_redis_client_fallbacks_total", map[string]string{"client": "worker"}), 1.0)
 
 	// TLS back: the prober notices, plaintext conns are retired.
 	require.NoError(t, admin.ConfigSet(ctx, "tls-port", strconv.Itoa(r.tlsPort)).Err())
@@ -195,7 +196,7 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	v, err := c.Redis().Get(ctx, "during-outage").Result()
 	require.NoError(t, err)
 	assert.Equal(t, "1", v)
-	assert.Equal(t, 1.0, gauge(t, reg, "identity_agent_redis_client_tls_up", nil))
+	assert.Equal(t, 1.0, metricstest.Value(t, reg, "identity_agent_redis_client_tls_up", map[string]string{"client": "worker"}))
 
 	// A wrong password is not a reason to fall back.
 	require.NoError(t, writeFileAtomic(e.pwFile, []byte("wrong\n"), 0o600))

@@ -14,6 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/metricstest"
 )
 
 func gateByName(gs []Gate, name string) Gate {
@@ -121,8 +123,8 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	assert.ElementsMatch(t, []string{GatePlaintextNow, GatePlaintextWindow}, failedGates(err))
 	assert.Contains(t, err.Error(), "gate plaintext-now: 1 connection(s) on plaintext port "+strconv.Itoa(r.port))
 	t.Logf("refusal: %v", err)
-	assert.Equal(t, 1.0, gauge(t, reg, "identity_agent_redis_connections", map[string]string{"port": "plaintext"}))
-	assert.Equal(t, 0.0, gauge(t, reg, "identity_agent_redis_transition_gate", map[string]string{"gate": GatePlaintextNow}))
+	assert.Equal(t, 1.0, metricstest.Value(t, reg, "identity_agent_redis_connections", map[string]string{"port": "plaintext"}))
+	assert.Equal(t, 0.0, metricstest.Value(t, reg, "identity_agent_redis_transition_gate", map[string]string{"gate": GatePlaintextNow}))
 
 	// The legacy client leaves; the sampler must then see a clean window.
 	require.NoError(t, legacy.Close())

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -192,7 +193,7 @@ func TestWriteFailureKeepsOldFilesAndRecovers(t *testing.T) {
 	require.Equal(t, serialString(first), st.Serial, "state must describe what is on disk")
 	// Retried with backoff while it fails; nothing reloaded; old files kept.
 	require.Eventually(t, func() bool {
-		return testCounter(m.metrics.writeFailures.WithLabelValues("web")) >= 3
+		return testutil.ToFloat64(m.metrics.writeFailures.WithLabelValues("web")) >= 3
 	}, waitFor, tick)
 	require.Equal(t, before, mustRead(t, certPath))
 	require.Len(t, lines(reloadLog), 1)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
@@ -193,7 +194,7 @@ func TestFailingReloadIsRetriedAndReported(t *testing.T) {
 	require.Contains(t, st.LastReloadError, "service not ready")
 	require.Empty(t, st.LastWriteError, "the write itself succeeded")
 	require.Empty(t, lines(nextLog), "later reloads wait for the earlier one")
-	require.GreaterOrEqual(t, testCounter(m.metrics.reloadFailures.WithLabelValues("svc", "exec")), 2.0)
+	require.GreaterOrEqual(t, testutil.ToFloat64(m.metrics.reloadFailures.WithLabelValues("svc", "exec")), 2.0)
 
 	require.NoError(t, os.WriteFile(okFile, nil, 0o644))
 	require.Eventually(t, func() bool {

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/internal/metricstest"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -129,12 +130,11 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 	// Metrics on the given registry only.
 	// (Eventually: the counter moves just after the files hit the disk.)
 	require.Eventually(t, func() bool {
-		rot, ok := metricValue(t, reg, "identity_agent_rotations_total", map[string]string{"output": "web"})
-		return ok && rot == 3
+		rot, ok, err := metricstest.Lookup(reg, "identity_agent_rotations_total", map[string]string{"output": "web"})
+		return err == nil && ok && rot == 3
 	}, waitFor, tick)
-	exp, ok := metricValue(t, reg, "identity_agent_svid_expiry_timestamp_seconds",
+	exp := metricstest.Value(t, reg, "identity_agent_svid_expiry_timestamp_seconds",
 		map[string]string{"output": "web", "spiffe_id": "spiffe://example.org/workload"})
-	require.True(t, ok)
 	require.Equal(t, float64(leaf[0].NotAfter.Unix()), exp)
 	_, err = NewManager(e.src, []Output{{Name: "x", Dir: t.TempDir(), CertFile: "c"}}, WithRegisterer(reg))
 	require.ErrorContains(t, err, "already registered")

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
+	"github.com/identity-agent/identity-agent/internal/metricstest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -108,34 +110,12 @@ func startProxy(t testing.TB, cfg tlsproxy.Config, src *workloadapi.X509Source, 
 	return &proxyUnderTest{Proxy: p, logs: logs, reg: reg}
 }
 
-// metric returns the value of the named metric whose labels include want.
-func (p *proxyUnderTest) metric(t testing.TB, name string, want map[string]string) float64 {
+// metric returns the value of this proxy's series name{proxy, labels}.
+func (p *proxyUnderTest) metric(t testing.TB, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := p.reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue next
-				}
-			}
-			if m.Counter != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, want)
-	return 0
+	all := map[string]string{"proxy": p.Stats().Name}
+	maps.Copy(all, labels)
+	return metricstest.Value(t, p.reg, name, all)
 }
 
 // rejections returns the "connection rejected" log entries with the given cause.
