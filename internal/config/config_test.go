@@ -163,3 +163,37 @@ func TestLoadMissingFile(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 	assert.Contains(t, err.Error(), p)
 }
+
+// TestREADMEConfigurationParses: the reference configuration in README.md
+// is what operators copy; it must stay valid as the schema changes, and it
+// must keep showing every output field, reload kind and proxy.
+func TestREADMEConfigurationParses(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	_, section, ok := strings.Cut(string(readme), "\n## Configuration\n")
+	require.True(t, ok, "README.md has no ## Configuration section")
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	require.True(t, ok, "no yaml block in README's Configuration section")
+	block, _, ok = strings.Cut(block, "```")
+	require.True(t, ok, "unterminated yaml block")
+
+	cfg, err := config.Parse("README.md", []byte(block), noEnv)
+	require.NoError(t, err)
+	require.Len(t, cfg.Outputs, 2)
+	kinds := map[string]bool{}
+	for _, r := range cfg.Outputs[0].Reload {
+		for _, k := range []struct {
+			name string
+			set  bool
+		}{
+			{"signal", r.Signal != nil}, {"exec", r.Exec != nil}, {"systemd", r.Systemd != nil},
+			{"launchd", r.Launchd != nil}, {"redis", r.Redis != nil}, {"traefik", r.Traefik != nil},
+		} {
+			if k.set {
+				kinds[k.name] = true
+			}
+		}
+	}
+	assert.Len(t, kinds, 6, "every reload kind is shown: %v", kinds)
+	require.Len(t, cfg.Proxies, 1)
+}
