@@ -43,7 +43,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -193,7 +193,7 @@ func naiveAccept(ln net.Listener, dial func() (net.Conn, error)) {
 // them to dir: NAME.crt/NAME.key for the children, NAME.pem (chain and key
 // in one file) for ghostunnel, and bundle.pem.
 func writePEMs(dir string) error {
-	ca, err := devapi.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	ca, err := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
 	if err != nil {
 		return err
 	}

@@ -21,8 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // agentBin is built once per test run from this package's source.
@@ -71,11 +70,11 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 // startDevAPI serves the development Workload API and returns it with the
 // path of its socket.
-func startDevAPI(t *testing.T, ttl time.Duration) (*devapi.Server, string) {
+func startDevAPI(t *testing.T, ttl time.Duration) (*svidtest.Server, string) {
 	t.Helper()
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: ttl,
-		Identities: []devapi.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/svc")}}})
-	return srv, devapitest.SocketPath(srv)
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, TTL: ttl,
+		Identities: []svidtest.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/svc")}}})
+	return srv, srv.SocketPath()
 }
 
 func writeConfig(t *testing.T, dir, apiSock, window string) string {

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func newDevCmd() *cobra.Command {
@@ -55,7 +55,7 @@ SVIDs are re-issued and pushed at half of --ttl.
 			if err != nil {
 				return withCode(exitFailure, err)
 			}
-			srv, err := devapi.New(devapi.Config{TrustDomain: td, Identities: idents, TTL: ttl, JWTTTL: jwtTTL, Federated: feds, Logger: log})
+			srv, err := svidtest.New(svidtest.Config{TrustDomain: td, Identities: idents, TTL: ttl, JWTTTL: jwtTTL, Federated: feds, Logger: log})
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
@@ -97,21 +97,21 @@ SVIDs are re-issued and pushed at half of --ttl.
 	f.StringArrayVar(&ids, "spiffe-id", nil, "identity to issue, ID[#hint] (repeatable; default spiffe://TD/workload)")
 	f.StringArrayVar(&dns, "dns", nil, "DNS SAN added to every SVID, e.g. localhost (repeatable)")
 	f.StringArrayVar(&federate, "federate-with", nil, "serve a federated bundle for this trust domain (repeatable)")
-	f.DurationVar(&ttl, "ttl", devapi.DefaultTTL, "X.509-SVID lifetime; rotated at half of it")
-	f.DurationVar(&jwtTTL, "jwt-ttl", devapi.DefaultJWTTTL, "JWT-SVID lifetime")
+	f.DurationVar(&ttl, "ttl", svidtest.DefaultTTL, "X.509-SVID lifetime; rotated at half of it")
+	f.DurationVar(&jwtTTL, "jwt-ttl", svidtest.DefaultJWTTTL, "JWT-SVID lifetime")
 	return cmd
 }
 
 // parseIdentities reads "spiffe://td/path#hint" flags.
-func parseIdentities(flags, dns []string) ([]devapi.Identity, error) {
-	var out []devapi.Identity
+func parseIdentities(flags, dns []string) ([]svidtest.Identity, error) {
+	var out []svidtest.Identity
 	for _, f := range flags {
 		idStr, hint, _ := strings.Cut(f, "#")
 		id, err := spiffeid.FromString(idStr)
 		if err != nil {
 			return nil, fmt.Errorf("--spiffe-id %q: %w", f, err)
 		}
-		out = append(out, devapi.Identity{ID: id, Hint: hint, DNSNames: dns})
+		out = append(out, svidtest.Identity{ID: id, Hint: hint, DNSNames: dns})
 	}
 	if len(out) == 0 && len(dns) > 0 {
 		return nil, errors.New("--dns needs at least one --spiffe-id")

@@ -31,9 +31,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/internal/service"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // The examples' tests run the shipped files, not copies of them: each
@@ -88,15 +87,15 @@ func exampleConfig(t *testing.T, dir, name string, oldNew ...string) string {
 // startDevAPIWith serves the development Workload API with the given
 // identities; rotations happen only when the test asks (TTL 1h). It returns
 // the path of the API's socket with it.
-func startDevAPIWith(t *testing.T, ids ...devapi.Identity) (*devapi.Server, string) {
+func startDevAPIWith(t *testing.T, ids ...svidtest.Identity) (*svidtest.Server, string) {
 	t.Helper()
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: time.Hour, Identities: ids})
-	return srv, devapitest.SocketPath(srv)
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, TTL: time.Hour, Identities: ids})
+	return srv, srv.SocketPath()
 }
 
 // clientSVID issues an SVID for id from the dev API's CA, as SPIRE would
 // for another workload, and writes it as PEM files for curl and openssl.
-func clientSVID(t *testing.T, srv *devapi.Server, dir string, id spiffeid.ID) (certFile, keyFile string) {
+func clientSVID(t *testing.T, srv *svidtest.Server, dir string, id spiffeid.ID) (certFile, keyFile string) {
 	t.Helper()
 	s, err := srv.CA().IssueX509SVID(id, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	require.NoError(t, err)
@@ -301,7 +300,7 @@ func TestUvicornExample(t *testing.T) {
 	needBinary(t, "curl")
 	needBinary(t, "openssl")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
+	srv, apiSock := startDevAPIWith(t, svidtest.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
 	group, _ := currentGroup(t)
 	certDir := filepath.Join(dir, "certs", "api")
 	cfg := exampleConfig(t, dir, "uvicorn/agent.yaml",
@@ -409,7 +408,7 @@ func TestUvicornExampleBehindProxy(t *testing.T) {
 	needUvicorn(t)
 	needBinary(t, "curl")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
+	srv, apiSock := startDevAPIWith(t, svidtest.Identity{ID: idAPI, DNSNames: []string{"localhost"}})
 	published, plain := freePort(t), freePort(t)
 	cfg := exampleConfig(t, dir, "uvicorn/agent-proxy.yaml",
 		exSpireSocket, "unix://"+apiSock,
@@ -485,7 +484,7 @@ func ollamaAllowsHost(hostport string) bool {
 func TestOllamaExample(t *testing.T) {
 	needBinary(t, "curl")
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idModelServer, DNSNames: []string{"localhost"}})
+	srv, apiSock := startDevAPIWith(t, svidtest.Identity{ID: idModelServer, DNSNames: []string{"localhost"}})
 
 	var mu sync.Mutex
 	var seen []string // X-Forwarded-Client-Cert of each request Ollama got
@@ -621,7 +620,7 @@ type traefikTransport struct {
 // Traefik watches, with the SVID inline, and rewrites it on rotation.
 func TestTraefikExample(t *testing.T) {
 	dir := t.TempDir()
-	srv, apiSock := startDevAPIWith(t, devapi.Identity{ID: idTraefik})
+	srv, apiSock := startDevAPIWith(t, svidtest.Identity{ID: idTraefik})
 	group, gid := currentGroup(t)
 	certDir := filepath.Join(dir, "certs", "traefik")
 	dynDir := filepath.Join(dir, "traefik", "dynamic")

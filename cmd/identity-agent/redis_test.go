@@ -19,8 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func needBinary(t *testing.T, name string) string {
@@ -71,9 +70,9 @@ func TestRedisReloadAndTransitionThroughTheCLI(t *testing.T) {
 	needBinary(t, "redis-server")
 	needBinary(t, "openssl")
 	dir := t.TempDir()
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: time.Hour,
-		Identities: []devapi.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/redis")}}})
-	apiSock := devapitest.SocketPath(srv)
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, TTL: time.Hour,
+		Identities: []svidtest.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/redis")}}})
+	apiSock := srv.SocketPath()
 
 	plain, tlsPort := freePort(t), freePort(t)
 	redisSock := filepath.Join(dir, "redis.sock")

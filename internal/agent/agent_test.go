@@ -16,8 +16,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -25,7 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func setup(t *testing.T, proxyListen string) (*config.Config, string) {
 	t.Helper()
 	dir := t.TempDir()
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), TTL: time.Hour})
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), TTL: time.Hour})
 	y := fmt.Sprintf(`workload_api: {socket: "%s"}
 admin: {socket: "%s/admin.sock"}
 outputs:

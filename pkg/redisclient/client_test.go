@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func TestMTLSPingAndRejections(t *testing.T) {
@@ -46,7 +46,7 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	require.Error(t, err, "redis accepted a TLS client without a certificate")
 
 	// A client whose SVID comes from a foreign trust domain.
-	foreign, err := devapi.NewCA(spiffeid.RequireTrustDomainFromString("evil.org"))
+	foreign, err := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("evil.org"))
 	require.NoError(t, err)
 	fsvid, err := foreign.IssueX509SVID(spiffeid.RequireFromString("spiffe://evil.org/worker"), time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	require.NoError(t, err)

@@ -17,8 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 var (
@@ -32,11 +31,11 @@ const testPassword = "s3cret-pass"
 // shortTempDir keeps unix socket paths under the 108-byte limit.
 func shortTempDir(t testing.TB) string {
 	t.Helper()
-	return devapitest.ShortDir(t, "rc")
+	return svidtest.ShortDir(t, "rc")
 }
 
 type env struct {
-	srv    *devapi.Server
+	srv    *svidtest.Server
 	server *workloadapi.X509Source // the Redis server's identity (as the agent sees it)
 	client *workloadapi.X509Source // a workload's identity
 	dir    string
@@ -58,9 +57,9 @@ func pick(id spiffeid.ID) func([]*x509svid.SVID) *x509svid.SVID {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := shortTempDir(t)
-	srv := devapitest.Start(t, devapi.Config{
+	srv := svidtest.Start(t, svidtest.Config{
 		TrustDomain: td,
-		Identities:  []devapi.Identity{{ID: serverID, Hint: "redis"}, {ID: clientID, Hint: "worker"}},
+		Identities:  []svidtest.Identity{{ID: serverID, Hint: "redis"}, {ID: clientID, Hint: "worker"}},
 		TTL:         time.Hour, // rotations in these tests are explicit
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

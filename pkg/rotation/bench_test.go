@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // BenchmarkPushToDisk measures the time from srv.RotateSVIDs() (a Workload
@@ -21,7 +21,7 @@ func BenchmarkPushToDisk(b *testing.B) {
 		debounce time.Duration
 	}{{"debounce=0", 0}, {"debounce=100ms", DefaultDebounce}} {
 		b.Run(bc.name, func(b *testing.B) {
-			e := newEnv(b, devapi.Config{}, true)
+			e := newEnv(b, svidtest.Config{}, true)
 			w := newWrites()
 			m := newTestManager(b, e, []Output{{Name: "web", Dir: filepath.Join(b.TempDir(), "out"),
 				CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}},

@@ -9,14 +9,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // devWorkloadAPI stands in for a SPIRE agent's socket in the examples.
-func devWorkloadAPI(dir string) (*devapi.Server, error) {
-	srv, err := devapi.New(devapi.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
+func devWorkloadAPI(dir string) (*svidtest.Server, error) {
+	srv, err := svidtest.New(svidtest.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
 	if err != nil {
 		return nil, err
 	}

@@ -13,11 +13,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func TestGuardRestoresDeletedAndAlteredFiles(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	dir := filepath.Join(base, "out")
 	script, reloadLog := recorder(t, base, "reload")
@@ -85,7 +85,7 @@ func TestGuardRestoresDeletedAndAlteredFiles(t *testing.T) {
 }
 
 func TestGuardOff(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	dir := t.TempDir()
 	w := newWrites()
 	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem"}}, WithGuard(false), withWriteHook(w.hook))
@@ -103,7 +103,7 @@ func TestGuardOff(t *testing.T) {
 }
 
 func TestWorkloadAPIDownStartedStoppedRestarted(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, false)
+	e := newEnv(t, svidtest.Config{}, false)
 	dir := t.TempDir()
 	core, logs := observer.New(zap.WarnLevel)
 	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem"}},
@@ -169,7 +169,7 @@ func makeUnwritable(t *testing.T, dir string) func() {
 }
 
 func TestWriteFailureKeepsOldFilesAndRecovers(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "out")
 	script, reloadLog := recorder(t, t.TempDir(), "reload")
 	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem",

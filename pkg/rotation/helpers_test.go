@@ -18,9 +18,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 const (
@@ -33,18 +32,18 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // shortDir returns a short temporary directory for unix sockets.
 func shortDir(t testing.TB) string {
 	t.Helper()
-	return devapitest.ShortDir(t, "rot")
+	return svidtest.ShortDir(t, "rot")
 }
 
 type env struct {
-	srv    *devapi.Server
+	srv    *svidtest.Server
 	socket string
 	src    *svid.Source
 }
 
 // newEnv starts a dev Workload API (unless start is false) and a Source on
 // its socket.
-func newEnv(t testing.TB, cfg devapi.Config, start bool) *env {
+func newEnv(t testing.TB, cfg svidtest.Config, start bool) *env {
 	t.Helper()
 	if cfg.TrustDomain.IsZero() {
 		cfg.TrustDomain = td
@@ -53,7 +52,7 @@ func newEnv(t testing.TB, cfg devapi.Config, start bool) *env {
 		cfg.TTL = time.Hour // rotations happen when the test says so
 	}
 	socket := filepath.Join(shortDir(t), "api.sock")
-	srv := devapitest.New(t, cfg)
+	srv := svidtest.NewUnstarted(t, cfg)
 	e := &env{srv: srv, socket: socket}
 	if start {
 		require.NoError(t, srv.Start(e.socket))

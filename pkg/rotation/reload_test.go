@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // recorder returns a script that appends its argv (one line, args joined
@@ -28,7 +28,7 @@ func recorder(t *testing.T, dir, name string) (script, log string) {
 }
 
 func TestReloadOnlyWhenWritten(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	svidScript, svidLog := recorder(t, base, "svid")
 	bundleScript, bundleLog := recorder(t, base, "bundle")
@@ -62,7 +62,7 @@ func TestReloadOnlyWhenWritten(t *testing.T) {
 }
 
 func TestSignalReloader(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	hups := filepath.Join(base, "hups")
 	ready := filepath.Join(base, "ready")
@@ -177,7 +177,7 @@ func TestServiceManagerReloaders(t *testing.T) {
 }
 
 func TestFailingReloadIsRetriedAndReported(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	okFile := filepath.Join(base, "ok")
 	attempts := filepath.Join(base, "attempts")

@@ -19,9 +19,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func parseCertsFile(path string) ([]*x509.Certificate, error) {
@@ -61,7 +61,7 @@ func sameCerts(a, b []*x509.Certificate) bool {
 }
 
 func TestRotatesSVIDAndCABundle(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "web")
 	reg := prometheus.NewRegistry()
 	m := newTestManager(t, e, []Output{{
@@ -159,7 +159,7 @@ func TestCloseUnregistersMetrics(t *testing.T) {
 func TestOutputsPickSVIDByHint(t *testing.T) {
 	idA := spiffeid.RequireFromString("spiffe://example.org/a")
 	idB := spiffeid.RequireFromString("spiffe://example.org/b")
-	e := newEnv(t, devapi.Config{Identities: []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}}}, true)
+	e := newEnv(t, svidtest.Config{Identities: []svidtest.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}}}, true)
 	base := t.TempDir()
 	m := newTestManager(t, e, []Output{
 		{Name: "a", Selector: svidSelector("", "a"), Dir: filepath.Join(base, "a"), CertFile: "cert.pem", KeyFile: "key.pem"},
@@ -189,7 +189,7 @@ func TestOutputsPickSVIDByHint(t *testing.T) {
 
 func TestFederatedBundleIncludedOrExcluded(t *testing.T) {
 	other := spiffeid.RequireTrustDomainFromString("other.org")
-	e := newEnv(t, devapi.Config{Federated: []spiffeid.TrustDomain{other}}, true)
+	e := newEnv(t, svidtest.Config{Federated: []spiffeid.TrustDomain{other}}, true)
 	base := t.TempDir()
 	m := newTestManager(t, e, []Output{
 		{Name: "fed", Dir: filepath.Join(base, "fed"), BundleFile: "bundle.pem", IncludeFederated: true, JWTBundleFile: "jwks.json"},
@@ -233,7 +233,7 @@ func mustRead(t testing.TB, p string) []byte {
 }
 
 func TestJWTTokenAndJWKSFiles(t *testing.T) {
-	e := newEnv(t, devapi.Config{JWTTTL: 4 * time.Second}, true)
+	e := newEnv(t, svidtest.Config{JWTTTL: 4 * time.Second}, true)
 	dir := t.TempDir()
 	m := newTestManager(t, e, []Output{{
 		Name: "jwt", Dir: dir,
@@ -282,7 +282,7 @@ func TestJWTTokenAndJWKSFiles(t *testing.T) {
 }
 
 func TestJWTRefreshedOnX509Push(t *testing.T) {
-	e := newEnv(t, devapi.Config{JWTTTL: time.Hour}, true)
+	e := newEnv(t, svidtest.Config{JWTTTL: time.Hour}, true)
 	dir := t.TempDir()
 	m := newTestManager(t, e, []Output{{
 		Name: "jwt", Dir: dir, CertFile: "cert.pem",
@@ -301,7 +301,7 @@ func TestJWTRefreshedOnX509Push(t *testing.T) {
 }
 
 func TestWriteAll(t *testing.T) {
-	e := newEnv(t, devapi.Config{}, true)
+	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	m := newTestManager(t, e, []Output{
 		{Name: "good", Dir: filepath.Join(base, "good"), CertFile: "cert.pem", KeyFile: "key.pem"},
@@ -329,7 +329,7 @@ func TestWriteAll(t *testing.T) {
 // Material that fails validation (here: expired while the Workload API is
 // gone) is never written; the last good files stay.
 func TestExpiredMaterialIsNotWritten(t *testing.T) {
-	e := newEnv(t, devapi.Config{TTL: 3 * time.Second}, true)
+	e := newEnv(t, svidtest.Config{TTL: 3 * time.Second}, true)
 	dir := t.TempDir()
 	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem"}})
 	require.NoError(t, m.WriteAll(context.Background()))

@@ -12,15 +12,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // A workload with two registration entries gets two SVIDs; the selector
 // picks one by SPIRE hint or SPIFFE ID, and says what was offered when
 // nothing matches.
 func ExampleSelector() {
-	ca, _ := devapi.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	ca, _ := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
 	now := time.Now()
 	web, _ := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/web"), now, now.Add(time.Hour))
 	web.Hint = "web"
@@ -47,7 +47,7 @@ func ExampleSelector() {
 
 // EncodeCertsPEM writes the chain leaf first, the order a TLS server sends it.
 func ExampleEncodeCertsPEM() {
-	ca, _ := devapi.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	ca, _ := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
 	now := time.Now()
 	s, _ := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/web"), now, now.Add(time.Hour))
 	root := ca.X509Bundle().X509Authorities()[0]
@@ -100,7 +100,7 @@ func ExampleDirWriter() {
 func ExampleSource() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer func() { _ = os.RemoveAll(dir) }()
-	api, _ := devapi.New(devapi.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
+	api, _ := svidtest.New(svidtest.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
 	_ = api.Start(filepath.Join(dir, "agent.sock"))
 	defer api.Stop()
 

@@ -17,9 +17,8 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 var (
@@ -64,7 +63,7 @@ func leakCheck(t *testing.T) {
 
 func TestSourceFirstUpdateAndRotation(t *testing.T) {
 	leakCheck(t)
-	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour})
+	srv := svidtest.Start(t, svidtest.Config{TTL: time.Hour})
 	src := startSource(t, srv.Addr())
 
 	assert.Nil(t, src.X509Context(), "nothing before ready")
@@ -105,7 +104,7 @@ func TestSourceFirstUpdateAndRotation(t *testing.T) {
 // handshake, so a rotation needs no restart of the listener.
 func TestSourceTLSHandshakeSeesRotation(t *testing.T) {
 	leakCheck(t)
-	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour})
+	srv := svidtest.Start(t, svidtest.Config{TTL: time.Hour})
 	src := startSource(t, srv.Addr())
 	waitReady(t, src)
 
@@ -141,7 +140,7 @@ func TestSourceTLSHandshakeSeesRotation(t *testing.T) {
 
 func TestSourceSelectsByHintAndID(t *testing.T) {
 	leakCheck(t)
-	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour, Identities: []devapi.Identity{
+	srv := svidtest.Start(t, svidtest.Config{TTL: time.Hour, Identities: []svidtest.Identity{
 		{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"},
 	}})
 	src := startSource(t, srv.Addr(), svid.WithDefaultSelector(svid.Selector{Hint: "b"}))
@@ -193,7 +192,7 @@ func TestSourceSelectsByHintAndID(t *testing.T) {
 
 func TestSourceFederatedAndJWTBundles(t *testing.T) {
 	leakCheck(t)
-	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour, Federated: []spiffeid.TrustDomain{tdFed}})
+	srv := svidtest.Start(t, svidtest.Config{TTL: time.Hour, Federated: []spiffeid.TrustDomain{tdFed}})
 	src := startSource(t, srv.Addr())
 	waitReady(t, src)
 
@@ -229,8 +228,8 @@ func TestSourceFederatedAndJWTBundles(t *testing.T) {
 
 func TestSourceWaitReadyWhenAPIStartsLate(t *testing.T) {
 	leakCheck(t)
-	sock := filepath.Join(devapitest.ShortDir(t, "svid"), "api.sock")
-	srv := devapitest.New(t, devapi.Config{TTL: time.Hour})
+	sock := filepath.Join(svidtest.ShortDir(t, "svid"), "api.sock")
+	srv := svidtest.NewUnstarted(t, svidtest.Config{TTL: time.Hour})
 	src := startSource(t, "unix://"+sock)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -253,7 +252,7 @@ func TestSourceWaitReadyWhenAPIStartsLate(t *testing.T) {
 
 func TestSourceRecoversAfterRestart(t *testing.T) {
 	leakCheck(t)
-	srv := devapitest.Start(t, devapi.Config{TTL: time.Hour})
+	srv := svidtest.Start(t, svidtest.Config{TTL: time.Hour})
 	src := startSource(t, srv.Addr())
 	waitReady(t, src)
 
@@ -264,7 +263,7 @@ func TestSourceRecoversAfterRestart(t *testing.T) {
 	_, err := src.GetX509SVID()
 	require.NoError(t, err)
 
-	require.NoError(t, srv.Start(devapitest.SocketPath(srv)))
+	require.NoError(t, srv.Start(srv.SocketPath()))
 	require.Eventually(t, func() bool {
 		st := src.Status()
 		return st.Connected && st.Reconnects == 1

@@ -16,18 +16,18 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
-func newCA(t testing.TB, td spiffeid.TrustDomain) *devapi.CA {
+func newCA(t testing.TB, td spiffeid.TrustDomain) *svidtest.CA {
 	t.Helper()
-	ca, err := devapi.NewCA(td)
+	ca, err := svidtest.NewCA(td)
 	require.NoError(t, err)
 	return ca
 }
 
-func issue(t testing.TB, ca *devapi.CA, id spiffeid.ID, notBefore, notAfter time.Time) *x509svid.SVID {
+func issue(t testing.TB, ca *svidtest.CA, id spiffeid.ID, notBefore, notAfter time.Time) *x509svid.SVID {
 	t.Helper()
 	sv, err := ca.IssueX509SVID(id, notBefore, notAfter)
 	require.NoError(t, err)

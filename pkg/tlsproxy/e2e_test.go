@@ -22,7 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -133,12 +133,12 @@ func TestIndependentPeersAndRejections(t *testing.T) {
 	out2, err := curl("--cert", pc, "--key", pk, url)
 	require.NoError(t, err, out2)
 
-	foreignCA, err := devapi.NewCA(spiffeid.RequireTrustDomainFromString("evil.org"))
+	foreignCA, err := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("evil.org"))
 	require.NoError(t, err)
-	impostorCA, err := devapi.NewCA(td) // claims example.org, not in the bundle
+	impostorCA, err := svidtest.NewCA(td) // claims example.org, not in the bundle
 	require.NoError(t, err)
 	now := time.Now()
-	mint := func(ca *devapi.CA, id string, nb, na time.Time) (string, string) {
+	mint := func(ca *svidtest.CA, id string, nb, na time.Time) (string, string) {
 		s, err := ca.IssueX509SVID(spiffeid.RequireFromString(id), nb, na)
 		require.NoError(t, err)
 		return writePEM(t, dir, strings.NewReplacer(":", "_", "/", "_").Replace(id)+nb.String()[:4], s)

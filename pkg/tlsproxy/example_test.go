@@ -14,7 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -55,9 +55,9 @@ func ExampleNew() {
 	dir, _ := os.MkdirTemp("", "tpex")
 	defer os.RemoveAll(dir)
 
-	api, _ := devapi.New(devapi.Config{
+	api, _ := svidtest.New(svidtest.Config{
 		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
-		Identities: []devapi.Identity{
+		Identities: []svidtest.Identity{
 			{ID: spiffeid.RequireFromString("spiffe://example.org/model-server"), Hint: "model-server"},
 			{ID: spiffeid.RequireFromString("spiffe://example.org/traefik"), Hint: "traefik"},
 		},

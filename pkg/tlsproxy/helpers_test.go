@@ -27,9 +27,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -44,7 +43,7 @@ var (
 // env is a dev Workload API with one source per identity, as separate
 // agents on separate hosts would have.
 type env struct {
-	srv     *devapi.Server
+	srv     *svidtest.Server
 	server  *workloadapi.X509Source
 	client  *workloadapi.X509Source
 	sockDir string // a short directory for the test's own unix sockets
@@ -52,9 +51,9 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	srv := devapitest.Start(t, devapi.Config{
+	srv := svidtest.Start(t, svidtest.Config{
 		TrustDomain: td,
-		Identities: []devapi.Identity{
+		Identities: []svidtest.Identity{
 			{ID: serverID, Hint: "server", DNSNames: []string{"localhost"}},
 			{ID: clientID, Hint: "client"},
 			{ID: otherID, Hint: "other"},
@@ -62,7 +61,7 @@ func newEnv(t testing.TB) *env {
 		TTL:       time.Hour, // rotations in tests are explicit
 		Federated: []spiffeid.TrustDomain{partnerTD},
 	})
-	e := &env{srv: srv, sockDir: devapitest.ShortDir(t, "tp")}
+	e := &env{srv: srv, sockDir: svidtest.ShortDir(t, "tp")}
 	e.server = e.source(t, "server")
 	e.client = e.source(t, "client")
 	return e

@@ -19,7 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -27,7 +27,7 @@ import (
 // its CA left the bundle is rejected. go-spiffe's VerifyPeerCertificate
 // alone would let the resumption through.
 func TestResumedSessionIsReverified(t *testing.T) {
-	ca, err := devapi.NewCA(td)
+	ca, err := svidtest.NewCA(td)
 	require.NoError(t, err)
 	now := time.Now()
 	serverSVID, err := ca.IssueX509SVID(serverID, now.Add(-time.Minute), now.Add(time.Hour), "localhost")
@@ -72,7 +72,7 @@ func TestResumedSessionIsReverified(t *testing.T) {
 
 	// The trust domain's CA is replaced: the client's certificate is no
 	// longer trusted, though its session ticket is still valid.
-	other, err := devapi.NewCA(td)
+	other, err := svidtest.NewCA(td)
 	require.NoError(t, err)
 	bundles.Add(other.X509Bundle())
 	_, err = dial()
@@ -272,7 +272,7 @@ func TestParseAllow(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
-	ca, err := devapi.NewCA(td)
+	ca, err := svidtest.NewCA(td)
 	require.NoError(t, err)
 	s, err := ca.IssueX509SVID(serverID, time.Now(), time.Now().Add(time.Hour))
 	require.NoError(t, err)

@@ -10,8 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/traefik"
 )
 
@@ -23,7 +23,7 @@ func Example() {
 
 	// Stand-in for what the agent's output writes on every rotation.
 	td := spiffeid.RequireTrustDomainFromString("example.org")
-	ca, _ := devapi.NewCA(td)
+	ca, _ := svidtest.NewCA(td)
 	s, _ := ca.IssueX509SVID(spiffeid.RequireFromPath(td, "/traefik"), time.Now(), time.Now().Add(time.Hour))
 	key, _ := svid.EncodeKeyPEM(s.PrivateKey)
 	_ = os.WriteFile(filepath.Join(dir, "svid.pem"), svid.EncodeCertsPEM(s.Certificates), 0o644)

@@ -11,10 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 var _ rotation.Reloader = (*Reloader)(nil)
@@ -23,9 +22,9 @@ var _ rotation.Reloader = (*Reloader)(nil)
 // dev Workload API → svid.Source → rotation.Manager → files → Reloader. An
 // SVID push and a CA rotation each land in the dynamic configuration.
 func TestWithRotationManager(t *testing.T) {
-	api := devapitest.Start(t, devapi.Config{
+	api := svidtest.Start(t, svidtest.Config{
 		TrustDomain: td,
-		Identities:  []devapi.Identity{{ID: traefikID, Hint: "traefik"}},
+		Identities:  []svidtest.Identity{{ID: traefikID, Hint: "traefik"}},
 		TTL:         time.Hour,
 		JWTTTL:      time.Hour,
 		Logger:      zap.NewNop(),

@@ -25,8 +25,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 var (
@@ -39,13 +39,13 @@ var (
 // bundle swapped together by svid.DirWriter.
 type output struct {
 	t     *testing.T
-	ca    *devapi.CA
+	ca    *svidtest.CA
 	w     *svid.DirWriter
 	dir   string
 	files Files
 }
 
-func newOutput(t *testing.T, ca *devapi.CA) *output {
+func newOutput(t *testing.T, ca *svidtest.CA) *output {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "traefik")
 	require.NoError(t, os.Mkdir(dir, 0o755))
@@ -72,9 +72,9 @@ func (o *output) rotate(id spiffeid.ID) *x509svid.SVID {
 	return s
 }
 
-func newCA(t *testing.T) *devapi.CA {
+func newCA(t *testing.T) *svidtest.CA {
 	t.Helper()
-	ca, err := devapi.NewCA(td)
+	ca, err := svidtest.NewCA(td)
 	require.NoError(t, err)
 	return ca
 }

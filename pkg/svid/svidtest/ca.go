@@ -1,4 +1,4 @@
-package devapi
+package svidtest
 
 import (
 	"crypto"
@@ -58,7 +58,7 @@ func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.td }
 func (ca *CA) Rotate() error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("devapi: generate CA key: %w", err)
+		return fmt.Errorf("svidtest: generate CA key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -77,19 +77,19 @@ func (ca *CA) Rotate() error {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return fmt.Errorf("devapi: self-sign CA: %w", err)
+		return fmt.Errorf("svidtest: self-sign CA: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("devapi: parse CA: %w", err)
+		return fmt.Errorf("svidtest: parse CA: %w", err)
 	}
 	jwtKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("devapi: generate JWT key: %w", err)
+		return fmt.Errorf("svidtest: generate JWT key: %w", err)
 	}
 	kidBytes := make([]byte, 16)
 	if _, err := rand.Read(kidBytes); err != nil {
-		return fmt.Errorf("devapi: JWT key id: %w", err)
+		return fmt.Errorf("svidtest: JWT key id: %w", err)
 	}
 
 	ca.mu.Lock()
@@ -134,7 +134,7 @@ func (ca *CA) JWTBundle() *jwtbundle.Bundle {
 func (ca *CA) IssueX509SVID(id spiffeid.ID, notBefore, notAfter time.Time, dnsNames ...string) (*x509svid.SVID, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("devapi: generate SVID key: %w", err)
+		return nil, fmt.Errorf("svidtest: generate SVID key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -159,11 +159,11 @@ func (ca *CA) IssueX509SVID(id spiffeid.ID, notBefore, notAfter time.Time, dnsNa
 	ca.mu.Unlock()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
 	if err != nil {
-		return nil, fmt.Errorf("devapi: sign SVID for %s: %w", id, err)
+		return nil, fmt.Errorf("svidtest: sign SVID for %s: %w", id, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("devapi: parse SVID: %w", err)
+		return nil, fmt.Errorf("svidtest: parse SVID: %w", err)
 	}
 	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
 }
@@ -178,7 +178,7 @@ func (ca *CA) IssueJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration)
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid),
 	)
 	if err != nil {
-		return "", fmt.Errorf("devapi: JWT signer: %w", err)
+		return "", fmt.Errorf("svidtest: JWT signer: %w", err)
 	}
 	now := time.Now()
 	claims := jwt.Claims{
@@ -189,7 +189,7 @@ func (ca *CA) IssueJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration)
 	}
 	token, err := jwt.Signed(signer).Claims(claims).Serialize()
 	if err != nil {
-		return "", fmt.Errorf("devapi: sign JWT-SVID for %s: %w", id, err)
+		return "", fmt.Errorf("svidtest: sign JWT-SVID for %s: %w", id, err)
 	}
 	return token, nil
 }
@@ -197,7 +197,7 @@ func (ca *CA) IssueJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration)
 func randomSerial() (*big.Int, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		return nil, fmt.Errorf("devapi: serial number: %w", err)
+		return nil, fmt.Errorf("svidtest: serial number: %w", err)
 	}
 	return serial, nil
 }

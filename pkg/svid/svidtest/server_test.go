@@ -1,4 +1,4 @@
-package devapi_test
+package svidtest_test
 
 import (
 	"context"
@@ -18,8 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/identity-agent/identity-agent/internal/devapi"
-	"github.com/identity-agent/identity-agent/internal/devapi/devapitest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 var (
@@ -30,9 +29,9 @@ var (
 )
 
 func TestX509ContextHintsAndFederation(t *testing.T) {
-	srv := devapitest.Start(t, devapi.Config{
+	srv := svidtest.Start(t, svidtest.Config{
 		TrustDomain: td,
-		Identities:  []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}},
+		Identities:  []svidtest.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}},
 		Federated:   []spiffeid.TrustDomain{fedTD},
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -61,7 +60,7 @@ func TestX509ContextHintsAndFederation(t *testing.T) {
 }
 
 func TestPushesRotationAtHalfLifeAndOnCARotation(t *testing.T) {
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, TTL: 2 * time.Second})
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, TTL: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -110,7 +109,7 @@ func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.ch <- c }
 func (w watcher) OnX509ContextWatchError(error)                  {}
 
 func TestJWTSVIDAndBundles(t *testing.T) {
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: idA, Hint: "a"}, {ID: idB}}})
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, Identities: []svidtest.Identity{{ID: idA, Hint: "a"}, {ID: idB}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(srv.Addr()))
@@ -138,7 +137,7 @@ func TestJWTSVIDAndBundles(t *testing.T) {
 }
 
 func TestSecurityHeaderRequired(t *testing.T) {
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td})
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td})
 	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	defer conn.Close()
@@ -161,7 +160,7 @@ func TestSecurityHeaderRequired(t *testing.T) {
 }
 
 func TestStopAndRestartKeepsCA(t *testing.T) {
-	srv := devapitest.Start(t, devapi.Config{TrustDomain: td})
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	before, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
@@ -173,7 +172,7 @@ func TestStopAndRestartKeepsCA(t *testing.T) {
 	cancelShort()
 	require.Error(t, err, "a stopped server must not answer")
 
-	require.NoError(t, srv.Start(devapitest.SocketPath(srv)))
+	require.NoError(t, srv.Start(srv.SocketPath()))
 	after, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
 	require.NoError(t, err)
 	b1, _ := before.Get(td)
@@ -182,10 +181,10 @@ func TestStopAndRestartKeepsCA(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	_, err := devapi.New(devapi.Config{})
+	_, err := svidtest.New(svidtest.Config{})
 	require.ErrorContains(t, err, "trust domain is required")
-	_, err = devapi.New(devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: spiffeid.RequireFromString("spiffe://other.org/x")}}})
+	_, err = svidtest.New(svidtest.Config{TrustDomain: td, Identities: []svidtest.Identity{{ID: spiffeid.RequireFromString("spiffe://other.org/x")}}})
 	require.ErrorContains(t, err, "not in trust domain")
-	_, err = devapi.New(devapi.Config{TrustDomain: td, Identities: []devapi.Identity{{ID: idA, Hint: "h"}, {ID: idB, Hint: "h"}}})
+	_, err = svidtest.New(svidtest.Config{TrustDomain: td, Identities: []svidtest.Identity{{ID: idA, Hint: "h"}, {ID: idB, Hint: "h"}}})
 	require.ErrorContains(t, err, "hint \"h\" used twice")
 }

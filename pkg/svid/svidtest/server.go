@@ -1,4 +1,4 @@
-package devapi
+package svidtest
 
 import (
 	"context"
@@ -23,8 +23,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
-
-	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
 // Defaults for Config fields left zero.
@@ -79,7 +77,7 @@ type Server struct {
 // New creates a Server and issues its first SVIDs; it does not listen yet.
 func New(cfg Config) (*Server, error) {
 	if cfg.TrustDomain.IsZero() {
-		return nil, errors.New("devapi: trust domain is required")
+		return nil, errors.New("svidtest: trust domain is required")
 	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
@@ -93,17 +91,17 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.Identities) == 0 {
 		id, err := spiffeid.FromPath(cfg.TrustDomain, "/workload")
 		if err != nil {
-			return nil, fmt.Errorf("devapi: default identity: %w", err)
+			return nil, fmt.Errorf("svidtest: default identity: %w", err)
 		}
 		cfg.Identities = []Identity{{ID: id}}
 	}
 	seenHints := map[string]bool{}
 	for _, ident := range cfg.Identities {
 		if ident.ID.TrustDomain() != cfg.TrustDomain {
-			return nil, fmt.Errorf("devapi: identity %s is not in trust domain %s", ident.ID, cfg.TrustDomain)
+			return nil, fmt.Errorf("svidtest: identity %s is not in trust domain %s", ident.ID, cfg.TrustDomain)
 		}
 		if ident.Hint != "" && seenHints[ident.Hint] {
-			return nil, fmt.Errorf("devapi: hint %q used twice", ident.Hint)
+			return nil, fmt.Errorf("svidtest: hint %q used twice", ident.Hint)
 		}
 		seenHints[ident.Hint] = true
 	}
@@ -114,7 +112,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, ca: ca, federated: map[spiffeid.TrustDomain]*CA{}, changed: make(chan struct{})}
 	for _, td := range cfg.Federated {
 		if td == cfg.TrustDomain {
-			return nil, fmt.Errorf("devapi: cannot federate with own trust domain %s", td)
+			return nil, fmt.Errorf("svidtest: cannot federate with own trust domain %s", td)
 		}
 		fca, err := NewCA(td)
 		if err != nil {
@@ -141,6 +139,15 @@ func (s *Server) Addr() string {
 	return "unix://" + s.socket
 }
 
+// SocketPath is the file system path of the socket: Addr without its
+// unix:// scheme, empty before the first Start. It stays valid after Stop,
+// so Start(SocketPath()) restarts the server where its clients expect it.
+func (s *Server) SocketPath() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.socket
+}
+
 // CurrentSVIDs returns the SVIDs being served now.
 func (s *Server) CurrentSVIDs() []*x509svid.SVID {
 	s.mu.Lock()
@@ -153,20 +160,20 @@ func (s *Server) CurrentSVIDs() []*x509svid.SVID {
 func (s *Server) Start(socketPath string) error {
 	abs, err := filepath.Abs(socketPath)
 	if err != nil {
-		return fmt.Errorf("devapi: socket path %q: %w", socketPath, err)
+		return fmt.Errorf("svidtest: socket path %q: %w", socketPath, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.grpcSrv != nil {
-		return errors.New("devapi: already started")
+		return errors.New("svidtest: already started")
 	}
 	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
-		return fmt.Errorf("devapi: socket directory: %w", err)
+		return fmt.Errorf("svidtest: socket directory: %w", err)
 	}
 	// Only the owner may ask a dev CA for identities.
-	lis, err := unixsock.Listen(abs, 0o600)
+	lis, err := listenUnix(abs, 0o600)
 	if err != nil {
-		return fmt.Errorf("devapi: %w", err)
+		return fmt.Errorf("svidtest: %w", err)
 	}
 	g := grpc.NewServer(
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -300,7 +307,7 @@ func (s *Server) jwtBundles() (map[string][]byte, error) {
 	for _, ca := range cas {
 		b, err := ca.JWTBundle().Marshal()
 		if err != nil {
-			return nil, fmt.Errorf("devapi: marshal JWT bundle for %s: %w", ca.TrustDomain(), err)
+			return nil, fmt.Errorf("svidtest: marshal JWT bundle for %s: %w", ca.TrustDomain(), err)
 		}
 		out[ca.TrustDomain().IDString()] = b
 	}
