@@ -1,7 +1,8 @@
 // Package rotation keeps identity files on disk in step with the SPIFFE
 // Workload API and tells services to pick them up.
 //
-// A Manager takes a *svid.Source and a list of Outputs. Each Output is one
+// A Manager takes a Source (a *svid.Source, or any implementation, e.g. a
+// fake in a test) and a list of Outputs. Each Output is one
 // directory for one service: which X.509-SVID to use (svid.Selector), which
 // files to write (certificate chain, PKCS#8 key, CA bundle, JWT-SVID
 // tokens, JWKS), with which modes and owner, and which Reloaders to run

@@ -2,12 +2,21 @@ package rotation
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
 )
+
+// The guard has two halves: the guard type below watches the output
+// directories with fsnotify and wakes the owning output; the outputRunner
+// methods after it decide, with DirWriter.Diff, whether the change was the
+// agent's own write (nothing to do) or someone else's, and restore the
+// last files written. Every rule about what counts as tampering and how a
+// restore goes lives in this file.
 
 // guard watches the output directories with fsnotify and wakes the owning
 // output on any change there. The output decides, with DirWriter.Check,
@@ -105,4 +114,94 @@ func (g *guard) run(ctx context.Context) {
 
 func (g *guard) close() error {
 	return g.w.Close()
+}
+
+// guardDelay is how long the loop lets a burst of events settle before
+// guardCheck runs.
+func (r *outputRunner) guardDelay() time.Duration {
+	r.syncMu.Lock()
+	n := r.guardRestores
+	r.syncMu.Unlock()
+	if n == 0 {
+		return max(r.m.cfg.debounce, 20*time.Millisecond)
+	}
+	// Files that stay wrong right after a restore: back off rather than
+	// fight whatever keeps changing them.
+	return r.m.backoff(n)
+}
+
+// guardCheck compares the disk with the last files written and restores
+// them if they were deleted, replaced or altered. The agent's own writes
+// pass the check, so they never cause a rewrite.
+func (r *outputRunner) guardCheck(ctx context.Context) {
+	r.syncMu.Lock()
+	defer r.syncMu.Unlock()
+	if r.lastFiles == nil {
+		return
+	}
+	// Diff is Check with the reason, which the log line needs.
+	diff, err := r.writer.Diff(r.lastFiles)
+	if diff == "" && err == nil {
+		r.guardRestores = 0
+		r.refreshWatchesLocked()
+		return
+	}
+	r.guardRestores++
+	r.log.Warn("output files were deleted or altered on disk; restoring them",
+		zap.String("dir", r.out.Dir), zap.String("diff", diff), zap.NamedError("check_error", err))
+	changed, werr := r.write(r.lastFiles)
+	r.hook(writeEvent{Output: r.out.Name, Changed: changed, Err: werr, At: time.Now()})
+	if werr != nil {
+		r.writeFailed("restore failed", "", fmt.Errorf("restore %s: %w", r.out.Dir, werr))
+		r.poke(r.guardCh) // try again after the backoff
+		return
+	}
+	r.refreshWatchesLocked()
+	// Only a restore that does not stick counts against the guard: that is
+	// the one case (something rewriting the files, or writer and checker
+	// disagreeing) where restoring again at once would loop.
+	if d, err := r.writer.Diff(r.lastFiles); d == "" && err == nil {
+		r.guardRestores = 0
+	} else {
+		r.log.Warn("restored files still differ; backing off", zap.String("diff", d), zap.NamedError("check_error", err),
+			zap.Duration("next_check", r.m.backoff(r.guardRestores)))
+	}
+	if !changed {
+		return
+	}
+	r.stMu.Lock()
+	r.st.LastWrite = time.Now()
+	r.st.LastWriteError = ""
+	r.stMu.Unlock()
+	// The service may have read the altered files (or restarted without
+	// them); reload so it runs with what is on disk again.
+	r.reloadPending, r.reloadNext = true, 0
+	if err := r.runReloads(ctx); err != nil {
+		r.failures++
+		r.poke(r.pushCh) // the push path owns the reload retry
+	}
+}
+
+// refreshWatches points the guard at the output's directory and at the
+// directories its files resolve to (the current versioned directory):
+// writes through a symlink only show up on the directory holding the
+// real file.
+func (r *outputRunner) refreshWatches() {
+	r.syncMu.Lock()
+	defer r.syncMu.Unlock()
+	r.refreshWatchesLocked()
+}
+
+func (r *outputRunner) refreshWatchesLocked() {
+	g := r.m.currentGuard()
+	if g == nil {
+		return
+	}
+	dirs := map[string]bool{r.out.Dir: true}
+	for _, n := range r.names {
+		if p, err := filepath.EvalSymlinks(filepath.Join(r.out.Dir, n)); err == nil {
+			dirs[filepath.Dir(p)] = true
+		}
+	}
+	g.set(r, dirs)
 }

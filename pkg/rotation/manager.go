@@ -130,7 +130,7 @@ func withWatchdogCheck(d time.Duration) Option {
 
 // Manager keeps every Output's files in step with the Workload API.
 type Manager struct {
-	src     *svid.Source
+	src     Source
 	cfg     config
 	log     *zap.Logger
 	metrics *metrics
@@ -144,7 +144,7 @@ type Manager struct {
 // NewManager validates the outputs and builds a Manager. It creates missing
 // output directories (svid.NewDirWriter does) but writes no file and does
 // not talk to the Workload API until Run or WriteAll.
-func NewManager(src *svid.Source, outputs []Output, opts ...Option) (*Manager, error) {
+func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) {
 	if src == nil {
 		return nil, errors.New("rotation: source is nil")
 	}

@@ -1,0 +1,102 @@
+package rotation
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+// tokenState is the cached JWT-SVID of one Output.JWT entry.
+type tokenState struct {
+	svid      *jwtsvid.SVID
+	refreshAt time.Time
+	err       error // the last fetch failed; cleared by the next success
+}
+
+// refreshTokens fetches the JWT-SVIDs that are due, before the build that
+// uses them. JWT-SVIDs are minted on request, not pushed: refetch on every
+// X.509 push (a new registration or CA shows there first), when a token
+// reaches half its lifetime, and after a failed fetch. Called with syncMu
+// held.
+func (r *outputRunner) refreshTokens(ctx context.Context, x *workloadapi.X509Context) {
+	if r.out.wantsX509() && x == nil {
+		return // the build waits for the Workload API anyway
+	}
+	x509Pushed := x != r.lastX509
+	now := time.Now()
+	for i := range r.out.JWT {
+		t := &r.tokens[i]
+		if x509Pushed || t.svid == nil || t.err != nil || !now.Before(t.refreshAt) {
+			r.fetchJWT(ctx, i)
+		}
+	}
+}
+
+// fetchJWT refreshes token i and re-arms its refresh timer.
+func (r *outputRunner) fetchJWT(ctx context.Context, i int) {
+	jf := r.out.JWT[i]
+	t := &r.tokens[i]
+	fctx, cancel := context.WithTimeout(ctx, jwtFetchTimeout)
+	defer cancel()
+	fetched := time.Now()
+	sv, err := r.m.src.FetchJWTSVID(fctx, r.out.Selector, jf.Audience)
+	var refreshAt time.Time
+	if err != nil {
+		t.err = err
+		// The retry backoff drives the next attempt.
+	} else {
+		t.svid, t.err = sv, nil
+		t.refreshAt = halfLife(sv, fetched)
+		refreshAt = t.refreshAt
+	}
+
+	r.stMu.Lock()
+	defer r.stMu.Unlock()
+	js := &r.st.JWT[i]
+	if err != nil {
+		js.LastError = err.Error()
+		return
+	}
+	js.LastError = ""
+	js.NextFetch = refreshAt
+	if old := r.jwtTimers[i]; old != nil {
+		old.Stop()
+	}
+	r.jwtTimers[i] = time.AfterFunc(time.Until(refreshAt), func() { r.poke(r.jwtCh) })
+}
+
+// halfLife is when a token should be replaced: at half of its lifetime
+// (iat..exp), like SPIRE does for SVIDs, so a fetch failure leaves the
+// other half to recover in.
+func halfLife(sv *jwtsvid.SVID, fetched time.Time) time.Time {
+	start := fetched
+	if iat, ok := numericClaim(sv.Claims["iat"]); ok && iat.Before(sv.Expiry) && iat.Before(fetched.Add(time.Minute)) {
+		start = iat
+	}
+	at := start.Add(sv.Expiry.Sub(start) / 2)
+	// at is wall-clock; re-anchor it on fetched so the timer uses the
+	// monotonic clock.
+	d := max(at.Sub(fetched), minJWTRefresh)
+	return fetched.Add(d)
+}
+
+func numericClaim(v any) (time.Time, bool) {
+	switch n := v.(type) {
+	case float64:
+		return time.Unix(int64(n), 0), true
+	case int64:
+		return time.Unix(n, 0), true
+	case int:
+		return time.Unix(int64(n), 0), true
+	case json.Number:
+		f, err := n.Float64()
+		if err != nil {
+			return time.Time{}, false
+		}
+		return time.Unix(int64(f), 0), true
+	}
+	return time.Time{}, false
+}
