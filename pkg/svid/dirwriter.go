@@ -53,6 +53,12 @@ func WithDirMode(m fs.FileMode) WriterOption {
 // still finishes. Opening dir/cert.pem and then dir/key.pem separately can
 // straddle a swap, as with any symlink-swapping scheme.
 //
+// A file name may also be "sub/name", one level deep: the subdirectory is
+// part of the versioned directory and its stable name is one symlink,
+// dir/sub -> ..data/sub, so a set of files whose names change (one bundle
+// per trust domain) still swaps as a whole, and a file dropped from the
+// set disappears with the swap.
+//
 // Only one DirWriter per directory may write at a time; Write is safe for
 // concurrent use within one DirWriter.
 type DirWriter struct {
@@ -145,10 +151,11 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 
 	// Refuse before touching anything when a stable name cannot become a
 	// link, so this failure too leaves the previous set intact.
-	for _, f := range files {
-		fi, err := os.Lstat(filepath.Join(w.dir, f.Name))
+	tops := topNames(files)
+	for _, n := range tops {
+		fi, err := os.Lstat(filepath.Join(w.dir, n))
 		if err == nil && !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
-			return false, fmt.Errorf("write %s: %s exists and is not a file or symlink (%s)", w.dir, f.Name, fi.Mode().Type())
+			return false, fmt.Errorf("write %s: %s exists and is not a file or symlink (%s)", w.dir, n, fi.Mode().Type())
 		}
 	}
 	if diff, err := w.diff(files); err == nil && diff == "" {
@@ -169,9 +176,24 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 	if err := w.prepareDir(tsDir); err != nil {
 		return false, fmt.Errorf("write %s: %w", w.dir, err)
 	}
+	subs := subDirs(files)
+	for _, sub := range subs {
+		p := filepath.Join(tsDir, sub)
+		if err := os.Mkdir(p, w.dirMode); err != nil {
+			return false, fmt.Errorf("write %s: create %s: %w", w.dir, sub, err)
+		}
+		if err := w.prepareDir(p); err != nil {
+			return false, fmt.Errorf("write %s: %w", w.dir, err)
+		}
+	}
 	for _, f := range files {
 		if err := createExact(filepath.Join(tsDir, f.Name), f.Data, f.Mode, w.owner); err != nil {
 			return false, fmt.Errorf("write %s: file %s: %w", w.dir, f.Name, err)
+		}
+	}
+	for _, sub := range subs {
+		if err := syncDir(filepath.Join(tsDir, sub)); err != nil {
+			return false, fmt.Errorf("write %s: %w", w.dir, err)
 		}
 	}
 	if err := syncDir(tsDir); err != nil {
@@ -196,12 +218,12 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 	if err := syncDir(w.dir); err != nil {
 		return true, fmt.Errorf("write %s: new set is live: %w", w.dir, err)
 	}
-	for _, f := range files {
-		if err := w.ensureLink(f.Name); err != nil {
-			return true, fmt.Errorf("write %s: new set is live but %s: %w", w.dir, f.Name, err)
+	for _, n := range tops {
+		if err := w.ensureLink(n); err != nil {
+			return true, fmt.Errorf("write %s: new set is live but %s: %w", w.dir, n, err)
 		}
 	}
-	w.removeStaleLinks(prev, files)
+	w.removeStaleLinks(prev, tops)
 	if err := syncDir(w.dir); err != nil {
 		return true, fmt.Errorf("write %s: new set is live: %w", w.dir, err)
 	}
@@ -257,27 +279,51 @@ func (w *DirWriter) diff(files []File) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	tops := topNames(files)
 	want := make(map[string]bool, len(files))
-	for _, f := range files {
-		want[f.Name] = true
+	for _, n := range tops {
+		want[n] = true
 	}
 	for _, e := range entries {
 		if !want[e.Name()] {
 			return fmt.Sprintf("%s: unexpected file %s", target, e.Name()), nil
 		}
 	}
-	for _, f := range files {
-		link, err := os.Readlink(filepath.Join(w.dir, f.Name))
+	for _, sub := range subDirs(files) {
+		fi, err := os.Lstat(filepath.Join(verDir, sub))
+		if err != nil || !fi.IsDir() {
+			return fmt.Sprintf("%s: %s is not a directory", target, sub), nil
+		}
+		subEntries, err := os.ReadDir(filepath.Join(verDir, sub))
+		if err != nil {
+			return "", err
+		}
+		inSub := map[string]bool{}
+		for _, f := range files {
+			if d, n, ok := strings.Cut(f.Name, "/"); ok && d == sub {
+				inSub[n] = true
+			}
+		}
+		for _, e := range subEntries {
+			if !inSub[e.Name()] {
+				return fmt.Sprintf("%s: unexpected file %s/%s", target, sub, e.Name()), nil
+			}
+		}
+	}
+	for _, n := range tops {
+		link, err := os.Readlink(filepath.Join(w.dir, n))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			return f.Name + ": missing", nil
+			return n + ": missing", nil
 		case errors.Is(err, syscall.EINVAL):
-			return f.Name + ": not a symlink to " + dataLink, nil
+			return n + ": not a symlink to " + dataLink, nil
 		case err != nil:
 			return "", err
-		case link != dataLink+"/"+f.Name:
-			return fmt.Sprintf("%s: points to %q", f.Name, link), nil
+		case link != dataLink+"/"+n:
+			return fmt.Sprintf("%s: points to %q", n, link), nil
 		}
+	}
+	for _, f := range files {
 		p := filepath.Join(verDir, f.Name)
 		fi, err := os.Lstat(p)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -339,7 +385,7 @@ func (w *DirWriter) ensureLink(name string) error {
 
 // removeStaleLinks removes stable names that the previous set had and the
 // new one does not, but only links that are ours (pointing into ..data).
-func (w *DirWriter) removeStaleLinks(prev string, files []File) {
+func (w *DirWriter) removeStaleLinks(prev string, tops []string) {
 	if prev == "" || strings.ContainsRune(prev, '/') {
 		return
 	}
@@ -347,9 +393,9 @@ func (w *DirWriter) removeStaleLinks(prev string, files []File) {
 	if err != nil {
 		return
 	}
-	keep := make(map[string]bool, len(files))
-	for _, f := range files {
-		keep[f.Name] = true
+	keep := make(map[string]bool, len(tops))
+	for _, n := range tops {
+		keep[n] = true
 	}
 	for _, e := range entries {
 		if keep[e.Name()] {
@@ -394,20 +440,66 @@ func checkFiles(files []File) error {
 		return errors.New("no files to write")
 	}
 	seen := make(map[string]bool, len(files))
+	kind := make(map[string]string, len(files)) // top-level name -> "file" | "dir"
 	for _, f := range files {
+		parts := strings.Split(f.Name, "/")
+		if len(parts) > 2 {
+			return fmt.Errorf("file name %q: at most one directory level (sub/name)", f.Name)
+		}
+		for _, p := range parts {
+			switch {
+			case (p == "" || p == "." || p == "..") && len(parts) > 1:
+				return fmt.Errorf("file name %q: must be a base name or sub/name", f.Name)
+			case p == "" || p == "." || p == "..":
+				return fmt.Errorf("file name %q: not a file name", f.Name)
+			case strings.ContainsRune(p, 0):
+				return fmt.Errorf("file name %q: must be a base name", f.Name)
+			case strings.HasPrefix(p, ".."):
+				return fmt.Errorf("file name %q: names starting with \"..\" are reserved for the writer", f.Name)
+			}
+		}
+		k := "file"
+		if len(parts) == 2 {
+			k = "dir"
+		}
 		switch {
-		case f.Name == "" || f.Name == "." || f.Name == "..":
-			return fmt.Errorf("file name %q: not a file name", f.Name)
-		case strings.ContainsRune(f.Name, '/') || strings.ContainsRune(f.Name, 0):
-			return fmt.Errorf("file name %q: must be a base name", f.Name)
-		case strings.HasPrefix(f.Name, ".."):
-			return fmt.Errorf("file name %q: names starting with \"..\" are reserved for the writer", f.Name)
 		case f.Mode.Perm() == 0:
 			return fmt.Errorf("file %s: mode 0000 leaves it unreadable", f.Name)
 		case seen[f.Name]:
 			return fmt.Errorf("file name %q: given twice", f.Name)
+		case kind[parts[0]] != "" && kind[parts[0]] != k:
+			return fmt.Errorf("file name %q: %s is both a file and a directory", f.Name, parts[0])
 		}
 		seen[f.Name] = true
+		kind[parts[0]] = k
 	}
 	return nil
+}
+
+// topNames lists the stable names in dir: each file's name, or for
+// "sub/name" the subdirectory, once, in first-seen order.
+func topNames(files []File) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range files {
+		top, _, _ := strings.Cut(f.Name, "/")
+		if !seen[top] {
+			seen[top] = true
+			out = append(out, top)
+		}
+	}
+	return out
+}
+
+// subDirs lists the subdirectories the files live in, once each.
+func subDirs(files []File) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range files {
+		if sub, _, ok := strings.Cut(f.Name, "/"); ok && !seen[sub] {
+			seen[sub] = true
+			out = append(out, sub)
+		}
+	}
+	return out
 }

@@ -400,7 +400,10 @@ func TestDirWriterRejectsBadInput(t *testing.T) {
 	}{
 		{nil, "no files to write"},
 		{[]svid.File{{Name: "..data", Mode: 0o644}}, `file name "..data": names starting with ".." are reserved`},
-		{[]svid.File{{Name: "a/b", Mode: 0o644}}, `file name "a/b": must be a base name`},
+		{[]svid.File{{Name: "a/b/c", Mode: 0o644}}, `file name "a/b/c": at most one directory level`},
+		{[]svid.File{{Name: "a/..b", Mode: 0o644}}, `file name "a/..b": names starting with ".." are reserved`},
+		{[]svid.File{{Name: "a/", Mode: 0o644}}, `file name "a/": must be a base name or sub/name`},
+		{[]svid.File{{Name: "a", Mode: 0o644}, {Name: "a/b", Mode: 0o644}}, `file name "a/b": a is both a file and a directory`},
 		{[]svid.File{{Name: "a", Mode: 0}}, "file a: mode 0000"},
 		{[]svid.File{{Name: "a", Mode: 0o644}, {Name: "a", Mode: 0o644}}, `file name "a": given twice`},
 	} {
@@ -578,4 +581,67 @@ func BenchmarkDirWriterWrite(b *testing.B) {
 			b.Fatalf("write %d: changed=%v err=%v", i, changed, err)
 		}
 	}
+}
+
+// One bundle per trust domain lives in a subdirectory of the set: the set
+// still swaps as one, a trust domain dropped from it disappears with the
+// swap, and a file altered inside the subdirectory is noticed.
+func TestDirWriterSubdirectory(t *testing.T) {
+	dir := t.TempDir()
+	w, err := svid.NewDirWriter(dir, svid.WithDirMode(0o750))
+	require.NoError(t, err)
+	set := []svid.File{
+		{Name: "cert.pem", Data: []byte("C1"), Mode: 0o644},
+		{Name: "bundles/a.test.pem", Data: []byte("A1"), Mode: 0o644},
+		{Name: "bundles/b.test.pem", Data: []byte("B1"), Mode: 0o640},
+	}
+	changed, err := w.Write(set)
+	require.NoError(t, err)
+	require.True(t, changed)
+	link, err := os.Readlink(filepath.Join(dir, "bundles"))
+	require.NoError(t, err)
+	assert.Equal(t, "..data/bundles", link)
+	got, err := os.ReadFile(filepath.Join(dir, "bundles", "b.test.pem"))
+	require.NoError(t, err)
+	assert.Equal(t, "B1", string(got))
+	fi, err := os.Stat(filepath.Join(dir, "bundles"))
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o750), fi.Mode().Perm(), "subdirectory gets the dir mode, never wider")
+	fi, err = os.Stat(filepath.Join(dir, "bundles", "b.test.pem"))
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o640), fi.Mode().Perm())
+
+	changed, err = w.Write(set)
+	require.NoError(t, err)
+	assert.False(t, changed, "an equal set is a no-op")
+
+	// De-federation: b.test leaves the set.
+	changed, err = w.Write(set[:2])
+	require.NoError(t, err)
+	require.True(t, changed)
+	_, err = os.Stat(filepath.Join(dir, "bundles", "b.test.pem"))
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	ok, err := w.Check(set[:2])
+	require.NoError(t, err)
+	assert.True(t, ok)
+
+	// Something else drops a file into the subdirectory.
+	real, err := filepath.EvalSymlinks(filepath.Join(dir, "bundles"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(real, "evil.pem"), []byte("x"), 0o644))
+	diff, err := w.Diff(set[:2])
+	require.NoError(t, err)
+	assert.Contains(t, diff, "unexpected file bundles/evil.pem")
+	require.NoError(t, os.Remove(filepath.Join(real, "evil.pem")))
+	require.NoError(t, os.WriteFile(filepath.Join(real, "a.test.pem"), []byte("tampered"), 0o644))
+	diff, err = w.Diff(set[:2])
+	require.NoError(t, err)
+	assert.Equal(t, "bundles/a.test.pem: size 8, want 2", diff)
+
+	// The subdirectory leaves the set entirely: its stable link goes too.
+	changed, err = w.Write(set[:1])
+	require.NoError(t, err)
+	require.True(t, changed)
+	_, err = os.Lstat(filepath.Join(dir, "bundles"))
+	assert.ErrorIs(t, err, fs.ErrNotExist)
 }

@@ -25,10 +25,19 @@
 // (key not matching the certificate, outside its validity, chain not
 // verifying to the trust bundle) before it is written.
 //
+// Single-file and consumer-specific formats: EncodeCombinedPEM (key and
+// chain in one file, either order: the only layout a reader on its own
+// schedule can never tear), EncodeCredentialBundle and the
+// FSDelivery* names (the SPIFFE Filesystem Delivery draft, spiffe/spiffe
+// PR #376; every name it uses is in fsdelivery.go), TrustDomainBundles
+// (one bundle per trust domain instead of one merged trust store) and
+// EncodePKCS12Keystore / EncodePKCS12Truststore for Java and .NET.
+//
 // # Writing files
 //
 // WriteFileAtomic replaces one file atomically. DirWriter writes a set of
-// files that must change together (certificate, key, bundle) with the
+// files that must change together (certificate, key, bundle; names may be
+// one directory deep, "bundles/example.org.pem") with the
 // Kubernetes AtomicWriter layout: a hidden versioned directory per set, a
 // "..data" symlink swapped with one rename, and stable names that are
 // symlinks through "..data". Files never exist with wider permissions than
