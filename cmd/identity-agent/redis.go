@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/identity-agent/identity-agent/internal/agent"
-	"github.com/identity-agent/identity-agent/pkg/redisclient"
+	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -32,12 +32,12 @@ func newRedisConfigCmd() *cobra.Command {
 		Short: "Print the redis.conf TLS block for a phase (B: TLS added, password kept; D: plaintext off)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := redisclient.ParsePhase(phase)
+			p, err := redistransition.ParsePhase(phase)
 			if err != nil {
 				return withCode(exitUsage, fmt.Errorf("--phase: %w", err))
 			}
-			opts := redisclient.ServerConfigOptions{PlainPort: plainPort, TLSPort: tlsPort,
-				TLSFiles: redisclient.TLSFiles{CertFile: certFile, KeyFile: keyFile, CAFile: caCertFile}}
+			opts := redistransition.ServerConfigOptions{PlainPort: plainPort, TLSPort: tlsPort,
+				TLSFiles: redistransition.TLSFiles{CertFile: certFile, KeyFile: keyFile, CAFile: caCertFile}}
 			if cfgPath != "" {
 				cfg, err := loadConfig(cfgPath)
 				if err != nil {
@@ -47,10 +47,10 @@ func newRedisConfigCmd() *cobra.Command {
 					return withCode(exitUsage, fmt.Errorf("%s: no redis.transition section", cfgPath))
 				}
 				t := cfg.Redis.Transition
-				opts = redisclient.ServerConfigOptions{PlainPort: t.PlainPort, TLSPort: t.TLSPort,
-					TLSFiles: redisclient.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CACertFile}}
+				opts = redistransition.ServerConfigOptions{PlainPort: t.PlainPort, TLSPort: t.TLSPort,
+					TLSFiles: redistransition.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CACertFile}}
 			}
-			out, err := redisclient.ServerConfig(p, opts)
+			out, err := redistransition.ServerConfig(p, opts)
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
@@ -124,17 +124,17 @@ them. A refused step exits 1 and names each failing gate.`,
 	return cmd
 }
 
-func runTransition(ctx context.Context, w io.Writer, tr *redisclient.Transition, action string, confirm, asJSON bool) error {
+func runTransition(ctx context.Context, w io.Writer, tr *redistransition.Transition, action string, confirm, asJSON bool) error {
 	var (
 		result any
 		err    error
 	)
 	switch action {
 	case "status":
-		var st *redisclient.Status
+		var st *redistransition.Status
 		st, err = tr.Status(ctx, confirm)
 		if err == nil && !asJSON {
-			return redisclient.WriteStatus(w, st)
+			return redistransition.WriteStatus(w, st)
 		}
 		result = st
 	case "advance":
@@ -143,7 +143,7 @@ func runTransition(ctx context.Context, w io.Writer, tr *redisclient.Transition,
 		result, err = tr.Rollback(ctx, confirm)
 	}
 	if err != nil {
-		var gate *redisclient.GateError
+		var gate *redistransition.GateError
 		if errors.As(err, &gate) {
 			return withCode(exitFailure, err)
 		}
@@ -154,7 +154,7 @@ func runTransition(ctx context.Context, w io.Writer, tr *redisclient.Transition,
 		enc.SetIndent("", "  ")
 		return enc.Encode(result)
 	}
-	if r, ok := result.(*redisclient.Result); ok {
+	if r, ok := result.(*redistransition.Result); ok {
 		fmt.Fprintf(w, "phase %s → %s: set %v, config rewritten: %v\n", r.From, r.To, r.Set, r.Rewrote)
 	}
 	return nil

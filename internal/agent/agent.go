@@ -14,7 +14,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/admin"
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/pkg/redisclient"
+	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
@@ -43,8 +43,8 @@ type Agent struct {
 	started  time.Time
 
 	// sampler watches the Redis plaintext port during a transition.
-	sampler    *redisclient.Sampler
-	redisAdmin *redisclient.Admin
+	sampler    *redistransition.Sampler
+	redisAdmin *redistransition.Admin
 }
 
 // New builds every part from cfg without starting anything.
@@ -83,13 +83,13 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	if cfg.Redis != nil && cfg.Redis.Transition != nil {
 		t := cfg.Redis.Transition
-		ropts := []redisclient.Option{redisclient.WithLogger(a.log.Named("redis")), redisclient.WithRegisterer(a.registry)}
+		ropts := []redistransition.Option{redistransition.WithLogger(a.log.Named("redis")), redistransition.WithRegisterer(a.registry)}
 		tr, adm, err := RedisTransition(cfg, a.source, ropts...)
 		if err != nil {
 			return nil, err
 		}
 		a.redisAdmin = adm
-		a.sampler, err = redisclient.NewSampler(adm, redisclient.SamplerConfig{
+		a.sampler, err = redistransition.NewSampler(adm, redistransition.SamplerConfig{
 			StateFile: t.StateFile, Interval: t.SampleInterval.D(15 * time.Second), MaxGap: t.MaxSampleGap.D(10 * time.Minute),
 			PlainPort: t.PlainPort, TLSPort: t.TLSPort, Transition: tr,
 		}, ropts...)

@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
@@ -17,8 +18,8 @@ import (
 
 // redisAdminConfig builds the admin connection; a TLS address presents
 // the SVID picked by sel and requires the server's SPIFFE ID.
-func redisAdminConfig(src *svid.Source, r config.RedisReload, sel svid.Selector) (redisclient.AdminConfig, error) {
-	ac := redisclient.AdminConfig{Addr: r.Addr, Username: r.Username, PasswordFile: r.PasswordFile}
+func redisAdminConfig(src *svid.Source, r config.RedisReload, sel svid.Selector) (redistransition.AdminConfig, error) {
+	ac := redistransition.AdminConfig{Addr: r.Addr, Username: r.Username, PasswordFile: r.PasswordFile}
 	if strings.HasPrefix(r.Addr, "rediss://") || strings.HasPrefix(r.Addr, "tls://") {
 		if r.ServerID == "" {
 			return ac, errors.New("server_id is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)")
@@ -51,13 +52,13 @@ func (a *Agent) redisReloader(o config.Output, r *config.RedisReload) (rotation.
 	if ca == "" && o.BundleFile != "" {
 		ca = filepath.Join(o.Dir, o.BundleFile)
 	}
-	files := redisclient.TLSFiles{CertFile: filepath.Join(o.Dir, o.CertFile), KeyFile: filepath.Join(o.Dir, o.KeyFile), CAFile: ca}
-	return redisclient.NewConfigSetReloader(ac, files, redisclient.WithLogger(a.log.Named("redis")), redisclient.WithRegisterer(a.registry))
+	files := redistransition.TLSFiles{CertFile: filepath.Join(o.Dir, o.CertFile), KeyFile: filepath.Join(o.Dir, o.KeyFile), CAFile: ca}
+	return redistransition.NewConfigSetReloader(ac, files, redistransition.WithLogger(a.log.Named("redis")), redistransition.WithRegisterer(a.registry))
 }
 
 // RedisTransition builds the admin connection and the transition of
 // cfg.Redis.Transition; the caller closes the Admin.
-func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redisclient.Option) (*redisclient.Transition, *redisclient.Admin, error) {
+func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redistransition.Option) (*redistransition.Transition, *redistransition.Admin, error) {
 	if cfg.Redis == nil || cfg.Redis.Transition == nil {
 		return nil, nil, fmt.Errorf("%s: no redis.transition section", cfg.Path)
 	}
@@ -67,15 +68,15 @@ func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redisclient.O
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: redis.transition.admin: %w", cfg.Path, err)
 	}
-	adm, err := redisclient.NewAdmin(ac, opts...)
+	adm, err := redistransition.NewAdmin(ac, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: redis.transition.admin: %w", cfg.Path, err)
 	}
-	tc := redisclient.TransitionConfig{
+	tc := redistransition.TransitionConfig{
 		StateFile:    t.StateFile,
 		PlainPort:    t.PlainPort,
 		TLSPort:      t.TLSPort,
-		TLSFiles:     redisclient.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CACertFile},
+		TLSFiles:     redistransition.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CACertFile},
 		PasswordFile: t.PasswordFile,
 		Window:       t.Window.D(24 * time.Hour),
 		MaxSampleGap: t.MaxSampleGap.D(10 * time.Minute),
@@ -91,12 +92,12 @@ func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redisclient.O
 	}
 	for _, hc := range t.HealthChecks {
 		if hc.HTTP != "" {
-			tc.HealthChecks = append(tc.HealthChecks, redisclient.HTTPHealthCheck(hc.Name, hc.HTTP, hc.Timeout.D(10*time.Second)))
+			tc.HealthChecks = append(tc.HealthChecks, redistransition.HTTPHealthCheck(hc.Name, hc.HTTP, hc.Timeout.D(10*time.Second)))
 		} else {
-			tc.HealthChecks = append(tc.HealthChecks, redisclient.CommandHealthCheck(hc.Name, hc.Exec, hc.Timeout.D(10*time.Second)))
+			tc.HealthChecks = append(tc.HealthChecks, redistransition.CommandHealthCheck(hc.Name, hc.Exec, hc.Timeout.D(10*time.Second)))
 		}
 	}
-	tr, err := redisclient.NewTransition(adm, tc, opts...)
+	tr, err := redistransition.NewTransition(adm, tc, opts...)
 	if err != nil {
 		_ = adm.Close()
 		return nil, nil, fmt.Errorf("%s: redis.transition: %w", cfg.Path, err)

@@ -169,8 +169,8 @@ redis:
 	// The client-side metrics live in the applications that use
 	// pkg/redisclient, not in the agent.
 	reg := prometheus.NewRegistry()
-	c, err := redisclient.New(redisclient.Options{Mode: redisclient.ModeDisabled, PlainAddr: fmt.Sprintf("127.0.0.1:%d", plain),
-		PasswordFile: pw, Name: "names"}, nil, nil, redisclient.WithRegisterer(reg))
+	c, err := redisclient.New(redisclient.ModeDisabled, redisclient.WithPlaintext(fmt.Sprintf("127.0.0.1:%d", plain)),
+		redisclient.WithPasswordFile(pw), redisclient.WithName("names"), redisclient.WithRegisterer(reg))
 	require.NoError(t, err)
 	mfs, err := reg.Gather()
 	require.NoError(t, err)

@@ -11,7 +11,7 @@ import (
 // BenchmarkPingMTLSPooled: a PING through the tls_only client's pool.
 func BenchmarkPingMTLSPooled(b *testing.B) {
 	e, r := benchEnv(b, redisSpec{tls: true, port0: true})
-	c, err := New(Options{Mode: ModeTLSOnly, TLSAddr: r.tlsAddr(), ServerID: serverID.String()}, e.client, e.client)
+	c, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)))
 	require.NoError(b, err)
 	defer func() { _ = c.Close() }()
 	ctx := context.Background()
@@ -39,8 +39,8 @@ func BenchmarkNewMTLSConnection(b *testing.B) {
 // port refuses connections (TLS attempt, then password on plaintext).
 func BenchmarkDualAuthFallbackDial(b *testing.B) {
 	e, r := benchEnv(b, redisSpec{password: true})
-	c, err := New(Options{Mode: ModeDualAuth, TLSAddr: r.tlsAddr(), PlainAddr: r.plainAddr(), PasswordFile: e.pwFile,
-		ServerID: serverID.String(), RetryTLSInterval: 1}, e.client, e.client) // 1ns: try TLS on every dial
+	c, err := New(ModeDualAuth, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)),
+		WithPlaintext(r.plainAddr()), WithPasswordFile(e.pwFile), WithRetryTLSInterval(1)) // 1ns: try TLS on every dial
 	require.NoError(b, err)
 	defer func() { _ = c.Close() }()
 	ctx := context.Background()
@@ -50,20 +50,6 @@ func BenchmarkDualAuthFallbackDial(b *testing.B) {
 			b.Fatal(err)
 		}
 		_ = conn.Close()
-	}
-}
-
-// BenchmarkConfigSetReload: the "redis" reload action end to end (unix
-// socket admin connection, AUTH, CONFIG SET of the three TLS files).
-func BenchmarkConfigSetReload(b *testing.B) {
-	e, r := benchEnv(b, redisSpec{tls: true, password: true})
-	rl, err := NewConfigSetReloader(r.admin(e), e.files)
-	require.NoError(b, err)
-	ctx := context.Background()
-	for b.Loop() {
-		if err := rl.Reload(ctx); err != nil {
-			b.Fatal(err)
-		}
 	}
 }
 

@@ -13,44 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
 )
-
-// Options describe one Redis server and how to reach it in each Mode.
-type Options struct {
-	// Mode selects the path; see ModeFromEnv. Required.
-	Mode Mode
-	// TLSAddr is host:port of the server's tls-port (dual_auth, tls_only).
-	TLSAddr string
-	// PlainAddr is host:port of the server's plaintext port (disabled, dual_auth).
-	PlainAddr string
-	// PasswordFile holds the requirepass / ACL password; it is read on every
-	// new connection, never kept in config. Required for disabled and
-	// dual_auth. In tls_only it is optional: when set the password is sent
-	// too (and ignored if the server has none), so a tls_only client
-	// survives a rollback from phase D to C.
-	PasswordFile string
-	// Username is the ACL user for AUTH ("" = default user).
-	Username string
-	// DB is the database number selected on every connection.
-	DB int
-	// ServerID (exact SPIFFE ID) or ServerTrustDomain authorizes the server
-	// on the TLS path. One is required unless Mode is disabled.
-	ServerID          string
-	ServerTrustDomain string
-	// Name labels this client's metrics and is its CLIENT SETNAME.
-	Name string
-	// TLSDialTimeout bounds the TLS attempt in dual_auth before falling back
-	// (default 1s): short, so a dead TLS port costs little per new connection.
-	TLSDialTimeout time.Duration
-	// RetryTLSInterval is how long dual_auth goes straight to plaintext after
-	// a TLS failure, and how often it probes TLS meanwhile (default 5s).
-	RetryTLSInterval time.Duration
-	// DialTimeout bounds every other dial (default 5s).
-	DialTimeout time.Duration
-}
 
 // Path is the way a connection reached Redis.
 type Path string
@@ -62,104 +26,88 @@ const (
 	PathUnknown   Path = "unknown"
 )
 
-// Client is a go-redis client whose connections follow Options.Mode. Use
+// Client is a go-redis client whose connections follow its Mode. Use
 // Redis() for commands; Close it when done (it owns the dual_auth prober).
 type Client struct {
-	rdb    *redis.Client
-	d      *dialer
-	cancel context.CancelFunc
-	done   chan struct{}
+	rdb *redis.Client
+	d   *dialer
 }
 
-func (o *Options) validate(hasSource bool) error {
-	if _, err := ParseMode(string(o.Mode)); err != nil {
-		return fmt.Errorf("redis options: mode: %w", err)
+func (c *config) validate(mode Mode) error {
+	if _, err := ParseMode(string(mode)); err != nil {
+		return fmt.Errorf("redis client: mode: %w", err)
 	}
-	for field, a := range map[string]string{"tls_addr": o.TLSAddr, "plain_addr": o.PlainAddr} {
+	for field, a := range map[string]string{"tls_addr": c.tlsAddr, "plain_addr": c.plainAddr} {
 		if a == "" {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			return fmt.Errorf("redis options: %s %q: %w", field, a, err)
+			return fmt.Errorf("redis client: %s %q: %w", field, a, err)
 		}
 	}
-	needPlain := o.Mode == ModeDisabled || o.Mode == ModeDualAuth
-	needTLS := o.Mode == ModeDualAuth || o.Mode == ModeTLSOnly
-	if needPlain && o.PlainAddr == "" {
-		return fmt.Errorf("redis options: plain_addr is required in mode %s", o.Mode)
+	needPlain := mode == ModeDisabled || mode == ModeDualAuth
+	needTLS := mode == ModeDualAuth || mode == ModeTLSOnly
+	if needPlain && c.plainAddr == "" {
+		return fmt.Errorf("redis client: plain_addr (WithPlaintext) is required in mode %s", mode)
 	}
-	if needPlain && o.PasswordFile == "" {
-		return fmt.Errorf("redis options: password_file is required in mode %s", o.Mode)
+	if needPlain && c.passwordFile == "" {
+		return fmt.Errorf("redis client: password_file (WithPasswordFile) is required in mode %s", mode)
 	}
 	if needTLS {
-		if o.TLSAddr == "" {
-			return fmt.Errorf("redis options: tls_addr is required in mode %s", o.Mode)
+		if c.tlsAddr == "" {
+			return fmt.Errorf("redis client: tls_addr (WithTLS) is required in mode %s", mode)
 		}
-		if !hasSource {
-			return fmt.Errorf("redis options: mode %s needs an X.509 SVID source and bundle source", o.Mode)
+		if c.svids == nil || c.bundles == nil {
+			return fmt.Errorf("redis client: mode %s needs an X.509 SVID source and bundle source (WithTLS)", mode)
 		}
-		if o.ServerID == "" && o.ServerTrustDomain == "" {
-			return fmt.Errorf("redis options: server_id or server_trust_domain is required in mode %s", o.Mode)
+		if c.serverAuthz == nil {
+			return fmt.Errorf("redis client: mode %s needs a server authorizer (WithTLS; see ServerAuthorizer for server_id or server_trust_domain)", mode)
 		}
-	}
-	if o.TLSDialTimeout <= 0 {
-		o.TLSDialTimeout = time.Second
-	}
-	if o.RetryTLSInterval <= 0 {
-		o.RetryTLSInterval = 5 * time.Second
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = 5 * time.Second
-	}
-	if o.Name == "" {
-		o.Name = "default"
 	}
 	return nil
 }
 
-// New builds a Client. svids and bundles may be nil in ModeDisabled; the
-// Client never opens a Workload API connection of its own. In dual_auth
-// every new connection tries mTLS on TLSAddr first and falls back to the
-// password on PlainAddr only when the TLS dial or handshake fails; each
-// fallback is logged and counted, and plaintext connections are retired
-// from the pool as soon as TLS answers again (an idle pooled connection is
-// replaced at its next use; a PubSub connection keeps its path until it
-// reconnects). Any TLS failure counts, including a server whose SPIFFE ID
-// is not the expected one: the plaintext port is what phase A already
-// trusted, and the log line carries the TLS error. An AUTH error is not a
-// TLS failure and never falls back.
-func New(opts Options, svids x509svid.Source, bundles x509bundle.Source, o ...Option) (*Client, error) {
-	hasSource := svids != nil && bundles != nil
-	if err := opts.validate(hasSource); err != nil {
+// New builds a Client for mode; see the With... options for what each
+// mode requires. It starts no goroutine and dials nothing: connections are
+// made by the go-redis pool on first use.
+//
+// In dual_auth every new connection tries mTLS on the TLS address first
+// and falls back to the password on the plaintext address only when the
+// TLS dial or handshake fails; each fallback is logged and counted, and
+// plaintext connections are retired from the pool as soon as TLS answers
+// again (an idle pooled connection is replaced at its next use; a PubSub
+// connection keeps its path until it reconnects). While TLS is down a
+// prober goroutine, started by the first fallback and stopped by Close,
+// dials the TLS port every retry interval. Any TLS failure counts,
+// including a server whose SPIFFE ID is not the expected one: the
+// plaintext port is what phase A already trusted, and the log line
+// carries the TLS error. An AUTH error is not a TLS failure and never
+// falls back.
+func New(mode Mode, opts ...Option) (*Client, error) {
+	cfg := newConfig(opts)
+	if err := cfg.validate(mode); err != nil {
 		return nil, err
 	}
-	s := newSettings(o)
 	d := &dialer{
-		opts:   opts,
-		log:    s.logger.With(zap.String("redis_client", opts.Name)),
-		now:    s.now,
-		m:      newClientMetrics(s.reg, opts.Name),
-		plain:  map[*plainConn]struct{}{},
-		downCh: make(chan struct{}, 1),
-		tlsUp:  true,
+		mode:  mode,
+		cfg:   cfg,
+		log:   cfg.logger.With(zap.String("redis_client", cfg.name)),
+		now:   cfg.now,
+		m:     newClientMetrics(cfg.reg, cfg.name),
+		plain: map[*plainConn]struct{}{},
+		tlsUp: mode != ModeDisabled,
 	}
-	if opts.PasswordFile != "" {
-		d.password = func() (string, error) { return readPasswordFile(opts.PasswordFile) }
+	if cfg.passwordFile != "" {
+		pf := cfg.passwordFile
+		d.password = func() (string, error) { return readPasswordFile(pf) }
 	}
-	if opts.Mode != ModeDisabled {
-		authz, err := ServerAuthorizer(opts.ServerID, opts.ServerTrustDomain)
-		if err != nil {
-			return nil, fmt.Errorf("redis options: %w", err)
-		}
-		d.tlsConf = NewTLSConfig(svids, bundles, authz)
-	}
-	if opts.Mode == ModeDisabled {
-		d.tlsUp = false
+	if mode != ModeDisabled {
+		d.tlsConf = NewTLSConfig(cfg.svids, cfg.bundles, cfg.serverAuthz)
 	}
 	d.m.tlsUp.Set(boolGauge(d.tlsUp))
 
-	ro := &redis.Options{ClientName: opts.Name, DB: opts.DB, DialTimeout: opts.DialTimeout}
-	for _, f := range s.redisOpts {
+	ro := &redis.Options{ClientName: cfg.name, DB: cfg.db, DialTimeout: cfg.dialTimeout}
+	for _, f := range cfg.redisOpts {
 		f(ro)
 	}
 	// The dialer authenticates itself (the password depends on the path
@@ -168,18 +116,11 @@ func New(opts Options, svids x509svid.Source, bundles x509bundle.Source, o ...Op
 	ro.Dialer, ro.TLSConfig = d.dial, nil
 	ro.Username, ro.Password = "", ""
 	ro.CredentialsProvider, ro.CredentialsProviderContext, ro.StreamingCredentialsProvider = nil, nil, nil
-	if ro.DialTimeout < opts.TLSDialTimeout+opts.DialTimeout && opts.Mode == ModeDualAuth {
-		ro.DialTimeout = opts.TLSDialTimeout + opts.DialTimeout
+	if ro.DialTimeout < cfg.tlsDialTimeout+cfg.dialTimeout && mode == ModeDualAuth {
+		ro.DialTimeout = cfg.tlsDialTimeout + cfg.dialTimeout
 	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &Client{rdb: redis.NewClient(ro), d: d, cancel: cancel, done: make(chan struct{})}
-	if opts.Mode == ModeDualAuth {
-		go func() { defer close(c.done); d.probeLoop(ctx) }()
-	} else {
-		close(c.done)
-	}
-	return c, nil
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return &Client{rdb: redis.NewClient(ro), d: d}, nil
 }
 
 // Redis returns the go-redis client for normal use. It stays valid across
@@ -187,12 +128,11 @@ func New(opts Options, svids x509svid.Source, bundles x509bundle.Source, o ...Op
 func (c *Client) Redis() *redis.Client { return c.rdb }
 
 // Mode returns the client's mode.
-func (c *Client) Mode() Mode { return c.d.opts.Mode }
+func (c *Client) Mode() Mode { return c.d.mode }
 
-// Close stops the prober and closes the go-redis client.
+// Close stops the prober, waits for it and closes the go-redis client.
 func (c *Client) Close() error {
-	c.cancel()
-	<-c.done
+	c.d.stop()
 	return c.rdb.Close()
 }
 
@@ -218,7 +158,7 @@ type HealthReport struct {
 func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 	d := c.d
 	d.mu.Lock()
-	r := HealthReport{Mode: d.opts.Mode, TLSUp: d.tlsUp, Fallbacks: d.fallbacks,
+	r := HealthReport{Mode: d.mode, TLSUp: d.tlsUp, Fallbacks: d.fallbacks,
 		LastFallback: d.lastFallback, LastFallbackError: d.lastFallbackErr, Path: PathUnknown}
 	d.mu.Unlock()
 	start := time.Now()
@@ -226,12 +166,12 @@ func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 	if err != nil {
 		var rerr redis.Error
 		if !errors.As(err, &rerr) {
-			return r, fmt.Errorf("redis health (%s): %w", d.opts.Mode, err)
+			return r, fmt.Errorf("redis health (%s): %w", d.mode, err)
 		}
 		// Server answered but refused CLIENT INFO (ACL, old server): fall
 		// back to PING and the dialer's belief.
 		if err := c.rdb.Ping(ctx).Err(); err != nil {
-			return r, fmt.Errorf("redis health (%s): %w", d.opts.Mode, err)
+			return r, fmt.Errorf("redis health (%s): %w", d.mode, err)
 		}
 		r.Latency = time.Since(start)
 		if r.TLSUp {
@@ -249,15 +189,22 @@ func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 }
 
 type dialer struct {
-	opts     Options
+	mode     Mode
+	cfg      *config
 	tlsConf  *tls.Config
 	password func() (string, error)
 	log      *zap.Logger
 	now      func() time.Time
 	m        *clientMetrics
-	downCh   chan struct{}
+
+	// ctx ends with Close; it bounds the prober and its dials.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu              sync.Mutex
+	closed          bool
+	probing         bool
 	tlsUp           bool
 	tlsDownUntil    time.Time
 	fallbacks       uint64
@@ -267,19 +214,19 @@ type dialer struct {
 }
 
 func (d *dialer) primaryAddr() string {
-	if d.opts.Mode == ModeDisabled {
-		return d.opts.PlainAddr
+	if d.mode == ModeDisabled {
+		return d.cfg.plainAddr
 	}
-	return d.opts.TLSAddr
+	return d.cfg.tlsAddr
 }
 
 func (d *dialer) pathForPort(p string) Path {
 	switch {
 	case p == "":
 		return PathUnknown
-	case d.opts.TLSAddr != "" && p == portOf(d.opts.TLSAddr):
+	case d.cfg.tlsAddr != "" && p == portOf(d.cfg.tlsAddr):
 		return PathTLS
-	case d.opts.PlainAddr != "" && p == portOf(d.opts.PlainAddr):
+	case d.cfg.plainAddr != "" && p == portOf(d.cfg.plainAddr):
 		return PathPlaintext
 	}
 	return PathUnknown
@@ -288,11 +235,11 @@ func (d *dialer) pathForPort(p string) Path {
 // dial is the go-redis Dialer. network/addr from go-redis are ignored: the
 // mode decides where to go.
 func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	switch d.opts.Mode {
+	switch d.mode {
 	case ModeDisabled:
 		return d.dialPlain(ctx)
 	case ModeTLSOnly:
-		c, err := d.dialTLS(ctx, d.opts.DialTimeout)
+		c, err := d.dialTLS(ctx, d.cfg.dialTimeout)
 		if err == nil {
 			d.m.dials.WithLabelValues(string(PathTLS)).Inc()
 		}
@@ -303,7 +250,7 @@ func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	d.mu.Unlock()
 	var tlsErr error
 	if !skipTLS {
-		c, err := d.dialTLS(ctx, d.opts.TLSDialTimeout)
+		c, err := d.dialTLS(ctx, d.cfg.tlsDialTimeout)
 		if err == nil {
 			d.m.dials.WithLabelValues(string(PathTLS)).Inc()
 			d.markUp()
@@ -324,7 +271,7 @@ func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	c, err := d.dialPlain(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("redis dual_auth: TLS %s failed (%v) and plaintext %s failed: %w",
-			d.opts.TLSAddr, tlsErr, d.opts.PlainAddr, err)
+			d.cfg.tlsAddr, tlsErr, d.cfg.plainAddr, err)
 	}
 	pc := &plainConn{Conn: c, d: d}
 	d.mu.Lock()
@@ -334,7 +281,7 @@ func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	d.mu.Unlock()
 	d.m.fallbacks.Inc()
 	d.log.Warn("redis dual_auth: new connection fell back to password on the plaintext port",
-		zap.String("tls_addr", d.opts.TLSAddr), zap.String("plain_addr", d.opts.PlainAddr), zap.NamedError("tls_error", tlsErr))
+		zap.String("tls_addr", d.cfg.tlsAddr), zap.String("plain_addr", d.cfg.plainAddr), zap.NamedError("tls_error", tlsErr))
 	return pc, nil
 }
 
@@ -345,26 +292,26 @@ func (d *dialer) dialTLS(ctx context.Context, timeout time.Duration) (net.Conn, 
 	td := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: d.tlsConf}
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := td.DialContext(dctx, "tcp", d.opts.TLSAddr)
+	c, err := td.DialContext(dctx, "tcp", d.cfg.tlsAddr)
 	if err != nil {
-		return nil, fmt.Errorf("redis TLS %s: %w", d.opts.TLSAddr, err)
+		return nil, fmt.Errorf("redis TLS %s: %w", d.cfg.tlsAddr, err)
 	}
 	if err := d.setup(ctx, c, timeout, true); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("redis TLS %s: %w", d.opts.TLSAddr, err)
+		return nil, fmt.Errorf("redis TLS %s: %w", d.cfg.tlsAddr, err)
 	}
 	return c, nil
 }
 
 func (d *dialer) dialPlain(ctx context.Context) (net.Conn, error) {
-	nd := &net.Dialer{Timeout: d.opts.DialTimeout, KeepAlive: 30 * time.Second}
-	c, err := nd.DialContext(ctx, "tcp", d.opts.PlainAddr)
+	nd := &net.Dialer{Timeout: d.cfg.dialTimeout, KeepAlive: 30 * time.Second}
+	c, err := nd.DialContext(ctx, "tcp", d.cfg.plainAddr)
 	if err != nil {
-		return nil, fmt.Errorf("redis plaintext %s: %w", d.opts.PlainAddr, err)
+		return nil, fmt.Errorf("redis plaintext %s: %w", d.cfg.plainAddr, err)
 	}
-	if err := d.setup(ctx, c, d.opts.DialTimeout, false); err != nil {
+	if err := d.setup(ctx, c, d.cfg.dialTimeout, false); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("redis plaintext %s: %w", d.opts.PlainAddr, err)
+		return nil, fmt.Errorf("redis plaintext %s: %w", d.cfg.plainAddr, err)
 	}
 	d.m.dials.WithLabelValues(string(PathPlaintext)).Inc()
 	return c, nil
@@ -382,7 +329,7 @@ func (d *dialer) setup(ctx context.Context, c net.Conn, timeout time.Duration, o
 	if err != nil {
 		return err
 	}
-	_, err = roundTrip(ctx, c, timeout, "AUTH", authUser(d.opts.Username), pw)
+	_, err = roundTrip(ctx, c, timeout, "AUTH", authUser(d.cfg.username), pw)
 	if err != nil && onTLS && noPasswordConfigured(err) {
 		return nil
 	}
@@ -393,18 +340,29 @@ func (d *dialer) markDown(err error) {
 	d.mu.Lock()
 	was := d.tlsUp
 	d.tlsUp = false
-	d.tlsDownUntil = d.now().Add(d.opts.RetryTLSInterval)
+	d.tlsDownUntil = d.now().Add(d.cfg.retryTLSInterval)
 	d.lastFallbackErr = err.Error()
+	if !d.closed && !d.probing {
+		d.probing = true
+		d.wg.Add(1)
+		go d.probe()
+	}
 	d.mu.Unlock()
 	d.m.tlsUp.Set(0)
 	if was {
 		d.log.Warn("redis dual_auth: TLS path failed; using password on the plaintext port until it answers again",
-			zap.String("tls_addr", d.opts.TLSAddr), zap.Error(err))
+			zap.String("tls_addr", d.cfg.tlsAddr), zap.Error(err))
 	}
-	select {
-	case d.downCh <- struct{}{}:
-	default:
-	}
+}
+
+// stop ends the prober (if one runs) and waits for it. The closed flag is
+// set under mu, where markDown starts probers, so none starts after.
+func (d *dialer) stop() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.cancel()
+	d.wg.Wait()
 }
 
 func (d *dialer) markUp() {
@@ -421,48 +379,53 @@ func (d *dialer) markUp() {
 	d.m.tlsUp.Set(1)
 	if !was {
 		d.log.Info("redis dual_auth: TLS path is back; retiring plaintext connections",
-			zap.String("tls_addr", d.opts.TLSAddr), zap.Int("plaintext_conns", retired))
+			zap.String("tls_addr", d.cfg.tlsAddr), zap.Int("plaintext_conns", retired))
 	}
 }
 
-// probeLoop sleeps until the TLS path goes down, then probes it every
-// RetryTLSInterval until it answers. No timer runs while TLS is up.
-func (d *dialer) probeLoop(ctx context.Context) {
+// probe runs while the TLS path is down: it dials the TLS port every
+// retry interval until it answers, then exits. markDown starts it, Close
+// stops it; no timer runs while TLS is up.
+func (d *dialer) probe() {
+	defer d.wg.Done()
+	t := time.NewTimer(d.cfg.retryTLSInterval)
+	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-d.ctx.Done():
+			d.endProbe()
 			return
-		case <-d.downCh:
+		case <-t.C:
 		}
-		t := time.NewTimer(d.opts.RetryTLSInterval)
-		for {
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			d.mu.Lock()
-			up := d.tlsUp
-			d.mu.Unlock()
-			if up {
-				break
-			}
-			c, err := d.dialTLS(ctx, d.opts.TLSDialTimeout)
+		d.mu.Lock()
+		up := d.tlsUp
+		d.mu.Unlock()
+		if !up {
+			c, err := d.dialTLS(d.ctx, d.cfg.tlsDialTimeout)
 			if err == nil {
 				_ = c.Close()
 				d.markUp()
-				break
+			} else {
+				d.log.Debug("redis dual_auth: TLS probe failed", zap.Error(err))
 			}
-			d.log.Debug("redis dual_auth: TLS probe failed", zap.Error(err))
-			t.Reset(d.opts.RetryTLSInterval)
 		}
-		// Drain a stale signal from the failures that led here.
-		select {
-		case <-d.downCh:
-		default:
+		// Exit only while up, under the lock markDown takes, so a failure
+		// racing with this check either sees probing or is seen here.
+		d.mu.Lock()
+		if d.tlsUp {
+			d.probing = false
+			d.mu.Unlock()
+			return
 		}
+		d.mu.Unlock()
+		t.Reset(d.cfg.retryTLSInterval)
 	}
+}
+
+func (d *dialer) endProbe() {
+	d.mu.Lock()
+	d.probing = false
+	d.mu.Unlock()
 }
 
 var errRetired = errors.New("redis dual_auth: plaintext connection retired, TLS is back")

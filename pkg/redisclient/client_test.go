@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	r := startRedis(t, e, redisSpec{tls: true, port0: true})
 	ctx := ctxT(t)
 
-	c, err := New(Options{Mode: ModeTLSOnly, TLSAddr: r.tlsAddr(), ServerID: serverID.String()}, e.client, e.client)
+	c, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)))
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
 	require.NoError(t, c.Redis().Set(ctx, "k", "v", 0).Err())
@@ -50,8 +51,8 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	require.NoError(t, err)
 	fsvid, err := foreign.IssueX509SVID(spiffeid.RequireFromString("spiffe://evil.org/worker"), time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	require.NoError(t, err)
-	fc, err := New(Options{Mode: ModeTLSOnly, TLSAddr: r.tlsAddr(), ServerID: serverID.String(), DialTimeout: 3 * time.Second},
-		fsvid, e.client, WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }))
+	fc, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), fsvid, e.client, tlsconfig.AuthorizeID(serverID)), WithDialTimeout(3*time.Second),
+		WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }))
 	require.NoError(t, err)
 	defer func() { _ = fc.Close() }()
 	err = fc.Redis().Ping(ctx).Err()
@@ -59,7 +60,7 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	t.Logf("foreign trust domain client: %v", err)
 
 	// The client refuses a server whose SPIFFE ID is not the expected one.
-	wc, err := New(Options{Mode: ModeTLSOnly, TLSAddr: r.tlsAddr(), ServerID: "spiffe://example.org/not-redis"}, e.client, e.client,
+	wc, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/not-redis"))),
 		WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }))
 	require.NoError(t, err)
 	defer func() { _ = wc.Close() }()
@@ -69,78 +70,12 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	t.Logf("wrong server ID: %v", err)
 
 	// Trust-domain authorization accepts the same server.
-	tdc, err := New(Options{Mode: ModeTLSOnly, TLSAddr: r.tlsAddr(), ServerTrustDomain: "example.org"}, e.client, e.client)
+	tdAuthz, err := ServerAuthorizer("", "example.org")
+	require.NoError(t, err)
+	tdc, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tdAuthz))
 	require.NoError(t, err)
 	defer func() { _ = tdc.Close() }()
 	require.NoError(t, tdc.Redis().Ping(ctx).Err())
-}
-
-func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{tls: true, password: true})
-	ctx := ctxT(t)
-	authz := tlsconfig.AuthorizeID(serverID)
-	served := func() TLSPeer {
-		t.Helper()
-		p, err := PingTLS(ctx, r.tlsAddr(), e.client, e.client, authz, e.pwFile)
-		require.NoError(t, err)
-		require.Equal(t, serverID.String(), p.SpiffeID)
-		return p
-	}
-	rotate := func(old string) string {
-		t.Helper()
-		require.NoError(t, e.srv.RotateSVIDs())
-		require.Eventually(t, func() bool {
-			s, err := e.server.GetX509SVID()
-			return err == nil && serial(s) != old
-		}, 20*time.Second, 20*time.Millisecond)
-		return serial(e.writeServerFiles(t))
-	}
-
-	first, _ := e.server.GetX509SVID()
-	s0 := served().Serial
-	require.Equal(t, serial(first), s0)
-	s1 := rotate(s0)
-	// Files changed on disk, but Redis keeps serving the old certificate:
-	// it has no file watch and ignores signals.
-	assert.Equal(t, s0, served().Serial)
-
-	rl, err := NewConfigSetReloader(r.admin(e), e.files)
-	require.NoError(t, err)
-	var _ interface {
-		Kind() string
-		Reload(context.Context) error
-	} = rl // pkg/rotation's Reloader method set
-	assert.Equal(t, "redis", rl.Kind())
-	require.NoError(t, rl.Reload(ctx))
-	assert.Equal(t, s1, served().Serial, "new handshake after CONFIG SET reload presents the new serial")
-
-	// The reloader that re-sets the server's own paths.
-	s2 := rotate(s1)
-	rl2, err := NewConfigSetReloader(r.admin(e), TLSFiles{})
-	require.NoError(t, err)
-	require.NoError(t, rl2.Reload(ctx))
-	assert.Equal(t, s2, served().Serial)
-
-	// Admin over TLS with the agent's SVID (rediss://), password from a file.
-	s3 := rotate(s2)
-	rl3, err := NewConfigSetReloader(AdminConfig{Addr: "rediss://" + r.tlsAddr(), PasswordFile: e.pwFile,
-		SVIDs: e.client, Bundles: e.client, ServerAuthorizer: authz}, e.files)
-	require.NoError(t, err)
-	require.NoError(t, rl3.Reload(ctx))
-	assert.Equal(t, s3, served().Serial)
-	require.Nil(t, r.cmd.ProcessState, "redis-server was not restarted")
-
-	// A broken admin password file is one clear error naming it.
-	bad := r.admin(e)
-	bad.PasswordFile = e.dir + "/missing.pass"
-	rl4, err := NewConfigSetReloader(bad, e.files)
-	require.NoError(t, err)
-	err = rl4.Reload(ctx)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "missing.pass")
-	_, err = NewConfigSetReloader(r.admin(e), TLSFiles{CertFile: "/x"})
-	require.ErrorContains(t, err, "all of cert_file, key_file, ca_file or none")
 }
 
 func TestDualAuthFallsBackAndReturns(t *testing.T) {
@@ -148,8 +83,8 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	r := startRedis(t, e, redisSpec{tls: true, password: true})
 	ctx := ctxT(t)
 	reg := prometheus.NewRegistry()
-	c, err := New(Options{Mode: ModeDualAuth, TLSAddr: r.tlsAddr(), PlainAddr: r.plainAddr(), PasswordFile: e.pwFile,
-		ServerID: serverID.String(), RetryTLSInterval: 200 * time.Millisecond, Name: "worker"}, e.client, e.client,
+	c, err := New(ModeDualAuth, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)),
+		WithPlaintext(r.plainAddr()), WithPasswordFile(e.pwFile), WithRetryTLSInterval(200*time.Millisecond), WithName("worker"),
 		WithRegisterer(reg))
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
@@ -190,8 +125,8 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 				return false
 			}
 		}
-		counts, err := NewAdminMust(t, r, e).Clients(ctx, strconv.Itoa(r.port), strconv.Itoa(r.tlsPort))
-		return err == nil && counts.Plaintext == 0 && counts.TLS >= 1
+		plain, tlsN, err := countByPort(ctx, admin, r)
+		return err == nil && plain == 0 && tlsN >= 1
 	}, 20*time.Second, 100*time.Millisecond)
 	v, err := c.Redis().Get(ctx, "during-outage").Result()
 	require.NoError(t, err)
@@ -199,7 +134,7 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	assert.Equal(t, 1.0, metricstest.Value(t, reg, "identity_agent_redis_client_tls_up", map[string]string{"client": "worker"}))
 
 	// A wrong password is not a reason to fall back.
-	require.NoError(t, writeFileAtomic(e.pwFile, []byte("wrong\n"), 0o600))
+	require.NoError(t, writeFileRename(e.pwFile, []byte("wrong\n")))
 	before := c.d.fallbackCount()
 	_, err = c.d.dial(ctx, "tcp", "")
 	require.Error(t, err)
@@ -207,19 +142,11 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	assert.Equal(t, before, c.d.fallbackCount())
 }
 
-func NewAdminMust(t *testing.T, r *redisProc, e *env) *Admin {
-	t.Helper()
-	a, err := NewAdmin(r.admin(e))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = a.Close() })
-	return a
-}
-
 func TestDisabledModeAndValidation(t *testing.T) {
 	e := newEnv(t)
 	r := startRedis(t, e, redisSpec{password: true})
 	ctx := ctxT(t)
-	c, err := New(Options{Mode: ModeDisabled, PlainAddr: r.plainAddr(), PasswordFile: e.pwFile, DB: 2}, nil, nil)
+	c, err := New(ModeDisabled, WithPlaintext(r.plainAddr()), WithPasswordFile(e.pwFile), WithDB(2))
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
 	require.NoError(t, c.Redis().Set(ctx, "x", "y", 0).Err())
@@ -233,20 +160,24 @@ func TestDisabledModeAndValidation(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "y", v)
 
+	authz := tlsconfig.AuthorizeID(serverID)
 	for _, tc := range []struct {
-		o    Options
+		mode Mode
+		o    []Option
 		want string
 	}{
-		{Options{Mode: "bogus"}, "mode"},
-		{Options{Mode: ModeDualAuth, PlainAddr: "127.0.0.1:1", PasswordFile: "x", TLSAddr: "127.0.0.1:2"}, "SVID source"},
-		{Options{Mode: ModeDisabled, PlainAddr: "127.0.0.1:1"}, "password_file"},
-		{Options{Mode: ModeTLSOnly, TLSAddr: "nope"}, "tls_addr"},
+		{"bogus", nil, "mode"},
+		{ModeDualAuth, []Option{WithPlaintext("127.0.0.1:1"), WithPasswordFile("x"), WithTLS("127.0.0.1:2", nil, nil, authz)}, "SVID source"},
+		{ModeDisabled, []Option{WithPlaintext("127.0.0.1:1")}, "password_file"},
+		{ModeTLSOnly, []Option{WithTLS("nope", e.client, e.client, authz)}, "tls_addr"},
+		{ModeTLSOnly, nil, "tls_addr"},
+		{ModeDualAuth, []Option{WithTLS("127.0.0.1:2", e.client, e.client, authz), WithPasswordFile("x")}, "plain_addr"},
 	} {
-		_, err := New(tc.o, nil, nil)
+		_, err := New(tc.mode, tc.o...)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), tc.want)
 	}
-	_, err = New(Options{Mode: ModeTLSOnly, TLSAddr: "127.0.0.1:1"}, e.client, e.client)
+	_, err = New(ModeTLSOnly, WithTLS("127.0.0.1:1", e.client, e.client, nil))
 	require.ErrorContains(t, err, "server_id or server_trust_domain")
 }
 
@@ -262,29 +193,6 @@ func TestModeFromEnv(t *testing.T) {
 	t.Setenv("IA_TEST_MODE", "mtls")
 	_, err = ModeFromEnv("IA_TEST_MODE", ModeDisabled)
 	require.ErrorContains(t, err, "$IA_TEST_MODE")
-}
-
-func TestAdminAddrValidation(t *testing.T) {
-	for addr, want := range map[string]string{
-		"":                         "addr is required",
-		"redis://u:pw@h:6379":      "credentials in the address",
-		"tls://127.0.0.1:6380":     "SVID source",
-		"ftp://x:1":                "scheme",
-		"unix://":                  "empty socket path",
-		"localhost":                "missing port",
-		"unix:///run/redis.sock":   "",
-		"127.0.0.1:6379":           "",
-		"tcp://127.0.0.1:6379":     "",
-		"redis://127.0.0.1:6379/0": "",
-	} {
-		_, err := AdminConfig{Addr: addr}.target()
-		if want == "" {
-			assert.NoError(t, err, addr)
-		} else if assert.Error(t, err, addr) {
-			assert.Contains(t, err.Error(), want, addr)
-			assert.NotContains(t, err.Error(), "pw@", "password leaked in error")
-		}
-	}
 }
 
 func TestServerAuthorizerForms(t *testing.T) {
@@ -314,4 +222,22 @@ func TestServerAuthorizerForms(t *testing.T) {
 	require.ErrorContains(t, err, "server_id or server_trust_domain")
 	_, err = ServerAuthorizer("http://x", "")
 	require.ErrorContains(t, err, "server_id")
+}
+
+// countByPort counts the server's connections by laddr port, from the
+// server's own CLIENT LIST (the assertion client's unix socket is neither).
+func countByPort(ctx context.Context, admin *redis.Client, r *redisProc) (plain, tlsN int, err error) {
+	list, err := admin.ClientList(ctx).Result()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(list, "\n") {
+		switch portOf(parseClientLine(line)["laddr"]) {
+		case strconv.Itoa(r.port):
+			plain++
+		case strconv.Itoa(r.tlsPort):
+			tlsN++
+		}
+	}
+	return plain, tlsN, nil
 }

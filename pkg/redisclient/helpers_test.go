@@ -40,8 +40,11 @@ type env struct {
 	client *workloadapi.X509Source // a workload's identity
 	dir    string
 	pwFile string
-	files  TLSFiles
+	files  tlsFiles
 }
+
+// tlsFiles are the Redis server's certificate files.
+type tlsFiles struct{ CertFile, KeyFile, CAFile string }
 
 func pick(id spiffeid.ID) func([]*x509svid.SVID) *x509svid.SVID {
 	return func(s []*x509svid.SVID) *x509svid.SVID {
@@ -74,7 +77,7 @@ func newEnv(t testing.TB) *env {
 	e := &env{srv: srv, server: mk(serverID), client: mk(clientID), dir: dir}
 	e.pwFile = filepath.Join(dir, "redis.pass")
 	require.NoError(t, os.WriteFile(e.pwFile, []byte(testPassword+"\n"), 0o600))
-	e.files = TLSFiles{CertFile: filepath.Join(dir, "svid.pem"), KeyFile: filepath.Join(dir, "key.pem"), CAFile: filepath.Join(dir, "bundle.pem")}
+	e.files = tlsFiles{CertFile: filepath.Join(dir, "svid.pem"), KeyFile: filepath.Join(dir, "key.pem"), CAFile: filepath.Join(dir, "bundle.pem")}
 	e.writeServerFiles(t)
 	return e
 }
@@ -85,7 +88,7 @@ func (e *env) writeServerFiles(t testing.TB) *x509svid.SVID {
 	t.Helper()
 	s, certs, key, bundle := svidPEM(t, e.server)
 	for path, data := range map[string][]byte{e.files.CertFile: certs, e.files.KeyFile: key, e.files.CAFile: bundle} {
-		require.NoError(t, writeFileAtomic(path, data, 0o600))
+		require.NoError(t, writeFileRename(path, data))
 	}
 	return s
 }
@@ -122,9 +125,6 @@ type redisProc struct {
 
 func (r *redisProc) plainAddr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 func (r *redisProc) tlsAddr() string   { return "127.0.0.1:" + strconv.Itoa(r.tlsPort) }
-func (r *redisProc) admin(e *env) AdminConfig {
-	return AdminConfig{Addr: "unix://" + r.sock, PasswordFile: e.pwFile}
-}
 
 type redisSpec struct {
 	tls        bool   // open tls-port with e.files
@@ -219,30 +219,11 @@ func adminRedis(t testing.TB, r *redisProc, password string) *redis.Client {
 	return c
 }
 
-func serial(s *x509svid.SVID) string { return s.Certificates[0].SerialNumber.Text(16) }
-
 func ctxT(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-func execRedis(t testing.TB, conf string) *exec.Cmd {
-	t.Helper()
-	needRedisServer(t)
-	cmd := exec.Command("redis-server", conf)
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-		if t.Failed() {
-			t.Logf("redis-server output:\n%s", tail(out.String(), 3000))
-		}
-	})
-	return cmd
 }
 
 // needRedisServer skips without redis-server, except in CI (CI=true), where
@@ -255,4 +236,14 @@ func needRedisServer(t testing.TB) {
 		}
 		t.Skip("redis-server not installed")
 	}
+}
+
+// writeFileRename replaces path atomically (temp file + rename), as the
+// agent's writer does, so redis-server never reads half a file.
+func writeFileRename(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

@@ -1,8 +1,11 @@
 package redisclient
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -45,4 +48,48 @@ func ServerAuthorizer(id, trustDomain string) (tlsconfig.Authorizer, error) {
 		return tlsconfig.AuthorizeMemberOf(td), nil
 	}
 	return nil, fmt.Errorf("server_id or server_trust_domain is required to authorize the Redis server")
+}
+
+// TLSPeer is what PingTLS learned about the server.
+type TLSPeer struct {
+	SpiffeID string    `json:"spiffe_id"`
+	Serial   string    `json:"serial"` // hex
+	NotAfter time.Time `json:"not_after"`
+}
+
+// PingTLS checks the mTLS path to a Redis server: it dials addr with the SVID from svids, verifies the server against
+// bundles and authz, authenticates with passwordFile when given (a server
+// without a password is fine) and PINGs. It reports the server's SVID.
+func PingTLS(ctx context.Context, addr string, svids x509svid.Source, bundles x509bundle.Source, authz tlsconfig.Authorizer, passwordFile string) (TLSPeer, error) {
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: NewTLSConfig(svids, bundles, authz)}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return TLSPeer{}, fmt.Errorf("TLS %s: %w", addr, err)
+	}
+	defer func() { _ = c.Close() }()
+	if passwordFile != "" {
+		pw, err := readPasswordFile(passwordFile)
+		if err != nil {
+			return TLSPeer{}, err
+		}
+		if _, err := roundTrip(ctx, c, 5*time.Second, "AUTH", "default", pw); err != nil && !noPasswordConfigured(err) {
+			return TLSPeer{}, fmt.Errorf("TLS %s: AUTH: %w", addr, err)
+		}
+	}
+	reply, err := roundTrip(ctx, c, 5*time.Second, "PING")
+	if err != nil {
+		return TLSPeer{}, fmt.Errorf("TLS %s: PING: %w", addr, err)
+	}
+	if reply != "PONG" {
+		return TLSPeer{}, fmt.Errorf("TLS %s: PING answered %q", addr, reply)
+	}
+	certs := c.(*tls.Conn).ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return TLSPeer{}, fmt.Errorf("TLS %s: no server certificate", addr)
+	}
+	p := TLSPeer{Serial: certs[0].SerialNumber.Text(16), NotAfter: certs[0].NotAfter}
+	if len(certs[0].URIs) > 0 {
+		p.SpiffeID = certs[0].URIs[0].String()
+	}
+	return p, nil
 }

@@ -1,4 +1,4 @@
-package redisclient
+package redistransition
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/metricstest"
+
+	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
 func gateByName(gs []Gate, name string) Gate {
@@ -84,12 +86,12 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	conf, err := os.ReadFile(r.conf)
 	require.NoError(t, err)
 	assert.Contains(t, string(conf), "tls-port "+strconv.Itoa(r.tlsPort))
-	_, err = PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), "")
+	_, err = redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), "")
 	require.ErrorContains(t, err, "NOAUTH", "password still required in B, on TLS too")
 
 	// A dual_auth workload on TLS, and a legacy client on plaintext.
-	dual, err := New(Options{Mode: ModeDualAuth, TLSAddr: r.tlsAddr(), PlainAddr: r.plainAddr(), PasswordFile: e.pwFile,
-		ServerID: serverID.String()}, e.client, e.client)
+	dual, err := redisclient.New(redisclient.ModeDualAuth, redisclient.WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)),
+		redisclient.WithPlaintext(r.plainAddr()), redisclient.WithPasswordFile(e.pwFile))
 	require.NoError(t, err)
 	defer func() { _ = dual.Close() }()
 	require.NoError(t, dual.Redis().Ping(ctx).Err())
@@ -150,12 +152,12 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	closed := redis.NewClient(&redis.Options{Addr: r.plainAddr(), Password: testPassword, MaxRetries: -1})
 	require.Error(t, closed.Ping(ctx).Err(), "plaintext port must be closed in D")
 	require.NoError(t, closed.Close())
-	tlsOnly, err := New(Options{Mode: ModeTLSOnly, TLSAddr: r.tlsAddr(), ServerID: serverID.String()}, e.client, e.client)
+	tlsOnly, err := redisclient.New(redisclient.ModeTLSOnly, redisclient.WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)))
 	require.NoError(t, err)
 	defer func() { _ = tlsOnly.Close() }()
 	require.NoError(t, tlsOnly.Redis().Ping(ctx).Err(), "tls_only without password works in D")
 	require.NoError(t, dual.Redis().Ping(ctx).Err(), "dual_auth keeps working in D")
-	_, err = PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
+	_, err = redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
 	require.NoError(t, err, "a new TLS connection that still sends the password (AUTH default <pw>) works in D")
 	_, err = tr.Advance(ctx, true)
 	require.ErrorContains(t, err, "already in phase D")
@@ -285,7 +287,7 @@ func TestServerConfigStartsRedis(t *testing.T) {
 			pw := e.pwFile
 			var err2 error
 			require.Eventually(t, func() bool {
-				_, err2 = PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), pw)
+				_, err2 = redisclient.PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), pw)
 				return err2 == nil
 			}, 20*time.Second, 50*time.Millisecond, "TLS PING on generated config: %v", err2)
 			pc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(plain), Password: testPassword, MaxRetries: -1})
@@ -295,7 +297,7 @@ func TestServerConfigStartsRedis(t *testing.T) {
 			} else {
 				require.Error(t, pc.Ping(ctx).Err())
 				// D clears requirepass: no password needed on TLS.
-				_, err := PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), "")
+				_, err := redisclient.PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), "")
 				require.NoError(t, err)
 			}
 		})
@@ -357,7 +359,7 @@ func TestExampleConfigsStartRedis(t *testing.T) {
 			}
 			var perr error
 			require.Eventually(t, func() bool {
-				_, perr = PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), pw)
+				_, perr = redisclient.PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), pw)
 				return perr == nil
 			}, 20*time.Second, 50*time.Millisecond, "mTLS PING: %v", perr)
 			pc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(plain), Password: testPassword, MaxRetries: -1})
@@ -390,7 +392,7 @@ func TestAdvancePersistsAcrossRedisRestart(t *testing.T) {
 	execRedis(t, r.conf)
 	var perr error
 	require.Eventually(t, func() bool {
-		_, perr = PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
+		_, perr = redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
 		return perr == nil
 	}, 20*time.Second, 50*time.Millisecond, "TLS after restart: %v", perr)
 	st, err := tr.Status(ctx, false)

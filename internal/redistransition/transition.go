@@ -1,8 +1,7 @@
-package redisclient
+package redistransition
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
 // Gate names.
@@ -304,7 +305,7 @@ func (t *Transition) gateTLSPing(ctx context.Context) Gate {
 		g.Detail = "no SVID source / server authorizer configured for the TLS check"
 		return g
 	}
-	p, err := PingTLS(ctx, t.cfg.TLSAddr, t.cfg.SVIDs, t.cfg.Bundles, t.cfg.ServerAuthorizer, t.cfg.PasswordFile)
+	p, err := redisclient.PingTLS(ctx, t.cfg.TLSAddr, t.cfg.SVIDs, t.cfg.Bundles, t.cfg.ServerAuthorizer, t.cfg.PasswordFile)
 	if err != nil {
 		g.Detail = err.Error()
 		return g
@@ -546,50 +547,6 @@ func (t *Transition) Rollback(ctx context.Context, confirm bool) (*Result, error
 	}
 	t.log.Warn("redis transition rolled back", zap.String("from", string(ph)), zap.String("to", string(to)), zap.Strings("set", res.Set))
 	return res, nil
-}
-
-// TLSPeer is what PingTLS learned about the server.
-type TLSPeer struct {
-	SpiffeID string    `json:"spiffe_id"`
-	Serial   string    `json:"serial"` // hex
-	NotAfter time.Time `json:"not_after"`
-}
-
-// PingTLS dials addr with the SVID from svids, verifies the server against
-// bundles and authz, authenticates with passwordFile when given (a server
-// without a password is fine) and PINGs. It reports the server's SVID.
-func PingTLS(ctx context.Context, addr string, svids x509svid.Source, bundles x509bundle.Source, authz tlsconfig.Authorizer, passwordFile string) (TLSPeer, error) {
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: NewTLSConfig(svids, bundles, authz)}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return TLSPeer{}, fmt.Errorf("TLS %s: %w", addr, err)
-	}
-	defer func() { _ = c.Close() }()
-	if passwordFile != "" {
-		pw, err := readPasswordFile(passwordFile)
-		if err != nil {
-			return TLSPeer{}, err
-		}
-		if _, err := roundTrip(ctx, c, 5*time.Second, "AUTH", "default", pw); err != nil && !noPasswordConfigured(err) {
-			return TLSPeer{}, fmt.Errorf("TLS %s: AUTH: %w", addr, err)
-		}
-	}
-	reply, err := roundTrip(ctx, c, 5*time.Second, "PING")
-	if err != nil {
-		return TLSPeer{}, fmt.Errorf("TLS %s: PING: %w", addr, err)
-	}
-	if reply != "PONG" {
-		return TLSPeer{}, fmt.Errorf("TLS %s: PING answered %q", addr, reply)
-	}
-	certs := c.(*tls.Conn).ConnectionState().PeerCertificates
-	if len(certs) == 0 {
-		return TLSPeer{}, fmt.Errorf("TLS %s: no server certificate", addr)
-	}
-	p := TLSPeer{Serial: certs[0].SerialNumber.Text(16), NotAfter: certs[0].NotAfter}
-	if len(certs[0].URIs) > 0 {
-		p.SpiffeID = certs[0].URIs[0].String()
-	}
-	return p, nil
 }
 
 type transitionMetrics struct {

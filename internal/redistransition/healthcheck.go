@@ -1,4 +1,4 @@
-package redisclient
+package redistransition
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
 // HealthCheck is one check the transition gates on ("all configured
@@ -65,7 +67,7 @@ func CommandHealthCheck(name string, argv []string, timeout time.Duration) Healt
 
 // ClientHealthCheck passes when c answers and its connection took path
 // want (e.g. PathTLS to prove an in-process client is on mTLS).
-func ClientHealthCheck(name string, c *Client, want Path) HealthCheck {
+func ClientHealthCheck(name string, c *redisclient.Client, want redisclient.Path) HealthCheck {
 	return HealthCheck{Name: name, Check: func(ctx context.Context) error {
 		r, err := c.Health(ctx)
 		if err != nil {

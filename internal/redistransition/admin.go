@@ -1,4 +1,4 @@
-package redisclient
+package redistransition
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
 // AdminConfig is how the agent reaches Redis for CONFIG SET / CONFIG GET /
@@ -113,6 +115,24 @@ func NewAdmin(cfg AdminConfig, o ...Option) (*Admin, error) {
 	}
 	ro.Network, ro.Addr, ro.Dialer = t.network, t.addr, a.dial
 	ro.TLSConfig, ro.Username, ro.Password = nil, "", ""
+	ro.CredentialsProvider, ro.StreamingCredentialsProvider = nil, nil
+	ro.CredentialsProviderContext = nil
+	if cfg.PasswordFile != "" {
+		// Read on every connection; ACL-style AUTH with an explicit user
+		// also succeeds when the default user has no password (phase D).
+		user := cfg.Username
+		if user == "" {
+			user = "default"
+		}
+		pf := cfg.PasswordFile
+		ro.CredentialsProviderContext = func(context.Context) (string, string, error) {
+			pw, err := readPasswordFile(pf)
+			if err != nil {
+				return "", "", fmt.Errorf("redis admin %s: %w", cfg.Addr, err)
+			}
+			return user, pw, nil
+		}
+	}
 	ro.ClientName = AdminClientName // CountClients relies on it
 	a.rdb = redis.NewClient(ro)
 	return a, nil
@@ -132,26 +152,12 @@ func (a *Admin) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	var c net.Conn
 	var err error
 	if a.t.tls {
-		td := &tls.Dialer{NetDialer: nd, Config: NewTLSConfig(a.cfg.SVIDs, a.cfg.Bundles, a.cfg.ServerAuthorizer)}
+		td := &tls.Dialer{NetDialer: nd, Config: redisclient.NewTLSConfig(a.cfg.SVIDs, a.cfg.Bundles, a.cfg.ServerAuthorizer)}
 		c, err = td.DialContext(ctx, a.t.network, a.t.addr)
 	} else {
 		c, err = nd.DialContext(ctx, a.t.network, a.t.addr)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("redis admin %s: %w", a.cfg.Addr, err)
-	}
-	if a.cfg.PasswordFile == "" {
-		return c, nil
-	}
-	pw, err := readPasswordFile(a.cfg.PasswordFile)
-	if err == nil {
-		_, err = roundTrip(ctx, c, a.cfg.DialTimeout, "AUTH", authUser(a.cfg.Username), pw)
-		if noPasswordConfigured(err) {
-			err = nil
-		}
-	}
-	if err != nil {
-		_ = c.Close()
 		return nil, fmt.Errorf("redis admin %s: %w", a.cfg.Addr, err)
 	}
 	return c, nil

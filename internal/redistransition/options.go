@@ -1,0 +1,103 @@
+package redistransition
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Option configures NewAdmin, NewConfigSetReloader, NewTransition and
+// NewSampler.
+type Option func(*settings)
+
+type settings struct {
+	logger    *zap.Logger
+	reg       prometheus.Registerer
+	redisOpts []func(*redis.Options)
+	now       func() time.Time
+}
+
+func newSettings(opts []Option) *settings {
+	s := &settings{logger: zap.NewNop(), now: time.Now}
+	for _, o := range opts {
+		if o != nil {
+			o(s)
+		}
+	}
+	return s
+}
+
+// WithLogger sets the logger (default zap.NewNop()).
+func WithLogger(l *zap.Logger) Option {
+	return func(s *settings) {
+		if l != nil {
+			s.logger = l
+		}
+	}
+}
+
+// WithRegisterer registers this package's metrics on r. Without it no
+// metric is registered anywhere.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return func(s *settings) { s.reg = r }
+}
+
+// WithRedisOptions adjusts the go-redis options of the admin connection
+// before it is built. Addr, Dialer, TLSConfig and credentials are owned by
+// this package and reset after f runs.
+func WithRedisOptions(f func(*redis.Options)) Option {
+	return func(s *settings) {
+		if f != nil {
+			s.redisOpts = append(s.redisOpts, f)
+		}
+	}
+}
+
+// withClock is for tests of the time window logic.
+func withClock(now func() time.Time) Option {
+	return func(s *settings) { s.now = now }
+}
+
+// register registers c, or returns the collector already registered under
+// the same descriptor so several users can share one registry.
+func register[T prometheus.Collector](r prometheus.Registerer, c T) T {
+	if r == nil {
+		return c
+	}
+	if err := r.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(T); ok {
+				return existing
+			}
+		}
+	}
+	return c
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// readPasswordFile reads a password file on every use so a rotated password
+// needs no restart. One trailing newline is not part of the password.
+func readPasswordFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("password_file: %w", err)
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("password_file %s: empty", path)
+	}
+	return pw, nil
+}

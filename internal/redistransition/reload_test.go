@@ -1,0 +1,112 @@
+package redistransition
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/pkg/redisclient"
+)
+
+func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
+	e := newEnv(t)
+	r := startRedis(t, e, redisSpec{tls: true, password: true})
+	ctx := ctxT(t)
+	authz := tlsconfig.AuthorizeID(serverID)
+	served := func() redisclient.TLSPeer {
+		t.Helper()
+		p, err := redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, authz, e.pwFile)
+		require.NoError(t, err)
+		require.Equal(t, serverID.String(), p.SpiffeID)
+		return p
+	}
+	rotate := func(old string) string {
+		t.Helper()
+		require.NoError(t, e.srv.RotateSVIDs())
+		require.Eventually(t, func() bool {
+			s, err := e.server.GetX509SVID()
+			return err == nil && serial(s) != old
+		}, 20*time.Second, 20*time.Millisecond)
+		return serial(e.writeServerFiles(t))
+	}
+
+	first, _ := e.server.GetX509SVID()
+	s0 := served().Serial
+	require.Equal(t, serial(first), s0)
+	s1 := rotate(s0)
+	// Files changed on disk, but Redis keeps serving the old certificate:
+	// it has no file watch and ignores signals.
+	assert.Equal(t, s0, served().Serial)
+
+	rl, err := NewConfigSetReloader(r.admin(e), e.files)
+	require.NoError(t, err)
+	var _ interface {
+		Kind() string
+		Reload(context.Context) error
+	} = rl // pkg/rotation's Reloader method set
+	assert.Equal(t, "redis", rl.Kind())
+	require.NoError(t, rl.Reload(ctx))
+	assert.Equal(t, s1, served().Serial, "new handshake after CONFIG SET reload presents the new serial")
+
+	// The reloader that re-sets the server's own paths.
+	s2 := rotate(s1)
+	rl2, err := NewConfigSetReloader(r.admin(e), TLSFiles{})
+	require.NoError(t, err)
+	require.NoError(t, rl2.Reload(ctx))
+	assert.Equal(t, s2, served().Serial)
+
+	// Admin over TLS with the agent's SVID (rediss://), password from a file.
+	s3 := rotate(s2)
+	rl3, err := NewConfigSetReloader(AdminConfig{Addr: "rediss://" + r.tlsAddr(), PasswordFile: e.pwFile,
+		SVIDs: e.client, Bundles: e.client, ServerAuthorizer: authz}, e.files)
+	require.NoError(t, err)
+	require.NoError(t, rl3.Reload(ctx))
+	assert.Equal(t, s3, served().Serial)
+	require.Nil(t, r.cmd.ProcessState, "redis-server was not restarted")
+
+	// A broken admin password file is one clear error naming it.
+	bad := r.admin(e)
+	bad.PasswordFile = e.dir + "/missing.pass"
+	rl4, err := NewConfigSetReloader(bad, e.files)
+	require.NoError(t, err)
+	err = rl4.Reload(ctx)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "missing.pass")
+	_, err = NewConfigSetReloader(r.admin(e), TLSFiles{CertFile: "/x"})
+	require.ErrorContains(t, err, "all of cert_file, key_file, ca_file or none")
+}
+
+func NewAdminMust(t *testing.T, r *redisProc, e *env) *Admin {
+	t.Helper()
+	a, err := NewAdmin(r.admin(e))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
+func TestAdminAddrValidation(t *testing.T) {
+	for addr, want := range map[string]string{
+		"":                         "addr is required",
+		"redis://u:pw@h:6379":      "credentials in the address",
+		"tls://127.0.0.1:6380":     "SVID source",
+		"ftp://x:1":                "scheme",
+		"unix://":                  "empty socket path",
+		"localhost":                "missing port",
+		"unix:///run/redis.sock":   "",
+		"127.0.0.1:6379":           "",
+		"tcp://127.0.0.1:6379":     "",
+		"redis://127.0.0.1:6379/0": "",
+	} {
+		_, err := AdminConfig{Addr: addr}.target()
+		if want == "" {
+			assert.NoError(t, err, addr)
+		} else if assert.Error(t, err, addr) {
+			assert.Contains(t, err.Error(), want, addr)
+			assert.NotContains(t, err.Error(), "pw@", "password leaked in error")
+		}
+	}
+}
