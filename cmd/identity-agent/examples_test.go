@@ -572,16 +572,14 @@ func TestOllamaExample(t *testing.T) {
 		}
 		var st struct {
 			Proxies []struct {
-				Name  string `json:"name"`
-				Stats struct {
-					HandshakeFailures map[string]uint64 `json:"handshake_failures"`
-				} `json:"stats"`
+				Name              string            `json:"name"`
+				HandshakeFailures map[string]uint64 `json:"handshake_failures"`
 			} `json:"proxies"`
 		}
 		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Proxies) != 1 || st.Proxies[0].Name != "ollama" {
 			return false, fmt.Sprintf("%v: %s", err, r.stdout)
 		}
-		failures := st.Proxies[0].Stats.HandshakeFailures
+		failures := st.Proxies[0].HandshakeFailures
 		return failures["unauthorized_id"] >= 1 && failures["no_cert"] >= 1, fmt.Sprintf("handshake_failures %v", failures)
 	})
 }

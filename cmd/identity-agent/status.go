@@ -40,7 +40,7 @@ func newStatusCmd() *cobra.Command {
 			report, err := admin.Fetch(ctx, target)
 			if err != nil {
 				if asJSON {
-					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{"severity": admin.Unknown.String(), "reasons": []string{err.Error()}})
+					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(verdict{admin.Unknown.String(), []string{err.Error()}})
 				} else {
 					fmt.Fprintf(cmd.OutOrStdout(), "UNKNOWN: %v\n", err)
 				}
@@ -49,10 +49,9 @@ func newStatusCmd() *cobra.Command {
 			sev, reasons := admin.Evaluate(report)
 			if asJSON {
 				out := struct {
-					Severity string   `json:"severity"`
-					Reasons  []string `json:"reasons"`
+					verdict
 					admin.Report
-				}{sev.String(), reasons, report}
+				}{verdict{sev.String(), reasons}, report}
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				if err := enc.Encode(out); err != nil {
@@ -72,6 +71,12 @@ func newStatusCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the full report as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
 	return cmd
+}
+
+// verdict heads the --json output: the grade and its reasons.
+type verdict struct {
+	Severity string   `json:"severity"`
+	Reasons  []string `json:"reasons"`
 }
 
 func statusTarget(addr, cfgPath string) (string, error) {
@@ -97,12 +102,13 @@ func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []stri
 		head += ": " + strings.Join(reasons, "; ")
 	}
 	fmt.Fprintln(w, head)
+	api := r.WorkloadAPI
 	conn := "connected"
-	if !r.WorkloadAPI.Connected {
+	if !api.Connected {
 		conn = "NOT connected"
 	}
 	fmt.Fprintf(w, "agent %s, up %s; Workload API %s %s (reconnects %d)\n",
-		r.Version, r.Now.Sub(r.StartedAt).Round(time.Second), r.WorkloadAPI.Address, conn, r.WorkloadAPI.Reconnects)
+		r.Version, r.Now.Sub(r.StartedAt).Round(time.Second), api.Addr, conn, api.Reconnects)
 	for _, s := range r.SVIDs {
 		hint := ""
 		if s.Hint != "" {
@@ -132,29 +138,12 @@ func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []stri
 		fmt.Fprintln(w)
 	}
 	for _, p := range r.Proxies {
-		fmt.Fprintf(w, "proxy   %s %s %s -> %s %s\n", p.Name, p.Mode, p.Listen, p.Target, compactJSON(p.Stats))
-	}
-}
-
-func compactJSON(raw json.RawMessage) string {
-	var m map[string]any
-	if json.Unmarshal(raw, &m) != nil {
-		return ""
-	}
-	var parts []string
-	for _, k := range []string{"connections_open", "connections_total", "connections_refused", "bytes_to_target", "bytes_from_target"} {
-		if v, ok := m[k]; ok {
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+		var handshakeFailures uint64
+		for _, n := range p.HandshakeFailures {
+			handshakeFailures += n
 		}
+		fmt.Fprintf(w, "proxy   %s %s %s -> %s connections_open=%d connections_total=%d connections_refused=%d bytes_to_target=%d bytes_from_target=%d handshake_failures=%d\n",
+			p.Name, p.Mode, p.Listen, p.Target, p.ConnectionsOpen, p.ConnectionsTotal, p.ConnectionsRefused,
+			p.BytesToTarget, p.BytesFromTarget, handshakeFailures)
 	}
-	if hf, ok := m["handshake_failures"].(map[string]any); ok {
-		var total float64
-		for _, v := range hf {
-			if f, ok := v.(float64); ok {
-				total += f
-			}
-		}
-		parts = append(parts, fmt.Sprintf("handshake_failures=%v", total))
-	}
-	return strings.Join(parts, " ")
 }

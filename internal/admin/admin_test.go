@@ -13,15 +13,20 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/admin"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
+	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
 func healthyReport(now time.Time) admin.Report {
 	return admin.Report{
-		Now:                 now,
-		ExpiryWindowSeconds: 60,
-		WorkloadAPI:         admin.WorkloadAPI{Address: "unix:///s", Connected: true},
-		SVIDs:               []admin.SVID{{SpiffeID: "spiffe://example.org/a", NotAfter: now.Add(time.Hour)}},
-		Outputs:             []admin.Output{{Name: "redis", NotAfter: now.Add(time.Hour)}},
+		Now: now,
+		State: rotation.State{
+			WorkloadAPI: svid.ConnStatus{Addr: "unix:///s", Connected: true},
+			ExpiryRule:  "expiry window 1m0s",
+			SVIDs:       []rotation.SVIDState{{SpiffeID: "spiffe://example.org/a", NotAfter: now.Add(time.Hour), Expiry: rotation.ExpiryOK}},
+			Outputs:     []rotation.OutputState{{Name: "redis", NotAfter: now.Add(time.Hour), Expiry: rotation.ExpiryOK}},
+		},
 	}
 }
 
@@ -37,10 +42,13 @@ func TestEvaluate(t *testing.T) {
 		{"no svid", func(r *admin.Report) { r.SVIDs = nil; r.Outputs = nil }, admin.Critical, "no X.509-SVID received from the Workload API yet"},
 		{"disconnected", func(r *admin.Report) { r.WorkloadAPI.Connected = false; r.WorkloadAPI.LastError = "connection refused" },
 			admin.Warning, "Workload API unix:///s unreachable: connection refused"},
-		{"inside expiry window", func(r *admin.Report) { r.SVIDs[0].NotAfter = now.Add(30 * time.Second) },
+		{"overdue", func(r *admin.Report) {
+			r.SVIDs[0].NotAfter, r.SVIDs[0].Expiry = now.Add(30*time.Second), rotation.ExpiryOverdue
+		},
 			admin.Warning, "SVID spiffe://example.org/a expires in 30s (expiry window 1m0s)"},
-		{"expired on disk", func(r *admin.Report) { r.Outputs[0].NotAfter = now.Add(-5 * time.Second) },
-			admin.Critical, "output redis on disk expired 5s ago"},
+		{"expired on disk", func(r *admin.Report) {
+			r.Outputs[0].NotAfter, r.Outputs[0].Expiry = now.Add(-5*time.Second), rotation.ExpiryExpired
+		}, admin.Critical, "output redis on disk expired 5s ago"},
 		{"reload failed", func(r *admin.Report) { r.Outputs[0].LastReloadError = "exit status 1" },
 			admin.Warning, "output redis: last reload failed: exit status 1"},
 		{"write failed", func(r *admin.Report) { r.Outputs[0].LastWriteError = "read-only file system" },
@@ -68,7 +76,10 @@ func TestServerSocketIsPrivateAndServesStatusAndMetrics(t *testing.T) {
 	reg.MustRegister(c)
 	c.Add(3)
 	now := time.Now()
-	srv := admin.NewServer(sock, "127.0.0.1:0", func() admin.Report { return healthyReport(now) }, reg, nil)
+	report := healthyReport(now)
+	report.Proxies = []tlsproxy.Stats{{Name: "ollama", Mode: tlsproxy.ModeServer, ConnectionsTotal: 7,
+		HandshakeFailures: map[tlsproxy.Cause]uint64{tlsproxy.CauseUnauthorizedID: 2}}}
+	srv := admin.NewServer(sock, "127.0.0.1:0", func() admin.Report { return report }, reg, nil)
 	require.NoError(t, srv.Start())
 	defer func() { require.NoError(t, srv.Shutdown(context.Background())) }()
 
@@ -82,6 +93,10 @@ func TestServerSocketIsPrivateAndServesStatusAndMetrics(t *testing.T) {
 	r, err := admin.Fetch(ctx, sock)
 	require.NoError(t, err)
 	assert.Equal(t, "spiffe://example.org/a", r.SVIDs[0].SpiffeID)
+	// The typed state survives the trip through JSON as it is.
+	assert.Equal(t, report.State.WorkloadAPI, r.WorkloadAPI)
+	assert.Equal(t, rotation.ExpiryOK, r.Outputs[0].Expiry)
+	assert.Equal(t, report.Proxies, r.Proxies)
 
 	// A second agent on the same socket is refused, not silently stealing it.
 	other := admin.NewServer(sock, "", func() admin.Report { return admin.Report{} }, reg, nil)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -287,37 +286,18 @@ func (a *Agent) Fetch(ctx context.Context) error {
 	return a.manager.WriteAll(ctx)
 }
 
-// Report is the admin endpoint's status document.
+// Report is the admin endpoint's status document: the parts' typed
+// state, as they report it.
 func (a *Agent) Report() admin.Report {
-	st := a.source.Status()
-	snap := a.manager.Snapshot()
 	r := admin.Report{
-		Version:             a.opts.Version,
-		Now:                 time.Now(),
-		StartedAt:           a.started,
-		Ready:               a.source.X509Context() != nil,
-		ExpiryWindowSeconds: a.cfg.Rotation.ExpiryWindow.D(config.DefaultExpiryWindow).Seconds(),
-		WorkloadAPI: admin.WorkloadAPI{
-			Address: a.cfg.WorkloadAPI.Socket, Connected: st.Connected, LastUpdate: st.LastUpdate,
-			LastError: st.LastError, Reconnects: st.Reconnects,
-		},
-	}
-	for _, s := range snap.SVIDs {
-		r.SVIDs = append(r.SVIDs, admin.SVID{SpiffeID: s.SpiffeID, Hint: s.Hint, Serial: s.Serial, NotAfter: s.NotAfter})
-	}
-	for _, o := range snap.Outputs {
-		r.Outputs = append(r.Outputs, admin.Output{
-			Name: o.Name, Files: o.Files, SpiffeID: o.SpiffeID, Serial: o.Serial, NotAfter: o.NotAfter,
-			LastWrite: o.LastWrite, LastWriteError: o.LastWriteError, LastReload: o.LastReload, LastReloadError: o.LastReloadError,
-		})
+		Version:   a.opts.Version,
+		Now:       time.Now(),
+		StartedAt: a.started,
+		Ready:     a.source.X509Context() != nil,
+		State:     a.manager.Snapshot(),
 	}
 	for _, p := range a.proxies {
-		s := p.Stats()
-		raw, err := json.Marshal(s)
-		if err != nil {
-			raw = nil
-		}
-		r.Proxies = append(r.Proxies, admin.Proxy{Name: s.Name, Mode: string(s.Mode), Listen: s.Listen, Target: s.Target, Stats: raw})
+		r.Proxies = append(r.Proxies, p.Stats())
 	}
 	return r
 }

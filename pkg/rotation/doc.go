@@ -29,7 +29,7 @@
 //     writes pass DirWriter.Check and never trigger a rewrite.
 //   - An expiry watchdog, armed at NotAfter minus the expiry window (10m by
 //     default), warns periodically while the Workload API is unreachable
-//     and marks the output ExpiresSoon in State.
+//     and grades the SVID on disk in State (OutputState.Expiry).
 //
 // WriteAll is the one-shot pass behind `identity-agent fetch`. Snapshot
 // returns a JSON-tagged State for `identity-agent status`. Metrics are

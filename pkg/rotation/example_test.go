@@ -78,7 +78,7 @@ func ExampleNewManager() {
 	_, err = os.Stat(marker)
 	fmt.Println("reload ran:", err == nil)
 	st := m.Snapshot().Outputs[0]
-	fmt.Println("healthy:", st.Healthy, "spiffe id:", st.SpiffeID)
+	fmt.Println("healthy:", st.Healthy(), "spiffe id:", st.SpiffeID)
 	// Output:
 	// cert.pem -rw-r--r--
 	// key.pem -rw-------
@@ -130,7 +130,7 @@ func ExampleManager_Run() {
 	_ = srv.RotateSVIDs()
 	waitRotations(2)
 	st := m.Snapshot().Outputs[0]
-	fmt.Println("rotations:", st.Rotations, "healthy:", st.Healthy)
+	fmt.Println("rotations:", st.Rotations, "healthy:", st.Healthy())
 
 	stop()
 	fmt.Println("run:", <-done)

@@ -125,7 +125,7 @@ func TestFakeSourceRejectsExpiredSVID(t *testing.T) {
 	require.ErrorIs(t, statErr, os.ErrNotExist, "an expired SVID must never reach disk")
 	st := outputState(m, "web")
 	require.Contains(t, st.LastWriteError, "expired")
-	require.False(t, st.Healthy)
+	require.False(t, st.Healthy())
 	require.Empty(t, st.Serial)
 
 	good := ca.issue(t, "/web", 8, now.Add(-time.Minute), now.Add(time.Hour))
@@ -137,7 +137,7 @@ func TestFakeSourceRejectsExpiredSVID(t *testing.T) {
 	st = outputState(m, "web")
 	require.Empty(t, st.LastWriteError)
 	require.Equal(t, "08", st.Serial)
-	require.True(t, st.Healthy)
+	require.True(t, st.Healthy())
 }
 
 // TestFakeSourceJWTFetchFails: an output with a JWT file whose fetch fails
@@ -160,7 +160,7 @@ func TestFakeSourceJWTFetchFails(t *testing.T) {
 	require.ErrorIs(t, statErr, os.ErrNotExist)
 	st := outputState(m, "web")
 	require.Equal(t, "permission denied by the fake", st.JWT[0].LastError)
-	require.False(t, st.Healthy)
+	require.False(t, st.Healthy())
 }
 
 // TestBuildIsPure: the same input gives the same files, and build reads
@@ -187,4 +187,22 @@ func TestBuildIsPure(t *testing.T) {
 
 	_, _, err = build(o, buildInput{now: now})
 	require.ErrorIs(t, err, errNotReady)
+}
+
+func TestExpiryOf(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	na := nb.Add(time.Hour)
+	for _, c := range []struct {
+		at     time.Duration // after notBefore
+		window time.Duration
+		want   Expiry
+	}{
+		{49 * time.Minute, 10 * time.Minute, ExpiryOK},
+		{50 * time.Minute, 10 * time.Minute, ExpiryOverdue},
+		{time.Hour, 10 * time.Minute, ExpiryExpired},
+		{0, 2 * time.Hour, ExpiryOverdue},
+	} {
+		require.Equal(t, c.want, ExpiryOf(nb, na, c.window, nb.Add(c.at)), "%+v", c)
+	}
+	require.Equal(t, Expiry(""), ExpiryOf(time.Time{}, time.Time{}, time.Minute, nb))
 }

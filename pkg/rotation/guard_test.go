@@ -73,7 +73,7 @@ func TestGuardRestoresDeletedAndAlteredFiles(t *testing.T) {
 	settled := w.count("web", true)
 	time.Sleep(time.Second)
 	require.Equal(t, settled, w.count("web", true), "guard keeps rewriting its own files")
-	require.True(t, outputState(m, "web").Healthy)
+	require.True(t, outputState(m, "web").Healthy())
 
 	// And a real rotation afterwards is not mistaken for tampering, and
 	// the guard still watches the recreated directory.
@@ -115,8 +115,8 @@ func TestWorkloadAPIDownStartedStoppedRestarted(t *testing.T) {
 	// Down at start: nothing written, state says so.
 	time.Sleep(300 * time.Millisecond)
 	st := m.Snapshot()
-	require.False(t, st.Connected)
-	require.False(t, st.Outputs[0].Healthy)
+	require.False(t, st.WorkloadAPI.Connected)
+	require.False(t, st.Outputs[0].Healthy())
 	_, err := os.Lstat(certPath)
 	require.ErrorIs(t, err, os.ErrNotExist)
 
@@ -124,8 +124,8 @@ func TestWorkloadAPIDownStartedStoppedRestarted(t *testing.T) {
 	require.NoError(t, e.srv.Start(e.socket))
 	first := currentSerial(e, "")
 	waitSerial(t, certPath, first)
-	require.Eventually(t, func() bool { s := m.Snapshot(); return s.Connected && s.Outputs[0].Healthy }, waitFor, tick)
-	require.False(t, m.Snapshot().Outputs[0].ExpiresSoon)
+	require.Eventually(t, func() bool { s := m.Snapshot(); return s.WorkloadAPI.Connected && s.Outputs[0].Healthy() }, waitFor, tick)
+	require.Equal(t, ExpiryOverdue, m.Snapshot().Outputs[0].Expiry, "a 1h SVID is inside a 2h window")
 	before := mustRead(t, certPath)
 
 	// Stopped mid-run: files untouched, state shows the disconnect and the
@@ -133,10 +133,10 @@ func TestWorkloadAPIDownStartedStoppedRestarted(t *testing.T) {
 	e.srv.Stop()
 	require.Eventually(t, func() bool {
 		s := m.Snapshot()
-		return !s.Connected && s.SourceError != "" && s.Outputs[0].ExpiresSoon
+		return !s.WorkloadAPI.Connected && s.WorkloadAPI.LastError != "" && s.Outputs[0].Expiry == ExpiryOverdue
 	}, waitFor, tick)
 	require.Equal(t, before, mustRead(t, certPath))
-	require.True(t, m.Snapshot().Outputs[0].Healthy, "files on disk are still good")
+	require.True(t, m.Snapshot().Outputs[0].Healthy(), "files on disk are still good")
 	// The watchdog's timer (armed at NotAfter-window, already past) logs it.
 	require.Eventually(t, func() bool {
 		return logs.FilterMessage("Workload API unreachable and the SVID on disk expires soon").Len() > 0
@@ -148,7 +148,7 @@ func TestWorkloadAPIDownStartedStoppedRestarted(t *testing.T) {
 	waitSerial(t, certPath, currentSerial(e, ""))
 	require.Eventually(t, func() bool {
 		s := m.Snapshot()
-		return s.Connected && s.Outputs[0].Healthy && !s.Outputs[0].ExpiresSoon
+		return s.WorkloadAPI.Connected && s.Outputs[0].Healthy() && s.Outputs[0].Serial == serialString(currentSerial(e, ""))
 	}, waitFor, tick)
 }
 
@@ -186,7 +186,7 @@ func TestWriteFailureKeepsOldFilesAndRecovers(t *testing.T) {
 	second := currentSerial(e, "")
 	require.Eventually(t, func() bool {
 		st := outputState(m, "web")
-		return !st.Healthy && st.LastWriteError != ""
+		return !st.Healthy() && st.LastWriteError != ""
 	}, waitFor, tick)
 	st := outputState(m, "web")
 	require.Contains(t, st.LastWriteError, dir)
@@ -202,7 +202,7 @@ func TestWriteFailureKeepsOldFilesAndRecovers(t *testing.T) {
 	waitSerial(t, certPath, second)
 	require.Eventually(t, func() bool {
 		st := outputState(m, "web")
-		return st.Healthy && st.LastWriteError == "" && st.Serial == serialString(second) && len(lines(reloadLog)) == 2
+		return st.Healthy() && st.LastWriteError == "" && st.Serial == serialString(second) && len(lines(reloadLog)) == 2
 	}, waitFor, tick)
 }
 

@@ -349,14 +349,13 @@ func (m *Manager) Snapshot() State {
 	now := time.Now()
 	st := m.src.Status()
 	s := State{
-		Connected:   st.Connected,
-		LastUpdate:  st.LastUpdate,
-		SourceError: st.LastError,
+		WorkloadAPI: st,
+		ExpiryRule:  expiryRule(m.cfg.expiryWindow),
 		Outputs:     make([]OutputState, 0, len(m.outs)),
 		SVIDs:       []SVIDState{},
 	}
 	for _, r := range m.outs {
-		s.Outputs = append(s.Outputs, r.snapshot(now, st.Connected))
+		s.Outputs = append(s.Outputs, r.snapshot(now))
 	}
 	if x := m.src.X509Context(); x != nil {
 		for _, sv := range x.SVIDs {
@@ -365,10 +364,12 @@ func (m *Manager) Snapshot() State {
 			}
 			leaf := sv.Certificates[0]
 			s.SVIDs = append(s.SVIDs, SVIDState{
-				SpiffeID: sv.ID.String(),
-				Hint:     sv.Hint,
-				Serial:   serialString(leaf.SerialNumber),
-				NotAfter: leaf.NotAfter,
+				SpiffeID:  sv.ID.String(),
+				Hint:      sv.Hint,
+				Serial:    serialString(leaf.SerialNumber),
+				NotBefore: leaf.NotBefore,
+				NotAfter:  leaf.NotAfter,
+				Expiry:    ExpiryOf(leaf.NotBefore, leaf.NotAfter, m.cfg.expiryWindow, now),
 			})
 		}
 	}

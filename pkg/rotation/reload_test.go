@@ -58,7 +58,7 @@ func TestReloadOnlyWhenWritten(t *testing.T) {
 	require.Equal(t, []string{"svid", "svid"}, lines(svidLog)[:2])
 	st := outputState(m, "bundle")
 	require.False(t, st.LastReload.IsZero())
-	require.True(t, st.Healthy)
+	require.True(t, st.Healthy())
 }
 
 func TestSignalReloader(t *testing.T) {
@@ -189,7 +189,7 @@ func TestFailingReloadIsRetriedAndReported(t *testing.T) {
 
 	require.Eventually(t, func() bool { return len(lines(attempts)) >= 3 }, waitFor, tick, "failed reload not retried")
 	st := outputState(m, "svc")
-	require.False(t, st.Healthy)
+	require.False(t, st.Healthy())
 	require.Contains(t, st.LastReloadError, "reload 1/2 (exec)")
 	require.Contains(t, st.LastReloadError, "service not ready")
 	require.Empty(t, st.LastWriteError, "the write itself succeeded")
@@ -199,7 +199,7 @@ func TestFailingReloadIsRetriedAndReported(t *testing.T) {
 	require.NoError(t, os.WriteFile(okFile, nil, 0o644))
 	require.Eventually(t, func() bool {
 		st := outputState(m, "svc")
-		return st.Healthy && st.LastReloadError == "" && len(lines(nextLog)) == 1
+		return st.Healthy() && st.LastReloadError == "" && len(lines(nextLog)) == 1
 	}, waitFor, tick)
 	// Success ends the retries.
 	n := len(lines(attempts))

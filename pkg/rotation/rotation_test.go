@@ -91,7 +91,7 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 	require.NoError(t, err, "key does not match cert after rotation")
 	require.Eventually(t, func() bool {
 		st := outputState(m, "web")
-		return st.Serial == serialString(second) && st.Healthy && st.Rotations >= 2
+		return st.Serial == serialString(second) && st.Healthy() && st.Rotations >= 2
 	}, waitFor, tick)
 
 	// CA rotation: the bundle file carries old and new roots.
@@ -123,7 +123,7 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 	js, err := json.Marshal(m.Snapshot())
 	require.NoError(t, err)
 	for _, want := range []string{`"connected":true`, `"name":"web"`, `"spiffe_id":"spiffe://example.org/workload"`,
-		`"expires_soon":false`, `"healthy":true`, `"files":["cert.pem","key.pem","bundle.pem"]`} {
+		`"expiry":"ok"`, `"expiry_rule":"expiry window 10m0s"`, `"files":["cert.pem","key.pem","bundle.pem"]`} {
 		require.Contains(t, string(js), want)
 	}
 
@@ -278,7 +278,7 @@ func TestJWTTokenAndJWKSFiles(t *testing.T) {
 	st := outputState(m, "jwt")
 	require.Len(t, st.JWT, 1)
 	require.False(t, st.JWT[0].Expiry.IsZero())
-	require.True(t, st.Healthy, "%+v", st)
+	require.True(t, st.Healthy(), "%+v", st)
 }
 
 func TestJWTRefreshedOnX509Push(t *testing.T) {
@@ -318,9 +318,9 @@ func TestWriteAll(t *testing.T) {
 	_, statErr := os.Stat(filepath.Join(base, "bad", "cert.pem"))
 	require.ErrorIs(t, statErr, os.ErrNotExist)
 	st := m.Snapshot()
-	require.True(t, st.Outputs[0].Healthy)
-	require.False(t, st.Outputs[1].Healthy)
-	require.True(t, st.Outputs[2].Healthy)
+	require.True(t, st.Outputs[0].Healthy())
+	require.False(t, st.Outputs[1].Healthy())
+	require.True(t, st.Outputs[2].Healthy())
 	_, err = jwtbundle.Parse(td, mustRead(t, filepath.Join(base, "jwt", "jwks.json")))
 	require.NoError(t, err)
 	require.Contains(t, st.Outputs[1].LastWriteError, "nope")
@@ -347,8 +347,8 @@ func TestExpiredMaterialIsNotWritten(t *testing.T) {
 	_, statErr := os.Lstat(certPath)
 	require.ErrorIs(t, statErr, os.ErrNotExist, "expired material was written")
 	st := outputState(m, "web")
-	require.False(t, st.Healthy)
-	require.True(t, st.Expired)
+	require.False(t, st.Healthy())
+	require.Equal(t, ExpiryExpired, st.Expiry)
 	require.NotEmpty(t, st.LastWriteError)
 	require.NotEmpty(t, before)
 }

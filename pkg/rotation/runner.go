@@ -287,16 +287,16 @@ func (r *outputRunner) recordWrite(mat material, changed bool) {
 	}
 	leaf := mat.svid.Certificates[0]
 	r.st.Serial = serialString(leaf.SerialNumber)
-	r.st.NotAfter = leaf.NotAfter
+	r.st.NotBefore, r.st.NotAfter = leaf.NotBefore, leaf.NotAfter
 	if r.expiryLabel != "" && r.expiryLabel != mat.spiffeID {
 		r.m.metrics.expiry.DeleteLabelValues(r.out.Name, r.expiryLabel)
 	}
 	r.expiryLabel = mat.spiffeID
 	r.m.metrics.expiry.WithLabelValues(r.out.Name, mat.spiffeID).Set(float64(leaf.NotAfter.Unix()))
-	r.armWatchdogLocked(leaf.NotAfter)
+	r.armWatchdogLocked(leaf.NotBefore, leaf.NotAfter)
 }
 
-func (r *outputRunner) snapshot(now time.Time, connected bool) OutputState {
+func (r *outputRunner) snapshot(now time.Time) OutputState {
 	r.stMu.Lock()
 	defer r.stMu.Unlock()
 	s := r.st
@@ -305,14 +305,9 @@ func (r *outputRunner) snapshot(now time.Time, connected bool) OutputState {
 	for i := range s.JWT {
 		s.JWT[i].Audience = append([]string(nil), s.JWT[i].Audience...)
 	}
-	// Computed here rather than only on the watchdog's timer so status is
-	// exact the moment the connection drops or comes back.
-	if !s.NotAfter.IsZero() {
-		s.Expired = !now.Before(s.NotAfter)
-		s.ExpiresSoon = !connected && !now.Before(s.NotAfter.Add(-r.m.cfg.expiryWindow))
-	}
-	written := !s.LastWrite.IsZero()
-	s.Healthy = written && s.LastWriteError == "" && s.LastReloadError == "" && !s.Expired
+	// Graded at the moment of the snapshot, not on the watchdog's timer,
+	// so status is exact whenever it is asked.
+	s.Expiry = ExpiryOf(s.NotBefore, s.NotAfter, r.m.cfg.expiryWindow, now)
 	return s
 }
 

@@ -1,17 +1,20 @@
 package rotation
 
-import "time"
+import (
+	"time"
+
+	"github.com/identity-agent/identity-agent/pkg/svid"
+)
 
 // State is a point-in-time view of the Manager for `identity-agent status`
 // and the admin endpoint. It is a copy: callers may keep and mutate it.
 type State struct {
-	// Connected reports whether the Workload API stream is up right now.
-	Connected bool `json:"connected"`
-	// LastUpdate is when the Source last received material.
-	LastUpdate time.Time `json:"last_update,omitzero"`
-	// SourceError is the Source's last connection error, if any.
-	SourceError string        `json:"source_error,omitempty"`
-	Outputs     []OutputState `json:"outputs"`
+	// WorkloadAPI is the Source's connection to the Workload API.
+	WorkloadAPI svid.ConnStatus `json:"workload_api"`
+	// ExpiryRule says when an SVID counts as overdue for rotation (the
+	// rule behind every Expiry below), e.g. "expiry window 10m0s".
+	ExpiryRule string        `json:"expiry_rule"`
+	Outputs    []OutputState `json:"outputs"`
 	// SVIDs are every X.509-SVID the Workload API currently offers.
 	SVIDs []SVIDState `json:"svids"`
 }
@@ -30,24 +33,26 @@ type OutputState struct {
 	LastWriteError  string    `json:"last_write_error,omitempty"`
 	LastReload      time.Time `json:"last_reload,omitzero"`
 	LastReloadError string    `json:"last_reload_error,omitempty"`
-	// SpiffeID, Serial and NotAfter describe the X.509-SVID on disk (the
-	// last good one written), not the one the Workload API offers now.
-	SpiffeID string    `json:"spiffe_id,omitempty"`
-	Serial   string    `json:"serial,omitempty"`
-	NotAfter time.Time `json:"not_after,omitzero"`
+	// SpiffeID, Serial, NotBefore and NotAfter describe the X.509-SVID on
+	// disk (the last good one written), not the one the Workload API
+	// offers now; Expiry grades it (see ExpiryOf), "" when none is.
+	SpiffeID  string    `json:"spiffe_id,omitempty"`
+	Serial    string    `json:"serial,omitempty"`
+	NotBefore time.Time `json:"not_before,omitzero"`
+	NotAfter  time.Time `json:"not_after,omitzero"`
+	Expiry    Expiry    `json:"expiry,omitempty"`
 	// JWT describes the JWT-SVID files on disk.
 	JWT []JWTState `json:"jwt,omitempty"`
 	// Rotations counts writes that changed the files.
 	Rotations uint64 `json:"rotations"`
-	// ExpiresSoon is set while the Workload API is unreachable and the
-	// SVID on disk is inside the expiry window: the service will soon hold
-	// an expired certificate unless the agent reconnects.
-	ExpiresSoon bool `json:"expires_soon"`
-	// Expired is set when the SVID on disk is past NotAfter.
-	Expired bool `json:"expired"`
-	// Healthy: files were written, the last write and reload succeeded
-	// and the SVID on disk has not expired.
-	Healthy bool `json:"healthy"`
+}
+
+// Healthy reports that files were written, the last write and reload
+// succeeded and the SVID on disk (if any) has not expired. The status
+// command grades more finely (admin.Evaluate); this is the library's
+// one-bit summary.
+func (o OutputState) Healthy() bool {
+	return !o.LastWrite.IsZero() && o.LastWriteError == "" && o.LastReloadError == "" && o.Expiry != ExpiryExpired
 }
 
 // JWTState describes one JWT-SVID token file.
@@ -61,8 +66,10 @@ type JWTState struct {
 
 // SVIDState describes one X.509-SVID offered by the Workload API.
 type SVIDState struct {
-	SpiffeID string    `json:"spiffe_id"`
-	Hint     string    `json:"hint,omitempty"`
-	Serial   string    `json:"serial"`
-	NotAfter time.Time `json:"not_after"`
+	SpiffeID  string    `json:"spiffe_id"`
+	Hint      string    `json:"hint,omitempty"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	Expiry    Expiry    `json:"expiry"`
 }

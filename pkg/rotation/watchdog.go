@@ -11,12 +11,12 @@ import (
 // warns (rate-limited) while the Workload API is unreachable.
 
 // armWatchdogLocked sets the expiry timer for a newly written SVID: it
-// fires when NotAfter-window is reached, not on a polling tick.
-func (r *outputRunner) armWatchdogLocked(notAfter time.Time) {
+// fires when the SVID becomes overdue (see ExpiryOf), not on a polling tick.
+func (r *outputRunner) armWatchdogLocked(notBefore, notAfter time.Time) {
 	if r.watchdogTimer != nil {
 		r.watchdogTimer.Stop()
 	}
-	d := time.Until(notAfter.Add(-r.m.cfg.expiryWindow))
+	d := time.Until(overdueAt(notBefore, notAfter, r.m.cfg.expiryWindow))
 	r.watchdogTimer = time.AfterFunc(max(d, 0), func() { r.poke(r.watchdogCh) })
 }
 
@@ -41,12 +41,10 @@ func (r *outputRunner) watchdogTick() {
 	defer r.stMu.Unlock()
 	notAfter := r.st.NotAfter
 	now := time.Now()
-	if notAfter.IsZero() || now.Before(notAfter.Add(-r.m.cfg.expiryWindow)) {
+	if e := ExpiryOf(r.st.NotBefore, notAfter, r.m.cfg.expiryWindow, now); e == "" || e == ExpiryOK {
 		return // a newer SVID was written since the timer was set
 	}
 	left := notAfter.Sub(now)
-	r.st.ExpiresSoon = !st.Connected
-	r.st.Expired = left <= 0
 	if st.Connected {
 		r.lastWarn = time.Time{}
 	} else if r.lastWarn.IsZero() || now.Sub(r.lastWarn) >= r.watchdogWarnEvery() {

@@ -1,0 +1,48 @@
+package rotation
+
+import (
+	"fmt"
+	"time"
+)
+
+// Expiry is where an SVID stands in its lifetime. It is decided in one
+// place, ExpiryOf, for the watchdog's log lines, State and the status
+// command alike.
+type Expiry string
+
+// Expiry values.
+const (
+	// ExpiryOK: the SVID has more than the expiry window left.
+	ExpiryOK Expiry = "ok"
+	// ExpiryOverdue: less than the expiry window is left, so the rotation
+	// that should have replaced it is overdue.
+	ExpiryOverdue Expiry = "overdue"
+	// ExpiryExpired: the SVID is past its NotAfter.
+	ExpiryExpired Expiry = "expired"
+)
+
+// ExpiryOf grades an SVID valid from notBefore to notAfter at now: expired
+// at notAfter, overdue from notAfter-window on. An empty notAfter (nothing
+// held) gives "".
+func ExpiryOf(notBefore, notAfter time.Time, window time.Duration, now time.Time) Expiry {
+	switch {
+	case notAfter.IsZero():
+		return ""
+	case !now.Before(notAfter):
+		return ExpiryExpired
+	case !now.Before(overdueAt(notBefore, notAfter, window)):
+		return ExpiryOverdue
+	}
+	return ExpiryOK
+}
+
+// overdueAt is when an SVID becomes overdue for rotation.
+func overdueAt(_, notAfter time.Time, window time.Duration) time.Time {
+	return notAfter.Add(-window)
+}
+
+// expiryRule describes the rule for State, in the words of the status
+// command.
+func expiryRule(window time.Duration) string {
+	return fmt.Sprintf("expiry window %s", window)
+}
