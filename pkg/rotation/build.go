@@ -27,6 +27,14 @@ type buildInput struct {
 	jwtBundles *jwtbundle.Set
 	tokens     []tokenState // one per Output.JWT, already refreshed
 	now        time.Time
+
+	// For the formats (formats.go): the PKCS#12 password as read from its
+	// file (or why it could not be), the PKCS#12 files last written, and
+	// the Filesystem Delivery trust bundle names ever written.
+	pkcs12Password    string
+	pkcs12Err         error
+	p12Prev           map[string]p12Entry
+	knownTrustBundles map[string]bool
 }
 
 // material is what one build produced besides the files.
@@ -35,6 +43,7 @@ type material struct {
 	svid     *x509svid.SVID
 	jwtErr   error // a refresh failed but a still-valid cached token was used
 	spiffeID string
+	p12      map[string]p12Entry // the PKCS#12 files of this build
 }
 
 // build computes an output's files from in. It is a pure function: no
@@ -58,7 +67,7 @@ func build(o Output, in buildInput) ([]svid.File, material, error) {
 		}
 		mat.svid = picked
 		mat.spiffeID = picked.ID.String()
-		if o.CertFile != "" || o.KeyFile != "" {
+		if o.wantsKey() {
 			if err := svid.Validate(picked, x.Bundles, in.now); err != nil {
 				return nil, mat, fmt.Errorf("validate SVID %s serial %s: %w", picked.ID, serialOf(picked), err)
 			}
@@ -80,6 +89,11 @@ func build(o Output, in buildInput) ([]svid.File, material, error) {
 			}
 			files = append(files, svid.File{Name: o.BundleFile, Data: svid.EncodeCertsPEM(certs), Mode: o.BundleMode})
 		}
+		more, err := buildFormats(o, in, picked, &mat)
+		if err != nil {
+			return nil, mat, err
+		}
+		files = append(files, more...)
 	}
 
 	for i, jf := range o.JWT {

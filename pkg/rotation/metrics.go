@@ -14,6 +14,7 @@ type metrics struct {
 	writeFailures  *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	reloadFailures *prometheus.CounterVec
+	reloadVerified *prometheus.GaugeVec
 }
 
 // newMetrics always builds the collectors so the code paths never branch on
@@ -40,13 +41,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "identity_agent_reload_failures_total",
 			Help: "Reload attempts that failed.",
 		}, []string{"output", "kind"}),
+		reloadVerified: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "identity_agent_reload_verified",
+			Help: "1 when the output's verify endpoint serves the certificate last written, 0 when it did not within the verify timeout (outputs with verify only).",
+		}, []string{"output"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	m.reg = reg
 	var done []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.expiry, m.rotations, m.writeFailures, m.reloads, m.reloadFailures} {
+	for _, c := range []prometheus.Collector{m.expiry, m.rotations, m.writeFailures, m.reloads, m.reloadFailures, m.reloadVerified} {
 		if err := reg.Register(c); err != nil {
 			// Leave the Registerer as we found it so a retry can succeed.
 			for _, d := range done {
@@ -67,7 +72,7 @@ func (m *metrics) unregister() {
 	if m.reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.expiry, m.rotations, m.writeFailures, m.reloads, m.reloadFailures} {
+	for _, c := range []prometheus.Collector{m.expiry, m.rotations, m.writeFailures, m.reloads, m.reloadFailures, m.reloadVerified} {
 		m.reg.Unregister(c)
 	}
 	m.reg = nil

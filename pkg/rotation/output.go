@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -59,10 +60,25 @@ type Output struct {
 	JWTBundleMode fs.FileMode
 	// Reloads run in order after the files changed on disk.
 	Reloads []Reloader
+
+	// Formats beyond the PEM trio (formats.go): CombinedFile (key and
+	// chain in one file, mode KeyMode), Layout (LayoutSPIFFEFSDelivery),
+	// BundleDir (one bundle file per trust domain) and PKCS12.
+	CombinedFile  string
+	CombinedOrder svid.CombinedOrder
+	Layout        string
+	BundleDir     string
+	PKCS12        PKCS12
+
+	// Verify, when set, checks after each reload that the service serves
+	// the certificate just written (verify.go); VerifyTimeout is how long
+	// the service may take to do so (default DefaultVerifyTimeout).
+	Verify        ServedChecker
+	VerifyTimeout time.Duration
 }
 
 func (o Output) wantsX509() bool {
-	return o.CertFile != "" || o.KeyFile != "" || o.BundleFile != ""
+	return o.CertFile != "" || o.KeyFile != "" || o.BundleFile != "" || o.wantsFormats()
 }
 
 // normalize fills defaults and rejects configurations that could never
@@ -131,6 +147,9 @@ func (o Output) normalize() (Output, error) {
 	if err := errors.Join(check("cert_file", o.CertFile), check("key_file", o.KeyFile), check("bundle_file", o.BundleFile), check("jwt_bundle_file", o.JWTBundleFile)); err != nil {
 		return o, err
 	}
+	if err := o.normalizeFormats(check); err != nil {
+		return o, err
+	}
 	for i, j := range o.JWT {
 		if j.File == "" {
 			return fail("jwt[%d]: file is required", i)
@@ -139,8 +158,8 @@ func (o Output) normalize() (Output, error) {
 			return o, err
 		}
 	}
-	if len(seen) == 0 {
-		return fail("no files to write (set cert_file, key_file, bundle_file, jwt or jwt_bundle_file)")
+	if len(seen) == 0 && !o.wantsFormats() {
+		return fail("no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)")
 	}
 	for i, r := range o.Reloads {
 		if r == nil {
@@ -158,7 +177,7 @@ func (o Output) normalize() (Output, error) {
 // fileNames lists the user-visible files in a stable order.
 func (o Output) fileNames() []string {
 	var names []string
-	for _, n := range []string{o.CertFile, o.KeyFile, o.BundleFile} {
+	for _, n := range []string{o.CertFile, o.KeyFile, o.BundleFile, o.CombinedFile, o.PKCS12.KeystoreFile, o.PKCS12.TruststoreFile} {
 		if n != "" {
 			names = append(names, n)
 		}
@@ -168,6 +187,9 @@ func (o Output) fileNames() []string {
 	}
 	if o.JWTBundleFile != "" {
 		names = append(names, o.JWTBundleFile)
+	}
+	if o.Layout == LayoutSPIFFEFSDelivery {
+		names = append(names, svid.FSDeliveryCredentialBundle)
 	}
 	return names
 }

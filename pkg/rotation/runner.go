@@ -39,6 +39,10 @@ type outputRunner struct {
 	reloadNext    int
 	failures      int
 	guardRestores int
+	// Format and verify state (formats.go, verify.go).
+	p12            map[string]p12Entry
+	knownTB        map[string]bool
+	verifiedSerial string
 
 	// stMu guards st, the timers and the expiry label; held only briefly.
 	stMu          sync.Mutex
@@ -62,6 +66,7 @@ func newOutputRunner(m *Manager, o Output, w *svid.DirWriter) *outputRunner {
 		watchdogCh: make(chan struct{}, 1),
 		tokens:     make([]tokenState, len(o.JWT)),
 		jwtTimers:  make([]*time.Timer, len(o.JWT)),
+		knownTB:    knownTrustBundles(o),
 	}
 	r.st = OutputState{Name: o.Name, Dir: o.Dir, Files: append([]string(nil), r.names...)}
 	for _, j := range o.JWT {
@@ -151,7 +156,11 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	src := r.m.src
 	x := src.X509Context()
 	r.refreshTokens(ctx, x)
-	files, mat, err := build(r.out, buildInput{x509: x, jwtBundles: src.JWTBundles(), tokens: r.tokens, now: time.Now()})
+	in := buildInput{x509: x, jwtBundles: src.JWTBundles(), tokens: r.tokens, now: time.Now(), p12Prev: r.p12, knownTrustBundles: r.knownTB}
+	if r.out.PKCS12.wanted() {
+		in.pkcs12Password, in.pkcs12Err = readPKCS12Password(r.out.PKCS12.PasswordFile)
+	}
+	files, mat, err := build(r.out, in)
 	if errors.Is(err, errNotReady) {
 		return err
 	}
@@ -168,6 +177,7 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	// (werr != nil && changed): it must be reloaded and guarded as such.
 	r.lastFiles = files
 	r.lastX509 = mat.x509
+	r.rememberFormats(files, mat)
 	r.recordWrite(mat, changed)
 	if werr != nil {
 		r.writeFailed("write completed with an error; the new files are live", reason, werr)
@@ -183,8 +193,12 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 		r.log.Info("files written", fields...)
 	}
 	r.refreshWatchesLocked()
+	reloading := r.reloadPending
 	if rerr := r.runReloads(ctx); rerr != nil {
 		return errors.Join(werr, rerr)
+	}
+	if verr := r.verifyServed(ctx, mat.svid, reloading); verr != nil {
+		return errors.Join(werr, verr)
 	}
 	if werr != nil {
 		return werr
@@ -302,6 +316,10 @@ func (r *outputRunner) snapshot(now time.Time) OutputState {
 	s := r.st
 	s.Files = append([]string(nil), r.st.Files...)
 	s.JWT = append([]JWTState(nil), r.st.JWT...)
+	if r.st.Verify != nil {
+		v := *r.st.Verify
+		s.Verify = &v
+	}
 	for i := range s.JWT {
 		s.JWT[i].Audience = append([]string(nil), s.JWT[i].Audience...)
 	}

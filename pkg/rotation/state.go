@@ -43,6 +43,8 @@ type OutputState struct {
 	Expiry    Expiry    `json:"expiry,omitempty"`
 	// JWT describes the JWT-SVID files on disk.
 	JWT []JWTState `json:"jwt,omitempty"`
+	// Verify is the last verified-reload check, when the output has one.
+	Verify *VerifyState `json:"verify,omitempty"`
 	// Rotations counts writes that changed the files.
 	Rotations uint64 `json:"rotations"`
 }
