@@ -71,6 +71,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		SilenceErrors: true,
 		Version:       version,
 	}
+	// `--version` prints exactly what `version` prints.
+	root.SetVersionTemplate("identity-agent {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(

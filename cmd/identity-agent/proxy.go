@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -64,7 +65,7 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 			p, err := tlsproxy.New(agent.ProxyConfig(pc), src.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), src,
 				tlsproxy.WithLogger(log))
 			if err != nil {
-				return withCode(exitUsage, err)
+				return withCode(exitUsage, proxyFlagError(mode, err))
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -132,3 +133,39 @@ func (f durationFlag) Set(s string) error {
 }
 
 func (durationFlag) Type() string { return "duration" }
+
+// proxyConfigKeys are the config keys of a proxy that have a flag of the
+// same name (underscores as dashes) on `proxy server|client`.
+var proxyConfigKeys = []string{"listen", "target", "allow", "spiffe_id", "hint", "max_conns",
+	"handshake_timeout", "idle_timeout", "connect_timeout", "drain_timeout",
+	"unsafe_allow_non_loopback_plaintext", "http", "rewrite_host"}
+
+// proxyFlagError names the flags where the proxy's validation names its
+// configuration keys, since the standalone proxy has no configuration
+// file: `--target: "10.0.0.1:80": ...` instead of `proxy "server": target: ...`.
+func proxyFlagError(mode tlsproxy.Mode, err error) error {
+	msg := strings.TrimPrefix(err.Error(), fmt.Sprintf("proxy %q: ", string(mode)))
+	for _, key := range proxyConfigKeys {
+		flag := "--" + strings.ReplaceAll(key, "_", "-")
+		if rest, ok := strings.CutPrefix(msg, key+": "); ok {
+			msg = flag + ": " + rest
+		} else if rest, ok := strings.CutPrefix(msg, key+"["); ok {
+			if _, after, ok := strings.Cut(rest, "]"); ok { // allow[N]: the Nth --allow
+				msg = flag + after
+			}
+		}
+		msg = strings.ReplaceAll(msg, "set "+key+" ", "set "+flag+" ")
+		msg = strings.ReplaceAll(msg, "needs "+key+": true", "needs "+flag)
+	}
+	return &flagError{msg: msg, err: err}
+}
+
+// flagError is an error reworded for the command line; errors.Is/As still
+// see the original.
+type flagError struct {
+	msg string
+	err error
+}
+
+func (e *flagError) Error() string { return e.msg }
+func (e *flagError) Unwrap() error { return e.err }

@@ -28,8 +28,8 @@ func newRedisConfigCmd() *cobra.Command {
 		certFile, keyFile, caCertFile string
 	)
 	cmd := &cobra.Command{
-		Use:   "config --phase B|D [--config FILE | --cert-file F --key-file F --ca-cert-file F]",
-		Short: "Print the redis.conf TLS block for a phase (B: TLS added, password kept; D: plaintext off)",
+		Use:   "config --phase A|B|C|D [--config FILE | --cert-file F --key-file F --ca-cert-file F]",
+		Short: "Print the redis.conf TLS block for a phase (A: no TLS; B and C: TLS added, password kept; D: plaintext off)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := redistransition.ParsePhase(phase)
@@ -59,7 +59,7 @@ func newRedisConfigCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&phase, "phase", "", "B or D")
+	f.StringVar(&phase, "phase", "", "A, B, C or D")
 	f.StringVarP(&cfgPath, "config", "c", "", "take ports and files from this agent configuration's redis.transition")
 	f.IntVar(&plainPort, "plain-port", 6379, "plaintext port")
 	f.IntVar(&tlsPort, "tls-port", 6380, "TLS port")

@@ -32,13 +32,13 @@ func newStatusCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			target, err := statusTarget(addr, cfgPath)
-			if err != nil {
-				return withCode(int(admin.Unknown), err)
+			var report admin.Report
+			if err == nil {
+				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+				defer cancel()
+				report, err = admin.Fetch(ctx, target)
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			report, err := admin.Fetch(ctx, target)
-			if err != nil {
+			if err != nil { // UNKNOWN on stdout, like every other grade
 				if asJSON {
 					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(verdict{admin.Unknown.String(), []string{err.Error()}})
 				} else {
@@ -66,7 +66,7 @@ func newStatusCmd() *cobra.Command {
 			return withCode(int(sev), errors.New(""))
 		},
 	}
-	cmd.Flags().StringVar(&addr, "admin", "", "admin socket path or http://127.0.0.1:PORT (default: from --config, $"+EnvAdmin+", or "+config.AdminSocketFor(runtime.GOOS)+")")
+	cmd.Flags().StringVar(&addr, "admin", "", "the agent's admin unix socket (default: from --config, $"+EnvAdmin+", or "+config.AdminSocketFor(runtime.GOOS)+")")
 	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "read the admin socket from this agent configuration")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the full report as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
@@ -82,18 +82,23 @@ type verdict struct {
 func statusTarget(addr, cfgPath string) (string, error) {
 	switch {
 	case addr != "":
-		return addr, nil
 	case cfgPath != "":
 		cfg, err := config.Load(cfgPath, os.Getenv)
 		if err != nil {
 			return "", err
 		}
-		return cfg.Admin.Socket, nil
+		addr = cfg.Admin.Socket
 	case os.Getenv(EnvAdmin) != "":
-		return os.Getenv(EnvAdmin), nil
+		addr = os.Getenv(EnvAdmin)
 	default:
-		return config.AdminSocketFor(runtime.GOOS), nil
+		addr = config.AdminSocketFor(runtime.GOOS)
 	}
+	// The agent serves /status on its unix socket only (metrics_listen
+	// serves /metrics and nothing else).
+	if strings.Contains(addr, "://") && !strings.HasPrefix(addr, "unix://") {
+		return "", fmt.Errorf("admin address %q: the agent serves status only on its admin unix socket (a path or unix:///path)", addr)
+	}
+	return addr, nil
 }
 
 func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []string) {
