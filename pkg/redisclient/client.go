@@ -73,16 +73,22 @@ func (c *config) validate(mode Mode) error {
 //
 // In dual_auth every new connection tries mTLS on the TLS address first
 // and falls back to the password on the plaintext address only when the
-// TLS dial or handshake fails; each fallback is logged and counted, and
+// TLS port is unreachable (below); each fallback is logged and counted, and
 // plaintext connections are retired from the pool as soon as TLS answers
 // again (an idle pooled connection is replaced at its next use; a PubSub
 // connection keeps its path until it reconnects). While TLS is down a
 // prober goroutine, started by the first fallback and stopped by Close,
-// dials the TLS port every retry interval. Any TLS failure counts,
-// including a server whose SPIFFE ID is not the expected one: the
-// plaintext port is what phase A already trusted, and the log line
-// carries the TLS error. An AUTH error is not a TLS failure and never
-// falls back.
+// dials the TLS port every retry interval.
+//
+// dual_auth falls back only when the TLS port is unreachable (connection
+// refused, a timeout, a reset before the server sent anything). When the
+// port answers and authentication fails — a server SPIFFE ID that is not
+// the authorized one, a chain that does not verify, a broken handshake,
+// the server refusing our certificate — the dial returns a *TLSError, the
+// failure is counted by cause and logged as an error, and the password is
+// never sent to the plaintext port: an attacker who can interfere with
+// the TLS port must not be able to turn that into a cleartext password.
+// An AUTH error is not a TLS failure and never falls back either.
 func New(mode Mode, opts ...Option) (*Client, error) {
 	cfg := newConfig(opts)
 	if err := cfg.validate(mode); err != nil {
@@ -103,8 +109,13 @@ func New(mode Mode, opts ...Option) (*Client, error) {
 	}
 	if mode != ModeDisabled {
 		d.tlsConf = NewTLSConfig(cfg.svids, cfg.bundles, cfg.serverAuthz)
+		// SNI, as tls.Dialer would send it; the identity check is the SPIFFE ID.
+		d.tlsConf.ServerName, _, _ = net.SplitHostPort(cfg.tlsAddr)
 	}
 	d.m.tlsUp.Set(boolGauge(d.tlsUp))
+	for _, c := range []string{CauseUnreachable, CauseServerID, CauseUntrustedChain, CauseHandshake} {
+		d.m.tlsFailures.WithLabelValues(c) // export zeros, so rate() alerts see the series
+	}
 
 	ro := &redis.Options{ClientName: cfg.name, DB: cfg.db, DialTimeout: cfg.dialTimeout}
 	for _, f := range cfg.redisOpts {
@@ -145,11 +156,16 @@ type HealthReport struct {
 	// ServerAddr is the server-side address of that connection.
 	ServerAddr string `json:"server_addr,omitempty"`
 	// TLSUp is the dialer's belief: new connections go to TLS when true.
-	TLSUp             bool          `json:"tls_up"`
-	Fallbacks         uint64        `json:"fallbacks"`
-	LastFallback      time.Time     `json:"last_fallback,omitzero"`
-	LastFallbackError string        `json:"last_fallback_error,omitempty"`
-	Latency           time.Duration `json:"latency_ns"`
+	TLSUp             bool      `json:"tls_up"`
+	Fallbacks         uint64    `json:"fallbacks"`
+	LastFallback      time.Time `json:"last_fallback,omitzero"`
+	LastFallbackError string    `json:"last_fallback_error,omitempty"`
+	// TLSAuthFailures counts TLS attempts where the port answered but
+	// authentication failed (never a reason to fall back).
+	TLSAuthFailures    uint64        `json:"tls_auth_failures"`
+	LastTLSAuthFailure time.Time     `json:"last_tls_auth_failure,omitzero"`
+	LastTLSAuthError   string        `json:"last_tls_auth_error,omitempty"`
+	Latency            time.Duration `json:"latency_ns"`
 }
 
 // Health runs CLIENT INFO through the pool and reports the path of the
@@ -159,7 +175,8 @@ func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 	d := c.d
 	d.mu.Lock()
 	r := HealthReport{Mode: d.mode, TLSUp: d.tlsUp, Fallbacks: d.fallbacks,
-		LastFallback: d.lastFallback, LastFallbackError: d.lastFallbackErr, Path: PathUnknown}
+		LastFallback: d.lastFallback, LastFallbackError: d.lastFallbackErr, Path: PathUnknown,
+		TLSAuthFailures: d.authFailures, LastTLSAuthFailure: d.lastAuthFailure, LastTLSAuthError: d.lastAuthErr}
 	d.mu.Unlock()
 	start := time.Now()
 	info, err := c.rdb.Do(ctx, "CLIENT", "INFO").Text()
@@ -210,6 +227,9 @@ type dialer struct {
 	fallbacks       uint64
 	lastFallback    time.Time
 	lastFallbackErr string
+	authFailures    uint64
+	lastAuthFailure time.Time
+	lastAuthErr     string
 	plain           map[*plainConn]struct{}
 }
 
@@ -240,10 +260,12 @@ func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 		return d.dialPlain(ctx)
 	case ModeTLSOnly:
 		c, err := d.dialTLS(ctx, d.cfg.dialTimeout)
-		if err == nil {
-			d.m.dials.WithLabelValues(string(PathTLS)).Inc()
+		if err != nil {
+			d.tlsFailed(ctx, err)
+			return nil, err
 		}
-		return c, err
+		d.m.dials.WithLabelValues(string(PathTLS)).Inc()
+		return c, nil
 	}
 	d.mu.Lock()
 	skipTLS := !d.tlsUp && d.now().Before(d.tlsDownUntil)
@@ -256,9 +278,13 @@ func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 			d.markUp()
 			return c, nil
 		}
-		var se *ServerError
-		if errors.As(err, &se) || ctx.Err() != nil {
-			// Wrong password or cancelled: plaintext would not do better.
+		d.tlsFailed(ctx, err)
+		var te *TLSError
+		if !errors.As(err, &te) || !te.Unreachable() || ctx.Err() != nil {
+			// The TLS port answered and authentication failed (or the
+			// password was refused, or we were cancelled): the plaintext
+			// port would not do better, and sending the password there
+			// is exactly what an attacker on the TLS path wants.
 			return nil, err
 		}
 		tlsErr = err
@@ -285,20 +311,64 @@ func (d *dialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	return pc, nil
 }
 
+// tlsFailed counts a failed TLS attempt by cause and logs an
+// authentication failure as what it is. An error reply from Redis (wrong
+// password), a password file problem or a cancelled context is not a TLS
+// failure and is not counted.
+func (d *dialer) tlsFailed(ctx context.Context, err error) {
+	var te *TLSError
+	if !errors.As(err, &te) || ctx.Err() != nil {
+		return
+	}
+	d.m.tlsFailures.WithLabelValues(te.Cause).Inc()
+	if te.Unreachable() {
+		return // markDown logs the transition; each refused dial is no news
+	}
+	d.mu.Lock()
+	d.authFailures++
+	d.lastAuthFailure = d.now()
+	d.lastAuthErr = err.Error()
+	d.mu.Unlock()
+	msg := "redis: TLS authentication of the server failed; not connecting"
+	if d.mode == ModeDualAuth {
+		msg = "redis dual_auth: TLS authentication failed; refusing to fall back to the password on the plaintext port"
+	}
+	d.log.Error(msg, zap.String("tls_addr", d.cfg.tlsAddr), zap.String("cause", te.Cause), zap.Error(te.Err))
+}
+
+// localError is a failure on our side while setting up a connection (the
+// password file): not something the server did.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
 // dialTLS dials, completes the handshake and makes one round trip, because
 // with TLS 1.3 a server that rejects our certificate only says so after
-// the client considers the handshake done.
+// the client considers the handshake done. Its failures on the wire are
+// *TLSError with a cause; only CauseUnreachable allows a fallback.
 func (d *dialer) dialTLS(ctx context.Context, timeout time.Duration) (net.Conn, error) {
-	td := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: d.tlsConf}
+	addr := d.cfg.tlsAddr
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := td.DialContext(dctx, "tcp", d.cfg.tlsAddr)
+	raw, err := (&net.Dialer{Timeout: timeout}).DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("redis TLS %s: %w", d.cfg.tlsAddr, err)
+		return nil, &TLSError{Addr: addr, Cause: CauseUnreachable, Err: err}
+	}
+	rc := &readCounter{Conn: raw}
+	c := tls.Client(rc, d.tlsConf)
+	if err := c.HandshakeContext(dctx); err != nil {
+		_ = raw.Close()
+		return nil, &TLSError{Addr: addr, Cause: handshakeCause(err, rc.n.Load() > 0), Err: err}
 	}
 	if err := d.setup(ctx, c, timeout, true); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("redis TLS %s: %w", d.cfg.tlsAddr, err)
+		var se *ServerError
+		var le *localError
+		if errors.As(err, &se) || errors.As(err, &le) || ctx.Err() != nil {
+			return nil, fmt.Errorf("redis TLS %s: %w", addr, err)
+		}
+		return nil, &TLSError{Addr: addr, Cause: CauseHandshake, Err: fmt.Errorf("after the handshake: %w", err)}
 	}
 	return c, nil
 }
@@ -327,7 +397,7 @@ func (d *dialer) setup(ctx context.Context, c net.Conn, timeout time.Duration, o
 	}
 	pw, err := d.password()
 	if err != nil {
-		return err
+		return &localError{err: err}
 	}
 	_, err = roundTrip(ctx, c, timeout, "AUTH", authUser(d.cfg.username), pw)
 	if err != nil && onTLS && noPasswordConfigured(err) {
@@ -402,11 +472,23 @@ func (d *dialer) probe() {
 		d.mu.Unlock()
 		if !up {
 			c, err := d.dialTLS(d.ctx, d.cfg.tlsDialTimeout)
-			if err == nil {
+			var te *TLSError
+			switch {
+			case err == nil:
 				_ = c.Close()
 				d.markUp()
-			} else {
+			case errors.As(err, &te) && te.Unreachable():
 				d.log.Debug("redis dual_auth: TLS probe failed", zap.Error(err))
+			default:
+				// The TLS port answers again but fails authentication:
+				// stop skipping it, so that new connections report this
+				// error instead of quietly using the password.
+				d.tlsFailed(d.ctx, err)
+				d.mu.Lock()
+				d.tlsDownUntil = time.Time{}
+				d.probing = false
+				d.mu.Unlock()
+				return
 			}
 		}
 		// Exit only while up, under the lock markDown takes, so a failure
@@ -469,9 +551,10 @@ func (c *plainConn) Close() error {
 }
 
 type clientMetrics struct {
-	dials     *prometheus.CounterVec
-	fallbacks prometheus.Counter
-	tlsUp     prometheus.Gauge
+	dials       *prometheus.CounterVec
+	fallbacks   prometheus.Counter
+	tlsFailures *prometheus.CounterVec
+	tlsUp       prometheus.Gauge
 }
 
 func newClientMetrics(r prometheus.Registerer, name string) *clientMetrics {
@@ -483,6 +566,10 @@ func newClientMetrics(r prometheus.Registerer, name string) *clientMetrics {
 		fallbacks: register(r, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "identity_agent_redis_client_fallbacks_total", Help: "dual_auth connections that fell back from mTLS to password on the plaintext port.",
 			ConstLabels: l})),
+		tlsFailures: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "identity_agent_redis_client_tls_failures_total",
+			Help:        "Failed TLS attempts by cause: unreachable (the only one dual_auth falls back on), server_id, untrusted_chain, handshake.",
+			ConstLabels: l}, []string{"cause"})),
 		tlsUp: register(r, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "identity_agent_redis_client_tls_up", Help: "1 when new connections use the TLS path.",
 			ConstLabels: l})),

@@ -11,8 +11,10 @@
 //
 //	disabled   password on the plaintext port
 //	dual_auth  mTLS on the TLS port; the password on the plaintext port
-//	           only when the TLS path fails, logged and counted, and back
-//	           to TLS by itself when the TLS port answers again
+//	           only while the TLS port is unreachable, logged and counted,
+//	           and back to TLS by itself when it answers again; a TLS
+//	           authentication failure is returned, never "fallen back" on
+//	           (TLSError)
 //	tls_only   mTLS on the TLS port, never plaintext
 //
 // Client.Health reports which path a connection took, from the server's

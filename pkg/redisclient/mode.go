@@ -15,7 +15,8 @@ const (
 	// ModeDisabled: password on the plaintext port, no TLS (phase A).
 	ModeDisabled Mode = "disabled"
 	// ModeDualAuth: mTLS on the TLS port first; password on the plaintext
-	// port only when the TLS path fails (phases B and C).
+	// port only while the TLS port is unreachable (phases B and C). A TLS
+	// authentication failure is returned, not fallen back on.
 	ModeDualAuth Mode = "dual_auth"
 	// ModeTLSOnly: mTLS on the TLS port, never plaintext (phase D).
 	ModeTLSOnly Mode = "tls_only"

@@ -19,8 +19,11 @@ import (
 // server chain is verified against bundles and the server is authorized by
 // SPIFFE ID with serverAuthz. Hostnames are not checked: SVIDs carry a URI
 // SAN, not a DNS name, and the SPIFFE ID is the identity that matters.
+// A handshake refused by serverAuthz fails with an error that the Client
+// tells from an untrusted chain (see TLSError).
 func NewTLSConfig(svids x509svid.Source, bundles x509bundle.Source, serverAuthz tlsconfig.Authorizer) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(svids, bundles, serverAuthz)
+	c := tlsconfig.MTLSClientConfig(svids, bundles, markAuthorizer(serverAuthz))
+	c.VerifyPeerCertificate = markChainErrors(c.VerifyPeerCertificate)
 	c.MinVersion = tls.VersionTLS12
 	return c
 }
