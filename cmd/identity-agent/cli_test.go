@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -254,11 +255,13 @@ func TestConfigValidateAcceptsTheQuickstart(t *testing.T) {
 }
 
 // `identity-agent dev` is a real Workload API process: go-spiffe fetches
-// from it, and SIGHUP rotates its CA.
+// from it, and SIGHUP rotates its CA: the new root is in the bundle first,
+// and signs the SVIDs --ca-activation-delay later.
 func TestDevCommandServesAndRotatesCAOnSIGHUP(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "dev.sock")
-	cmd := exec.Command(agentBin, "dev", "--socket", sock, "--spiffe-id", "spiffe://example.org/a#a", "--spiffe-id", "spiffe://example.org/b#b", "--federate-with", "partner.test")
+	cmd := exec.Command(agentBin, "dev", "--socket", sock, "--spiffe-id", "spiffe://example.org/a#a", "--spiffe-id", "spiffe://example.org/b#b", "--federate-with", "partner.test",
+		"--ca-activation-delay", "500ms")
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	require.NoError(t, cmd.Start())
@@ -292,6 +295,34 @@ func TestDevCommandServesAndRotatesCAOnSIGHUP(t *testing.T) {
 		b, _ := bs.Get(td)
 		return len(b.X509Authorities()) == 2
 	}, 10*time.Second, 100*time.Millisecond, "SIGHUP must rotate the CA; logs:\n%s", &logs)
+	oldRoot := b.X509Authorities()[0]
+	require.Eventually(t, func() bool {
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		x, err := workloadapi.FetchX509Context(c, workloadapi.WithAddr("unix://"+sock))
+		if err != nil {
+			return false
+		}
+		leaf := x.DefaultSVID().Certificates[0]
+		_, _, err = x509svid.Verify(x.DefaultSVID().Certificates, x.Bundles)
+		return err == nil && !bytes.Equal(leaf.AuthorityKeyId, oldRoot.SubjectKeyId)
+	}, 10*time.Second, 100*time.Millisecond, "the new root never signed; logs:\n%s", &logs)
+	assert.Contains(t, logs.String(), "prepared the next CA")
+	assert.Contains(t, logs.String(), "activated the next CA")
+}
+
+// `dev` refuses lifetimes that cannot work instead of silently using the
+// default.
+func TestDevRejectsNonPositiveLifetimes(t *testing.T) {
+	for _, args := range [][]string{
+		{"--ttl", "0s"}, {"--ttl", "-5s"}, {"--jwt-ttl", "0s"}, {"--ca-activation-delay", "-1s"},
+		{"--unsafe-immediate-ca-switch", "--ca-activation-delay", "1s"},
+	} {
+		r := runCLI(t, append([]string{"dev", "--socket", filepath.Join(t.TempDir(), "s.sock")}, args...)...)
+		assert.Equal(t, 2, r.code, "%v: %s", args, r.stderr)
+		assert.Equal(t, 1, strings.Count(r.stderr, "\n"), "one line: %q", r.stderr)
+		assert.Contains(t, r.stderr, args[0], "the line names the flag")
+	}
 }
 
 // syncBuffer collects a child's output while the test reads it.

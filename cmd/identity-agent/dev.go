@@ -19,9 +19,10 @@ import (
 
 func newDevCmd() *cobra.Command {
 	var (
-		socket, trustDomain string
-		ids, dns, federate  []string
-		ttl, jwtTTL         time.Duration
+		socket, trustDomain  string
+		ids, dns, federate   []string
+		ttl, jwtTTL, caDelay time.Duration
+		immediateCA          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dev [--socket PATH] [--trust-domain TD] [--spiffe-id ID[#hint]]... [--ttl 1m]",
@@ -30,11 +31,34 @@ func newDevCmd() *cobra.Command {
 development, demos and tests. Every caller gets every configured identity.
 SVIDs are re-issued and pushed at half of --ttl.
 
-  SIGHUP   rotate the CA (the bundle keeps the old root next to the new one)
+  SIGHUP   rotate the CA as SPIRE does: the next root is published in the
+           bundle at once and signs (SVIDs re-issued) --ca-activation-delay
+           later; the old root stays in the bundle while its SVIDs are valid
   SIGUSR1  issue and push new SVIDs now
-  SIGINT/SIGTERM stop`,
+  SIGINT/SIGTERM stop
+
+--unsafe-immediate-ca-switch makes SIGHUP sign with the new root in the same
+push that publishes it, which no SPIRE server does: peers that have not
+received the new root yet reject the new SVIDs. For hostile tests only.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, d := range []struct {
+				flag string
+				v    time.Duration
+			}{{"--ttl", ttl}, {"--jwt-ttl", jwtTTL}} {
+				if d.v <= 0 {
+					return withCode(exitUsage, fmt.Errorf("%s %s: must be positive", d.flag, d.v))
+				}
+			}
+			if caDelay < 0 {
+				return withCode(exitUsage, fmt.Errorf("--ca-activation-delay %s: must not be negative", caDelay))
+			}
+			if caDelay == 0 {
+				caDelay = ttl / 3
+			}
+			if immediateCA && cmd.Flags().Changed("ca-activation-delay") {
+				return withCode(exitUsage, errors.New("--ca-activation-delay and --unsafe-immediate-ca-switch cannot be combined"))
+			}
 			td, err := spiffeid.TrustDomainFromString(trustDomain)
 			if err != nil {
 				return withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", trustDomain, err))
@@ -55,7 +79,8 @@ SVIDs are re-issued and pushed at half of --ttl.
 			if err != nil {
 				return withCode(exitFailure, err)
 			}
-			srv, err := svidtest.New(svidtest.Config{TrustDomain: td, Identities: idents, TTL: ttl, JWTTTL: jwtTTL, Federated: feds, Logger: log})
+			srv, err := svidtest.New(svidtest.Config{TrustDomain: td, Identities: idents, TTL: ttl, JWTTTL: jwtTTL,
+				CAActivationDelay: caDelay, UnsafeImmediateCASwitch: immediateCA, Federated: feds, Logger: log})
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
@@ -76,8 +101,6 @@ SVIDs are re-issued and pushed at half of --ttl.
 					case syscall.SIGHUP:
 						if err := srv.RotateCA(); err != nil {
 							log.Error("CA rotation failed", zap.Error(err))
-						} else {
-							log.Info("CA rotated; SVIDs re-issued")
 						}
 					case syscall.SIGUSR1:
 						if err := srv.RotateSVIDs(); err != nil {
@@ -99,6 +122,8 @@ SVIDs are re-issued and pushed at half of --ttl.
 	f.StringArrayVar(&federate, "federate-with", nil, "serve a federated bundle for this trust domain (repeatable)")
 	f.DurationVar(&ttl, "ttl", svidtest.DefaultTTL, "X.509-SVID lifetime; rotated at half of it")
 	f.DurationVar(&jwtTTL, "jwt-ttl", svidtest.DefaultJWTTTL, "JWT-SVID lifetime")
+	f.DurationVar(&caDelay, "ca-activation-delay", 0, "on SIGHUP, how long the next root is in the bundle before it signs (default a third of --ttl)")
+	f.BoolVar(&immediateCA, "unsafe-immediate-ca-switch", false, "on SIGHUP, sign with the new root at once (hostile tests only)")
 	return cmd
 }
 

@@ -60,6 +60,9 @@ func newEnv(t testing.TB) *env {
 		},
 		TTL:       time.Hour, // rotations in tests are explicit
 		Federated: []spiffeid.TrustDomain{partnerTD},
+		// RotateCA publishes the next root at once and signs with it this
+		// much later, as SPIRE does (in days); tests wait for the switch.
+		CAActivationDelay: 100 * time.Millisecond,
 	})
 	e := &env{srv: srv, sockDir: svidtest.ShortDir(t, "tp")}
 	e.server = e.source(t, "server")

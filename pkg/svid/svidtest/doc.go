@@ -24,6 +24,38 @@
 // and Start restart the server with its CAs kept, as a SPIRE agent keeps
 // its trust bundle across a restart.
 //
+// # CA rotation
+//
+// RotateCA rotates as a SPIRE server's CA manager does
+// (spire pkg/server/ca/manager): it prepares the next root and JWT key and
+// pushes them in the bundles at once, and activates them (they sign; the
+// SVIDs are re-issued) Config.CAActivationDelay later, a third of the TTL
+// by default. A peer therefore holds the new root before it meets an SVID
+// that chains to it. SPIRE prepares when less than min(lifetime/2, 30 days)
+// of the current CA remains and activates at min(lifetime/6, 7 days); it
+// keeps the new SVIDs for the agent's next half-life rotation, where this
+// server re-issues at activation so that a test sees the switch at once.
+// A retired root stays in the bundle while an X.509-SVID it signed is
+// still valid, and a retired JWT key while a JWT-SVID it signed is: SPIRE
+// prunes a root 24 hours after the root itself expires, which for a
+// session of short-lived SVIDs gives the same guarantee. ActivateCA
+// activates without waiting, and Config.UnsafeImmediateCASwitch restores
+// a switch with no warning, which no SPIRE server makes, for tests of how
+// code copes with it.
+//
+// # Where it differs from SPIRE
+//
+// There is no attestation: every caller gets every identity, and every
+// federated bundle (SPIRE sends those its entries federate with). Two
+// identities with one hint are refused by New (SPIRE serves the oldest
+// entry and logs a warning). JWT-SVIDs are minted on every call (SPIRE's
+// agent caches one per audience until half of its lifetime). The CA is
+// self-signed, with no upstream authority and no tainted-key revocation.
+// An X.509-SVID never outlives its root, as in SPIRE. ValidateJWTSVID
+// returns "aud" as a list, and keeps only "sub", "aud" and "exp" of a
+// foreign trust domain's token, as SPIRE does with no
+// allowed_foreign_jwt_claims.
+//
 // It is also the engine of `identity-agent dev`. Nothing in an agent
 // configuration file can start it: a Workload API that hands an identity to
 // whoever connects must not be started by accident in production.

@@ -2,27 +2,19 @@ package svidtest
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Defaults for Config fields left zero.
@@ -31,8 +23,8 @@ const (
 	DefaultJWTTTL = 5 * time.Minute
 )
 
-// Identity is one SVID the dev server issues to every caller, like one
-// SPIRE registration entry matching the workload.
+// Identity is one SVID the server issues to every caller, like one SPIRE
+// registration entry matching the workload.
 type Identity struct {
 	ID       spiffeid.ID
 	Hint     string
@@ -49,6 +41,16 @@ type Config struct {
 	TTL time.Duration
 	// JWTTTL is the lifetime of minted JWT-SVIDs. Default 5m.
 	JWTTTL time.Duration
+	// CAActivationDelay is how long RotateCA publishes the next root (and
+	// JWT key) before signing with it, so that every peer holds it before
+	// it meets an SVID that chains to it. Default a third of TTL. SPIRE
+	// leaves a third of the CA's lifetime between the two steps.
+	CAActivationDelay time.Duration
+	// UnsafeImmediateCASwitch makes RotateCA publish the new root and sign
+	// with it in the same push, as no SPIRE server does: a peer that has not
+	// received the new root yet rejects the new SVIDs. For tests of how
+	// code copes with that.
+	UnsafeImmediateCASwitch bool
 	// Federated trust domains: each gets its own CA whose bundle is served
 	// as a federated bundle.
 	Federated []spiffeid.TrustDomain
@@ -64,14 +66,29 @@ type Server struct {
 	ca        *CA
 	federated map[spiffeid.TrustDomain]*CA
 
+	// rotMu orders the changes of what is served (issue, prepare,
+	// activate), so that a slower one never publishes over a newer one.
+	rotMu sync.Mutex
+
 	mu       sync.Mutex
-	svids    []*x509svid.SVID
-	changed  chan struct{} // closed and replaced on every update, to wake streams
+	cur      *published
 	grpcSrv  *grpc.Server
 	socket   string
-	timer    *time.Timer
+	timer    *time.Timer // next SVID rotation
+	caTimer  *time.Timer // next CA activation
+	activate []time.Time // when each prepared CA activates; oldest first
 	stopped  chan struct{}
 	serveErr chan error
+}
+
+// published is what every stream serves; it is replaced as a whole, so a
+// response never mixes SVIDs and bundles of different moments.
+type published struct {
+	svids   []*x509svid.SVID
+	x509    map[string][]byte // trust domain ID → concatenated DER roots
+	jwt     map[string][]byte // trust domain ID → JWKS
+	jwtSet  *jwtbundle.Set
+	changed chan struct{} // closed when a newer state replaces this one
 }
 
 // New creates a Server and issues its first SVIDs; it does not listen yet.
@@ -79,11 +96,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("svidtest: trust domain is required")
 	}
-	if cfg.TTL <= 0 {
+	if cfg.TTL < 0 || cfg.JWTTTL < 0 || cfg.CAActivationDelay < 0 {
+		return nil, errors.New("svidtest: TTL, JWTTTL and CAActivationDelay must not be negative")
+	}
+	if cfg.TTL == 0 {
 		cfg.TTL = DefaultTTL
 	}
-	if cfg.JWTTTL <= 0 {
+	if cfg.JWTTTL == 0 {
 		cfg.JWTTTL = DefaultJWTTTL
+	}
+	if cfg.CAActivationDelay == 0 {
+		cfg.CAActivationDelay = cfg.TTL / 3
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -100,6 +123,8 @@ func New(cfg Config) (*Server, error) {
 		if ident.ID.TrustDomain() != cfg.TrustDomain {
 			return nil, fmt.Errorf("svidtest: identity %s is not in trust domain %s", ident.ID, cfg.TrustDomain)
 		}
+		// SPIRE serves only the oldest of two entries with one hint and
+		// logs a warning; a fixed identity list can refuse the mistake.
 		if ident.Hint != "" && seenHints[ident.Hint] {
 			return nil, fmt.Errorf("svidtest: hint %q used twice", ident.Hint)
 		}
@@ -109,7 +134,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, ca: ca, federated: map[spiffeid.TrustDomain]*CA{}, changed: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, ca: ca, federated: map[spiffeid.TrustDomain]*CA{}}
 	for _, td := range cfg.Federated {
 		if td == cfg.TrustDomain {
 			return nil, fmt.Errorf("svidtest: cannot federate with own trust domain %s", td)
@@ -152,7 +177,7 @@ func (s *Server) SocketPath() string {
 func (s *Server) CurrentSVIDs() []*x509svid.SVID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]*x509svid.SVID(nil), s.svids...)
+	return append([]*x509svid.SVID(nil), s.cur.svids...)
 }
 
 // Start listens on socketPath (a stale socket file is replaced) and serves
@@ -194,12 +219,14 @@ func (s *Server) Start(socketPath string) error {
 	s.stopped = make(chan struct{})
 	s.serveErr = make(chan error, 1)
 	s.scheduleRotationLocked()
+	s.scheduleActivationLocked()
 	go func() { s.serveErr <- g.Serve(lis) }()
 	s.log.Info("dev Workload API listening", zap.String("socket", "unix://"+abs), zap.Stringer("trust_domain", s.cfg.TrustDomain))
 	return nil
 }
 
-// Stop ends every stream and closes the socket. The Server can Start again.
+// Stop ends every stream and closes the socket. The Server can Start
+// again; a CA rotation under way resumes its schedule then.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	g := s.grpcSrv
@@ -212,6 +239,9 @@ func (s *Server) Stop() {
 	if s.timer != nil {
 		s.timer.Stop()
 	}
+	if s.caTimer != nil {
+		s.caTimer.Stop()
+	}
 	errc := s.serveErr
 	s.mu.Unlock()
 	g.Stop()
@@ -223,6 +253,12 @@ func (s *Server) Stop() {
 
 // RotateSVIDs issues new SVIDs now and pushes them to every stream.
 func (s *Server) RotateSVIDs() error {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	return s.rotateSVIDsLocked()
+}
+
+func (s *Server) rotateSVIDsLocked() error {
 	if err := s.issue(); err != nil {
 		return err
 	}
@@ -232,32 +268,118 @@ func (s *Server) RotateSVIDs() error {
 	return nil
 }
 
-// RotateCA rotates the main CA, then reissues and pushes SVIDs signed by the
-// new root. The bundle carries old and new roots.
+// RotateCA rotates the main CA as SPIRE does: it prepares the next root and
+// JWT key and pushes them in the bundles to every stream now, then, after
+// Config.CAActivationDelay, activates them: new SVIDs signed by the new
+// root are issued and pushed. The old root stays in the bundle for as long
+// as anything it signed is valid. Each call prepares one more CA; they
+// activate in order, each after its own delay. With
+// Config.UnsafeImmediateCASwitch the new root signs at once.
 func (s *Server) RotateCA() error {
-	if err := s.ca.Rotate(); err != nil {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	if s.cfg.UnsafeImmediateCASwitch {
+		if err := s.ca.Rotate(); err != nil {
+			return err
+		}
+		s.log.Info("dev Workload API switched CA at once (unsafe immediate mode)")
+		return s.rotateSVIDsLocked()
+	}
+	if err := s.ca.Prepare(); err != nil {
 		return err
 	}
-	return s.RotateSVIDs()
+	if err := s.publish(s.CurrentSVIDs()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.activate = append(s.activate, time.Now().Add(s.cfg.CAActivationDelay))
+	s.scheduleActivationLocked()
+	s.mu.Unlock()
+	s.log.Info("dev Workload API prepared the next CA; its root is in the bundle", zap.Duration("activates_in", s.cfg.CAActivationDelay))
+	return nil
 }
 
+// ActivateCA activates the oldest CA that RotateCA prepared now, without
+// waiting for its delay, and pushes SVIDs signed by it. Its root has been
+// in the bundle since RotateCA. It reports whether there was one.
+func (s *Server) ActivateCA() (bool, error) { return s.activateCA(time.Time{}) }
+
+// activateCA activates the oldest pending CA; a timer passes the time it
+// was armed for, so that it does nothing if ActivateCA got there first.
+func (s *Server) activateCA(armedFor time.Time) (bool, error) {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	s.mu.Lock()
+	if len(s.activate) == 0 || (!armedFor.IsZero() && !s.activate[0].Equal(armedFor)) {
+		s.mu.Unlock()
+		return false, nil
+	}
+	s.activate = s.activate[1:]
+	s.scheduleActivationLocked()
+	s.mu.Unlock()
+	if !s.ca.Activate() {
+		return false, nil
+	}
+	s.log.Info("dev Workload API activated the next CA; SVIDs re-issued")
+	return true, s.rotateSVIDsLocked()
+}
+
+// issue signs a new SVID per identity with the active CA and publishes it.
+// Callers hold rotMu, except New, before anyone else can see the Server.
+// SPIRE never issues an SVID that outlives its CA, so neither does this.
 func (s *Server) issue() error {
 	now := time.Now()
+	notAfter := now.Add(s.cfg.TTL)
+	if root := s.ca.Root(); root.NotAfter.Before(notAfter) {
+		notAfter = root.NotAfter
+	}
 	svids := make([]*x509svid.SVID, 0, len(s.cfg.Identities))
 	for _, ident := range s.cfg.Identities {
-		sv, err := s.ca.IssueX509SVID(ident.ID, now.Add(-10*time.Second), now.Add(s.cfg.TTL), ident.DNSNames...)
+		sv, err := s.ca.IssueX509SVID(ident.ID, now.Add(-10*time.Second), notAfter, ident.DNSNames...)
 		if err != nil {
 			return err
 		}
 		sv.Hint = ident.Hint
 		svids = append(svids, sv)
 	}
+	if s.ca.Prune(now) {
+		s.log.Info("dev Workload API dropped retired roots from the bundle: everything they signed has expired")
+	}
+	if err := s.publish(svids); err != nil {
+		return err
+	}
+	s.log.Info("dev Workload API issued X.509-SVIDs", zap.Int("count", len(svids)), zap.Time("not_after", notAfter))
+	return nil
+}
+
+// publish replaces what the streams serve and wakes them.
+func (s *Server) publish(svids []*x509svid.SVID) error {
+	p := &published{svids: svids, x509: map[string][]byte{}, jwt: map[string][]byte{}, changed: make(chan struct{})}
+	cas := []*CA{s.ca}
+	for _, fca := range s.federated {
+		cas = append(cas, fca)
+	}
+	for _, ca := range cas {
+		p.x509[ca.TrustDomain().IDString()] = concatDER(ca.X509Bundle().X509Authorities())
+		jb := ca.JWTBundle()
+		b, err := jb.Marshal()
+		if err != nil {
+			return fmt.Errorf("svidtest: marshal JWT bundle for %s: %w", ca.TrustDomain(), err)
+		}
+		p.jwt[ca.TrustDomain().IDString()] = b
+		if p.jwtSet == nil {
+			p.jwtSet = jwtbundle.NewSet(jb)
+		} else {
+			p.jwtSet.Add(jb)
+		}
+	}
 	s.mu.Lock()
-	s.svids = svids
-	close(s.changed)
-	s.changed = make(chan struct{})
+	old := s.cur
+	s.cur = p
 	s.mu.Unlock()
-	s.log.Info("dev Workload API issued X.509-SVIDs", zap.Int("count", len(svids)), zap.Time("not_after", now.Add(s.cfg.TTL)))
+	if old != nil {
+		close(old.changed)
+	}
 	return nil
 }
 
@@ -283,215 +405,32 @@ func (s *Server) scheduleRotationLocked() {
 	})
 }
 
-// snapshot returns the current SVIDs and the channel that closes on the next change.
-func (s *Server) snapshot() ([]*x509svid.SVID, <-chan struct{}) {
+// scheduleActivationLocked arms the timer of the oldest pending CA
+// activation, while the server runs.
+func (s *Server) scheduleActivationLocked() {
+	if s.caTimer != nil {
+		s.caTimer.Stop()
+	}
+	if s.grpcSrv == nil || len(s.activate) == 0 {
+		return
+	}
+	stopped, at := s.stopped, s.activate[0]
+	s.caTimer = time.AfterFunc(time.Until(at), func() {
+		select {
+		case <-stopped:
+			return
+		default:
+		}
+		if _, err := s.activateCA(at); err != nil {
+			s.log.Error("dev Workload API CA activation failed", zap.Error(err))
+		}
+	})
+}
+
+// snapshot returns what the streams serve now; its changed channel closes
+// on the next change.
+func (s *Server) snapshot() *published {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.svids, s.changed
-}
-
-func (s *Server) x509Bundles() map[string][]byte {
-	out := map[string][]byte{s.cfg.TrustDomain.IDString(): concatDER(s.ca.X509Bundle().X509Authorities())}
-	for td, ca := range s.federated {
-		out[td.IDString()] = concatDER(ca.X509Bundle().X509Authorities())
-	}
-	return out
-}
-
-func (s *Server) jwtBundles() (map[string][]byte, error) {
-	out := map[string][]byte{}
-	cas := []*CA{s.ca}
-	for _, ca := range s.federated {
-		cas = append(cas, ca)
-	}
-	for _, ca := range cas {
-		b, err := ca.JWTBundle().Marshal()
-		if err != nil {
-			return nil, fmt.Errorf("svidtest: marshal JWT bundle for %s: %w", ca.TrustDomain(), err)
-		}
-		out[ca.TrustDomain().IDString()] = b
-	}
-	return out, nil
-}
-
-func (s *Server) jwtBundleSet() *jwtbundle.Set {
-	set := jwtbundle.NewSet(s.ca.JWTBundle())
-	for _, ca := range s.federated {
-		set.Add(ca.JWTBundle())
-	}
-	return set
-}
-
-func concatDER(certs []*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, c.Raw...)
-	}
-	return out
-}
-
-func checkSecurityHeader(ctx context.Context) error {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok || len(md["workload.spiffe.io"]) != 1 || md["workload.spiffe.io"][0] != "true" {
-		return status.Error(codes.InvalidArgument, "security header missing from request")
-	}
-	return nil
-}
-
-// handler implements the Workload API service.
-type handler struct {
-	workload.UnimplementedSpiffeWorkloadAPIServer
-	s *Server
-}
-
-// stream sends the current state, then again after every change, until the
-// client goes away or the server stops.
-func (h *handler) stream(ctx context.Context, send func([]*x509svid.SVID) error) error {
-	h.s.mu.Lock()
-	stopped := h.s.stopped
-	h.s.mu.Unlock()
-	for {
-		svids, changed := h.s.snapshot()
-		if err := send(svids); err != nil {
-			return err
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil
-		case <-stopped:
-			return status.Error(codes.Unavailable, "dev Workload API stopping")
-		}
-	}
-}
-
-func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
-	return h.stream(stream.Context(), func(svids []*x509svid.SVID) error {
-		if len(svids) == 0 {
-			return status.Error(codes.PermissionDenied, "no identity issued")
-		}
-		bundles := h.s.x509Bundles()
-		own := bundles[h.s.cfg.TrustDomain.IDString()]
-		resp := &workload.X509SVIDResponse{FederatedBundles: map[string][]byte{}}
-		for td, b := range bundles {
-			if td != h.s.cfg.TrustDomain.IDString() {
-				resp.FederatedBundles[td] = b
-			}
-		}
-		for _, sv := range svids {
-			key, err := x509.MarshalPKCS8PrivateKey(sv.PrivateKey)
-			if err != nil {
-				return status.Errorf(codes.Unavailable, "could not serialize response: %v", err)
-			}
-			resp.Svids = append(resp.Svids, &workload.X509SVID{
-				SpiffeId:    sv.ID.String(),
-				X509Svid:    concatDER(sv.Certificates),
-				X509SvidKey: key,
-				Bundle:      own,
-				Hint:        sv.Hint,
-			})
-		}
-		return stream.Send(resp)
-	})
-}
-
-// FetchX509Bundles and FetchJWTBundles send only when the bundles differ
-// from the last response on the stream, as SPIRE's agent does: an SVID
-// rotation alone does not produce a bundle message.
-func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
-	var prev *workload.X509BundlesResponse
-	return h.stream(stream.Context(), func([]*x509svid.SVID) error {
-		resp := &workload.X509BundlesResponse{Bundles: h.s.x509Bundles()}
-		if prev != nil && proto.Equal(prev, resp) {
-			return nil
-		}
-		prev = resp
-		return stream.Send(resp)
-	})
-}
-
-func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
-	var prev *workload.JWTBundlesResponse
-	return h.stream(stream.Context(), func([]*x509svid.SVID) error {
-		bundles, err := h.s.jwtBundles()
-		if err != nil {
-			return status.Errorf(codes.Unavailable, "could not serialize response: %v", err)
-		}
-		resp := &workload.JWTBundlesResponse{Bundles: bundles}
-		if prev != nil && proto.Equal(prev, resp) {
-			return nil
-		}
-		prev = resp
-		return stream.Send(resp)
-	})
-}
-
-func (h *handler) FetchJWTSVID(_ context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
-	if len(req.Audience) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
-	}
-	if req.SpiffeId != "" {
-		if _, err := spiffeid.FromString(req.SpiffeId); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
-		}
-	}
-	resp := &workload.JWTSVIDResponse{}
-	for _, ident := range h.s.cfg.Identities {
-		if req.SpiffeId != "" && ident.ID.String() != req.SpiffeId {
-			continue
-		}
-		token, err := h.s.ca.IssueJWTSVID(ident.ID, req.Audience, h.s.cfg.JWTTTL)
-		if err != nil {
-			return nil, status.Errorf(codes.Unavailable, "could not fetch %q JWTSVID: %v", ident.ID, err)
-		}
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: ident.ID.String(), Svid: token, Hint: ident.Hint})
-	}
-	if len(resp.Svids) == 0 {
-		return nil, status.Error(codes.PermissionDenied, "no identity issued")
-	}
-	return resp, nil
-}
-
-func (h *handler) ValidateJWTSVID(_ context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
-	if req.Audience == "" {
-		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
-	}
-	if req.Svid == "" {
-		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
-	}
-	sv, err := jwtsvid.ParseAndValidate(req.Svid, h.s.jwtBundleSet(), []string{req.Audience})
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	claims, err := structpb.NewStruct(normalizeClaims(sv.Claims))
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "claims: %v", err)
-	}
-	return &workload.ValidateJWTSVIDResponse{SpiffeId: sv.ID.String(), Claims: claims}, nil
-}
-
-// normalizeClaims turns go-jose's typed claim values into the plain JSON
-// types structpb accepts.
-func normalizeClaims(in map[string]any) map[string]any {
-	out := make(map[string]any, len(in))
-	keys := make([]string, 0, len(in))
-	for k := range in {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		switch v := in[k].(type) {
-		case []string:
-			l := make([]any, len(v))
-			for i := range v {
-				l[i] = v[i]
-			}
-			out[k] = l
-		case float64, string, bool, nil, []any, map[string]any:
-			out[k] = v
-		default:
-			out[k] = fmt.Sprint(v)
-		}
-	}
-	return out
+	return s.cur
 }
