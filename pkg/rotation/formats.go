@@ -269,6 +269,7 @@ func (r *outputRunner) rememberFormats(files []svid.File, mat material) {
 	if r.out.PKCS12.wanted() {
 		r.p12 = mat.p12
 	}
+	r.lastSVID = mat.svid
 	names := make([]string, 0, len(files))
 	for _, f := range files {
 		names = append(names, f.Name)

@@ -179,6 +179,11 @@ func (r *outputRunner) guardCheck(ctx context.Context) {
 	if err := r.runReloads(ctx); err != nil {
 		r.failures++
 		r.poke(r.pushCh) // the push path owns the reload retry
+		return
+	}
+	if err := r.verifyServed(ctx, r.lastSVID, true); err != nil {
+		r.failures++
+		r.poke(r.pushCh)
 	}
 }
 

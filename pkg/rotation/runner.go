@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 
@@ -43,6 +44,7 @@ type outputRunner struct {
 	p12            map[string]p12Entry
 	knownTB        map[string]bool
 	verifiedSerial string
+	lastSVID       *x509svid.SVID // the SVID of lastFiles, for verify after a guard restore
 
 	// stMu guards st, the timers and the expiry label; held only briefly.
 	stMu          sync.Mutex
@@ -263,7 +265,11 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 	if len(r.out.Reloads) > 0 {
 		r.stMu.Lock()
 		r.st.LastReload = time.Now()
-		r.st.LastReloadError = ""
+		if r.out.Verify == nil {
+			// With verify, the check that follows clears it: status must
+			// not flip to OK while an unverified reload is being retried.
+			r.st.LastReloadError = ""
+		}
 		r.stMu.Unlock()
 	}
 	return nil
