@@ -78,6 +78,8 @@ func startDevAPI(t *testing.T, ttl time.Duration) (*svidtest.Server, string) {
 	return srv, srv.SocketPath()
 }
 
+// writeConfig writes an agent config; window "" leaves
+// rotation.expiry_window unset (the default rule).
 func writeConfig(t *testing.T, dir, apiSock, window string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`workload_api:
@@ -96,6 +98,9 @@ outputs:
     key_file: key.pem
     bundle_file: bundle.pem
 `, apiSock, dir, window)
+	if window == "" {
+		cfg = strings.Replace(cfg, "  expiry_window: \n", "", 1)
+	}
 	p := filepath.Join(dir, "agent.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
 	return p

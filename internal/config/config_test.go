@@ -70,7 +70,7 @@ func TestIssueExampleParses(t *testing.T) {
 	assert.Equal(t, config.FileMode(0o600), api.JWT[0].Mode, "JWT tokens are secrets by default")
 	require.Len(t, cfg.Proxies, 2)
 	assert.Equal(t, "client", cfg.Proxies[1].Mode)
-	assert.Equal(t, 10*time.Minute, cfg.Rotation.ExpiryWindow.D(0))
+	assert.Equal(t, time.Duration(0), cfg.Rotation.ExpiryWindow.D(0), "unset: a third of the SVID's lifetime")
 	assert.True(t, *cfg.Rotation.Guard)
 }
 

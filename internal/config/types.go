@@ -47,8 +47,9 @@ type Log struct {
 
 // Rotation tunes how outputs are written.
 type Rotation struct {
-	// ExpiryWindow: status turns WARNING when an SVID on disk expires
-	// within it while the Workload API is unreachable. Default 10m.
+	// ExpiryWindow: status turns WARNING when an SVID (held or on disk)
+	// expires within it: its rotation is overdue. Unset (0): when less
+	// than a third of the SVID's lifetime is left (SPIRE rotates at half).
 	ExpiryWindow Duration `yaml:"expiry_window"`
 	// Debounce coalesces bursts of Workload API pushes. Default 100ms.
 	Debounce Duration `yaml:"debounce"`

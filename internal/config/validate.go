@@ -15,17 +15,20 @@ import (
 
 // Defaults applied to fields left empty.
 const (
-	DefaultCertMode      = 0o644
-	DefaultKeyMode       = 0o600
-	DefaultBundleMode    = 0o644
-	DefaultJWTMode       = 0o600
-	DefaultExpiryWindow  = 10 * time.Minute
-	DefaultDebounce      = 100 * time.Millisecond
-	DefaultRetryMin      = time.Second
-	DefaultRetryMax      = time.Minute
-	DefaultExecTimeout   = 30 * time.Second
-	DefaultReloadSignal  = "SIGHUP"
-	DefaultSystemdAction = "reload"
+	DefaultCertMode   = 0o644
+	DefaultKeyMode    = 0o600
+	DefaultBundleMode = 0o644
+	DefaultJWTMode    = 0o600
+	// DefaultExpiryWindow 0 leaves rotation.expiry_window unset: an SVID
+	// is overdue when less than a third of its lifetime is left
+	// (rotation.DefaultExpiryWindow, rotation.ExpiryOf).
+	DefaultExpiryWindow  time.Duration = 0
+	DefaultDebounce                    = 100 * time.Millisecond
+	DefaultRetryMin                    = time.Second
+	DefaultRetryMax                    = time.Minute
+	DefaultExecTimeout                 = 30 * time.Second
+	DefaultReloadSignal                = "SIGHUP"
+	DefaultSystemdAction               = "reload"
 )
 
 func (c *Config) applyDefaults(getenv func(string) string) {

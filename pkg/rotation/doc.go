@@ -27,9 +27,11 @@
 //   - A fsnotify guard restores the set when something else deletes,
 //     replaces, edits or chmods a file or the ..data link. The agent's own
 //     writes pass DirWriter.Check and never trigger a rewrite.
-//   - An expiry watchdog, armed at NotAfter minus the expiry window (10m by
-//     default), warns periodically while the Workload API is unreachable
-//     and grades the SVID on disk in State (OutputState.Expiry).
+//   - An expiry watchdog fires when the SVID on disk becomes overdue for
+//     rotation (ExpiryOf: less than a third of its lifetime left by
+//     default, or a fixed WithExpiryWindow) and logs once per change of
+//     state while the Workload API is unreachable. State grades every SVID
+//     with the same rule (OutputState.Expiry, SVIDState.Expiry).
 //
 // WriteAll is the one-shot pass behind `identity-agent fetch`. Snapshot
 // returns a JSON-tagged State for `identity-agent status`. Metrics are

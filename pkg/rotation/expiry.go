@@ -22,27 +22,37 @@ const (
 )
 
 // ExpiryOf grades an SVID valid from notBefore to notAfter at now: expired
-// at notAfter, overdue from notAfter-window on. An empty notAfter (nothing
-// held) gives "".
+// at notAfter; overdue from notAfter-window on or, with window 0 (the
+// default), once less than a third of its lifetime is left; ok before.
+// An empty notAfter (nothing held) gives "".
 func ExpiryOf(notBefore, notAfter time.Time, window time.Duration, now time.Time) Expiry {
 	switch {
 	case notAfter.IsZero():
 		return ""
 	case !now.Before(notAfter):
 		return ExpiryExpired
-	case !now.Before(overdueAt(notBefore, notAfter, window)):
+	case !now.Before(notAfter.Add(-effectiveWindow(notBefore, notAfter, window))):
 		return ExpiryOverdue
 	}
 	return ExpiryOK
 }
 
-// overdueAt is when an SVID becomes overdue for rotation.
-func overdueAt(_, notAfter time.Time, window time.Duration) time.Time {
-	return notAfter.Add(-window)
+// effectiveWindow is how long before notAfter an SVID becomes overdue.
+func effectiveWindow(notBefore, notAfter time.Time, window time.Duration) time.Duration {
+	if window > 0 {
+		return window
+	}
+	if notBefore.IsZero() || !notBefore.Before(notAfter) {
+		return 0 // no lifetime to take a third of: overdue only when expired
+	}
+	return notAfter.Sub(notBefore) / 3
 }
 
 // expiryRule describes the rule for State, in the words of the status
 // command.
 func expiryRule(window time.Duration) string {
-	return fmt.Sprintf("expiry window %s", window)
+	if window > 0 {
+		return fmt.Sprintf("expiry window %s", window)
+	}
+	return "rotation overdue: less than a third of the lifetime left"
 }

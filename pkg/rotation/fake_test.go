@@ -206,3 +206,18 @@ func TestExpiryOf(t *testing.T) {
 	}
 	require.Equal(t, Expiry(""), ExpiryOf(time.Time{}, time.Time{}, time.Minute, nb))
 }
+
+// The default rule (window 0): overdue once less than a third of the
+// lifetime is left, so an 8s SVID that SPIRE replaces at half-life (4s
+// left) is never overdue.
+func TestExpiryOfDefaultIsAThirdOfTheLifetime(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	na := nb.Add(9 * time.Second)
+	require.Equal(t, ExpiryOK, ExpiryOf(nb, na, 0, nb.Add(4500*time.Millisecond)), "at half-life")
+	require.Equal(t, ExpiryOK, ExpiryOf(nb, na, 0, nb.Add(5999*time.Millisecond)))
+	require.Equal(t, ExpiryOverdue, ExpiryOf(nb, na, 0, nb.Add(6*time.Second)), "a third left")
+	require.Equal(t, ExpiryExpired, ExpiryOf(nb, na, 0, na))
+	// An explicit window wins over the default rule, either way.
+	require.Equal(t, ExpiryOverdue, ExpiryOf(nb, na, time.Minute, nb))
+	require.Equal(t, ExpiryOK, ExpiryOf(nb, na, time.Second, nb.Add(7*time.Second)))
+}

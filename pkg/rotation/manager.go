@@ -26,12 +26,14 @@ const (
 	// of a failed write or reload.
 	DefaultRetryMin = time.Second
 	DefaultRetryMax = time.Minute
-	// DefaultExpiryWindow is how close to NotAfter an SVID on disk must be,
-	// while the Workload API is unreachable, before the watchdog warns.
-	// SPIRE rotates at half-life (30m left of its default 1h TTL), so 10m
-	// left means rotation is already 20 minutes overdue: long enough to
-	// ride out an agent restart, short enough to act before services fail.
-	DefaultExpiryWindow = 10 * time.Minute
+	// DefaultExpiryWindow (0, no fixed window) means an SVID is overdue
+	// for rotation once less than a third of its lifetime is left. SPIRE
+	// rotates at half-life, so a healthy agent never gets there, whatever
+	// the TTL (8s in a test, 1h by default); one that does has missed its
+	// rotation by a sixth of the lifetime (10m of a 1h SVID): long enough
+	// to ride out an agent restart, short enough to act before services
+	// fail. WithExpiryWindow sets a fixed window instead.
+	DefaultExpiryWindow time.Duration = 0
 	// jwtFetchTimeout bounds one JWT-SVID request.
 	jwtFetchTimeout = 30 * time.Second
 	// minJWTRefresh stops a token with a tiny lifetime from refetching in a
@@ -91,11 +93,14 @@ func WithRetryBackoff(minDelay, maxDelay time.Duration) Option {
 	}
 }
 
-// WithExpiryWindow sets how close to NotAfter the SVID on disk must be for
-// the watchdog to warn while the Workload API is unreachable (default 10m).
+// WithExpiryWindow sets how close to NotAfter an SVID must be to count as
+// overdue for rotation (see ExpiryOf): the watchdog warns then while the
+// Workload API is unreachable, and status turns WARNING. 0 (the default)
+// means "less than a third of its lifetime left"; negative values are
+// ignored.
 func WithExpiryWindow(d time.Duration) Option {
 	return func(c *config) {
-		if d > 0 {
+		if d >= 0 {
 			c.expiryWindow = d
 		}
 	}

@@ -123,7 +123,7 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 	js, err := json.Marshal(m.Snapshot())
 	require.NoError(t, err)
 	for _, want := range []string{`"connected":true`, `"name":"web"`, `"spiffe_id":"spiffe://example.org/workload"`,
-		`"expiry":"ok"`, `"expiry_rule":"expiry window 10m0s"`, `"files":["cert.pem","key.pem","bundle.pem"]`} {
+		`"expiry":"ok"`, `"expiry_rule":"rotation overdue: less than a third of the lifetime left"`, `"files":["cert.pem","key.pem","bundle.pem"]`} {
 		require.Contains(t, string(js), want)
 	}
 

@@ -51,7 +51,7 @@ type outputRunner struct {
 	st            OutputState
 	expiryLabel   string
 	watchdogTimer *time.Timer
-	lastWarn      time.Time
+	alarm         Expiry // see watchdogTick
 	jwtTimers     []*time.Timer
 }
 

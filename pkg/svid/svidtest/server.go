@@ -335,7 +335,7 @@ func (s *Server) issue() error {
 	}
 	svids := make([]*x509svid.SVID, 0, len(s.cfg.Identities))
 	for _, ident := range s.cfg.Identities {
-		sv, err := s.ca.IssueX509SVID(ident.ID, now.Add(-10*time.Second), notAfter, ident.DNSNames...)
+		sv, err := s.ca.IssueX509SVID(ident.ID, now.Add(-backdate(s.cfg.TTL)), notAfter, ident.DNSNames...)
 		if err != nil {
 			return err
 		}
@@ -381,6 +381,15 @@ func (s *Server) publish(svids []*x509svid.SVID) error {
 		close(old.changed)
 	}
 	return nil
+}
+
+// backdate is how far before issue NotBefore lies, for clock skew: 10s
+// like SPIRE's server, but at most a tenth of a short TTL, so the SVID's
+// lifetime (NotBefore..NotAfter, which SPIRE's half-life rule and the
+// agent's "rotation overdue" rule measure) stays close to the TTL and a
+// half-life rotation is never overdue.
+func backdate(ttl time.Duration) time.Duration {
+	return min(10*time.Second, ttl/10)
 }
 
 // scheduleRotationLocked arms the half-life timer, as SPIRE's agent rotates
