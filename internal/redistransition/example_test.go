@@ -35,6 +35,7 @@ func ExampleServerConfig() {
 	//
 	// # A TLS client must present an SVID that chains to tls-ca-cert-file. "yes" already in B,
 	// # so a client that works on tls-port now keeps working when phase D closes the plaintext port.
+	// # Never "optional" with a password-less user: a client could AUTH without a certificate (redis#14638).
 	// tls-auth-clients yes
 	// tls-protocols "TLSv1.2 TLSv1.3"
 	// tls-prefer-server-ciphers yes

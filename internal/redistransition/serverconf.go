@@ -104,7 +104,9 @@ func (o *ServerConfigOptions) defaults() {
 
 // ServerConfig returns a redis.conf block for phase, to append to the
 // server's redis.conf (later directives win) or to `include` last. It never
-// contains a password: in A–C keep the existing requirepass line.
+// contains a password: in A–C keep the existing requirepass line. Every
+// phase with a TLS port says tls-auth-clients yes, so no block can let a
+// certificate-less client in as a password-less user (CheckCertlessAccess).
 func ServerConfig(phase Phase, o ServerConfigOptions) (string, error) {
 	o.defaults()
 	if _, err := ParsePhase(string(phase)); err != nil {
@@ -141,6 +143,7 @@ func ServerConfig(phase Phase, o ServerConfigOptions) (string, error) {
 	w("")
 	w("# A TLS client must present an SVID that chains to tls-ca-cert-file. \"yes\" already in B,")
 	w("# so a client that works on tls-port now keeps working when phase D closes the plaintext port.")
+	w("# Never \"optional\" with a password-less user: a client could AUTH without a certificate (redis#14638).")
 	w("tls-auth-clients yes")
 	w("tls-protocols \"TLSv1.2 TLSv1.3\"")
 	w("tls-prefer-server-ciphers yes")
@@ -152,6 +155,11 @@ func ServerConfig(phase Phase, o ServerConfigOptions) (string, error) {
 		w("requirepass \"\"")
 	} else {
 		w("# requirepass: keep your existing line; the password stays valid on both ports until phase D.")
+	}
+	// The block wins over what precedes it; on its own it must never pair
+	// a password-less user with certificate-optional TLS (redis#14638).
+	if err := CheckCertlessAccess(b.String()); err != nil {
+		return "", fmt.Errorf("redis config phase %s: %w", phase, err)
 	}
 	return b.String(), nil
 }

@@ -513,6 +513,13 @@ func (t *Transition) Rollback(ctx context.Context, confirm bool) (*Result, error
 			}
 			needPW = saved.PasswordWasSet
 		}
+		if !needPW && authClients != "yes" {
+			// Reopening the plaintext port leaves the default user without a
+			// password: a certificate-optional TLS port would then let anyone
+			// in without a certificate (redis#14638).
+			t.log.Warn("redis transition D→C: restoring tls-auth-clients yes, not "+authClients+": no password is set", zap.String("tls_auth_clients_saved", authClients))
+			authClients = "yes"
+		}
 		if needPW {
 			if t.cfg.PasswordFile == "" {
 				return nil, fmt.Errorf("redis transition D→C: password_file is required to set requirepass again before reopening port %s", port)
