@@ -43,6 +43,9 @@ func Outputs(cfg *config.Config, extra ReloaderFactory) ([]rotation.Output, erro
 		for _, j := range o.JWT {
 			ro.JWT = append(ro.JWT, rotation.JWTFile{Audience: j.Audience, File: j.File, Mode: fs.FileMode(j.Mode)})
 		}
+		if err := applyFormats(&ro, o); err != nil {
+			return nil, fmt.Errorf("%s: outputs[%d] (%s): %w", cfg.Path, i, o.Name, err)
+		}
 		for j, r := range o.Reload {
 			rl, err := reloader(o, r, extra)
 			if err != nil {

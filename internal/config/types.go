@@ -84,6 +84,9 @@ type Output struct {
 	JWTBundleMode FileMode  `yaml:"jwt_bundle_mode"`
 
 	Reload []Reload `yaml:"reload"`
+
+	// Formats: combined_file, layout, bundle_dir, pkcs12, verify (formats.go).
+	Formats `yaml:",inline"`
 }
 
 // Owner of written files; empty means the agent's own user.
