@@ -13,6 +13,9 @@ echo "== svid: DirWriter.Write (3 files)" >&2
 go test -run '^$' -bench 'BenchmarkDirWriterWrite' -benchtime 2s -count 1 ./pkg/svid | tee "$tmp/dirwriter.txt" >&2
 echo "== idle agent" >&2
 IDLE_SECONDS=${IDLE_SECONDS:-60} ./scripts/idle.sh | tee "$tmp/idle.md" >&2
+echo "== redis migration: rollback D -> B under a Celery worker (examples/redis)" >&2
+FLEETTEST_RACE=0 FLEETTEST_ROLLBACK_MD="$tmp/rollback.md" \
+  go test -count 1 -run '^TestCeleryAcrossTheMigration$' ./examples/redis >&2
 
 proxy_md=""
 if [ -n "${SKIP_PROXY:-}" ] && [ -f docs/BENCHMARKS-proxy.md ]; then
@@ -67,6 +70,20 @@ metric() { grep -E "^$2" "$1" | head -1 | awk -v u="$3" '{for (i=2;i<NF;i++) if 
   echo "| metric | value | target |"
   echo "| --- | --- | --- |"
   cat "$tmp/idle.md"
+  echo
+  echo "## Redis migration: rollback D → B under a Celery worker"
+  echo
+  echo "\`TestCeleryAcrossTheMigration\` (examples/redis), built without the race"
+  echo "detector: a real redis-server in phase D (plaintext port closed, password"
+  echo "cleared) with a Celery worker on rediss:// (\`celery_worker.py\`), rolled back"
+  echo "with \`identity-agent redis transition rollback --confirm\` twice (D → C"
+  echo "reopens the plaintext port and sets the password from its file, C → B)."
+  echo "The second row runs until a new \`celery_producer.py\` process (about 1 s of"
+  echo "Python start-up) has a task completed by the worker, which never restarted."
+  echo
+  echo "| metric | value | target |"
+  echo "| --- | --- | --- |"
+  cat "$tmp/rollback.md"
   if [ -n "$proxy_md" ]; then
     echo
     echo "$proxy_md"

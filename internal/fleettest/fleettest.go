@@ -44,6 +44,7 @@ func RepoRoot(t testing.TB) string {
 // BuildAgent builds cmd/identity-agent into dir with the race detector
 // (the suite runs with -race, so the build cache already holds every
 // package) and returns the binary's path. Call it from TestMain.
+// FLEETTEST_RACE=0 builds without it, for measurements (scripts/bench.sh).
 func BuildAgent(dir string) (string, error) {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
@@ -51,7 +52,11 @@ func BuildAgent(dir string) (string, error) {
 	}
 	root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 	bin := filepath.Join(dir, "identity-agent")
-	cmd := exec.Command("go", "build", "-race", "-o", bin, "./cmd/identity-agent")
+	args := []string{"build", "-race", "-o", bin, "./cmd/identity-agent"}
+	if os.Getenv("FLEETTEST_RACE") == "0" {
+		args = []string{"build", "-o", bin, "./cmd/identity-agent"}
+	}
+	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/identity-agent: %w: %s", err, out)
@@ -243,4 +248,18 @@ func (p *Proc) Exited() bool {
 	default:
 		return false
 	}
+}
+
+// CountAlive is 1 while the process pid exists and is not a zombie.
+func CountAlive(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "State:") && !strings.Contains(l, "zombie") {
+			return 1
+		}
+	}
+	return 0
 }
