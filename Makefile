@@ -8,7 +8,7 @@ GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin
 .PHONY: build deps test run bench lint clean
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
+	$(GO) build $(BUILDFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
 
 # The whole suite with the race detector: unit, integration (real redis-server,
 # uvicorn, openssl, curl) and the CLI tests against the built binary.
@@ -18,7 +18,11 @@ deps:
 test: deps
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-run: build
+# The first build on a fresh machine downloads the modules and compiles them
+# (minutes): say so, and let Go name what it downloads and builds.
+run:
+	@echo "make run: building $(BIN); the first build downloads Go modules (go: downloading ...) and compiles every package (listed as it builds), which can take a few minutes"
+	@$(MAKE) --no-print-directory build BUILDFLAGS=-v
 	./scripts/quickstart.sh
 
 # Benchmarks; results go to docs/BENCHMARKS.md (see scripts/bench.sh).
