@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -145,64 +143,6 @@ func (c *Client) Mode() Mode { return c.d.mode }
 func (c *Client) Close() error {
 	c.d.stop()
 	return c.rdb.Close()
-}
-
-// HealthReport tells which path the client is on.
-type HealthReport struct {
-	Mode Mode `json:"mode"`
-	// Path is the path of the pooled connection that served the check,
-	// from the server's own view (CLIENT INFO laddr port).
-	Path Path `json:"path"`
-	// ServerAddr is the server-side address of that connection.
-	ServerAddr string `json:"server_addr,omitempty"`
-	// TLSUp is the dialer's belief: new connections go to TLS when true.
-	TLSUp             bool      `json:"tls_up"`
-	Fallbacks         uint64    `json:"fallbacks"`
-	LastFallback      time.Time `json:"last_fallback,omitzero"`
-	LastFallbackError string    `json:"last_fallback_error,omitempty"`
-	// TLSAuthFailures counts TLS attempts where the port answered but
-	// authentication failed (never a reason to fall back).
-	TLSAuthFailures    uint64        `json:"tls_auth_failures"`
-	LastTLSAuthFailure time.Time     `json:"last_tls_auth_failure,omitzero"`
-	LastTLSAuthError   string        `json:"last_tls_auth_error,omitempty"`
-	Latency            time.Duration `json:"latency_ns"`
-}
-
-// Health runs CLIENT INFO through the pool and reports the path of the
-// connection that answered. It returns an error (and a partial report)
-// when Redis does not answer.
-func (c *Client) Health(ctx context.Context) (HealthReport, error) {
-	d := c.d
-	d.mu.Lock()
-	r := HealthReport{Mode: d.mode, TLSUp: d.tlsUp, Fallbacks: d.fallbacks,
-		LastFallback: d.lastFallback, LastFallbackError: d.lastFallbackErr, Path: PathUnknown,
-		TLSAuthFailures: d.authFailures, LastTLSAuthFailure: d.lastAuthFailure, LastTLSAuthError: d.lastAuthErr}
-	d.mu.Unlock()
-	start := time.Now()
-	info, err := c.rdb.Do(ctx, "CLIENT", "INFO").Text()
-	if err != nil {
-		var rerr redis.Error
-		if !errors.As(err, &rerr) {
-			return r, fmt.Errorf("redis health (%s): %w", d.mode, err)
-		}
-		// Server answered but refused CLIENT INFO (ACL, old server): fall
-		// back to PING and the dialer's belief.
-		if err := c.rdb.Ping(ctx).Err(); err != nil {
-			return r, fmt.Errorf("redis health (%s): %w", d.mode, err)
-		}
-		r.Latency = time.Since(start)
-		if r.TLSUp {
-			r.Path = PathTLS
-		} else {
-			r.Path = PathPlaintext
-		}
-		return r, nil
-	}
-	r.Latency = time.Since(start)
-	fields := parseClientLine(strings.TrimSpace(info))
-	r.ServerAddr = fields["laddr"]
-	r.Path = d.pathForPort(portOf(r.ServerAddr))
-	return r, nil
 }
 
 type dialer struct {
@@ -548,39 +488,6 @@ func (c *plainConn) Close() error {
 	delete(c.d.plain, c)
 	c.d.mu.Unlock()
 	return c.Conn.Close()
-}
-
-type clientMetrics struct {
-	dials       *prometheus.CounterVec
-	fallbacks   prometheus.Counter
-	tlsFailures *prometheus.CounterVec
-	tlsUp       prometheus.Gauge
-}
-
-func newClientMetrics(r prometheus.Registerer, name string) *clientMetrics {
-	l := prometheus.Labels{"client": name}
-	return &clientMetrics{
-		dials: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "identity_agent_redis_client_dials_total", Help: "New Redis connections by path (tls, plaintext).",
-			ConstLabels: l}, []string{"path"})),
-		fallbacks: register(r, prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "identity_agent_redis_client_fallbacks_total", Help: "dual_auth connections that fell back from mTLS to password on the plaintext port.",
-			ConstLabels: l})),
-		tlsFailures: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name:        "identity_agent_redis_client_tls_failures_total",
-			Help:        "Failed TLS attempts by cause: unreachable (the only one dual_auth falls back on), server_id, untrusted_chain, handshake.",
-			ConstLabels: l}, []string{"cause"})),
-		tlsUp: register(r, prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "identity_agent_redis_client_tls_up", Help: "1 when new connections use the TLS path.",
-			ConstLabels: l})),
-	}
-}
-
-func boolGauge(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func (d *dialer) fallbackCount() uint64 {
