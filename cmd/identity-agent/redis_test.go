@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -159,6 +160,23 @@ redis:
 	defer legacy.Close()
 	require.NoError(t, legacy.Ping(context.Background()).Err())
 	time.Sleep(1500 * time.Millisecond) // at least one sample sees it
+	// status carries the sampler's view, typed (JSON) and rendered.
+	r = runCLI(t, "status", "--config", cfgPath, "--json")
+	var st struct {
+		Redis *struct {
+			Phase  string `json:"phase"`
+			Sample struct {
+				Last struct {
+					Plaintext int `json:"plaintext"`
+				} `json:"last"`
+			} `json:"sample"`
+		} `json:"redis"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st), r.stdout)
+	require.NotNil(t, st.Redis, r.stdout)
+	assert.Equal(t, "C", st.Redis.Phase)
+	assert.GreaterOrEqual(t, st.Redis.Sample.Last.Plaintext, 1, r.stdout)
+	assert.Contains(t, runCLI(t, "status", "--config", cfgPath).stdout, "redis   phase=C ")
 	r = runCLI(t, "redis", "transition", "advance", "--config", cfgPath, "--confirm")
 	assert.Equal(t, 1, r.code)
 	assert.Regexp(t, regexp.MustCompile(`refusing C→D: .*gate plaintext-(window|now)`), r.stderr)

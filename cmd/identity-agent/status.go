@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -150,5 +151,19 @@ func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []stri
 		fmt.Fprintf(w, "proxy   %s %s %s -> %s connections_open=%d connections_total=%d connections_refused=%d bytes_to_target=%d bytes_from_target=%d handshake_failures=%d\n",
 			p.Name, p.Mode, p.Listen, p.Target, p.ConnectionsOpen, p.ConnectionsTotal, p.ConnectionsRefused,
 			p.BytesToTarget, p.BytesFromTarget, handshakeFailures)
+	}
+	if rd := r.Redis; rd != nil {
+		sm := rd.Sample
+		fmt.Fprintf(w, "redis   phase=%s samples=%d plaintext=%d tls=%d", cmp.Or(string(rd.Phase), "-"), sm.Samples, sm.Last.Plaintext, sm.Last.TLS)
+		if !sm.LastSample.IsZero() {
+			fmt.Fprintf(w, " last_sample=%s", sm.LastSample.UTC().Format(time.RFC3339))
+		}
+		if !sm.PlaintextZeroSince.IsZero() {
+			fmt.Fprintf(w, " plaintext_free_since=%s", sm.PlaintextZeroSince.UTC().Format(time.RFC3339))
+		}
+		if rd.Error != "" {
+			fmt.Fprintf(w, " error=%q", rd.Error)
+		}
+		fmt.Fprintln(w)
 	}
 }

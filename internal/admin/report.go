@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
@@ -21,6 +22,17 @@ type Report struct {
 	// expiry rule, every output and every SVID offered.
 	rotation.State
 	Proxies []tlsproxy.Stats `json:"proxies,omitempty"`
+	// Redis is set while a Redis transition is configured.
+	Redis *Redis `json:"redis,omitempty"`
+}
+
+// Redis is the password → mTLS transition as its state file records it:
+// the phase reached and the plaintext-port sampler's last sample.
+type Redis struct {
+	Phase  redistransition.Phase       `json:"phase,omitempty"`
+	Sample redistransition.SampleState `json:"sample"`
+	// Error is set when the state file could not be read.
+	Error string `json:"error,omitempty"`
 }
 
 // Severity follows the monitoring-plugin convention; its value is the exit code.

@@ -299,5 +299,14 @@ func (a *Agent) Report() admin.Report {
 	for _, p := range a.proxies {
 		r.Proxies = append(r.Proxies, p.Stats())
 	}
+	if a.sampler != nil {
+		// The sampler keeps its state in the file that `redis transition`
+		// reads too; written atomically, so a plain read is consistent.
+		st, err := redistransition.LoadState(a.cfg.Redis.Transition.StateFile)
+		r.Redis = &admin.Redis{Phase: st.Phase, Sample: st.Sample}
+		if err != nil {
+			r.Redis.Error = err.Error()
+		}
+	}
 	return r
 }
