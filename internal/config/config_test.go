@@ -179,7 +179,10 @@ func TestREADMEConfigurationParses(t *testing.T) {
 
 	cfg, err := config.Parse("README.md", []byte(block), noEnv)
 	require.NoError(t, err)
-	require.Len(t, cfg.Outputs, 2)
+	require.Len(t, cfg.Outputs, 3)
+	f := cfg.Outputs[2].Formats
+	assert.True(t, f.CombinedFile != "" && f.CombinedOrder != "" && f.BundleDir != "" && f.Verify != nil,
+		"the formats and verify are shown: %+v", f)
 	kinds := map[string]bool{}
 	for _, r := range cfg.Outputs[0].Reload {
 		for _, k := range []struct {

@@ -1,6 +1,8 @@
 package config_test
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -93,5 +95,28 @@ outputs:
 		`agent.yaml:25: outputs[4].combined_order: is set but combined_file is not`,
 	} {
 		assert.Contains(t, err.Error(), want)
+	}
+}
+
+// examples/formats/agent.yaml is what operators copy: it parses and
+// validates as shipped (owners are resolved later, on the target host).
+func TestFormatsExampleParses(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "examples", "formats", "agent.yaml"))
+	require.NoError(t, err)
+	cfg, err := config.Parse("agent.yaml", data, noEnv)
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for _, o := range cfg.Outputs {
+		f := o.Formats
+		seen["combined_file"] = seen["combined_file"] || f.CombinedFile != ""
+		seen["chain_first"] = seen["chain_first"] || f.CombinedOrder == "chain_first"
+		seen["bundle_dir"] = seen["bundle_dir"] || f.BundleDir != ""
+		seen["layout"] = seen["layout"] || f.Layout == config.LayoutSPIFFEFSDelivery
+		seen["pkcs12"] = seen["pkcs12"] || f.PKCS12 != nil
+		seen["verify"] = seen["verify"] || f.Verify != nil
+	}
+	assert.Len(t, seen, 6)
+	for k, v := range seen {
+		assert.True(t, v, k)
 	}
 }
