@@ -34,6 +34,8 @@ type batchConn struct {
 	r, w  int
 	bulk  bool
 	large bulkHint
+	// onFirstRead, if set, runs once when the first bytes arrive.
+	onFirstRead func()
 }
 
 func newBatchConn(c net.Conn, pool *bufPool) *batchConn {
@@ -111,6 +113,11 @@ func (c *batchConn) Read(p []byte) (int, error) {
 	}
 	if !c.bulk || c.rc == nil {
 		n, err := c.Conn.Read(p)
+		if n > 0 && c.onFirstRead != nil {
+			f := c.onFirstRead
+			c.onFirstRead = nil
+			f()
+		}
 		if n == len(p) && n > 0 {
 			c.bulk = true
 		}

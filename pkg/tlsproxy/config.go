@@ -3,7 +3,6 @@ package tlsproxy
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -21,14 +20,26 @@ const (
 	ModeClient Mode = "client"
 )
 
-// Defaults applied by New when a Config field is zero.
+// Defaults applied by New when a Config field is zero. They are sized so
+// that 1,000 idle attackers holding connections open (from one address or
+// from many) leave authorized clients served; see docs/PROXY.md.
 const (
-	DefaultMaxConns         = 1024
-	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxConns bounds authenticated connections.
+	DefaultMaxConns = 1024
+	// DefaultMaxHandshakes bounds connections still in the TLS handshake:
+	// above 1,000 idle attackers, so that they wait out the handshake
+	// deadline instead of pushing each other out at the rate they reconnect.
+	DefaultMaxHandshakes = 2048
+	// DefaultMaxHandshakesPerSource bounds one source address's share of
+	// the handshake pool: a client proxy under heavy connection churn
+	// (wrk -c50 with Connection: close) stays well below it.
+	DefaultMaxHandshakesPerSource = 256
+	// DefaultHandshakeTimeout: a TLS 1.3 handshake takes one round trip,
+	// so 5 s is generous even across continents.
+	DefaultHandshakeTimeout = 5 * time.Second
 	DefaultIdleTimeout      = 5 * time.Minute
 	DefaultConnectTimeout   = 5 * time.Second
 	DefaultDrainTimeout     = 30 * time.Second
-	DefaultSocketMode       = fs.FileMode(0o600)
 )
 
 // Config describes one proxy. Addresses are "host:port" for TCP or
@@ -38,7 +49,8 @@ type Config struct {
 	Name string
 	Mode Mode
 	// Listen is where the proxy accepts connections: mTLS in server mode,
-	// plaintext in client mode.
+	// plaintext in client mode. With WithListener it may be empty (it is
+	// then the listener's address).
 	Listen string
 	// Target is where accepted connections are forwarded: plaintext in
 	// server mode, mTLS in client mode.
@@ -55,9 +67,20 @@ type Config struct {
 	// refuse a non-local Host, as Ollama does on loopback.
 	RewriteHost bool
 
-	// MaxConns bounds concurrent connections, including those still in
-	// the TLS handshake. Connections beyond it are reset at once.
+	// MaxConns bounds concurrent authenticated connections: those whose
+	// TLS handshake succeeded and whose peer is allowed. While it is
+	// reached, new connections are reset at once, before any handshake.
 	MaxConns int
+	// MaxHandshakes bounds connections still in the TLS handshake, apart
+	// from MaxConns. When it is full, the oldest of them is closed to make
+	// room for the newcomer (one that has sent nothing yet first), so
+	// strangers cannot hold the door shut; see docs/PROXY.md.
+	MaxHandshakes int
+	// MaxHandshakesPerSource bounds the handshakes of one source address
+	// (an IPv4 address or an IPv6 /64) in server mode; a source at its
+	// cap makes room by losing its own oldest handshake. Client mode
+	// accepts local callers only and has no per-source cap.
+	MaxHandshakesPerSource int
 	// HandshakeTimeout bounds the TLS handshake (both modes).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection after no byte moved in either
@@ -67,10 +90,6 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// DrainTimeout bounds Shutdown when its context has no earlier deadline.
 	DrainTimeout time.Duration
-	// SocketMode is applied to a unix socket the proxy listens on
-	// (default 0600): whoever can connect to a client-mode socket borrows
-	// this agent's identity.
-	SocketMode fs.FileMode
 
 	// UnsafeAllowNonLoopbackPlaintext permits the plaintext side (target in
 	// server mode, listen in client mode) to be something other than a
@@ -189,14 +208,24 @@ func (cfg Config) normalized() (Config, addr, addr, error) {
 			*d.v = d.def
 		}
 	}
-	if cfg.MaxConns < 0 {
-		return fail("max_conns", fmt.Errorf("%d: must not be negative", cfg.MaxConns))
+	for _, n := range []struct {
+		field string
+		v     *int
+		def   int
+	}{
+		{"max_conns", &cfg.MaxConns, DefaultMaxConns},
+		{"max_handshakes", &cfg.MaxHandshakes, DefaultMaxHandshakes},
+		{"max_handshakes_per_source", &cfg.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource},
+	} {
+		if *n.v < 0 {
+			return fail(n.field, fmt.Errorf("%d: must not be negative", *n.v))
+		}
+		if *n.v == 0 {
+			*n.v = n.def
+		}
 	}
-	if cfg.MaxConns == 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.SocketMode == 0 {
-		cfg.SocketMode = DefaultSocketMode
-	}
+	// A per-source cap above the pool would never apply; keeping it
+	// within makes Stats show the limit that is in force.
+	cfg.MaxHandshakesPerSource = min(cfg.MaxHandshakesPerSource, cfg.MaxHandshakes)
 	return cfg, listen, target, nil
 }

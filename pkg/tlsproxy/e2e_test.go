@@ -329,14 +329,20 @@ func TestUvicornBackend(t *testing.T) {
 }
 
 // TestHalfCloseAndUnixListener: a client that shuts its write side still
-// gets the answer, through a client proxy listening on a unix socket.
+// gets the answer, through a client proxy listening on a unix socket that
+// WithUnixListener created (the agent's makes it 0600, see
+// internal/agent).
 func TestHalfCloseAndUnixListener(t *testing.T) {
 	e := newEnv(t)
 	sock := filepath.Join(e.sockDir, "cli.sock")
-	_, cli := pair(t, e, echoBackend(t), func(_, c *tlsproxy.Config) { c.Listen = "unix://" + sock })
-	fi, err := os.Stat(sock)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	var asked string
+	listenUnix := tlsproxy.WithUnixListener(func(path string) (net.Listener, error) {
+		asked = path
+		return net.Listen("unix", path)
+	})
+	_, cli := pair(t, e, echoBackend(t), func(_, c *tlsproxy.Config) { c.Listen = "unix://" + sock }, listenUnix)
+	assert.Equal(t, sock, asked)
+	assert.Equal(t, "unix://"+sock, cli.Stats().Listen)
 
 	c, err := net.Dial("unix", sock)
 	require.NoError(t, err)

@@ -37,35 +37,37 @@ type httpFront struct {
 
 type peerKey struct{}
 
-func newHTTPFront(p *Proxy) *httpFront {
+func newHTTPFront(p *Proxy, rt *runtimeConfig) *httpFront {
 	f := &httpFront{p: p}
-	target := p.target
-	dialer := &net.Dialer{Timeout: p.cfg.ConnectTimeout, KeepAlive: plainKeepAlive(true, target)}
+	// Dials and the Host header follow the current target, so Update can
+	// move it; pooled upstream connections to an old target are closed by
+	// Update.
 	f.transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, target.network, target.address)
+			rt := p.rt.Load()
+			c, err := rt.dialer.DialContext(ctx, rt.target.network, rt.target.address)
 			if err != nil {
 				p.stats.dialFail.Add(1)
 				return nil, err
 			}
-			setNoDelay(c)
 			return c, nil
 		},
-		MaxIdleConns:        p.cfg.MaxConns,
-		MaxIdleConnsPerHost: p.cfg.MaxConns,
-		IdleConnTimeout:     p.cfg.IdleTimeout,
+		MaxIdleConns:        rt.cfg.MaxConns,
+		MaxIdleConnsPerHost: rt.cfg.MaxConns,
+		IdleConnTimeout:     rt.cfg.IdleTimeout,
 		DisableCompression:  true,
-	}
-	host := target.address
-	if target.network == "unix" {
-		host = "localhost"
 	}
 	stdLog, _ := zap.NewStdLogAt(p.log, zap.DebugLevel)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			rt := p.rt.Load()
+			host := rt.target.address
+			if rt.target.network == "unix" {
+				host = "localhost"
+			}
 			pr.SetURL(&url.URL{Scheme: "http", Host: host})
 			pr.Out.Host = pr.In.Host
-			if f.p.cfg.RewriteHost {
+			if rt.cfg.RewriteHost {
 				pr.Out.Host = host
 			}
 			stripXFCC(pr.Out.Header)
@@ -85,10 +87,12 @@ func newHTTPFront(p *Proxy) *httpFront {
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}
+	// The server's own timeouts are those at New: http.Server cannot
+	// change them while serving.
 	f.srv = &http.Server{
 		Handler:           rp,
-		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
-		IdleTimeout:       p.cfg.IdleTimeout,
+		ReadHeaderTimeout: rt.cfg.HandshakeTimeout,
+		IdleTimeout:       rt.cfg.IdleTimeout,
 		ErrorLog:          stdLog,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, peerKey{}, c)

@@ -14,13 +14,28 @@ type Stats struct {
 	Target   string `json:"target"`
 	Running  bool   `json:"running"`
 	Draining bool   `json:"draining"`
-	// ConnectionsOpen counts connections accepted and not yet closed,
-	// including those still in the handshake.
+	// MaxConns, MaxHandshakes and MaxHandshakesPerSource are the limits in
+	// force: the configured ones, lowered if RLIMIT_NOFILE cannot hold them.
+	MaxConns               int `json:"max_conns"`
+	MaxHandshakes          int `json:"max_handshakes"`
+	MaxHandshakesPerSource int `json:"max_handshakes_per_source"`
+	// ConnectionsOpen counts connections accepted and not yet closed:
+	// ConnectionsHandshaking plus ConnectionsAuthenticated, plus those
+	// between the two stages or closing.
 	ConnectionsOpen int64 `json:"connections_open"`
+	// ConnectionsHandshaking counts connections in the handshake pool.
+	ConnectionsHandshaking int64 `json:"connections_handshaking"`
+	// ConnectionsAuthenticated counts connections holding one of MaxConns.
+	ConnectionsAuthenticated int64 `json:"connections_authenticated"`
 	// ConnectionsTotal counts connections accepted (refused ones excluded).
 	ConnectionsTotal uint64 `json:"connections_total"`
-	// ConnectionsRefused counts connections reset because MaxConns was reached.
+	// ConnectionsRefused counts connections reset because MaxConns
+	// authenticated connections were open.
 	ConnectionsRefused uint64 `json:"connections_refused"`
+	// HandshakesShed counts handshaking connections closed to admit newer
+	// ones, by reason: "pool_full" (MaxHandshakes) and "source_cap"
+	// (MaxHandshakesPerSource). Both keys are always present.
+	HandshakesShed map[string]uint64 `json:"handshakes_shed"`
 	// HandshakeFailures counts failed handshakes by Cause; every cause is present.
 	HandshakeFailures map[Cause]uint64 `json:"handshake_failures"`
 	// HandshakesResumed counts successful handshakes that resumed a TLS
@@ -42,6 +57,7 @@ type counters struct {
 	open       atomic.Int64
 	total      atomic.Uint64
 	refused    atomic.Uint64
+	shed       [numShedReasons]atomic.Uint64
 	handshake  [len(allCauses)]atomic.Uint64
 	dialFail   atomic.Uint64
 	toTarget   atomic.Uint64
@@ -54,20 +70,30 @@ type counters struct {
 type collector struct {
 	c     *counters
 	bufs  *bufPool
+	adm   *admission
 	descs struct {
-		open, total, refused, handshake, resumed, dialFail, bytes, bulkBufs *prometheus.Desc
+		open, handshaking, authenticated, limit, shed                 *prometheus.Desc
+		total, refused, handshake, resumed, dialFail, bytes, bulkBufs *prometheus.Desc
 	}
 }
 
-func newCollector(name string, c *counters, bufs *bufPool) *collector {
+func newCollector(name string, p *Proxy) *collector {
 	labels := prometheus.Labels{"proxy": name}
-	col := &collector{c: c, bufs: bufs}
+	col := &collector{c: &p.stats, bufs: p.bufs, adm: p.adm}
 	col.descs.open = prometheus.NewDesc("identity_agent_proxy_connections_open",
 		"Connections currently open, including those in the TLS handshake.", nil, labels)
+	col.descs.handshaking = prometheus.NewDesc("identity_agent_proxy_connections_handshaking",
+		"Connections accepted and not yet authenticated (the handshake pool).", nil, labels)
+	col.descs.authenticated = prometheus.NewDesc("identity_agent_proxy_connections_authenticated",
+		"Authenticated connections (bounded by max_conns).", nil, labels)
+	col.descs.limit = prometheus.NewDesc("identity_agent_proxy_limit",
+		"Admission limits in force (after fitting RLIMIT_NOFILE), by limit: max_conns, max_handshakes, max_handshakes_per_source.", []string{"limit"}, labels)
+	col.descs.shed = prometheus.NewDesc("identity_agent_proxy_handshakes_shed_total",
+		"Handshaking connections closed to admit newer ones, by reason: pool_full, source_cap.", []string{"reason"}, labels)
 	col.descs.total = prometheus.NewDesc("identity_agent_proxy_connections_total",
 		"Connections accepted.", nil, labels)
 	col.descs.refused = prometheus.NewDesc("identity_agent_proxy_connections_refused_total",
-		"Connections reset at once because max_conns was reached.", nil, labels)
+		"Connections reset because max_conns authenticated connections were open.", nil, labels)
 	col.descs.handshake = prometheus.NewDesc("identity_agent_proxy_handshake_failures_total",
 		"Failed or rejected TLS handshakes by cause.", []string{"cause"}, labels)
 	col.descs.resumed = prometheus.NewDesc("identity_agent_proxy_handshakes_resumed_total",
@@ -83,6 +109,10 @@ func newCollector(name string, c *counters, bufs *bufPool) *collector {
 
 func (col *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- col.descs.open
+	ch <- col.descs.handshaking
+	ch <- col.descs.authenticated
+	ch <- col.descs.limit
+	ch <- col.descs.shed
 	ch <- col.descs.total
 	ch <- col.descs.refused
 	ch <- col.descs.handshake
@@ -95,6 +125,15 @@ func (col *collector) Describe(ch chan<- *prometheus.Desc) {
 func (col *collector) Collect(ch chan<- prometheus.Metric) {
 	c := col.c
 	ch <- prometheus.MustNewConstMetric(col.descs.open, prometheus.GaugeValue, float64(c.open.Load()))
+	hs, authed, lim := col.adm.counts()
+	ch <- prometheus.MustNewConstMetric(col.descs.handshaking, prometheus.GaugeValue, float64(hs))
+	ch <- prometheus.MustNewConstMetric(col.descs.authenticated, prometheus.GaugeValue, float64(authed))
+	ch <- prometheus.MustNewConstMetric(col.descs.limit, prometheus.GaugeValue, float64(lim.maxConns), "max_conns")
+	ch <- prometheus.MustNewConstMetric(col.descs.limit, prometheus.GaugeValue, float64(lim.maxHandshakes), "max_handshakes")
+	ch <- prometheus.MustNewConstMetric(col.descs.limit, prometheus.GaugeValue, float64(lim.perSource), "max_handshakes_per_source")
+	for r := range numShedReasons {
+		ch <- prometheus.MustNewConstMetric(col.descs.shed, prometheus.CounterValue, float64(c.shed[r].Load()), r.String())
+	}
 	ch <- prometheus.MustNewConstMetric(col.descs.total, prometheus.CounterValue, float64(c.total.Load()))
 	ch <- prometheus.MustNewConstMetric(col.descs.refused, prometheus.CounterValue, float64(c.refused.Load()))
 	for i, cause := range allCauses {

@@ -33,11 +33,11 @@ func (a *activity) touch(now time.Time) { a.last.Store(now.UnixNano()) }
 // side still get their answer.
 //
 // tlsRaw is the batchConn under whichever side is the tls.Conn.
-func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn) {
+func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn, idle time.Duration) {
 	var act activity
 	act.touch(time.Now())
 	downEnd, upEnd := end{c: down}, end{c: up}
-	if p.cfg.Mode == ModeServer {
+	if p.mode == ModeServer {
 		downEnd.raw = tlsRaw
 	} else {
 		upEnd.raw = tlsRaw
@@ -46,9 +46,9 @@ func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.halfPipe(upEnd, downEnd, &act, &p.stats.toTarget)
+		p.halfPipe(upEnd, downEnd, &act, &p.stats.toTarget, idle)
 	}()
-	p.halfPipe(downEnd, upEnd, &act, &p.stats.fromTarget)
+	p.halfPipe(downEnd, upEnd, &act, &p.stats.fromTarget, idle)
 	wg.Wait()
 }
 
@@ -60,9 +60,8 @@ type end struct {
 
 // halfPipe copies src to dst. On a clean EOF it half-closes dst; on any
 // other end it closes both, which also stops the other direction.
-func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint64) {
+func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint64, idle time.Duration) {
 	dst, src := dstEnd.c, srcEnd.c
-	idle := p.cfg.IdleTimeout
 	// The read deadline is pushed forward only when it fires while the
 	// other direction was busy, so a busy stream does no deadline
 	// bookkeeping per read.

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,83 +17,30 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
-
-	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
-// Option configures a Proxy.
-type Option interface{ apply(*options) }
-
-type optionFunc func(*options)
-
-func (f optionFunc) apply(o *options) { f(o) }
-
-type options struct {
-	log        *zap.Logger
-	reg        prometheus.Registerer
-	noResume   bool
-	curves     []tls.CurveID
-	bulkBudget int
-}
-
-// WithLogger sets the logger (default: no-op). Rejected connections are
-// logged at Warn, one line each.
-func WithLogger(l *zap.Logger) Option {
-	return optionFunc(func(o *options) {
-		if l != nil {
-			o.log = l
-		}
-	})
-}
-
-// WithRegisterer registers the proxy's metrics, labelled proxy="<name>".
-// Several proxies may share one registerer.
-func WithRegisterer(r prometheus.Registerer) Option {
-	return optionFunc(func(o *options) { o.reg = r })
-}
-
-// WithSessionResumption turns TLS session resumption on (the default) or
-// off. Resumed sessions are verified and authorized like full handshakes
-// and are bound to the SVID presented; turning it off costs a full
-// handshake (two signatures and chain verifications) per connection.
-func WithSessionResumption(enabled bool) Option {
-	return optionFunc(func(o *options) { o.noResume = !enabled })
-}
-
-// WithCurvePreferences restricts the TLS key exchanges offered and
-// accepted (tls.Config.CurvePreferences). The default is Go's: the
-// post-quantum hybrid X25519MLKEM768 first, then classical curves. With
-// resumption, the key exchange is most of a new connection's cost; a
-// deployment that accepts classical-only forward secrecy between its own
-// proxies can pass tls.X25519 to cut it by about a third.
-func WithCurvePreferences(ids ...tls.CurveID) Option {
-	return optionFunc(func(o *options) { o.curves = append([]tls.CurveID(nil), ids...) })
-}
-
-// WithBulkBufferBudget bounds the bytes of large (512 KiB) relay buffers
-// the proxy's bulk streams may hold at once (default
-// DefaultBulkBufferBudget). Streams beyond it use 64 KiB buffers; 0 turns
-// large buffers off, for hosts where memory matters more than throughput.
-func WithBulkBufferBudget(bytes int) Option {
-	return optionFunc(func(o *options) { o.bulkBudget = max(bytes, 0) })
-}
-
 // Proxy is one server- or client-mode proxy. Create it with New, run it
-// with Start and stop it with Shutdown.
+// with Start, change it with Update and stop it with Shutdown or Close.
 type Proxy struct {
-	cfg     Config
+	name    string
+	mode    Mode
 	listen  addr
-	target  addr
 	log     *zap.Logger
 	svids   x509svid.Source
-	tlsConf *tls.Config
-	dialer  net.Dialer
-	sem     chan struct{}
+	bundles x509bundle.Source
+	opts    options
 	stats   counters
 	reg     prometheus.Registerer
 	col     *collector
 	http    *httpFront // nil unless cfg.HTTP
 	bufs    *bufPool   // relay buffers, shared by all connections of this proxy
+	adm     *admission
+	shedLog rateLog
+
+	// rt is what new connections use; each connection keeps the one it
+	// was accepted under, so Update never disturbs established ones.
+	rt    atomic.Pointer[runtimeConfig]
+	updMu sync.Mutex // serializes Update and Start's limit fitting
 
 	// ctx is cancelled when Shutdown gives up waiting, to abort dials.
 	ctx    context.Context
@@ -107,61 +56,101 @@ type Proxy struct {
 	idle     chan struct{}  // closed when draining and the last connection ended
 }
 
+// runtimeConfig is one generation of a proxy's settings.
+type runtimeConfig struct {
+	cfg     Config // normalized
+	target  addr
+	tlsConf *tls.Config
+	dialer  *net.Dialer
+	lim     limits // in force: cfg's, lowered to fit RLIMIT_NOFILE
+}
+
 // New validates cfg and builds a proxy that takes its SVID from svids and
 // its trust bundles from bundles on every handshake, so rotations apply to
-// new connections without a restart. It does not listen yet.
+// new connections without a restart. It neither listens nor starts
+// goroutines.
 func New(cfg Config, svids x509svid.Source, bundles x509bundle.Source, opts ...Option) (*Proxy, error) {
-	cfg, listen, target, err := cfg.normalized()
-	if err != nil {
-		return nil, err
+	o := options{log: zap.NewNop(), bulkBudget: DefaultBulkBufferBudget, fdLimit: fdLimit}
+	for _, opt := range opts {
+		opt.apply(&o)
 	}
-	authz, err := ParseAllow(cfg.Allow)
-	if err != nil {
-		return nil, fmt.Errorf("proxy %q: %w", cfg.Name, err)
+	if cfg.Listen == "" && o.ln != nil {
+		cfg.Listen = addrString(o.ln.Addr())
 	}
 	if svids == nil || bundles == nil {
 		return nil, fmt.Errorf("proxy %q: an X.509-SVID source and a bundle source are required", cfg.Name)
 	}
-	o := options{log: zap.NewNop(), bulkBudget: DefaultBulkBufferBudget}
-	for _, opt := range opts {
-		opt.apply(&o)
-	}
 	p := &Proxy{
-		cfg:    cfg,
-		listen: listen,
-		target: target,
-		log:    o.log.With(zap.String("proxy", cfg.Name), zap.String("mode", string(cfg.Mode))),
-		svids:  svids,
-		sem:    make(chan struct{}, cfg.MaxConns),
-		conns:  map[*tracked]struct{}{},
-		reg:    o.reg,
-		dialer: net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: plainKeepAlive(cfg.Mode == ModeServer, target)},
-		bufs:   newBufPool(o.bulkBudget),
+		name:    cfg.Name,
+		mode:    cfg.Mode,
+		log:     o.log.With(zap.String("proxy", cfg.Name), zap.String("mode", string(cfg.Mode))),
+		svids:   svids,
+		bundles: bundles,
+		opts:    o,
+		conns:   map[*tracked]struct{}{},
+		reg:     o.reg,
+		bufs:    newBufPool(o.bulkBudget),
 	}
-	v := &verifier{bundles: bundles, authz: authz}
-	if cfg.Mode == ModeServer {
-		p.tlsConf = serverTLSConfig(svids, bundles, authz, v)
-		if cfg.HTTP {
-			p.tlsConf.NextProtos = []string{"http/1.1"}
-			p.http = newHTTPFront(p)
-		}
-	} else {
-		p.tlsConf = clientTLSConfig(svids, bundles, authz, v, target)
+	rt, listen, err := p.build(cfg)
+	if err != nil {
+		return nil, err
 	}
-	if len(o.curves) > 0 {
-		p.tlsConf.CurvePreferences = o.curves
-	}
-	if o.noResume {
-		p.tlsConf.SessionTicketsDisabled = true
-		p.tlsConf.ClientSessionCache = nil
+	p.listen = listen
+	p.rt.Store(rt)
+	p.adm = newAdmission(rt.lim)
+	if rt.cfg.HTTP {
+		p.http = newHTTPFront(p, rt)
 	}
 	if p.reg != nil {
-		p.col = newCollector(cfg.Name, &p.stats, p.bufs)
+		p.col = newCollector(cfg.Name, p)
 		if err := p.reg.Register(p.col); err != nil {
 			return nil, fmt.Errorf("proxy %q: register metrics: %w", cfg.Name, err)
 		}
 	}
 	return p, nil
+}
+
+// addrString renders a listener's address in Config.Listen's syntax.
+func addrString(a net.Addr) string {
+	if a.Network() == "unix" {
+		return "unix://" + a.String()
+	}
+	return a.String()
+}
+
+// build validates cfg and derives what connections need from it.
+func (p *Proxy) build(cfg Config) (*runtimeConfig, addr, error) {
+	cfg, listen, target, err := cfg.normalized()
+	if err != nil {
+		return nil, addr{}, err
+	}
+	authz, err := ParseAllow(cfg.Allow)
+	if err != nil {
+		return nil, addr{}, fmt.Errorf("proxy %q: %w", cfg.Name, err)
+	}
+	rt := &runtimeConfig{
+		cfg:    cfg,
+		target: target,
+		dialer: &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: plainKeepAlive(cfg.Mode == ModeServer, target)},
+		lim:    limits{maxConns: cfg.MaxConns, maxHandshakes: cfg.MaxHandshakes, perSource: cfg.MaxHandshakesPerSource},
+	}
+	v := &verifier{bundles: p.bundles, authz: authz}
+	if cfg.Mode == ModeServer {
+		rt.tlsConf = serverTLSConfig(p.svids, p.bundles, authz, v)
+		if cfg.HTTP {
+			rt.tlsConf.NextProtos = []string{"http/1.1"}
+		}
+	} else {
+		rt.tlsConf = clientTLSConfig(p.svids, p.bundles, authz, v, target)
+	}
+	if len(p.opts.curves) > 0 {
+		rt.tlsConf.CurvePreferences = p.opts.curves
+	}
+	if p.opts.noResume {
+		rt.tlsConf.SessionTicketsDisabled = true
+		rt.tlsConf.ClientSessionCache = nil
+	}
+	return rt, listen, nil
 }
 
 // serverTLSConfig starts from go-spiffe's mTLS server config (SVID per
@@ -201,32 +190,26 @@ func clientTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz tls
 }
 
 // Name returns the proxy's configured name.
-func (p *Proxy) Name() string { return p.cfg.Name }
+func (p *Proxy) Name() string { return p.name }
 
 // Start listens and serves in background goroutines; it returns once the
 // listener is open. ctx only bounds the start itself; stop the proxy with
-// Shutdown.
+// Shutdown or Close.
 func (p *Proxy) Start(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.running || p.stopped {
-		return fmt.Errorf("proxy %q: already started or shut down", p.cfg.Name)
+		return fmt.Errorf("proxy %q: already started or shut down", p.name)
 	}
-	var (
-		ln  net.Listener
-		err error
-	)
-	if p.listen.network == "unix" {
-		// Never reachable at the umask's mode: whoever connects to a
-		// client-mode socket borrows this agent's identity.
-		ln, err = unixsock.Listen(p.listen.address, p.cfg.SocketMode)
-	} else {
-		lc := net.ListenConfig{KeepAlive: plainKeepAlive(p.cfg.Mode == ModeClient, p.listen)}
-		ln, err = lc.Listen(ctx, p.listen.network, p.listen.address)
-	}
+	ln, err := p.openListener(ctx)
 	if err != nil {
-		return fmt.Errorf("proxy %q: listen: %w", p.cfg.Name, err)
+		return fmt.Errorf("proxy %q: listen: %w", p.name, err)
 	}
+	p.updMu.Lock()
+	rt := p.fitted(p.rt.Load())
+	p.rt.Store(rt)
+	p.adm.setLimits(rt.lim)
+	p.updMu.Unlock()
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.ln = ln
 	p.running = true
@@ -235,8 +218,50 @@ func (p *Proxy) Start(ctx context.Context) error {
 	}
 	p.wg.Add(1)
 	go p.acceptLoop(ln)
-	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", p.target.String()))
+	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", rt.target.String()),
+		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes),
+		zap.Int("max_handshakes_per_source", rt.lim.perSource))
 	return nil
+}
+
+func (p *Proxy) openListener(ctx context.Context) (net.Listener, error) {
+	switch {
+	case p.opts.ln != nil:
+		return p.opts.ln, nil
+	case p.listen.network == "unix":
+		if p.opts.listenUnix == nil {
+			return nil, fmt.Errorf("%s: unix sockets need WithUnixListener or WithListener (the proxy does not create socket files itself)", p.listen)
+		}
+		return p.opts.listenUnix(p.listen.address)
+	default:
+		lc := net.ListenConfig{KeepAlive: plainKeepAlive(p.mode == ModeClient, p.listen)}
+		return lc.Listen(ctx, p.listen.network, p.listen.address)
+	}
+}
+
+// fitted returns rt with its limits lowered, if needed, to what
+// RLIMIT_NOFILE allows, logging the change once per generation.
+func (p *Proxy) fitted(rt *runtimeConfig) *runtimeConfig {
+	nofile, ok := p.opts.fdLimit()
+	if !ok {
+		return rt
+	}
+	perAuthed := 2
+	if rt.cfg.HTTP {
+		perAuthed = 3
+	}
+	want := limits{maxConns: rt.cfg.MaxConns, maxHandshakes: rt.cfg.MaxHandshakes, perSource: rt.cfg.MaxHandshakesPerSource}
+	got, lowered := fitLimits(want, nofile, perAuthed)
+	if !lowered {
+		return rt
+	}
+	p.log.Warn("file descriptor limit (ulimit -n) too low for this proxy's limits; lowered them to fit: raise LimitNOFILE (systemd) or NumberOfFiles (launchd) to restore them",
+		zap.Uint64("rlimit_nofile", nofile),
+		zap.Int("max_conns", got.maxConns), zap.Int("configured_max_conns", want.maxConns),
+		zap.Int("max_handshakes", got.maxHandshakes), zap.Int("configured_max_handshakes", want.maxHandshakes))
+	out := *rt
+	out.lim = got
+	return &out
 }
 
 // plainKeepAlive turns TCP keep-alive probes off (-1) for the plaintext
@@ -278,16 +303,24 @@ func (p *Proxy) acceptLoop(ln net.Listener) {
 			continue
 		}
 		backoff = 0
-		select {
-		case p.sem <- struct{}{}:
-		default:
-			p.refuse(c)
+		rt := p.rt.Load()
+		t := &tracked{raw: c, rt: rt}
+		var src netip.Addr // client mode: every caller is local, no per-source cap
+		if p.mode == ModeServer {
+			src = sourceKey(c.RemoteAddr())
+		}
+		pc, victims := p.adm.admit(t, src)
+		if pc == nil {
+			p.refuse(c, rt)
 			continue
 		}
-		t := &tracked{raw: c}
+		t.pc = pc
+		for _, v := range victims {
+			p.shed(v)
+		}
 		if !p.track(t) {
+			p.adm.leave(pc)
 			_ = c.Close()
-			<-p.sem
 			continue
 		}
 		p.stats.total.Add(1)
@@ -297,24 +330,64 @@ func (p *Proxy) acceptLoop(ln net.Listener) {
 	}
 }
 
-// refuse resets a connection over the limit immediately: queuing it would
-// let a flood of idle peers hold memory and file descriptors.
-func (p *Proxy) refuse(c net.Conn) {
+// refuse resets a connection while the authenticated pool is full:
+// queuing it would let a flood of peers hold memory and file descriptors.
+func (p *Proxy) refuse(c net.Conn, rt *runtimeConfig) {
 	p.stats.refused.Add(1)
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
 	p.log.Warn("connection refused", zap.String("peer_addr", c.RemoteAddr().String()),
-		zap.String("cause", "max_conns"), zap.Int("max_conns", p.cfg.MaxConns))
+		zap.String("cause", "max_conns"), zap.Int("max_conns", rt.lim.maxConns))
 	_ = c.Close()
+}
+
+// shed closes a handshaking connection to make room for a newer one. Under
+// attack this happens thousands of times a second, so it is logged at most
+// once a second, with the count since the last line.
+func (p *Proxy) shed(v *pending) {
+	p.stats.shed[v.reason].Add(1)
+	if tc, ok := v.t.raw.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	v.t.forceClose()
+	if n, ok := p.shedLog.allow(time.Now()); ok {
+		hs, _, lim := p.adm.counts()
+		p.log.Warn("handshaking connections shed to admit new ones", zap.String("reason", v.reason.String()),
+			zap.String("peer_addr", v.t.raw.RemoteAddr().String()), zap.Uint64("shed_since_last_line", n),
+			zap.Int("handshaking", hs), zap.Int("max_handshakes", lim.maxHandshakes),
+			zap.Int("max_handshakes_per_source", lim.perSource))
+	}
+}
+
+// rateLog lets one line through per interval and counts the rest.
+type rateLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed uint64
+}
+
+func (r *rateLog) allow(now time.Time) (uint64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.suppressed++
+	if now.Sub(r.last) < time.Second {
+		return 0, false
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	return n, true
 }
 
 // tracked is one accepted connection and, once dialed, its upstream.
 type tracked struct {
-	raw net.Conn
-	mu  sync.Mutex
-	up  net.Conn
-	cut bool
+	raw    net.Conn
+	rt     *runtimeConfig // the settings it was accepted under
+	pc     *pending       // its place in the handshake pool
+	authed bool           // holds an authenticated slot
+	mu     sync.Mutex
+	up     net.Conn
+	cut    bool
 }
 
 // setUp records the upstream connection; false if the connection was
@@ -353,6 +426,11 @@ func (p *Proxy) track(t *tracked) bool {
 // release ends the bookkeeping of one accepted connection; called exactly once per connection.
 func (p *Proxy) release(t *tracked) {
 	_ = t.raw.Close()
+	if t.authed {
+		p.adm.release()
+	} else {
+		p.adm.leave(t.pc)
+	}
 	p.mu.Lock()
 	delete(p.conns, t)
 	last := p.draining && len(p.conns) == 0 && p.idle != nil
@@ -365,31 +443,27 @@ func (p *Proxy) release(t *tracked) {
 		}
 	}
 	p.stats.open.Add(-1)
-	<-p.sem
 	p.wg.Done()
 }
 
 func (p *Proxy) serve(t *tracked) {
-	setNoDelay(t.raw)
-	if p.cfg.Mode == ModeServer {
+	if p.mode == ModeServer {
 		p.serveServer(t)
 	} else {
 		p.serveClient(t)
 	}
 }
 
-// setNoDelay documents intent only: Go enables TCP_NODELAY on every TCP
-// connection it creates, so small writes (request/response traffic) are
-// never held back by Nagle. Calling SetNoDelay again would cost a syscall
-// per connection.
-func setNoDelay(net.Conn) {}
-
-// handshake runs the TLS handshake under HandshakeTimeout and, on failure,
-// counts and logs the rejection once.
-func (p *Proxy) handshake(tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
-	_ = raw.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+// handshake runs the TLS handshake under HandshakeTimeout and moves the
+// connection to the authenticated pool. On failure it counts and logs the
+// rejection once; a connection shed meanwhile is neither.
+func (p *Proxy) handshake(t *tracked, tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
+	_ = raw.SetDeadline(time.Now().Add(t.rt.cfg.HandshakeTimeout))
 	err := tc.Handshake()
 	if err != nil {
+		if p.adm.leave(t.pc) {
+			return spiffeid.ID{}, false
+		}
 		cause, id := classifyHandshakeError(err)
 		p.stats.handshake[causeIndex(cause)].Add(1)
 		fields := []zap.Field{
@@ -403,6 +477,14 @@ func (p *Proxy) handshake(tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
 		p.log.Warn("connection rejected", fields...)
 		return spiffeid.ID{}, false
 	}
+	if !p.adm.authenticate(t.pc) {
+		if !t.pc.shed {
+			// The authenticated pool filled up during the handshake.
+			p.refuseAuthenticated(t, raw)
+		}
+		return spiffeid.ID{}, false
+	}
+	t.authed = true
 	_ = raw.SetDeadline(time.Time{})
 	cs := tc.ConnectionState()
 	if cs.DidResume {
@@ -412,11 +494,19 @@ func (p *Proxy) handshake(tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
 	return id, true
 }
 
+func (p *Proxy) refuseAuthenticated(t *tracked, raw net.Conn) {
+	p.stats.refused.Add(1)
+	p.log.Warn("connection refused", zap.String("peer_addr", raw.RemoteAddr().String()),
+		zap.String("cause", "max_conns"), zap.Int("max_conns", t.rt.lim.maxConns))
+}
+
 func (p *Proxy) serveServer(t *tracked) {
 	raw := t.raw
 	bc := newBatchConn(raw, p.bufs)
-	tc := tls.Server(bc, p.tlsConf)
-	peer, ok := p.handshake(tc, raw)
+	pc := t.pc
+	bc.onFirstRead = func() { p.adm.progressed(pc) }
+	tc := tls.Server(bc, t.rt.tlsConf)
+	peer, ok := p.handshake(t, tc, raw)
 	if !ok {
 		p.release(t)
 		return
@@ -435,7 +525,7 @@ func (p *Proxy) serveServer(t *tracked) {
 		return
 	}
 	defer func() { _ = up.Close() }()
-	p.pipe(tc, up, bc)
+	p.pipe(tc, up, bc, t.rt.cfg.IdleTimeout)
 	_ = tc.Close()
 }
 
@@ -443,128 +533,30 @@ func (p *Proxy) serveClient(t *tracked) {
 	defer p.release(t)
 	up, err := p.dialTarget(t)
 	if err != nil {
+		p.adm.leave(t.pc)
 		p.log.Warn("target dial failed", zap.String("peer_addr", t.raw.RemoteAddr().String()), zap.Error(err))
 		return
 	}
 	bc := newBatchConn(up, p.bufs)
-	tc := tls.Client(bc, p.tlsConf)
+	tc := tls.Client(bc, t.rt.tlsConf)
 	defer func() { _ = tc.Close() }()
 	// Failures here are the remote server's: they are logged with its address.
-	if _, ok := p.handshake(tc, up); !ok {
+	if _, ok := p.handshake(t, tc, up); !ok {
 		return
 	}
-	p.pipe(t.raw, tc, bc)
+	p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout)
 }
 
 func (p *Proxy) dialTarget(t *tracked) (net.Conn, error) {
-	c, err := p.dialer.DialContext(p.ctx, p.target.network, p.target.address)
+	target := t.rt.target
+	c, err := t.rt.dialer.DialContext(p.ctx, target.network, target.address)
 	if err != nil {
 		p.stats.dialFail.Add(1)
-		return nil, fmt.Errorf("dial %s: %w", p.target, err)
+		return nil, fmt.Errorf("dial %s: %w", target, err)
 	}
 	if !t.setUp(c) {
 		_ = c.Close()
-		return nil, fmt.Errorf("dial %s: %w", p.target, net.ErrClosed)
+		return nil, fmt.Errorf("dial %s: %w", target, net.ErrClosed)
 	}
-	setNoDelay(c)
 	return c, nil
-}
-
-// Shutdown stops accepting, waits for open connections to finish until ctx
-// is done or DrainTimeout passes, then closes the rest and waits for every
-// goroutine. It returns ctx's error if connections had to be cut.
-func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.mu.Lock()
-	if p.draining || p.stopped {
-		p.mu.Unlock()
-		return nil
-	}
-	if !p.running {
-		// Never started: nothing to drain, but free the metric names.
-		p.stopped = true
-		p.mu.Unlock()
-		if p.col != nil {
-			p.reg.Unregister(p.col)
-		}
-		return nil
-	}
-	// Stop accepting before anyone can see Draining: a caller that waits
-	// for it (status, tests, an orchestrator) must find the port closed.
-	_ = p.ln.Close()
-	p.draining = true
-	p.idle = make(chan struct{})
-	if len(p.conns) == 0 {
-		close(p.idle)
-	}
-	p.mu.Unlock()
-
-	p.log.Info("proxy draining", zap.Int64("open", p.stats.open.Load()))
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.DrainTimeout)
-	defer cancel()
-	if p.http != nil {
-		p.http.shutdown(ctx)
-	}
-	var err error
-	select {
-	case <-p.idle:
-	case <-ctx.Done():
-		err = ctx.Err()
-		p.mu.Lock()
-		n := len(p.conns)
-		for t := range p.conns {
-			t.forceClose()
-		}
-		p.mu.Unlock()
-		p.log.Warn("drain deadline reached, closing connections", zap.Int("closed", n))
-	}
-	p.cancel()
-	if p.http != nil {
-		p.http.close()
-	}
-	p.wg.Wait()
-	if p.col != nil {
-		p.reg.Unregister(p.col)
-	}
-	p.mu.Lock()
-	p.running, p.stopped = false, true
-	p.mu.Unlock()
-	p.log.Info("proxy stopped")
-	if err != nil {
-		return fmt.Errorf("proxy %q: drain: %w", p.cfg.Name, err)
-	}
-	return nil
-}
-
-// Stats returns a snapshot of the counters.
-func (p *Proxy) Stats() Stats {
-	p.mu.Lock()
-	running, draining := p.running, p.draining
-	listen := p.listen.String()
-	if p.ln != nil {
-		if p.listen.network == "tcp" {
-			listen = p.ln.Addr().String()
-		}
-	}
-	p.mu.Unlock()
-	s := Stats{
-		Name:               p.cfg.Name,
-		Mode:               p.cfg.Mode,
-		Listen:             listen,
-		Target:             p.target.String(),
-		Running:            running,
-		Draining:           draining,
-		ConnectionsOpen:    p.stats.open.Load(),
-		ConnectionsTotal:   p.stats.total.Load(),
-		ConnectionsRefused: p.stats.refused.Load(),
-		HandshakeFailures:  make(map[Cause]uint64, len(allCauses)),
-		HandshakesResumed:  p.stats.resumed.Load(),
-		TargetDialFailures: p.stats.dialFail.Load(),
-		BytesToTarget:      p.stats.toTarget.Load(),
-		BytesFromTarget:    p.stats.fromTarget.Load(),
-		BulkBufferBytes:    p.bufs.largeBytesInUse(),
-	}
-	for i, c := range allCauses {
-		s.HandshakeFailures[c] = p.stats.handshake[i].Load()
-	}
-	return s
 }
