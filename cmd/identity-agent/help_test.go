@@ -13,7 +13,7 @@ func TestProxyHelpShowsRealDefaults(t *testing.T) {
 		r := runCLI(t, "proxy", mode, "--help")
 		assert.Equal(t, 0, r.code)
 		assert.NotContains(t, r.stdout, "(default 0s)")
-		assert.Contains(t, r.stdout, "TLS handshake limit (default 10s)")
+		assert.Contains(t, r.stdout, "TLS handshake limit (default 5s)")
 		assert.Contains(t, r.stdout, "target dial limit (default 5s)")
 	}
 }

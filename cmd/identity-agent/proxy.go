@@ -62,8 +62,7 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 			}
 			defer func() { _ = log.Sync() }()
 			src := svid.NewSource(svid.WithAddr(api), svid.WithLogger(log.Named("workloadapi")))
-			p, err := tlsproxy.New(agent.ProxyConfig(pc), src.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), src,
-				tlsproxy.WithLogger(log))
+			p, err := agent.NewProxy(pc, src, tlsproxy.WithLogger(log))
 			if err != nil {
 				return withCode(exitUsage, proxyFlagError(mode, err))
 			}
@@ -97,8 +96,10 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 	f.StringArrayVar(&pc.Allow, "allow", nil, "peer SPIFFE ID, trust domain or prefix to accept (repeatable)")
 	f.StringVar(&pc.SpiffeID, "spiffe-id", "", "which of this workload's SVIDs to present (default: the first)")
 	f.StringVar(&pc.Hint, "hint", "", "pick the SVID to present by its Workload API hint")
-	f.IntVar(&pc.MaxConns, "max-conns", 0, "concurrent connections (default 1024)")
-	f.Var(durationFlag{&pc.HandshakeTimeout}, "handshake-timeout", "TLS handshake limit (default 10s)")
+	f.IntVar(&pc.MaxConns, "max-conns", 0, fmt.Sprintf("concurrent authenticated connections (default %d)", tlsproxy.DefaultMaxConns))
+	f.IntVar(&pc.MaxHandshakes, "max-handshakes", 0, fmt.Sprintf("concurrent connections still in the TLS handshake; when full the oldest idle one is closed (default %d)", tlsproxy.DefaultMaxHandshakes))
+	f.IntVar(&pc.MaxHandshakesPerSource, "max-handshakes-per-source", 0, fmt.Sprintf("handshakes per source address (IPv6: per /64) (default %d)", tlsproxy.DefaultMaxHandshakesPerSource))
+	f.Var(durationFlag{&pc.HandshakeTimeout}, "handshake-timeout", "TLS handshake limit (default "+tlsproxy.DefaultHandshakeTimeout.String()+")")
 	f.Var(durationFlag{&pc.IdleTimeout}, "idle-timeout", "close after this long without traffic (default 5m)")
 	f.Var(durationFlag{&pc.ConnectTimeout}, "connect-timeout", "target dial limit (default 5s)")
 	f.Var(durationFlag{&pc.DrainTimeout}, "drain-timeout", "how long SIGTERM lets connections finish (default 30s)")
@@ -137,6 +138,7 @@ func (durationFlag) Type() string { return "duration" }
 // proxyConfigKeys are the config keys of a proxy that have a flag of the
 // same name (underscores as dashes) on `proxy server|client`.
 var proxyConfigKeys = []string{"listen", "target", "allow", "spiffe_id", "hint", "max_conns",
+	"max_handshakes", "max_handshakes_per_source",
 	"handshake_timeout", "idle_timeout", "connect_timeout", "drain_timeout",
 	"unsafe_allow_non_loopback_plaintext", "http", "rewrite_host"}
 

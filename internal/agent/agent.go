@@ -72,7 +72,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("%s: outputs: %w", cfg.Path, err)
 	}
 	for i, pc := range cfg.Proxies {
-		p, err := tlsproxy.New(ProxyConfig(pc), a.source.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), a.source,
+		p, err := NewProxy(pc, a.source,
 			tlsproxy.WithLogger(a.log.Named("proxy")),
 			tlsproxy.WithRegisterer(a.registry))
 		if err != nil {
@@ -109,25 +109,6 @@ func (a *Agent) extraReloader(o config.Output, r config.Reload) (rotation.Reload
 		return a.traefikReloader(o, r.Traefik)
 	}
 	return nil, fmt.Errorf("reload kind %q is not supported", r.Kind())
-}
-
-// ProxyConfig maps a configured proxy to tlsproxy's Config.
-func ProxyConfig(pc config.Proxy) tlsproxy.Config {
-	return tlsproxy.Config{
-		Name:                            pc.Name,
-		Mode:                            tlsproxy.Mode(pc.Mode),
-		Listen:                          pc.Listen,
-		Target:                          pc.Target,
-		Allow:                           pc.Allow,
-		HTTP:                            pc.HTTP,
-		RewriteHost:                     pc.RewriteHost,
-		MaxConns:                        pc.MaxConns,
-		HandshakeTimeout:                time.Duration(pc.HandshakeTimeout),
-		IdleTimeout:                     time.Duration(pc.IdleTimeout),
-		ConnectTimeout:                  time.Duration(pc.ConnectTimeout),
-		DrainTimeout:                    time.Duration(pc.DrainTimeout),
-		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
-	}
 }
 
 // Registry is the agent's private metrics registry; other parts (the redis

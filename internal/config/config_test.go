@@ -122,6 +122,8 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 			`bad.yaml:3: proxies[0].allow: is required: list the peer SPIFFE IDs to accept (there is no allow-anyone)`},
 		{"bad allow entry", "workload_api: {socket: unix:///s}\nproxies:\n  - name: p\n    mode: server\n    listen: 127.0.0.1:1\n    target: 127.0.0.1:2\n    allow:\n      - spiffe://example.org/a\n      - spiffe://example.org/*/x\n",
 			`bad.yaml:9: proxies[0].allow[1]: "spiffe://example.org/*/x": `},
+		{"negative handshake pool", "workload_api: {socket: unix:///s}\nproxies:\n  - name: p\n    mode: server\n    listen: 127.0.0.1:1\n    target: 127.0.0.1:2\n    allow: [spiffe://example.org/a]\n    max_handshakes_per_source: -1\n",
+			`bad.yaml:8: proxies[0].max_handshakes_per_source: must not be negative`},
 		{"metrics on a public address", "workload_api: {socket: unix:///s}\nadmin: {metrics_listen: \"0.0.0.0:9090\"}\n",
 			`bad.yaml:2: admin.metrics_listen: "0.0.0.0:9090" must be a loopback address`},
 		{"syntax error", "outputs: [\n", `bad.yaml:1: did not find expected node content`},

@@ -202,11 +202,17 @@ type Proxy struct {
 	// RewriteHost (with http) sends the target address as Host.
 	RewriteHost bool `yaml:"rewrite_host"`
 
-	MaxConns         int      `yaml:"max_conns"`
-	HandshakeTimeout Duration `yaml:"handshake_timeout"`
-	IdleTimeout      Duration `yaml:"idle_timeout"`
-	ConnectTimeout   Duration `yaml:"connect_timeout"`
-	DrainTimeout     Duration `yaml:"drain_timeout"`
+	// MaxConns bounds authenticated connections (handshake done, peer
+	// allowed); MaxHandshakes and MaxHandshakesPerSource bound those still
+	// in the TLS handshake (see docs/PROXY.md, "Admission"). Zero: the
+	// tlsproxy defaults.
+	MaxConns               int      `yaml:"max_conns"`
+	MaxHandshakes          int      `yaml:"max_handshakes"`
+	MaxHandshakesPerSource int      `yaml:"max_handshakes_per_source"`
+	HandshakeTimeout       Duration `yaml:"handshake_timeout"`
+	IdleTimeout            Duration `yaml:"idle_timeout"`
+	ConnectTimeout         Duration `yaml:"connect_timeout"`
+	DrainTimeout           Duration `yaml:"drain_timeout"`
 
 	UnsafeAllowNonLoopbackPlaintext bool `yaml:"unsafe_allow_non_loopback_plaintext"`
 }

@@ -227,8 +227,13 @@ func (c *Config) validate(v *validator) {
 				v.errorf(p("allow", j), "%s", strings.TrimPrefix(err.Error(), "allow[0] "))
 			}
 		}
-		if px.MaxConns < 0 {
-			v.errorf(p("max_conns"), "must not be negative")
+		for _, n := range []struct {
+			field string
+			val   int
+		}{{"max_conns", px.MaxConns}, {"max_handshakes", px.MaxHandshakes}, {"max_handshakes_per_source", px.MaxHandshakesPerSource}} {
+			if n.val < 0 {
+				v.errorf(p(n.field), "must not be negative")
+			}
 		}
 	}
 

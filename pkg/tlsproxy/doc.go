@@ -26,10 +26,23 @@
 // Safety by default: the plaintext side must be a loopback address,
 // "localhost" or a unix socket unless Config.UnsafeAllowNonLoopbackPlaintext
 // is set; TLS 1.2 is the minimum (1.3 is negotiated when the peer has it);
-// an empty allow list is an error. Limits: MaxConns (connections beyond it
-// are reset at once, handshakes in progress count), HandshakeTimeout,
-// IdleTimeout (no byte in either direction), ConnectTimeout and a graceful
-// Shutdown bounded by DrainTimeout.
+// an empty allow list is an error.
+//
+// Admission has two stages. Connections still in the TLS handshake hold a
+// slot of their own pool (MaxHandshakes, at most MaxHandshakesPerSource
+// per source address, cut at HandshakeTimeout); a full pool closes its
+// oldest connection that has sent nothing (else its oldest) rather than
+// refusing the newcomer, so idle sockets cannot lock authorized clients
+// out. Authenticated connections count against MaxConns; while it is
+// reached new connections are reset at once. The limits are fitted to
+// RLIMIT_NOFILE at Start. IdleTimeout (no byte in either direction),
+// ConnectTimeout and a graceful Shutdown bounded by DrainTimeout complete
+// the limits; Close stops at once.
+//
+// Update changes a running proxy: new connections use the new allow list,
+// limits, timeouts and target while established ones keep theirs. The
+// proxy listens on TCP itself; unix sockets come from the caller
+// (WithUnixListener or WithListener), who decides their mode.
 //
 // Data path: plain sockets are read with read(2) straight into pooled
 // 64 KiB buffers that are taken only once data is there; a tls.Conn is

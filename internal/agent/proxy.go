@@ -1,0 +1,49 @@
+package agent
+
+import (
+	"net"
+	"time"
+
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/unixsock"
+	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
+)
+
+// ProxySocketMode is the mode of a unix socket a proxy listens on: whoever
+// can connect to a client-mode socket borrows this agent's identity.
+const ProxySocketMode = 0o600
+
+// NewProxy builds one configured proxy on src, presenting the SVID its
+// spiffe_id or hint selects; run and `identity-agent proxy` both use it.
+// Unix listen sockets are created by unixsock, never reachable at the
+// umask's mode.
+func NewProxy(pc config.Proxy, src *svid.Source, opts ...tlsproxy.Option) (*tlsproxy.Proxy, error) {
+	opts = append([]tlsproxy.Option{tlsproxy.WithUnixListener(listenProxyUnix)}, opts...)
+	return tlsproxy.New(ProxyConfig(pc), src.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), src, opts...)
+}
+
+func listenProxyUnix(path string) (net.Listener, error) {
+	return unixsock.Listen(path, ProxySocketMode)
+}
+
+// ProxyConfig maps a configured proxy to tlsproxy's Config.
+func ProxyConfig(pc config.Proxy) tlsproxy.Config {
+	return tlsproxy.Config{
+		Name:                            pc.Name,
+		Mode:                            tlsproxy.Mode(pc.Mode),
+		Listen:                          pc.Listen,
+		Target:                          pc.Target,
+		Allow:                           pc.Allow,
+		HTTP:                            pc.HTTP,
+		RewriteHost:                     pc.RewriteHost,
+		MaxConns:                        pc.MaxConns,
+		MaxHandshakes:                   pc.MaxHandshakes,
+		MaxHandshakesPerSource:          pc.MaxHandshakesPerSource,
+		HandshakeTimeout:                time.Duration(pc.HandshakeTimeout),
+		IdleTimeout:                     time.Duration(pc.IdleTimeout),
+		ConnectTimeout:                  time.Duration(pc.ConnectTimeout),
+		DrainTimeout:                    time.Duration(pc.DrainTimeout),
+		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
+	}
+}
