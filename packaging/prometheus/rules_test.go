@@ -89,7 +89,8 @@ var metricName = regexp.MustCompile(`\bidentity_agent_[a-z0-9_]+`)
 // that can never fire. Several metrics exist only once their feature is
 // configured or has failed once, so the agent here runs with a proxy, a
 // Redis transition, an output whose SVID the Workload API never offers
-// (write failures) and one whose reload always fails.
+// (write failures), one whose reload always fails and one whose reload is
+// verified against a port nobody serves.
 func TestRulesNameOnlyExportedMetrics(t *testing.T) {
 	dir := t.TempDir()
 	_, apiSock := fleettest.DevAPI(t, agentBin, dir, time.Hour, "spiffe://example.org/redis", "spiffe://example.org/api")
@@ -112,6 +113,8 @@ outputs:
     bundle_file: bundle.pem
     reload:
       - redis: {addr: "unix://%[4]s", password_file: "%[5]s"}
+    # Phase A: Redis has no TLS port yet, so this reload is never verified.
+    verify: {address: "tcp://127.0.0.1:%[7]d", timeout: 500ms}
   - name: api
     spiffe_id: spiffe://example.org/api
     dir: %[2]s/api
@@ -151,7 +154,7 @@ redis:
 	exported := map[string]bool{}
 	want := []string{"identity_agent_write_failures_total", "identity_agent_reload_failures_total",
 		"identity_agent_redis_transition_phase", "identity_agent_proxy_connections_refused_total",
-		"identity_agent_svid_expiry_timestamp_seconds"}
+		"identity_agent_svid_expiry_timestamp_seconds", "identity_agent_reload_verified"}
 	fleettest.WaitFor(t, 30*time.Second, "metrics of every configured feature", func() (bool, string) {
 		names, err := scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
 		if err != nil {
