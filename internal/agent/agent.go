@@ -53,7 +53,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry()}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")))
+	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)
+	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")),
+		svid.WithBackoff(min(svid.DefaultRetryMin, retryMax), retryMax))
 	a.registerSourceMetrics()
 
 	outs, err := Outputs(cfg, a.extraReloader)

@@ -28,6 +28,10 @@ type Config struct {
 type WorkloadAPI struct {
 	// Socket is "unix:///path"; default $SPIFFE_ENDPOINT_SOCKET.
 	Socket string `yaml:"socket"`
+	// RetryMax caps the backoff between reconnection attempts; default
+	// svid.DefaultRetryMax. A unix socket that reappears is reconnected to
+	// at once regardless.
+	RetryMax Duration `yaml:"retry_max"`
 }
 
 // Admin is the local endpoint `identity-agent status` and Prometheus read.

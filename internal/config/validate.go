@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
@@ -35,6 +36,7 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 	if c.WorkloadAPI.Socket == "" && getenv != nil {
 		c.WorkloadAPI.Socket = getenv(EnvEndpointSocket)
 	}
+	c.WorkloadAPI.RetryMax = Duration(c.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax))
 	if c.Admin.Socket == "" {
 		c.Admin.Socket = AdminSocketFor(runtime.GOOS)
 	}
@@ -112,6 +114,9 @@ func (c *Config) validate(v *validator) {
 		v.errorf(path("workload_api", "socket"), "no Workload API address: set it or export %s", EnvEndpointSocket)
 	} else if !strings.HasPrefix(c.WorkloadAPI.Socket, "unix://") && !strings.HasPrefix(c.WorkloadAPI.Socket, "tcp://") {
 		v.errorf(path("workload_api", "socket"), "%q must start with unix:// (or tcp://)", c.WorkloadAPI.Socket)
+	}
+	if err := svid.ValidateRetryMax(c.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)); err != nil {
+		v.errorf(path("workload_api", "retry_max"), "%v", err)
 	}
 	if c.Admin.MetricsListen != "" {
 		checkLoopbackAddr(v, path("admin", "metrics_listen"), c.Admin.MetricsListen)

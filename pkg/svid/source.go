@@ -17,8 +17,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // ConnStatus is a snapshot of the Source's connection to the Workload API.
@@ -36,7 +34,10 @@ type ConnStatus struct {
 	LastErrorTime time.Time `json:"last_error_time"`
 	// Reconnects counts recoveries of the X.509 stream after it had failed
 	// (the first connection is not a reconnect).
-	Reconnects       uint64 `json:"reconnects"`
+	Reconnects uint64 `json:"reconnects"`
+	// SocketEvents counts reconnections made at once because the unix
+	// socket was created anew (a restarted Workload API).
+	SocketEvents     uint64 `json:"socket_events"`
 	X509Updates      uint64 `json:"x509_updates"`
 	JWTBundleUpdates uint64 `json:"jwt_bundle_updates"`
 }
@@ -75,8 +76,10 @@ func WithDefaultSelector(sel Selector) SourceOption {
 
 // WithBackoff bounds the exponential backoff between reconnection attempts
 // (client creation, stream re-establishment and gRPC reconnects). The
-// default is 1s..30s, which keeps a restarting SPIRE agent from being
-// hammered while still recovering within half a minute.
+// default is DefaultRetryMin..DefaultRetryMax, which keeps a restarting
+// SPIRE agent from being hammered. A unix socket is also watched: when its
+// path is created again, the Source reconnects at once, whatever the
+// backoff has grown to.
 func WithBackoff(minDelay, maxDelay time.Duration) SourceOption {
 	return func(c *sourceConfig) {
 		if minDelay > 0 {
@@ -121,8 +124,8 @@ type Source struct {
 func NewSource(opts ...SourceOption) *Source {
 	cfg := sourceConfig{
 		log:        zap.NewNop(),
-		minBackoff: time.Second,
-		maxBackoff: 30 * time.Second,
+		minBackoff: DefaultRetryMin,
+		maxBackoff: DefaultRetryMax,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -359,6 +362,8 @@ func (s *Source) waitClient(ctx context.Context) (*workloadapi.Client, error) {
 	}
 	select {
 	case <-s.clientReady:
+		s.mu.RLock()
+		defer s.mu.RUnlock()
 		return s.client, nil
 	case <-s.done:
 		return nil, errors.New("svid source is closed")
@@ -369,13 +374,48 @@ func (s *Source) waitClient(ctx context.Context) (*workloadapi.Client, error) {
 
 func (s *Source) run(ctx context.Context) {
 	defer s.wg.Done()
-	log := s.cfg.log
+	appeared := make(chan struct{}, 1)
+	if path := unixSocketPath(s.cfg.addr); path != "" {
+		if sw, err := newSocketWatcher(path, s.cfg.log); err != nil {
+			s.cfg.log.Warn("cannot watch for the Workload API socket; reconnects wait for the backoff", zap.Error(err))
+		} else {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				sw.run(ctx, appeared)
+			}()
+		}
+	}
+	for {
+		client := s.newClient(ctx, appeared)
+		if client == nil {
+			return
+		}
+		s.mu.Lock()
+		first := s.client == nil
+		s.client = client
+		if first {
+			close(s.clientReady)
+		}
+		s.mu.Unlock()
+		again := s.serve(ctx, client, appeared)
+		if err := client.Close(); err != nil {
+			s.cfg.log.Debug("closing Workload API client", zap.Error(err))
+		}
+		if !again {
+			return
+		}
+	}
+}
+
+// newClient creates the Workload API client, retrying with backoff (cut
+// short when the socket appears); nil when ctx ends.
+func (s *Source) newClient(ctx context.Context, appeared <-chan struct{}) *workloadapi.Client {
 	bo := newExpBackoff(s.cfg.minBackoff, s.cfg.maxBackoff)
-	var client *workloadapi.Client
 	for {
 		c, err := workloadapi.New(ctx,
 			workloadapi.WithAddr(s.cfg.addr),
-			workloadapi.WithLogger(spiffeLogger{log.Named("workloadapi").Sugar()}),
+			workloadapi.WithLogger(spiffeLogger{s.cfg.log.Named("workloadapi").Sugar()}),
 			workloadapi.WithBackoffStrategy(expBackoffStrategy{s.cfg.minBackoff, s.cfg.maxBackoff}),
 			workloadapi.WithDialOptions(grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff: grpcbackoff.Config{
@@ -388,32 +428,46 @@ func (s *Source) run(ctx context.Context) {
 			})),
 		)
 		if err == nil {
-			client = c
-			break
+			return c
 		}
 		s.recordError(fmt.Errorf("create Workload API client for %s: %w", s.cfg.addr, err), true)
-		if !sleepCtx(ctx, bo.Next()) {
-			return
+		select {
+		case <-time.After(bo.Next()):
+		case <-appeared:
+		case <-ctx.Done():
+			return nil
 		}
 	}
-	s.mu.Lock()
-	s.client = client
-	close(s.clientReady)
-	s.mu.Unlock()
+}
 
+// serve runs the X.509 and JWT bundle watches on client until ctx ends
+// (false) or the socket is created anew (true: reconnect now). A new socket
+// means a restarted Workload API; the old connection is dead or about to
+// be, and go-spiffe's and gRPC's own retries may be sleeping for up to the
+// backoff cap, so a fresh client is quicker than waiting for them.
+func (s *Source) serve(ctx context.Context, client *workloadapi.Client, appeared <-chan struct{}) bool {
+	connCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		s.watchLoop(ctx, "X.509 context", func() error { return client.WatchX509Context(ctx, x509Watcher{s}) })
+		s.watchLoop(connCtx, "X.509 context", func() error { return client.WatchX509Context(connCtx, x509Watcher{s}) })
 	}()
 	go func() {
 		defer wg.Done()
-		s.watchLoop(ctx, "JWT bundles", func() error { return client.WatchJWTBundles(ctx, jwtWatcher{s}) })
+		s.watchLoop(connCtx, "JWT bundles", func() error { return client.WatchJWTBundles(connCtx, jwtWatcher{s}) })
 	}()
-	wg.Wait()
-	if err := client.Close(); err != nil {
-		log.Debug("closing Workload API client", zap.Error(err))
+	defer wg.Wait() // runs after cancel, below
+	defer cancel()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-appeared:
+		s.cfg.log.Info("workload API socket appeared; reconnecting now", zap.String("addr", s.cfg.addr))
+		s.mu.Lock()
+		s.status.SocketEvents++
+		s.mu.Unlock()
+		return true
 	}
 }
 
@@ -453,144 +507,4 @@ func (s *Source) notifyLocked() {
 		default:
 		}
 	}
-}
-
-type x509Watcher struct{ s *Source }
-
-func (w x509Watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
-	s := w.s
-	s.mu.Lock()
-	s.x509ctx = c
-	s.status.X509Updates++
-	s.status.LastUpdate = time.Now()
-	reconnected := false
-	if !s.status.Connected {
-		if s.everUp {
-			s.status.Reconnects++
-			reconnected = true
-		}
-		s.status.Connected = true
-		s.everUp = true
-	}
-	s.notifyLocked()
-	s.mu.Unlock()
-	s.readyOnce.Do(func() { close(s.ready) })
-	if reconnected {
-		s.cfg.log.Info("workload API stream re-established", zap.String("addr", s.cfg.addr))
-	}
-	if s.cfg.log.Core().Enabled(zap.DebugLevel) {
-		fields := []zap.Field{zap.Int("svids", len(c.SVIDs)), zap.Int("bundles", c.Bundles.Len())}
-		if len(c.SVIDs) > 0 && len(c.SVIDs[0].Certificates) > 0 {
-			leaf := c.SVIDs[0].Certificates[0]
-			fields = append(fields, zap.Stringer("spiffe_id", c.SVIDs[0].ID),
-				zap.String("serial", leaf.SerialNumber.Text(16)), zap.Time("not_after", leaf.NotAfter))
-		}
-		s.cfg.log.Debug("X.509 context update", fields...)
-	}
-}
-
-func (w x509Watcher) OnX509ContextWatchError(err error) {
-	if isCanceled(err) {
-		return
-	}
-	// A gRPC status means the stream or connection failed; anything else is
-	// a response that did not parse while the stream itself is still up.
-	_, isStatus := status.FromError(err)
-	w.s.recordError(fmt.Errorf("X.509 context stream from %s: %w", w.s.cfg.addr, err), isStatus)
-}
-
-type jwtWatcher struct{ s *Source }
-
-func (w jwtWatcher) OnJWTBundlesUpdate(set *jwtbundle.Set) {
-	s := w.s
-	s.mu.Lock()
-	// A stream that (re)sends identical bundles, as on every reconnect,
-	// must not wake subscribers: they would rewrite and debounce for
-	// nothing, delaying the X.509 update that matters.
-	changed := !jwtSetsEqual(s.jwtBundles, set)
-	s.jwtBundles = set
-	s.status.JWTBundleUpdates++
-	s.status.LastUpdate = time.Now()
-	if changed {
-		s.notifyLocked()
-	}
-	s.mu.Unlock()
-	s.cfg.log.Debug("JWT bundles update", zap.Int("bundles", set.Len()))
-}
-
-func (w jwtWatcher) OnJWTBundlesWatchError(err error) {
-	if isCanceled(err) {
-		return
-	}
-	w.s.recordError(fmt.Errorf("JWT bundle stream from %s: %w", w.s.cfg.addr, err), false)
-}
-
-func isCanceled(err error) bool {
-	return errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// expBackoff doubles from min to max. go-spiffe's default is linear
-// 1s,2s,3s..30s; doubling reaches the cap sooner, and the bounds are ours.
-type expBackoff struct {
-	min, max, cur time.Duration
-}
-
-func newExpBackoff(minDelay, maxDelay time.Duration) *expBackoff {
-	return &expBackoff{min: minDelay, max: maxDelay}
-}
-
-func (b *expBackoff) Next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur *= 2
-	}
-	if b.cur > b.max {
-		b.cur = b.max
-	}
-	return b.cur
-}
-
-func (b *expBackoff) Reset() { b.cur = 0 }
-
-type expBackoffStrategy struct{ min, max time.Duration }
-
-func (s expBackoffStrategy) NewBackoff() workloadapi.Backoff { return newExpBackoff(s.min, s.max) }
-
-// spiffeLogger adapts zap to go-spiffe's logger. go-spiffe logs every
-// failed watch attempt at error level although it retries them, and every
-// such error also reaches our watcher, which logs it once as a warning;
-// go-spiffe's own lines are therefore debug detail.
-type spiffeLogger struct{ l *zap.SugaredLogger }
-
-func (l spiffeLogger) Debugf(format string, args ...any) { l.l.Debugf(format, args...) }
-func (l spiffeLogger) Infof(format string, args ...any)  { l.l.Infof(format, args...) }
-func (l spiffeLogger) Warnf(format string, args ...any)  { l.l.Debugf(format, args...) }
-func (l spiffeLogger) Errorf(format string, args ...any) { l.l.Debugf(format, args...) }
-
-func jwtSetsEqual(a, b *jwtbundle.Set) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	if a.Len() != b.Len() {
-		return false
-	}
-	for _, ab := range a.Bundles() {
-		bb, ok := b.Get(ab.TrustDomain())
-		if !ok || !ab.Equal(bb) {
-			return false
-		}
-	}
-	return true
 }

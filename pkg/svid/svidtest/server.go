@@ -181,11 +181,16 @@ func (s *Server) CurrentSVIDs() []*x509svid.SVID {
 }
 
 // Start listens on socketPath (a stale socket file is replaced) and serves
-// in its own goroutine until Stop.
+// in its own goroutine until Stop. SVIDs past half of their lifetime (after
+// a long Stop) are renewed first, as a restarting SPIRE agent renews them
+// before it serves them.
 func (s *Server) Start(socketPath string) error {
 	abs, err := filepath.Abs(socketPath)
 	if err != nil {
 		return fmt.Errorf("svidtest: socket path %q: %w", socketPath, err)
+	}
+	if err := s.renewIfStale(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -323,6 +328,19 @@ func (s *Server) activateCA(armedFor time.Time) (bool, error) {
 	s.log.Info("dev Workload API activated the next CA; SVIDs re-issued")
 	return true, s.rotateSVIDsLocked()
 }
+
+func (s *Server) renewIfStale() error {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	for _, sv := range s.CurrentSVIDs() {
+		issued := sv.Certificates[0].NotBefore.Add(backdate(s.cfg.TTL))
+		if time.Since(issued) >= s.cfg.TTL/2 {
+			return s.issue()
+		}
+	}
+	return nil
+}
+
 
 // issue signs a new SVID per identity with the active CA and publishes it.
 // Callers hold rotMu, except New, before anyone else can see the Server.

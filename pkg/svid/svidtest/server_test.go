@@ -202,3 +202,17 @@ func TestValidateJWTSVIDClaimsAsSPIRE(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []string{"sub", "aud", "exp"}, keys)
 }
+
+// After a Stop longer than half of the TTL, Start renews the SVIDs before
+// serving them, as a restarting SPIRE agent does; a short Stop keeps them.
+func TestStartRenewsStaleSVIDs(t *testing.T) {
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, TTL: 2 * time.Second})
+	srv.Stop()
+	kept := srv.CurrentSVIDs()[0].Certificates[0].SerialNumber
+	require.NoError(t, srv.Start(srv.SocketPath()))
+	assert.Equal(t, kept, srv.CurrentSVIDs()[0].Certificates[0].SerialNumber, "fresh SVIDs are kept")
+	srv.Stop()
+	time.Sleep(time.Second) // half of the TTL
+	require.NoError(t, srv.Start(srv.SocketPath()))
+	assert.NotEqual(t, kept, srv.CurrentSVIDs()[0].Certificates[0].SerialNumber, "stale SVIDs are renewed")
+}
