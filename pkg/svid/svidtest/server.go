@@ -341,7 +341,6 @@ func (s *Server) renewIfStale() error {
 	return nil
 }
 
-
 // issue signs a new SVID per identity with the active CA and publishes it.
 // Callers hold rotMu, except New, before anyone else can see the Server.
 // SPIRE never issues an SVID that outlives its CA, so neither does this.
