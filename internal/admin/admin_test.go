@@ -79,8 +79,8 @@ func TestServerSocketIsPrivateAndServesStatusAndMetrics(t *testing.T) {
 	report := healthyReport(now)
 	report.Proxies = []tlsproxy.Stats{{Name: "ollama", Mode: tlsproxy.ModeServer, ConnectionsTotal: 7,
 		HandshakeFailures: map[tlsproxy.Cause]uint64{tlsproxy.CauseUnauthorizedID: 2}}}
-	srv := admin.NewServer(sock, "127.0.0.1:0", func() admin.Report { return report }, reg, nil)
-	require.NoError(t, srv.Start())
+	srv := admin.NewServer(sock, func() admin.Report { return report }, admin.WithMetricsListen("127.0.0.1:0"), admin.WithGatherer(reg))
+	require.NoError(t, srv.Start(context.Background()))
 	defer func() { require.NoError(t, srv.Shutdown(context.Background())) }()
 
 	fi, err := os.Stat(sock)
@@ -99,8 +99,8 @@ func TestServerSocketIsPrivateAndServesStatusAndMetrics(t *testing.T) {
 	assert.Equal(t, report.Proxies, r.Proxies)
 
 	// A second agent on the same socket is refused, not silently stealing it.
-	other := admin.NewServer(sock, "", func() admin.Report { return admin.Report{} }, reg, nil)
-	require.ErrorContains(t, other.Start(), "in use by another running agent")
+	other := admin.NewServer(sock, func() admin.Report { return admin.Report{} }, admin.WithGatherer(reg))
+	require.ErrorContains(t, other.Start(context.Background()), "in use by another running agent")
 }
 
 func TestFetchUnreachable(t *testing.T) {
@@ -118,14 +118,16 @@ func TestStaleSocketIsReplacedButRegularFileIsNot(t *testing.T) {
 	require.NoError(t, err)
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	require.NoError(t, l.Close()) // stale socket file left behind, as after a crash
-	srv := admin.NewServer(sock, "", func() admin.Report { return admin.Report{} }, prometheus.NewRegistry(), nil)
-	require.NoError(t, srv.Start())
-	require.NoError(t, srv.Shutdown(context.Background()))
+	srv := admin.NewServer(sock, func() admin.Report { return admin.Report{} })
+	require.NoError(t, srv.Start(context.Background()))
+	require.ErrorContains(t, srv.Start(context.Background()), "already started")
+	require.NoError(t, srv.Close())
+	require.NoError(t, srv.Close(), "Close twice")
 
 	plain := filepath.Join(dir, "plain")
 	require.NoError(t, os.WriteFile(plain, []byte("keep me"), 0o644))
-	srv = admin.NewServer(plain, "", func() admin.Report { return admin.Report{} }, prometheus.NewRegistry(), nil)
-	require.ErrorContains(t, srv.Start(), "is not a socket")
+	srv = admin.NewServer(plain, func() admin.Report { return admin.Report{} })
+	require.ErrorContains(t, srv.Start(context.Background()), "is not a socket")
 	b, _ := os.ReadFile(plain)
 	assert.Equal(t, "keep me", string(b))
 }

@@ -21,48 +21,86 @@ import (
 // Server serves /status and /metrics on a unix socket and, optionally,
 // /metrics alone on a loopback TCP address.
 type Server struct {
-	socket        string
+	socket   string
+	report   func() Report
+	cfg      config
+	servers  []*http.Server
+	done     chan error
+	shutdown bool
+}
+
+// Option configures a Server.
+type Option func(*config)
+
+type config struct {
 	metricsListen string
-	report        func() Report
 	gatherer      prometheus.Gatherer
 	log           *zap.Logger
-
-	servers []*http.Server
-	done    chan error
 }
 
-// NewServer prepares a server; report is called for every /status request.
-func NewServer(socket, metricsListen string, report func() Report, gatherer prometheus.Gatherer, log *zap.Logger) *Server {
-	if log == nil {
-		log = zap.NewNop()
+// WithMetricsListen also serves /metrics (and nothing else) on addr, a
+// loopback host:port.
+func WithMetricsListen(addr string) Option {
+	return func(c *config) { c.metricsListen = addr }
+}
+
+// WithGatherer sets what /metrics serves (default: an empty registry).
+func WithGatherer(g prometheus.Gatherer) Option {
+	return func(c *config) {
+		if g != nil {
+			c.gatherer = g
+		}
 	}
-	return &Server{socket: socket, metricsListen: metricsListen, report: report, gatherer: gatherer, log: log}
 }
 
-// Start listens and serves in background goroutines until Shutdown.
-func (s *Server) Start() error {
+// WithLogger sets the logger (default zap.NewNop()).
+func WithLogger(l *zap.Logger) Option {
+	return func(c *config) {
+		if l != nil {
+			c.log = l
+		}
+	}
+}
+
+// NewServer prepares a server on the unix socket path; report is called
+// for every /status request. It listens on nothing until Start.
+func NewServer(socket string, report func() Report, opts ...Option) *Server {
+	cfg := config{gatherer: prometheus.NewRegistry(), log: zap.NewNop()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return &Server{socket: socket, report: report, cfg: cfg}
+}
+
+// Start listens and returns once serving, in background goroutines, until
+// Shutdown or Close. ctx is the base of every request's context.
+func (s *Server) Start(ctx context.Context) error {
+	if s.servers != nil || s.shutdown {
+		return errors.New("admin: already started")
+	}
 	lis, err := listenUnixPrivate(s.socket)
 	if err != nil {
 		return err
 	}
-	metrics := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log)})
+	metrics := promhttp.HandlerFor(s.cfg.gatherer, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.cfg.log)})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(s.report()); err != nil {
-			s.log.Warn("admin: write status", zap.Error(err))
+			s.cfg.log.Warn("admin: write status", zap.Error(err))
 		}
 	})
 	mux.Handle("GET /metrics", metrics)
 	listeners := []net.Listener{lis}
 	handlers := []http.Handler{mux}
-	if s.metricsListen != "" {
-		tcp, err := net.Listen("tcp", s.metricsListen)
+	if s.cfg.metricsListen != "" {
+		var lc net.ListenConfig
+		tcp, err := lc.Listen(ctx, "tcp", s.cfg.metricsListen)
 		if err != nil {
 			_ = lis.Close()
-			return fmt.Errorf("admin: metrics_listen %s: %w", s.metricsListen, err)
+			return fmt.Errorf("admin: metrics_listen %s: %w", s.cfg.metricsListen, err)
 		}
 		onlyMetrics := http.NewServeMux()
 		onlyMetrics.Handle("GET /metrics", metrics)
@@ -71,7 +109,8 @@ func (s *Server) Start() error {
 	}
 	s.done = make(chan error, len(listeners))
 	for i, l := range listeners {
-		srv := &http.Server{Handler: handlers[i], ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: handlers[i], ReadHeaderTimeout: 5 * time.Second,
+			BaseContext: func(net.Listener) context.Context { return ctx }}
 		s.servers = append(s.servers, srv)
 		go func() {
 			err := srv.Serve(l)
@@ -81,11 +120,13 @@ func (s *Server) Start() error {
 			s.done <- err
 		}()
 	}
-	s.log.Info("admin endpoint listening", zap.String("socket", s.socket), zap.String("metrics_listen", s.metricsListen))
+	s.cfg.log.Info("admin endpoint listening", zap.String("socket", s.socket), zap.String("metrics_listen", s.cfg.metricsListen))
 	return nil
 }
 
-// Shutdown stops serving; the socket is removed with its listener.
+// Shutdown stops serving, letting requests in flight finish until ctx is
+// done, and waits for the serving goroutines; the socket is removed with
+// its listener. Safe to call twice, and without Start.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, srv := range s.servers {
@@ -94,8 +135,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for range s.servers {
 		errs = append(errs, <-s.done)
 	}
-	s.servers = nil // closing the listeners removed the socket
+	s.servers, s.shutdown = nil, true // closing the listeners removed the socket
 	return errors.Join(errs...)
+}
+
+// Close is Shutdown without waiting for requests in flight.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return s.Shutdown(ctx)
 }
 
 // listenUnixPrivate creates the socket's directory and listens with mode

@@ -150,8 +150,9 @@ func (a *Agent) registerSourceMetrics() {
 // rotation loop and the Redis sampler stop and are waited for.
 func (a *Agent) Run(parent context.Context) (err error) {
 	a.started = time.Now()
-	adm := admin.NewServer(a.cfg.Admin.Socket, a.cfg.Admin.MetricsListen, a.Report, a.registry, a.log.Named("admin"))
-	if err := adm.Start(); err != nil {
+	adm := admin.NewServer(a.cfg.Admin.Socket, a.Report, admin.WithMetricsListen(a.cfg.Admin.MetricsListen),
+		admin.WithGatherer(a.registry), admin.WithLogger(a.log.Named("admin")))
+	if err := adm.Start(parent); err != nil {
 		a.closeRedisAdmin()
 		return err
 	}
@@ -172,8 +173,10 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	defer func() { _ = a.source.Close() }()
 
 	var workers sync.WaitGroup
-	runErr := make(chan error, 1)
-	workers.Go(func() { runErr <- a.manager.Run(ctx) })
+	if err := a.manager.Start(ctx); err != nil {
+		a.closeRedisAdmin()
+		return fmt.Errorf("rotation: %w", err)
+	}
 	defer func() {
 		err = errors.Join(err, a.shutdown(cancel, &workers))
 	}()
@@ -203,15 +206,8 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-runErr:
-		if err != nil {
-			return fmt.Errorf("rotation: %w", err)
-		}
-		return nil
-	}
+	<-ctx.Done()
+	return nil
 }
 
 // shutdown drains the proxies, then stops and waits for the background
@@ -231,6 +227,9 @@ func (a *Agent) shutdown(cancel context.CancelFunc, workers *sync.WaitGroup) err
 		}
 	}
 	cancel()
+	if err := a.manager.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("rotation: %w", err))
+	}
 	workers.Wait()
 	a.closeRedisAdmin()
 	return errors.Join(errs...)
@@ -266,6 +265,7 @@ func (a *Agent) Fetch(ctx context.Context) error {
 		}
 		return errors.New(msg)
 	}
+	defer func() { _ = a.manager.Close() }()
 	return a.manager.WriteAll(ctx)
 }
 

@@ -46,24 +46,22 @@ func TestNewManagerRejectsBadOutputs(t *testing.T) {
 	require.ErrorContains(t, err, "source is nil")
 }
 
-func TestRunTwiceAndCancel(t *testing.T) {
+func TestStartTwiceCancelAndClose(t *testing.T) {
 	src := svid.NewSource(svid.WithAddr("unix://" + filepath.Join(shortDir(t), "none.sock")))
 	require.NoError(t, src.Start(context.Background()))
 	t.Cleanup(func() { _ = src.Close() })
 	m, err := NewManager(src, []Output{{Name: "a", Dir: t.TempDir(), CertFile: "c"}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	require.Eventually(t, func() bool { return m.running.Load() }, waitFor, tick)
-	require.ErrorContains(t, m.Run(context.Background()), "already running")
+	require.NoError(t, m.Start(ctx))
+	require.True(t, m.running.Load())
+	require.ErrorContains(t, m.Start(context.Background()), "already started")
 	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(waitFor):
-		t.Fatal("Run did not return")
-	}
+	// Close after ctx ended waits for the goroutines (goleak checks none is
+	// left) and a closed Manager does not start again.
+	require.NoError(t, m.Close())
+	require.NoError(t, m.Close(), "Close twice")
+	require.ErrorContains(t, m.Start(context.Background()), "Start after Close")
 	// WriteAll before the Workload API answered names the output.
 	wctx, wcancel := context.WithTimeout(context.Background(), time.Second)
 	defer wcancel()

@@ -8,7 +8,7 @@
 // tokens, JWKS), with which modes and owner, and which Reloaders to run
 // once they changed (signal, exec, systemctl, launchctl, or your own).
 //
-// What Run does, per output:
+// What Start does, per output, until Close:
 //
 //   - On every push from the Workload API (the first push of a burst at
 //     once, the ones following it within the debounce, 100ms by default,

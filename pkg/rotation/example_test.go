@@ -87,9 +87,9 @@ func ExampleNewManager() {
 	// healthy: true spiffe id: spiffe://example.org/workload
 }
 
-// Run keeps the files fresh until its context ends: on every rotation the
-// set is rewritten and the reload runs.
-func ExampleManager_Run() {
+// Start keeps the files fresh in the background until Close: on every
+// rotation the set is rewritten and the reload runs.
+func ExampleManager_Start() {
 	tmp, _ := os.MkdirTemp("", "rotation-example")
 	defer func() { _ = os.RemoveAll(tmp) }()
 	srv, err := devWorkloadAPI(tmp)
@@ -116,9 +116,10 @@ func ExampleManager_Run() {
 		fmt.Println(err)
 		return
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }()
+	if err := m.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
 
 	// Wait for the first write, rotate, wait for the second.
 	waitRotations := func(n uint64) {
@@ -132,9 +133,8 @@ func ExampleManager_Run() {
 	st := m.Snapshot().Outputs[0]
 	fmt.Println("rotations:", st.Rotations, "healthy:", st.Healthy())
 
-	stop()
-	fmt.Println("run:", <-done)
+	fmt.Println("close:", m.Close())
 	// Output:
 	// rotations: 2 healthy: true
-	// run: <nil>
+	// close: <nil>
 }

@@ -99,21 +99,11 @@ func (w *writes) count(output string, changedOnly bool) int {
 	return n
 }
 
-// runManager runs m until the test ends.
+// runManager starts m and closes it when the test ends.
 func runManager(t testing.TB, m *Manager) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(waitFor):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	require.NoError(t, m.Start(context.Background()))
+	t.Cleanup(func() { require.NoError(t, m.Close()) })
 }
 
 func testLogger(t testing.TB) *zap.Logger {

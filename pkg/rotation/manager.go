@@ -141,14 +141,23 @@ type Manager struct {
 	metrics *metrics
 	outs    []*outputRunner
 
-	running atomic.Bool
+	// Lifecycle (loop.go): mu guards started, closed and cancel; wg
+	// holds every goroutine Start began; running is set between Start
+	// and Close (WriteAll leaves timers armed for the loops then).
+	mu              sync.Mutex
+	started, closed bool
+	cancel          context.CancelFunc
+	wg              sync.WaitGroup
+	running         atomic.Bool
+
 	guardMu sync.Mutex
 	guard   *guard
 }
 
 // NewManager validates the outputs and builds a Manager. It creates missing
-// output directories (svid.NewDirWriter does) but writes no file and does
-// not talk to the Workload API until Run or WriteAll.
+// output directories (svid.NewDirWriter does) but starts no goroutine,
+// writes no file and does not talk to the Workload API until Start or
+// WriteAll. Close it when done.
 func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) {
 	if src == nil {
 		return nil, errors.New("rotation: source is nil")
@@ -199,97 +208,6 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 	return m, nil
 }
 
-// Run keeps the outputs up to date until ctx is done: it writes on every
-// push from the Source (debounced), runs reloads, retries failures with
-// backoff, refreshes JWT-SVIDs, guards the files and watches expiry. The
-// caller starts the Source; Run does not wait for it to be ready. It
-// returns nil when ctx is done, or an error if it could not start.
-func (m *Manager) Run(ctx context.Context) error {
-	if !m.running.CompareAndSwap(false, true) {
-		return errors.New("rotation: Run is already running")
-	}
-	defer m.running.Store(false)
-
-	updates, unsubscribe := m.src.Subscribe()
-	defer unsubscribe()
-
-	ctx, cancel := context.WithCancel(ctx)
-	var (
-		wg sync.WaitGroup
-		g  *guard
-	)
-	defer func() {
-		cancel()
-		wg.Wait()
-		for _, r := range m.outs {
-			r.stopTimers()
-		}
-		if g != nil {
-			m.setGuard(nil)
-			_ = g.close()
-		}
-	}()
-
-	if m.cfg.guard {
-		var err error
-		if g, err = newGuard(m.log); err != nil {
-			return fmt.Errorf("rotation: guard: %w", err)
-		}
-		m.setGuard(g)
-		wg.Go(func() { g.run(ctx) })
-		for _, r := range m.outs {
-			r.refreshWatches()
-		}
-	}
-	for _, r := range m.outs {
-		wg.Go(func() { r.loop(ctx) })
-		// Write what is already there, without waiting for the next push.
-		r.poke(r.pushCh)
-	}
-
-	var (
-		timer   = time.NewTimer(0)
-		quiet   bool // a write went out less than one debounce ago
-		pending bool // pushes arrived during the quiet period
-	)
-	<-timer.C
-	defer timer.Stop()
-	pushAll := func() {
-		for _, r := range m.outs {
-			r.poke(r.pushCh)
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-updates:
-			if m.cfg.debounce <= 0 {
-				pushAll()
-				continue
-			}
-			if quiet {
-				pending = true
-				continue
-			}
-			// Leading edge: a rotation reaches disk in milliseconds, and
-			// the pushes that follow it within the debounce are coalesced
-			// into one trailing write, at most one write per debounce.
-			pushAll()
-			quiet = true
-			timer.Reset(m.cfg.debounce)
-		case <-timer.C:
-			if pending {
-				pending = false
-				pushAll()
-				timer.Reset(m.cfg.debounce)
-				continue
-			}
-			quiet = false
-		}
-	}
-}
-
 // WriteAll makes one pass over every output: build, validate, write and,
 // where the files changed, reload. It is what `identity-agent fetch` runs;
 // waiting for the Source to be ready is the caller's job. The error joins
@@ -315,21 +233,6 @@ func (m *Manager) WriteAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Close releases what the Manager holds outside Run: its metrics are
-// unregistered (so a new Manager can register on the same Registerer, e.g.
-// after a config reload) and pending timers are stopped. Call it after Run
-// returned; the files on disk are left as they are.
-func (m *Manager) Close() error {
-	if m.running.Load() {
-		return errors.New("rotation: Close while Run is running")
-	}
-	for _, r := range m.outs {
-		r.stopTimers()
-	}
-	m.metrics.unregister()
-	return nil
 }
 
 // waitJWTBundles returns once the Source has JWT bundles or ctx is done;

@@ -30,7 +30,7 @@ type outputRunner struct {
 	// Wake-ups for loop; buffer 1, sends never block.
 	pushCh, jwtCh, guardCh, watchdogCh chan struct{}
 
-	// syncMu serializes every touch of the disk (Run's loop and WriteAll).
+	// syncMu serializes every touch of the disk (the loop and WriteAll).
 	// The fields below it are guarded by it.
 	syncMu        sync.Mutex
 	lastX509      *workloadapi.X509Context
@@ -127,12 +127,6 @@ func (r *outputRunner) loop(ctx context.Context) {
 			retry.Stop()
 		}
 	}
-}
-
-func stoppedTimer() *time.Timer {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
 }
 
 // sync builds the files from the current material, writes them and runs

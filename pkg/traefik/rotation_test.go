@@ -30,7 +30,7 @@ func TestWithRotationManager(t *testing.T) {
 		Logger:      zap.NewNop(),
 	})
 
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	src := svid.NewSource(svid.WithAddr(api.Addr()))
 	require.NoError(t, src.Start(ctx))
 	t.Cleanup(func() { _ = src.Close() })
@@ -47,16 +47,8 @@ func TestWithRotationManager(t *testing.T) {
 		Reloads: []rotation.Reloader{r},
 	}})
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("rotation manager did not stop")
-		}
-	})
+	require.NoError(t, m.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, m.Close()) })
 
 	serial := func() string { return api.CurrentSVIDs()[0].Certificates[0].SerialNumber.Text(16) }
 	hasSerial := func(s string) func() bool {
