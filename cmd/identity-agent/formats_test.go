@@ -118,4 +118,6 @@ outputs:
 	assert.Contains(t, out, "WARNING")
 	assert.Contains(t, out, "output redis-plain: last reload failed: reload not verified")
 	assert.NotContains(t, out, "output redis-tls:")
+	assert.Regexp(t, `output  redis-tls .* verify=tcp://127\.0\.0\.1:\d+ served=[0-9A-F]+ verified=true`, out)
+	assert.Regexp(t, `output  redis-plain .* served=- verified=false`, out)
 }

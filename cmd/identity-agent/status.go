@@ -141,6 +141,13 @@ func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []stri
 			}
 			fmt.Fprintf(w, " reloaded=%s result=%s", o.LastReload.UTC().Format(time.RFC3339), result)
 		}
+		if v := o.Verify; v != nil {
+			served := v.ServedSerial
+			if served == "" {
+				served = "-"
+			}
+			fmt.Fprintf(w, " verify=%s served=%s verified=%t", v.Address, served, v.Verified)
+		}
 		fmt.Fprintln(w)
 	}
 	for _, p := range r.Proxies {

@@ -54,7 +54,7 @@ type Verify struct {
 	Timeout Duration `yaml:"timeout"`
 }
 
-func (f Formats) any() bool {
+func (f Formats) formatsSet() bool {
 	return f.CombinedFile != "" || f.Layout != "" || f.BundleDir != "" || f.PKCS12 != nil
 }
 

@@ -166,7 +166,7 @@ func (c *Config) validate(v *validator) {
 		if o.KeyFile != "" && o.CertFile == "" {
 			v.errorf(p("key_file"), "needs cert_file too: cert_file and key_file go together")
 		}
-		if o.CertFile == "" && o.BundleFile == "" && len(o.JWT) == 0 && o.JWTBundleFile == "" && !o.Formats.any() {
+		if o.CertFile == "" && o.BundleFile == "" && len(o.JWT) == 0 && o.JWTBundleFile == "" && !o.formatsSet() {
 			v.errorf(p(), "writes nothing: set cert_file/key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file")
 		}
 		validateFormats(v, p, o)

@@ -33,6 +33,16 @@
 //     state while the Workload API is unreachable. State grades every SVID
 //     with the same rule (OutputState.Expiry, SVIDState.Expiry).
 //
+//   - Beyond the PEM trio, an Output can write a CombinedFile (key and
+//     chain in one PEM: tear-free for readers on their own schedule), the
+//     SPIFFE Filesystem Delivery Layout (a draft standard), a BundleDir
+//     with one bundle per trust domain, and PKCS12 keystore/truststore
+//     files; all go through the same validation, modes and set swap.
+//   - With Verify (a ServedChecker such as *tlsprobe.Prober), each reload
+//     is followed by a check that the service serves the certificate just
+//     written; until it does, the reloads are retried with backoff and
+//     State carries the reason (OutputState.Verify, LastReloadError).
+//
 // WriteAll is the one-shot pass behind `identity-agent fetch`. Snapshot
 // returns a JSON-tagged State for `identity-agent status`. Metrics are
 // registered only on the prometheus.Registerer given with WithRegisterer.

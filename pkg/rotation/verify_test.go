@@ -52,25 +52,28 @@ func startRedisServer(t *testing.T, plain int, args ...string) {
 // configSetScript is the exec reload: redis-cli CONFIG SET of the same
 // paths (Redis >= 7.0.1 rebuilds its TLS context even for an unchanged
 // path), each run logged so the test can count retries.
-func configSetScript(t *testing.T, dir string, plain int, outDir string) (argv []string, runs string) {
+func configSetScript(t *testing.T, dir string, plain int, certFile, keyFile string) (argv []string, runs string) {
 	t.Helper()
 	runs = filepath.Join(dir, "runs")
 	script := writeScript(t, dir, "reload.sh", fmt.Sprintf(
 		"echo run >> %s\nexec redis-cli -p %d CONFIG SET tls-cert-file %s tls-key-file %s",
-		runs, plain, filepath.Join(outDir, "cert.pem"), filepath.Join(outDir, "key.pem")))
+		runs, plain, certFile, keyFile))
 	return []string{script}, runs
 }
 
 // A Redis CONFIG SET reload that takes: the Redis TLS port serves each new
 // SVID (the agent presents its own SVID, as tls-auth-clients yes demands),
-// and State and the metric say so.
+// and State and the metric say so. Redis reads certificate and key from
+// the one combined_file (OpenSSL takes the certificates and the key from
+// the same PEM), so a real redis-server reads that format back too.
 func TestVerifyRedisConfigSet(t *testing.T) {
 	needTool(t, "redis-server")
 	needTool(t, "redis-cli")
 	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	outDir := filepath.Join(base, "redis")
-	files := Output{Name: "redis", Dir: outDir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}
+	files := Output{Name: "redis", Dir: outDir, CombinedFile: "redis.pem", BundleFile: "ca.pem"}
+	combined := filepath.Join(outDir, "redis.pem")
 	// Redis needs its files before it starts: a first pass without reloads.
 	first, err := NewManager(e.src, []Output{files}, WithLogger(testLogger(t)))
 	require.NoError(t, err)
@@ -79,10 +82,10 @@ func TestVerifyRedisConfigSet(t *testing.T) {
 
 	plain, tlsPort := freePort(t), freePort(t)
 	startRedisServer(t, plain, "--tls-port", strconv.Itoa(tlsPort),
-		"--tls-cert-file", filepath.Join(outDir, "cert.pem"), "--tls-key-file", filepath.Join(outDir, "key.pem"),
+		"--tls-cert-file", combined, "--tls-key-file", combined,
 		"--tls-ca-cert-file", filepath.Join(outDir, "ca.pem"), "--tls-auth-clients", "yes")
 
-	argv, runs := configSetScript(t, base, plain, outDir)
+	argv, runs := configSetScript(t, base, plain, combined, combined)
 	probe, err := tlsprobe.New(fmt.Sprintf("tcp://127.0.0.1:%d", tlsPort))
 	require.NoError(t, err)
 	o := files
@@ -127,7 +130,7 @@ func TestVerifyRedisWithoutTLSPortWarns(t *testing.T) {
 	outDir := filepath.Join(base, "redis")
 	plain := freePort(t)
 	startRedisServer(t, plain) // no --tls-port
-	argv, runs := configSetScript(t, base, plain, outDir)
+	argv, runs := configSetScript(t, base, plain, filepath.Join(outDir, "cert.pem"), filepath.Join(outDir, "key.pem"))
 	// The operator pointed verify at the port they believed served TLS.
 	probe, err := tlsprobe.New(fmt.Sprintf("tcp://127.0.0.1:%d", plain), tlsprobe.WithTimeout(time.Second))
 	require.NoError(t, err)
@@ -153,7 +156,8 @@ func TestVerifyRedisWithoutTLSPortWarns(t *testing.T) {
 
 // uvicorn never reloads certificates and dies on SIGHUP; its reload is a
 // restart (here by an exec hook, as a supervisor would). Verify waits for
-// the new process to serve the new certificate.
+// the new process to serve the new certificate. uvicorn is given only
+// --ssl-certfile, the combined file: Python's ssl reads the key from it.
 func TestVerifyUvicornRestartedByExec(t *testing.T) {
 	needTool(t, "/usr/bin/python3")
 	if out, err := exec.Command("/usr/bin/python3", "-c", "import uvicorn").CombinedOutput(); err != nil {
@@ -180,7 +184,7 @@ if [ -f %[2]s ]; then
   pid=$(cat %[2]s); kill -TERM "$pid" 2>/dev/null
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 fi
-/usr/bin/python3 -m uvicorn app:app --host 127.0.0.1 --port %[3]d --ssl-certfile %[4]s/cert.pem --ssl-keyfile %[4]s/key.pem >>%[1]s/uvicorn.log 2>&1 </dev/null &
+/usr/bin/python3 -m uvicorn app:app --host 127.0.0.1 --port %[3]d --ssl-certfile %[4]s/tls.pem >>%[1]s/uvicorn.log 2>&1 </dev/null &
 echo $! > %[2]s`, base, pidFile, port, outDir))
 	t.Cleanup(func() {
 		if raw, err := os.ReadFile(pidFile); err == nil {
@@ -194,7 +198,7 @@ echo $! > %[2]s`, base, pidFile, port, outDir))
 	})
 	probe, err := tlsprobe.New(fmt.Sprintf("tcp://127.0.0.1:%d", port))
 	require.NoError(t, err)
-	m := newTestManager(t, e, []Output{{Name: "api", Dir: outDir, CertFile: "cert.pem", KeyFile: "key.pem",
+	m := newTestManager(t, e, []Output{{Name: "api", Dir: outDir, CombinedFile: "tls.pem",
 		Reloads: []Reloader{NewExecReloader([]string{restart}, 0)}, Verify: probe, VerifyTimeout: 15 * time.Second}})
 	runManager(t, m)
 
