@@ -18,15 +18,19 @@
 //     swap), so a reader never sees a new certificate with an old key.
 //     Material that fails validation is never written; the last good files
 //     stay and the error shows in State.
+//
 //   - Reloads run in order only when the DirWriter reports a change. A
 //     failed write or reload is retried with exponential backoff (1s..1m)
 //     until it succeeds or newer material supersedes it; a retry resumes
 //     at the reload that failed.
+//
 //   - JWT-SVIDs are not pushed: each token file is refreshed at half the
 //     token's lifetime (one timer per token) and on every X.509 push.
+//
 //   - A fsnotify guard restores the set when something else deletes,
 //     replaces, edits or chmods a file or the ..data link. The agent's own
 //     writes pass DirWriter.Check and never trigger a rewrite.
+//
 //   - An expiry watchdog fires when the SVID on disk becomes overdue for
 //     rotation (ExpiryOf: less than a third of its lifetime left by
 //     default, or a fixed WithExpiryWindow) and logs once per change of
@@ -38,6 +42,7 @@
 //     SPIFFE Filesystem Delivery Layout (a draft standard), a BundleDir
 //     with one bundle per trust domain, and PKCS12 keystore/truststore
 //     files; all go through the same validation, modes and set swap.
+//
 //   - With Verify (a ServedChecker such as *tlsprobe.Prober), each reload
 //     is followed by a check that the service serves the certificate just
 //     written; until it does, the reloads are retried with backoff and
