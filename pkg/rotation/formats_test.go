@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -347,4 +348,35 @@ type fakeChecker struct{}
 func (fakeChecker) Address() string { return "tcp://fake:1" }
 func (fakeChecker) Served(context.Context, *tls.Certificate) (*x509.Certificate, error) {
 	return nil, errors.New("fake")
+}
+
+// The guard restores files of a bundle_dir subdirectory: one deleted, one
+// edited, a stray one dropped in, and the subdirectory link itself removed.
+func TestGuardRestoresBundleDir(t *testing.T) {
+	e := newEnv(t, svidtest.Config{Federated: []spiffeid.TrustDomain{tdFed}}, true)
+	dir := filepath.Join(t.TempDir(), "out")
+	m := newTestManager(t, e, []Output{{Name: "envoy", Dir: dir, CombinedFile: "tls.pem", BundleDir: "bundles"}})
+	runManager(t, m)
+	own, fed := filepath.Join(dir, "bundles", "example.org.pem"), filepath.Join(dir, "bundles", "partner.test.pem")
+	waitSerialAny(t, filepath.Join(dir, "tls.pem"), currentSerial(e, ""))
+	require.Eventually(t, func() bool { _, err := os.Stat(fed); return err == nil }, waitFor, tick)
+	ownWant, err := os.ReadFile(own)
+	require.NoError(t, err)
+	fedWant, err := os.ReadFile(fed)
+	require.NoError(t, err)
+	same := func(p string, want []byte) func() bool {
+		return func() bool { got, err := os.ReadFile(p); return err == nil && bytes.Equal(got, want) }
+	}
+
+	require.NoError(t, os.Remove(fed))
+	require.Eventually(t, same(fed, fedWant), waitFor, tick, "deleted federated bundle not restored")
+	require.NoError(t, os.WriteFile(own, []byte("-----BEGIN CERTIFICATE-----\nevil\n"), 0o644))
+	require.Eventually(t, same(own, ownWant), waitFor, tick, "edited bundle not restored")
+	stray := filepath.Join(dir, "bundles", "evil.test.pem")
+	require.NoError(t, os.WriteFile(stray, fedWant, 0o644))
+	require.Eventually(t, func() bool { _, err := os.Stat(stray); return errors.Is(err, fs.ErrNotExist) }, waitFor, tick,
+		"a trust bundle slipped into bundles/ must not stay")
+	require.NoError(t, os.Remove(filepath.Join(dir, "bundles")))
+	require.Eventually(t, same(own, ownWant), waitFor, tick, "removed bundles link not restored")
+	require.True(t, outputState(m, "envoy").Healthy())
 }
