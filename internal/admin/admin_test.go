@@ -94,7 +94,7 @@ func TestServerSocketIsPrivateAndServesStatusAndMetrics(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "spiffe://example.org/a", r.SVIDs[0].SpiffeID)
 	// The typed state survives the trip through JSON as it is.
-	assert.Equal(t, report.State.WorkloadAPI, r.WorkloadAPI)
+	assert.Equal(t, report.WorkloadAPI, r.WorkloadAPI)
 	assert.Equal(t, rotation.ExpiryOK, r.Outputs[0].Expiry)
 	assert.Equal(t, report.Proxies, r.Proxies)
 

@@ -161,13 +161,15 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 		return err
 	}
 	if err != nil {
-		return r.writeFailed("not writing: material rejected or unavailable; keeping the last good files", reason, err)
+		r.writeFailed("not writing: material rejected or unavailable; keeping the last good files", reason, err)
+		return err
 	}
 	changed, werr := r.write(files)
 	r.hook(writeEvent{Output: r.out.Name, Changed: changed, Serial: serialOf(mat.svid), Err: werr, At: time.Now()})
 	if werr != nil && !changed {
 		// DirWriter errors name the directory already.
-		return r.writeFailed("write failed; keeping the last good files", reason, werr)
+		r.writeFailed("write failed; keeping the last good files", reason, werr)
+		return werr
 	}
 	// From here the new set is live, even if a step after the swap failed
 	// (werr != nil && changed): it must be reloaded and guarded as such.
@@ -203,8 +205,8 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 }
 
 // writeFailed is the one place a failure to produce or write an output's
-// files is reported: metric, State and log line. It returns err.
-func (r *outputRunner) writeFailed(msg, reason string, err error) error {
+// files is reported: metric, State and log line.
+func (r *outputRunner) writeFailed(msg, reason string, err error) {
 	r.m.metrics.writeFailures.WithLabelValues(r.out.Name).Inc()
 	r.setWriteError(err)
 	fields := []zap.Field{zap.Error(err)}
@@ -212,7 +214,6 @@ func (r *outputRunner) writeFailed(msg, reason string, err error) error {
 		fields = append(fields, zap.String("reason", reason))
 	}
 	r.log.Error(msg, fields...)
-	return err
 }
 
 // write writes the set, first recreating the output directory if someone
