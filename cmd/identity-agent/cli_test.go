@@ -242,8 +242,8 @@ func TestBadConfigIsOneLinePerErrorAndExit2(t *testing.T) {
 	for _, args := range [][]string{{"config", "validate", p}, {"run", "--config", p}, {"fetch", "--config", p}} {
 		r := runCLI(t, args...)
 		assert.Equal(t, 2, r.code, args)
-		assert.Equal(t, "identity-agent: "+p+":8: \"0x\" is not a file mode (use an octal string such as \"0640\")\n"+
-			p+":9: unknown field \"reloads\" in an output\n", r.stderr, args)
+		assert.Equal(t, p+":8: outputs[0].key_mode: \"0x\" is not a file mode (use an octal string such as \"0640\")\n"+
+			p+":9: outputs[0].reloads: unknown field in an output\n", r.stderr, args)
 	}
 	r := runCLI(t, "config", "validate", filepath.Join(dir, "missing.yaml"))
 	assert.Equal(t, 2, r.code)

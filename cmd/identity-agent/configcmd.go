@@ -4,8 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/identity-agent/identity-agent/internal/agent"
 )
 
 func newConfigCmd() *cobra.Command {
@@ -15,17 +13,18 @@ func newConfigCmd() *cobra.Command {
 		Short: "Check a configuration file; print one line per problem and exit 2 if any",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(args[0])
+			// The same check `run` makes before it starts anything, and like
+			// it, this creates, opens and changes nothing.
+			p, err := loadPlan(args[0])
 			if err != nil {
 				return err
 			}
-			// Build everything once more without starting it: this checks
-			// what only the packages know (allow-list syntax, loopback rules,
-			// users and groups that must exist).
-			if _, err := agent.New(cfg, agent.Options{}); err != nil {
-				return withCode(exitUsage, err)
+			for _, w := range warningLines(p) {
+				if _, err := fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+w); err != nil {
+					return err
+				}
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: OK (%d outputs, %d proxies)\n", args[0], len(cfg.Outputs), len(cfg.Proxies))
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: OK (%d outputs, %d proxies)\n", args[0], len(p.Config.Outputs), len(p.Config.Proxies))
 			return err
 		},
 	})

@@ -68,7 +68,7 @@ func TestProxyErrorsNameFlags(t *testing.T) {
 		{[]string{"server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:80", "--rewrite-host"}, `identity-agent: --rewrite-host: needs --http`},
 		{[]string{"server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:80", "--max-conns", "-1"}, `identity-agent: --max-conns: -1: must not be negative`},
 		{[]string{"server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:80", "--idle-timeout=-1s"}, `identity-agent: --idle-timeout: -1s: must not be negative`},
-		{[]string{"server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:80", "--allow", "bad"}, `identity-agent: --allow "bad": want spiffe://trust-domain/path, spiffe://trust-domain/prefix/* or spiffe://trust-domain`},
+		{[]string{"server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:80", "--allow", "bad"}, `identity-agent: --allow: "bad": want spiffe://trust-domain/path, spiffe://trust-domain/prefix/* or spiffe://trust-domain`},
 	} {
 		r := runCLI(t, append(append([]string{"proxy"}, c.args...), base...)...)
 		assert.Equal(t, 2, r.code, "%v", c.args)

@@ -11,6 +11,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/identity-agent/identity-agent/internal/config"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -53,7 +55,14 @@ func execute(args []string, stdout, stderr io.Writer) int {
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
-		if ee.err != nil && ee.err.Error() != "" {
+		var problems config.Problems
+		switch {
+		case ee.err == nil || ee.err.Error() == "":
+		case errors.As(ee.err, &problems):
+			// Already one "FILE:LINE: field: problem" line each, as the
+			// README promises: no prefix.
+			fmt.Fprintln(stderr, ee.err.Error())
+		default:
 			fmt.Fprintln(stderr, "identity-agent: "+ee.err.Error())
 		}
 		return ee.code

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,30 +19,53 @@ import (
 	"github.com/identity-agent/identity-agent/internal/service"
 )
 
-// loadConfig reads the config; a bad file is a usage error (exit 2) whose
-// message is already one "FILE:LINE: ..." line per problem.
-func loadConfig(path string) (*config.Config, error) {
+// loadPlan reads the config and checks it with every rule `run` applies
+// before it starts (agent.Load, no side effects); a bad file is a usage
+// error (exit 2) whose message is one "FILE:LINE: field: problem" line per
+// problem, all of them at once.
+func loadPlan(path string) (*agent.Plan, error) {
 	if path == "" {
 		return nil, withCode(exitUsage, errors.New("--config is required"))
 	}
-	cfg, err := config.Load(path, os.Getenv)
+	p, err := agent.Load(path, os.Getenv)
 	if err != nil {
 		return nil, withCode(exitUsage, err)
 	}
-	return cfg, nil
+	return p, nil
+}
+
+// loadConfig is loadPlan for commands that need only the config.
+func loadConfig(path string) (*config.Config, error) {
+	p, err := loadPlan(path)
+	if err != nil {
+		return nil, err
+	}
+	return p.Config, nil
 }
 
 // loadConfigAndLogger is the common start of run and fetch.
+// The plan's warnings go to the log, one entry each.
 func loadConfigAndLogger(path string, stderr io.Writer) (*config.Config, *zap.Logger, error) {
-	cfg, err := loadConfig(path)
+	p, err := loadPlan(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	log, err := newLogger(p.Config.Log, stderr)
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
-	return cfg, log, nil
+	for _, w := range warningLines(p) {
+		log.Warn("configuration: " + w)
+	}
+	return p.Config, log, nil
+}
+
+// warningLines are the plan's warnings, one "FILE:LINE: field: problem" each.
+func warningLines(p *agent.Plan) []string {
+	if p.Warnings == nil {
+		return nil
+	}
+	return strings.Split(p.Warnings.Error(), "\n")
 }
 
 func newRunCmd() *cobra.Command {
@@ -107,7 +131,7 @@ func checkConfigOnHUP(ctx context.Context, hup <-chan os.Signal, path string, lo
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if _, err := loadConfig(path); err != nil {
+			if _, err := loadPlan(path); err != nil {
 				log.Error("SIGHUP: configuration is invalid; the agent keeps running with the configuration it started with",
 					zap.String("config", path), zap.Error(err))
 				continue

@@ -91,7 +91,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		}
 		a.redisAdmin = adm
 		a.sampler, err = redistransition.NewSampler(adm, redistransition.SamplerConfig{
-			StateFile: t.StateFile, Interval: t.SampleInterval.D(15 * time.Second), MaxGap: t.MaxSampleGap.D(10 * time.Minute),
+			StateFile: t.StateFile, Interval: t.SampleInterval.D(redistransition.DefaultSampleInterval), MaxGap: t.MaxSampleGap.D(redistransition.DefaultMaxSampleGap),
 			PlainPort: t.PlainPort, TLSPort: t.TLSPort, Transition: tr,
 		}, ropts...)
 		if err != nil {

@@ -1,74 +1,181 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
-	"syscall"
+	"strings"
 
 	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
+
+// Plan is a configuration converted into what each package takes and
+// checked by every rule `run` applies before it starts anything: the
+// file's own rules (internal/config), each package's Validate, owners that
+// must exist, and what only the whole file shows (two outputs in one
+// directory, two listeners on one address). `config validate` and `run`
+// both make it with NewPlan. Making a plan changes nothing: no directory,
+// socket or file is created and nothing is chowned; it only reads (user
+// and group databases, symlinks along output directories).
+type Plan struct {
+	Config *config.Config
+	// Outputs, one per configured output, owners resolved. Reloads holds
+	// the reloaders pkg/rotation implements and nil where the kind lives
+	// elsewhere (redis, traefik: New builds them with the Workload API
+	// source).
+	Outputs []rotation.Output
+	// Proxies, one per configured proxy.
+	Proxies []tlsproxy.Config
+	// Warnings are settings that are legal but probably unintended, as
+	// config.Problems.
+	Warnings error
+}
+
+// Load reads the file at path and plans it: every problem of the file and
+// of the plan is reported at once, as config.Problems sorted by line.
+func Load(path string, getenv func(string) string) (*Plan, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return Parse(path, data, getenv)
+}
+
+// NewPlan converts and checks cfg (see Plan). The error is config.Problems.
+func NewPlan(cfg *config.Config) (*Plan, error) {
+	p := &Plan{Config: cfg}
+	var errs, warns []error
+	for i, o := range cfg.Outputs {
+		at := fmt.Sprintf("outputs[%d]", i)
+		ro, err := convertOutput(cfg, at, o)
+		errs = append(errs, err)
+		// The reloads were checked one by one, each at its own line.
+		bare := ro
+		bare.Reloads = nil
+		if err := bare.Validate(); err != nil {
+			errs = append(errs, cfg.At(at, err))
+		}
+		for _, w := range ro.Warnings() {
+			warns = append(warns, cfg.At(at, w))
+		}
+		p.Outputs = append(p.Outputs, ro)
+	}
+	errs = append(errs, checkOutputDirs(cfg))
+	for i, pc := range cfg.Proxies {
+		tc := ProxyConfig(pc)
+		if err := tc.Validate(); err != nil {
+			errs = append(errs, cfg.At(fmt.Sprintf("proxies[%d]", i), err))
+		}
+		p.Proxies = append(p.Proxies, tc)
+	}
+	errs = append(errs, checkListeners(cfg, p.Proxies))
+	if t := redisTransition(cfg); t != nil {
+		errs = append(errs, cfg.At("redis.transition.admin", checkRedisAdmin(t.Admin)))
+	}
+	if err := config.Join(errs...); err != nil {
+		return nil, err
+	}
+	p.Warnings = config.Join(warns...)
+	return p, nil
+}
+
+// convertOutput builds the rotation.Output of o; problems (unknown owner,
+// a reload the packages refuse) come back with their lines.
+func convertOutput(cfg *config.Config, at string, o config.Output) (rotation.Output, error) {
+	var errs []error
+	owner, err := resolveOwner(o.Owner)
+	if err != nil {
+		errs = append(errs, cfg.At(at+".owner", err))
+	}
+	ro := rotation.Output{
+		Name:                   o.Name,
+		Selector:               svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint},
+		Dir:                    o.Dir,
+		CertFile:               o.CertFile,
+		KeyFile:                o.KeyFile,
+		BundleFile:             o.BundleFile,
+		IncludeFederated:       o.IncludeFederated,
+		IntermediatesInBundle:  o.IntermediatesInBundle,
+		CertMode:               fs.FileMode(o.CertMode),
+		KeyMode:                fs.FileMode(o.KeyMode),
+		BundleMode:             fs.FileMode(o.BundleMode),
+		Owner:                  owner,
+		JWTBundleFile:          o.JWTBundleFile,
+		JWTBundleMode:          fs.FileMode(o.JWTBundleMode),
+		UnsafeWorldReadableKey: o.UnsafeWorldReadableKey,
+	}
+	for _, j := range o.JWT {
+		ro.JWT = append(ro.JWT, rotation.JWTFile{Audience: j.Audience, File: j.File, Mode: fs.FileMode(j.Mode)})
+	}
+	if err := applyFormats(&ro, o); err != nil {
+		errs = append(errs, cfg.At(at, err))
+	}
+	for j, r := range o.Reload {
+		field := fmt.Sprintf("%s.reload[%d]", at, j)
+		rl, err := basicReloader(r)
+		if err == nil && rl != nil {
+			err = rotation.ValidateReloader(rl)
+		}
+		if err == nil && r.Redis != nil {
+			field += ".redis"
+			err = checkRedisAdmin(*r.Redis)
+		}
+		if err != nil {
+			errs = append(errs, cfg.At(field, err))
+		}
+		ro.Reloads = append(ro.Reloads, rl)
+	}
+	return ro, config.Join(errs...)
+}
+
+// Outputs converts configured outputs to rotation outputs; extra builds
+// the reload kinds that live outside pkg/rotation.
+func Outputs(cfg *config.Config, extra ReloaderFactory) ([]rotation.Output, error) {
+	p, err := NewPlan(cfg)
+	if err != nil {
+		return nil, err
+	}
+	outs := make([]rotation.Output, len(p.Outputs))
+	for i, ro := range p.Outputs {
+		ro.Reloads = append([]rotation.Reloader(nil), ro.Reloads...)
+		for j, rl := range ro.Reloads {
+			if rl != nil {
+				continue
+			}
+			r := cfg.Outputs[i].Reload[j]
+			if extra == nil {
+				return nil, fmt.Errorf("%s: outputs[%d].reload[%d]: reload kind %q is not available here", cfg.Path, i, j, r.Kind())
+			}
+			if ro.Reloads[j], err = extra(cfg.Outputs[i], r); err != nil {
+				return nil, fmt.Errorf("%s: outputs[%d].reload[%d] (%s): %w", cfg.Path, i, j, r.Kind(), err)
+			}
+		}
+		outs[i] = ro
+	}
+	return outs, nil
+}
 
 // ReloaderFactory builds reloaders for kinds that live outside pkg/rotation
 // (redis, traefik); it gets the output so it can name its files.
 type ReloaderFactory func(out config.Output, r config.Reload) (rotation.Reloader, error)
 
-// Outputs converts configured outputs to rotation outputs.
-func Outputs(cfg *config.Config, extra ReloaderFactory) ([]rotation.Output, error) {
-	outs := make([]rotation.Output, 0, len(cfg.Outputs))
-	for i, o := range cfg.Outputs {
-		owner, err := resolveOwner(o.Owner)
-		if err != nil {
-			return nil, fmt.Errorf("%s: outputs[%d] (%s): owner: %w", cfg.Path, i, o.Name, err)
-		}
-		ro := rotation.Output{
-			Name:                  o.Name,
-			Selector:              svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint},
-			Dir:                   o.Dir,
-			CertFile:              o.CertFile,
-			KeyFile:               o.KeyFile,
-			BundleFile:            o.BundleFile,
-			IncludeFederated:      o.IncludeFederated,
-			IntermediatesInBundle: o.IntermediatesInBundle,
-			CertMode:              fs.FileMode(o.CertMode),
-			KeyMode:               fs.FileMode(o.KeyMode),
-			BundleMode:            fs.FileMode(o.BundleMode),
-			Owner:                 owner,
-			JWTBundleFile:         o.JWTBundleFile,
-			JWTBundleMode:         fs.FileMode(o.JWTBundleMode),
-		}
-		for _, j := range o.JWT {
-			ro.JWT = append(ro.JWT, rotation.JWTFile{Audience: j.Audience, File: j.File, Mode: fs.FileMode(j.Mode)})
-		}
-		if err := applyFormats(&ro, o); err != nil {
-			return nil, fmt.Errorf("%s: outputs[%d] (%s): %w", cfg.Path, i, o.Name, err)
-		}
-		for j, r := range o.Reload {
-			rl, err := reloader(o, r, extra)
-			if err != nil {
-				return nil, fmt.Errorf("%s: outputs[%d].reload[%d] (%s): %w", cfg.Path, i, j, r.Kind(), err)
-			}
-			ro.Reloads = append(ro.Reloads, rl)
-		}
-		outs = append(outs, ro)
-	}
-	return outs, nil
-}
-
-var signalNumbers = map[string]syscall.Signal{
-	"SIGHUP": syscall.SIGHUP, "SIGUSR1": syscall.SIGUSR1, "SIGUSR2": syscall.SIGUSR2,
-	"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT, "SIGWINCH": syscall.SIGWINCH,
-}
-
-func reloader(o config.Output, r config.Reload, extra ReloaderFactory) (rotation.Reloader, error) {
+// basicReloader builds the reload kinds pkg/rotation implements; nil, nil
+// for the others.
+func basicReloader(r config.Reload) (rotation.Reloader, error) {
 	switch {
 	case r.Signal != nil:
-		sig, ok := signalNumbers[config.SignalName(r.Signal.Name)]
-		if !ok {
-			return nil, fmt.Errorf("unsupported signal %q", r.Signal.Name)
+		sig, err := rotation.ParseSignal(r.Signal.Name)
+		if err != nil {
+			return nil, &fieldError{field: "signal.name", err: err}
 		}
 		return rotation.NewSignalReloader(r.Signal.PidFile, r.Signal.Pid, sig), nil
 	case r.Exec != nil:
@@ -78,34 +185,180 @@ func reloader(o config.Output, r config.Reload, extra ReloaderFactory) (rotation
 	case r.Launchd != nil:
 		return rotation.NewLaunchdReloader(r.Launchd.Label, r.Launchd.Restart == nil || *r.Launchd.Restart), nil
 	}
-	if extra == nil {
-		return nil, fmt.Errorf("reload kind %q is not available here", r.Kind())
-	}
-	return extra(o, r)
+	return nil, nil
 }
+
+func redisTransition(cfg *config.Config) *config.RedisTransition {
+	if cfg.Redis == nil {
+		return nil
+	}
+	return cfg.Redis.Transition
+}
+
+// checkOutputDirs refuses two outputs whose directories are one (after
+// cleaning and following the symlinks that exist today) or where one lies
+// inside the other: each DirWriter owns its directory's links and prunes
+// what it does not know.
+func checkOutputDirs(cfg *config.Config) error {
+	type seen struct {
+		i    int
+		real string
+	}
+	var prev []seen
+	var errs []error
+	for i, o := range cfg.Outputs {
+		if o.Dir == "" || !filepath.IsAbs(o.Dir) {
+			continue // reported by the file's own checks
+		}
+		real := resolveExisting(o.Dir)
+		for _, s := range prev {
+			field := fmt.Sprintf("outputs[%d].dir", i)
+			switch {
+			case real == s.real:
+				errs = append(errs, cfg.Problemf(field, "%q is also the dir of outputs[%d]%s; two outputs cannot share a directory", o.Dir, s.i, via(o.Dir, real)))
+			case within(real, s.real):
+				errs = append(errs, cfg.Problemf(field, "%q is inside outputs[%d].dir %q; output directories must not nest", o.Dir, s.i, cfg.Outputs[s.i].Dir))
+			case within(s.real, real):
+				errs = append(errs, cfg.Problemf(field, "%q contains outputs[%d].dir %q; output directories must not nest", o.Dir, s.i, cfg.Outputs[s.i].Dir))
+			}
+		}
+		prev = append(prev, seen{i, real})
+	}
+	return config.Join(errs...)
+}
+
+func via(dir, real string) string {
+	if filepath.Clean(dir) == real {
+		return ""
+	}
+	return " (both are " + real + ")"
+}
+
+func within(p, dir string) bool {
+	return strings.HasPrefix(p, strings.TrimSuffix(dir, string(filepath.Separator))+string(filepath.Separator))
+}
+
+// resolveExisting cleans p and follows the symlinks of the longest prefix
+// that exists, so that /srv/link/x and /srv/real/x compare equal before
+// either x exists.
+func resolveExisting(p string) string {
+	p = filepath.Clean(p)
+	rest := ""
+	for cur := p; ; {
+		if real, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(real, rest)
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
+}
+
+// checkListeners refuses two listeners on one address: two proxies, or a
+// proxy and admin.metrics_listen (TCP), or a proxy and the admin socket
+// (unix). A wildcard host collides with every host on its port.
+func checkListeners(cfg *config.Config, proxies []tlsproxy.Config) error {
+	type listener struct{ field, addr string }
+	var all []listener
+	if cfg.Admin.MetricsListen != "" {
+		all = append(all, listener{"admin.metrics_listen", cfg.Admin.MetricsListen})
+	}
+	if cfg.Admin.Socket != "" {
+		all = append(all, listener{"admin.socket", "unix://" + filepath.Clean(strings.TrimPrefix(cfg.Admin.Socket, "unix://"))})
+	}
+	var errs []error
+	for i, pc := range proxies {
+		addr := pc.ListenAddr()
+		if addr == "" {
+			continue // tlsproxy's Validate says why
+		}
+		field := fmt.Sprintf("proxies[%d].listen", i)
+		for _, l := range all {
+			if sameListener(addr, l.addr) {
+				errs = append(errs, cfg.Problemf(field, "%q is also the address of %s", pc.Listen, l.field))
+				break
+			}
+		}
+		all = append(all, listener{field[:len(field)-len(".listen")], addr})
+	}
+	return config.Join(errs...)
+}
+
+func sameListener(a, b string) bool {
+	if strings.HasPrefix(a, "unix://") || strings.HasPrefix(b, "unix://") {
+		return a == b
+	}
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	norm := func(h string) string {
+		if strings.EqualFold(h, "localhost") {
+			return "127.0.0.1"
+		}
+		if ip := net.ParseIP(h); ip != nil {
+			if ip.IsUnspecified() {
+				return ""
+			}
+			return ip.String()
+		}
+		return strings.ToLower(h)
+	}
+	ha, hb = norm(ha), norm(hb)
+	return ha == hb || ha == "" || hb == ""
+}
+
+// fieldError is a problem with the field below the value being checked
+// (config.At reads FieldName).
+type fieldError struct {
+	field string
+	err   error
+}
+
+func (e *fieldError) Error() string     { return e.field + ": " + e.err.Error() }
+func (e *fieldError) Unwrap() error     { return e.err }
+func (e *fieldError) FieldName() string { return e.field }
+
+// ownerError is an owner user or group that does not resolve; field is
+// "user" or "group".
+type ownerError struct {
+	field string
+	err   error
+}
+
+func (e *ownerError) Error() string     { return e.field + ": " + e.err.Error() }
+func (e *ownerError) Unwrap() error     { return e.err }
+func (e *ownerError) FieldName() string { return e.field }
 
 // resolveOwner turns user/group names (or numeric ids) into ids; empty
 // means "leave as the agent's user".
 func resolveOwner(o config.Owner) (svid.Owner, error) {
 	owner := svid.Owner{UID: -1, GID: -1}
+	var errs []error
 	if o.User != "" {
 		u, err := lookupUser(o.User)
 		if err != nil {
-			return owner, err
-		}
-		owner.UID, _ = strconv.Atoi(u.Uid)
-		if o.Group == "" {
-			owner.GID, _ = strconv.Atoi(u.Gid)
+			errs = append(errs, &ownerError{"user", err})
+		} else {
+			owner.UID, _ = strconv.Atoi(u.Uid)
+			if o.Group == "" {
+				owner.GID, _ = strconv.Atoi(u.Gid)
+			}
 		}
 	}
 	if o.Group != "" {
 		g, err := lookupGroup(o.Group)
 		if err != nil {
-			return owner, err
+			errs = append(errs, &ownerError{"group", err})
+		} else {
+			owner.GID, _ = strconv.Atoi(g.Gid)
 		}
-		owner.GID, _ = strconv.Atoi(g.Gid)
 	}
-	return owner, nil
+	return owner, errors.Join(errs...)
 }
 
 func lookupUser(name string) (*user.User, error) {
@@ -118,7 +371,7 @@ func lookupUser(name string) (*user.User, error) {
 	}
 	u, err := user.Lookup(name)
 	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", name, err)
+		return nil, fmt.Errorf("user %q does not exist on this host", name)
 	}
 	return u, nil
 }
@@ -129,7 +382,42 @@ func lookupGroup(name string) (*user.Group, error) {
 	}
 	g, err := user.LookupGroup(name)
 	if err != nil {
-		return nil, fmt.Errorf("group %q: %w", name, err)
+		return nil, fmt.Errorf("group %q does not exist on this host", name)
 	}
 	return g, nil
+}
+
+// checkRedisAdmin is every rule for a Redis admin connection that can be
+// checked without connecting: the address, and the server_id a TLS
+// address needs.
+func checkRedisAdmin(r config.RedisReload) error {
+	if r.Addr == "" {
+		return nil // required-ness is the file's rule, reported with its line
+	}
+	isTLS, err := redistransition.ValidateAdminAddr(r.Addr)
+	if err != nil {
+		return &fieldError{field: "addr", err: errors.New(strings.TrimPrefix(err.Error(), "redis admin: "))}
+	}
+	if isTLS && r.ServerID == "" {
+		return &fieldError{field: "server_id", err: errors.New("is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)")}
+	}
+	if r.ServerID != "" {
+		if _, err := serverAuthorizer(r.ServerID); err != nil {
+			return &fieldError{field: "server_id", err: err}
+		}
+	}
+	return nil
+}
+
+// Parse is Load for bytes already read; path is used in messages.
+func Parse(path string, data []byte, getenv func(string) string) (*Plan, error) {
+	cfg, err := config.Parse(path, data, getenv)
+	if cfg == nil {
+		return nil, err
+	}
+	p, perr := NewPlan(cfg)
+	if all := config.Join(err, perr); all != nil {
+		return nil, all
+	}
+	return p, nil
 }

@@ -1,7 +1,7 @@
 package agent
 
 import (
-	"fmt"
+	"errors"
 	"time"
 
 	"github.com/identity-agent/identity-agent/internal/config"
@@ -14,9 +14,10 @@ import (
 // config into the rotation output.
 func applyFormats(ro *rotation.Output, o config.Output) error {
 	f := o.Formats
+	var errs []error
 	order, err := svid.ParseCombinedOrder(f.CombinedOrder)
 	if err != nil {
-		return fmt.Errorf("combined_order: %w", err)
+		errs = append(errs, &fieldError{field: "combined_order", err: err})
 	}
 	ro.CombinedFile, ro.CombinedOrder = f.CombinedFile, order
 	ro.Layout = f.Layout
@@ -24,17 +25,18 @@ func applyFormats(ro *rotation.Output, o config.Output) error {
 	if k := f.PKCS12; k != nil {
 		ro.PKCS12 = rotation.PKCS12{KeystoreFile: k.KeystoreFile, TruststoreFile: k.TruststoreFile, PasswordFile: k.PasswordFile}
 	}
-	if v := f.Verify; v != nil {
+	if v := f.Verify; v != nil && v.Address != "" {
 		var opts []tlsprobe.Option
 		if v.ServerName != "" {
 			opts = append(opts, tlsprobe.WithServerName(v.ServerName))
 		}
 		p, err := tlsprobe.New(v.Address, opts...)
 		if err != nil {
-			return fmt.Errorf("verify.address: %w", err)
+			errs = append(errs, &fieldError{field: "verify.address", err: err})
+		} else {
+			ro.Verify = p
 		}
-		ro.Verify = p
 		ro.VerifyTimeout = time.Duration(v.Timeout)
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -20,10 +19,10 @@ import (
 // the SVID picked by sel and requires the server's SPIFFE ID.
 func redisAdminConfig(src *svid.Source, r config.RedisReload, sel svid.Selector) (redistransition.AdminConfig, error) {
 	ac := redistransition.AdminConfig{Addr: r.Addr, Username: r.Username, PasswordFile: r.PasswordFile}
+	if err := checkRedisAdmin(r); err != nil {
+		return ac, err
+	}
 	if strings.HasPrefix(r.Addr, "rediss://") || strings.HasPrefix(r.Addr, "tls://") {
-		if r.ServerID == "" {
-			return ac, errors.New("server_id is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)")
-		}
 		authz, err := serverAuthorizer(r.ServerID)
 		if err != nil {
 			return ac, err
@@ -78,8 +77,8 @@ func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redistransiti
 		TLSPort:      t.TLSPort,
 		TLSFiles:     redistransition.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CACertFile},
 		PasswordFile: t.PasswordFile,
-		Window:       t.Window.D(24 * time.Hour),
-		MaxSampleGap: t.MaxSampleGap.D(10 * time.Minute),
+		Window:       t.Window.D(redistransition.DefaultWindow),
+		MaxSampleGap: t.MaxSampleGap.D(redistransition.DefaultMaxSampleGap),
 		TLSAddr:      t.TLSAddr,
 		SVIDs:        src.X509SVIDSource(sel),
 		Bundles:      src,
@@ -92,9 +91,9 @@ func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redistransiti
 	}
 	for _, hc := range t.HealthChecks {
 		if hc.HTTP != "" {
-			tc.HealthChecks = append(tc.HealthChecks, redistransition.HTTPHealthCheck(hc.Name, hc.HTTP, hc.Timeout.D(10*time.Second)))
+			tc.HealthChecks = append(tc.HealthChecks, redistransition.HTTPHealthCheck(hc.Name, hc.HTTP, time.Duration(hc.Timeout)))
 		} else {
-			tc.HealthChecks = append(tc.HealthChecks, redistransition.CommandHealthCheck(hc.Name, hc.Exec, hc.Timeout.D(10*time.Second)))
+			tc.HealthChecks = append(tc.HealthChecks, redistransition.CommandHealthCheck(hc.Name, hc.Exec, time.Duration(hc.Timeout)))
 		}
 	}
 	tr, err := redistransition.NewTransition(adm, tc, opts...)

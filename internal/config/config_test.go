@@ -101,33 +101,25 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown top-level key", "workload_api: {socket: unix:///s}\noutptus: []\n",
-			`bad.yaml:2: unknown field "outptus" in the top level`},
+			`bad.yaml:2: outptus: unknown field in the top level`},
 		{"unknown output key", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    cert_mod: \"0644\"\n",
-			`bad.yaml:6: unknown field "cert_mod" in an output`},
+			`bad.yaml:6: outputs[0].cert_mod: unknown field in an output`},
 		{"bad mode", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    bundle_mode: \"0999\"\n",
-			`bad.yaml:6: "0999" is not a file mode (use an octal string such as "0640")`},
+			`bad.yaml:6: outputs[0].bundle_mode: "0999" is not a file mode (use an octal string such as "0640")`},
 		{"bad duration", "workload_api: {socket: unix:///s}\nrotation:\n  debounce: 10\n",
-			`bad.yaml:3: "10" is not a duration (use e.g. 30s, 10m, 24h)`},
+			`bad.yaml:3: rotation.debounce: "10" is not a duration (use e.g. 30s, 10m, 24h)`},
 		{"bad socket scheme", "workload_api:\n  socket: /tmp/agent.sock\n",
 			`bad.yaml:2: workload_api.socket: "/tmp/agent.sock" must start with unix:// (or tcp://)`},
 		{"bad spiffe id", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    spiffe_id: http://x/y\n",
 			`bad.yaml:6: outputs[0].spiffe_id: "http://x/y": scheme is missing or invalid`},
 		{"cert without key", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    cert_file: c.pem\n",
 			`bad.yaml:5: outputs[0].cert_file: needs key_file too: cert_file and key_file go together`},
-		{"path in file name", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: ../b.pem\n",
-			`bad.yaml:5: outputs[0].bundle_file: "../b.pem" must be a plain file name inside dir (no '/' and no leading '..')`},
 		{"two reload kinds in one entry", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - {exec: {command: [true]}, systemd: {unit: x}}\n",
 			`bad.yaml:7: outputs[0].reload[0]: sets exec and systemd: one action per list entry`},
-		{"proxy without allow", "workload_api: {socket: unix:///s}\nproxies:\n  - name: p\n    mode: server\n    listen: 127.0.0.1:1\n    target: 127.0.0.1:2\n",
-			`bad.yaml:3: proxies[0].allow: is required: list the peer SPIFFE IDs to accept (there is no allow-anyone)`},
-		{"bad allow entry", "workload_api: {socket: unix:///s}\nproxies:\n  - name: p\n    mode: server\n    listen: 127.0.0.1:1\n    target: 127.0.0.1:2\n    allow:\n      - spiffe://example.org/a\n      - spiffe://example.org/*/x\n",
-			`bad.yaml:9: proxies[0].allow[1]: "spiffe://example.org/*/x": `},
-		{"negative handshake pool", "workload_api: {socket: unix:///s}\nproxies:\n  - name: p\n    mode: server\n    listen: 127.0.0.1:1\n    target: 127.0.0.1:2\n    allow: [spiffe://example.org/a]\n    max_handshakes_per_source: -1\n",
-			`bad.yaml:8: proxies[0].max_handshakes_per_source: must not be negative`},
 		{"metrics on a public address", "workload_api: {socket: unix:///s}\nadmin: {metrics_listen: \"0.0.0.0:9090\"}\n",
 			`bad.yaml:2: admin.metrics_listen: "0.0.0.0:9090" must be a loopback address`},
-		{"syntax error", "outputs: [\n", `bad.yaml:1: did not find expected node content`},
-		{"empty", "", `bad.yaml:1: the file is empty`},
+		{"syntax error", "outputs: [\n", `bad.yaml:1: outputs: did not find expected node content`},
+		{"empty", "", `bad.yaml:1: config: the file is empty`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,19 +136,41 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 }
 
 func TestAllErrorsReportedOnePerLine(t *testing.T) {
-	y := "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    key_mode: \"x\"\n    bogus: 1\n  - name: a\n    dir: /d\n    bundle_file: b\n"
+	// Decoding problems do not hide the others: all come at once, in file
+	// order, and a field that failed to decode is not reported again.
+	y := "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    key_mode: \"x\"\n    bogus: 1\n  - name: a\n    dir: d\n    bundle_file: b\nlog: {level: loud}\n"
 	_, err := config.Parse("m.yaml", []byte(y), noEnv)
 	require.Error(t, err)
-	lines := strings.Split(err.Error(), "\n")
-	require.Len(t, lines, 2, "decode errors come first, all of them: %v", lines)
-	assert.Equal(t, `m.yaml:6: "x" is not a file mode (use an octal string such as "0640")`, lines[0])
-	assert.Equal(t, `m.yaml:7: unknown field "bogus" in an output`, lines[1])
+	assert.Equal(t, `m.yaml:6: outputs[0].key_mode: "x" is not a file mode (use an octal string such as "0640")`+"\n"+
+		`m.yaml:7: outputs[0].bogus: unknown field in an output`+"\n"+
+		`m.yaml:8: outputs[1].name: "a" is also the name of outputs[0]`+"\n"+
+		`m.yaml:9: outputs[1].dir: "d" must be an absolute path`+"\n"+
+		`m.yaml:11: log.level: "loud" is not one of debug, info, warn, error`, err.Error())
+	var ps config.Problems
+	require.ErrorAs(t, err, &ps)
+	assert.Len(t, ps, 5)
+}
 
-	y2 := "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n  - name: a\n    dir: /d/\n    bundle_file: b\n"
-	_, err = config.Parse("m.yaml", []byte(y2), noEnv)
-	require.Error(t, err)
-	assert.Equal(t, "m.yaml:6: outputs[1].name: \"a\" is also the name of outputs[0]\n"+
-		"m.yaml:7: outputs[1].dir: \"/d/\" is also the dir of outputs[0]; two outputs cannot share a directory", err.Error())
+// A mis-indented key is reported where it is, not where yaml.v3 says the
+// enclosing block began, and with the key path leading to it.
+func TestIndentationErrorAtItsLine(t *testing.T) {
+	cases := []struct{ name, yaml, want string }{
+		{"key under-indented in an item", "workload_api:\n  socket: unix:///s\noutputs:\n  - name: a\n   dir: /d\n    bundle_file: b\n",
+			"bad.yaml:5: outputs[0].dir: this line is indented more than the one above, which opens no block"},
+		{"key at the list's column", "workload_api:\n  socket: unix:///s\noutputs:\n  - name: a\n    dir: /d\n  bundle_file: b\n",
+			"bad.yaml:6: outputs[0].bundle_file: a key where the block above holds list items"},
+		{"key between two levels", "rotation:\n  debounce: 1s\n retry_min: 1s\n",
+			"bad.yaml:3: retry_min: this line is indented more than the one above"},
+		{"tab", "rotation:\n\tdebounce: 1s\n", "bad.yaml:2: "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse("bad.yaml", []byte(tc.yaml), noEnv)
+			require.Error(t, err)
+			assert.True(t, strings.HasPrefix(err.Error(), tc.want), err.Error())
+			assert.NotContains(t, err.Error(), "\n")
+		})
+	}
 }
 
 func TestLoadMissingFile(t *testing.T) {

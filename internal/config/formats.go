@@ -1,12 +1,5 @@
 package config
 
-import (
-	"path/filepath"
-	"strings"
-
-	"github.com/identity-agent/identity-agent/pkg/tlsprobe"
-)
-
 // LayoutSPIFFEFSDelivery is the layout value for a SPIFFE Filesystem
 // Delivery credential folder (a draft standard; see docs/FORMATS.md).
 const LayoutSPIFFEFSDelivery = "spiffe-fs-delivery"
@@ -54,66 +47,24 @@ type Verify struct {
 	Timeout Duration `yaml:"timeout"`
 }
 
-func (f Formats) formatsSet() bool {
-	return f.CombinedFile != "" || f.Layout != "" || f.BundleDir != "" || f.PKCS12 != nil
-}
-
-// keyBearing reports whether the output writes a file holding the
-// certificate, which verify compares with what the service serves.
-func (o Output) keyBearing() bool {
-	f := o.Formats
-	return o.CertFile != "" || f.CombinedFile != "" || f.Layout != "" || (f.PKCS12 != nil && f.PKCS12.KeystoreFile != "")
-}
-
-// validateFormats checks the format fields of output o at p (the file's
-// shape and values; rotation.Output checks names against each other).
+// validateFormats checks the format fields' shape in the file; their
+// values and names are checked where they are consumed (svid's combined
+// order, rotation.Output.Validate: layout, names, the PKCS#12 password
+// file, verify's certificate; tlsprobe: the verify address).
 func validateFormats(v *validator, p func(...any) []any, o Output) {
 	f := o.Formats
-	switch f.CombinedOrder {
-	case "", "key_first", "chain_first":
-	default:
-		v.errorf(p("combined_order"), "%q is not one of key_first, chain_first", f.CombinedOrder)
-	}
 	if f.CombinedOrder != "" && f.CombinedFile == "" {
 		v.errorf(p("combined_order"), "is set but combined_file is not")
 	}
-	switch f.Layout {
-	case "", LayoutSPIFFEFSDelivery:
-	default:
-		v.errorf(p("layout"), "%q is not a known layout (want %s)", f.Layout, LayoutSPIFFEFSDelivery)
-	}
-	for field, name := range map[string]string{"combined_file": f.CombinedFile, "bundle_dir": f.BundleDir} {
-		if name != "" && (name != filepath.Base(name) || strings.HasPrefix(name, "..") || name == ".") {
-			v.errorf(p(field), "%q must be a plain name inside dir (no '/' and no leading '..')", name)
-		}
-	}
-	if k := f.PKCS12; k != nil {
-		if k.KeystoreFile == "" && k.TruststoreFile == "" {
-			v.errorf(p("pkcs12"), "set keystore_file, truststore_file or both")
-		}
-		for field, name := range map[string]string{"keystore_file": k.KeystoreFile, "truststore_file": k.TruststoreFile} {
-			if name != "" && (name != filepath.Base(name) || strings.HasPrefix(name, "..") || name == ".") {
-				v.errorf(p("pkcs12", field), "%q must be a plain file name inside dir (no '/' and no leading '..')", name)
-			}
-		}
-		switch {
-		case k.PasswordFile == "":
-			v.errorf(p("pkcs12", "password_file"), "is required: PKCS#12 files are password-protected")
-		case !filepath.IsAbs(k.PasswordFile):
-			v.errorf(p("pkcs12", "password_file"), "%q must be an absolute path", k.PasswordFile)
-		}
+	if k := f.PKCS12; k != nil && k.KeystoreFile == "" && k.TruststoreFile == "" {
+		v.errorf(p("pkcs12"), "set keystore_file, truststore_file or both")
 	}
 	if vf := f.Verify; vf != nil {
 		if vf.Address == "" {
 			v.errorf(p("verify", "address"), "is required (tcp://host:port or unix:///path)")
-		} else if _, _, err := tlsprobe.ParseAddress(vf.Address); err != nil {
-			v.errorf(p("verify", "address"), "%v", err)
 		}
 		if vf.Timeout < 0 {
 			v.errorf(p("verify", "timeout"), "must not be negative")
-		}
-		if !o.keyBearing() {
-			v.errorf(p("verify"), "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file")
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -46,37 +47,63 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 }
 
 // Parse is Load for bytes already read; path is used in error messages.
+//
+// Every problem is reported at once, as Problems ("FILE:LINE: field:
+// problem" each). When the file could be read as YAML but has problems,
+// Parse returns the config as far as it was understood together with the
+// problems, so that a caller can add the checks only it can make
+// (agent.Plan does) before it reports; such a config must never be used.
 func Parse(path string, data []byte, getenv func(string) string) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, yamlErrors(path, err)
+		return nil, syntaxProblem(path, data, err)
 	}
 	if len(root.Content) == 0 {
-		return nil, fmt.Errorf("%s:1: the file is empty", path)
+		return nil, Problems{{File: path, Line: 1, Field: "config", Msg: "the file is empty"}}
 	}
 	cfg := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var decodeErrs Problems
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, yamlErrors(path, err)
+		decodeErrs = decodeProblems(path, root.Content[0], err)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, decodeErrs
+		}
 	}
-	cfg.Path = path
-	v := &validator{path: path, root: root.Content[0]}
+	cfg.Path, cfg.root = path, root.Content[0]
 	cfg.applyDefaults(getenv)
+	v := &validator{cfg: cfg}
 	cfg.validate(v)
-	if len(v.errs) > 0 {
-		return nil, errors.Join(v.errs...)
+	// A field that failed to decode is zero: checks of it would only
+	// repeat the problem in other words.
+	bad := map[int]bool{}
+	for _, p := range decodeErrs {
+		bad[p.Line] = true
+	}
+	found := slices.Clone(decodeErrs)
+	for _, p := range v.errs {
+		if !bad[p.Line] {
+			found = append(found, p)
+		}
+	}
+	if err := Join(found); err != nil {
+		return cfg, err
 	}
 	return cfg, nil
 }
 
 var (
-	lineRE     = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-	notFoundRE = regexp.MustCompile(`^field (\S+) not found in type config\.(\w+)$`)
+	lineRE      = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	notFoundRE  = regexp.MustCompile(`^field (\S+) not found in type config\.(\w+)$`)
+	unmarshalRE = regexp.MustCompile("^cannot unmarshal !!(\\w+) `(.*)` into (.+)$")
+	quotedRE    = regexp.MustCompile(`^"(?:[^"\\]|\\.)*"`)
 )
 
-// yamlErrors turns yaml.v3's errors into one "FILE:LINE: ..." line each.
-func yamlErrors(path string, err error) error {
+// decodeProblems turns yaml.v3's decoding errors into Problems, each at
+// the line and field it concerns.
+func decodeProblems(path string, root *yaml.Node, err error) Problems {
 	var msgs []string
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
@@ -84,26 +111,55 @@ func yamlErrors(path string, err error) error {
 	} else {
 		msgs = []string{err.Error()}
 	}
-	out := make([]error, 0, len(msgs))
+	out := make(Problems, 0, len(msgs))
 	for _, m := range msgs {
 		m = strings.TrimPrefix(m, "yaml: ")
 		sub := lineRE.FindStringSubmatch(m)
 		if sub == nil {
-			out = append(out, fmt.Errorf("%s: %s", path, m))
+			out = append(out, &Problem{File: path, Line: 1, Field: "config", Msg: m})
 			continue
 		}
-		line, msg := sub[1], sub[2]
+		line, _ := strconv.Atoi(sub[1])
+		msg := sub[2]
 		// Custom unmarshalers prefix their own line; keep one.
 		if inner := lineRE.FindStringSubmatch(msg); inner != nil {
-			line, msg = inner[1], inner[2]
+			line, _ = strconv.Atoi(inner[1])
+			msg = inner[2]
 		}
+		var key, value string
 		if nf := notFoundRE.FindStringSubmatch(msg); nf != nil {
-			msg = fmt.Sprintf("unknown field %q in %s", nf[1], sectionName(nf[2]))
+			key = nf[1]
+			msg = "unknown field in " + sectionName(nf[2])
+		} else if um := unmarshalRE.FindStringSubmatch(msg); um != nil {
+			value = um[2]
+			msg = fmt.Sprintf("%q %s", um[2], wantType(um[3]))
+		} else if q := quotedRE.FindString(msg); q != "" {
+			value, _ = strconv.Unquote(q)
 		}
-		msg = strings.ReplaceAll(msg, "config.", "")
-		out = append(out, fmt.Errorf("%s:%s: %s", path, line, msg))
+		field := "config"
+		if p, ok := pathAtLine(root, line, key, value); ok {
+			field = fieldName(p)
+		}
+		out = append(out, &Problem{File: path, Line: line, Field: field, Msg: strings.ReplaceAll(msg, "config.", "")})
 	}
-	return errors.Join(out...)
+	return out
+}
+
+// wantType says what a field of Go type goType takes.
+func wantType(goType string) string {
+	switch {
+	case goType == "int":
+		return "is not a whole number"
+	case goType == "bool":
+		return "is not true or false"
+	case goType == "string":
+		return "is not a single value"
+	case strings.HasPrefix(goType, "[]"):
+		return "is not a list (use [a, b] or one \"- item\" per line)"
+	case strings.HasPrefix(goType, "config.") || strings.HasPrefix(goType, "*config."):
+		return "is not a section (use key: value lines)"
+	}
+	return "cannot be read as " + goType
 }
 
 func sectionName(goType string) string {
@@ -121,69 +177,16 @@ func sectionName(goType string) string {
 	}
 }
 
-// validator collects errors with the line of the field they concern.
+// validator collects problems with the line of the field they concern.
 type validator struct {
-	path string
-	root *yaml.Node
-	errs []error
+	cfg  *Config
+	errs Problems
 }
 
-// errorf records an error about the field at keyPath (strings are mapping
+// errorf records a problem with the field at keyPath (strings are mapping
 // keys, ints are list indexes); the line is the deepest node found.
 func (v *validator) errorf(keyPath []any, format string, args ...any) {
-	line := v.lineOf(keyPath)
-	v.errs = append(v.errs, fmt.Errorf("%s:%d: %s: %s", v.path, line, fieldName(keyPath), fmt.Sprintf(format, args...)))
-}
-
-func (v *validator) lineOf(keyPath []any) int {
-	n := v.root
-	line := n.Line
-	for _, k := range keyPath {
-		switch key := k.(type) {
-		case string:
-			if n.Kind != yaml.MappingNode {
-				return line
-			}
-			found := false
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				if n.Content[i].Value == key {
-					line = n.Content[i].Line
-					n = n.Content[i+1]
-					found = true
-					break
-				}
-			}
-			if !found {
-				return line
-			}
-		case int:
-			if n.Kind != yaml.SequenceNode || key >= len(n.Content) {
-				return line
-			}
-			n = n.Content[key]
-			line = n.Line
-		}
-	}
-	return line
-}
-
-func fieldName(keyPath []any) string {
-	var b strings.Builder
-	for _, k := range keyPath {
-		switch key := k.(type) {
-		case string:
-			if b.Len() > 0 {
-				b.WriteByte('.')
-			}
-			b.WriteString(key)
-		case int:
-			b.WriteString("[" + strconv.Itoa(key) + "]")
-		}
-	}
-	if b.Len() == 0 {
-		return "config"
-	}
-	return b.String()
+	v.errs = append(v.errs, v.cfg.problem(keyPath, fmt.Sprintf(format, args...)))
 }
 
 func path(elems ...any) []any { return elems }

@@ -22,6 +22,8 @@ type Config struct {
 
 	// Path is the file the config was read from (not a YAML key).
 	Path string `yaml:"-"`
+	// root is the parsed document, kept for the line numbers of problems.
+	root *yaml.Node
 }
 
 // WorkloadAPI says where the SPIFFE Workload API is.
@@ -82,6 +84,10 @@ type Output struct {
 	CertMode              FileMode `yaml:"cert_mode"`
 	KeyMode               FileMode `yaml:"key_mode"`
 	BundleMode            FileMode `yaml:"bundle_mode"`
+
+	// UnsafeWorldReadableKey allows a key_mode (or jwt mode) readable by
+	// every user; without it such a mode is refused.
+	UnsafeWorldReadableKey bool `yaml:"unsafe_world_readable_key"`
 
 	JWT           []JWTFile `yaml:"jwt"`
 	JWTBundleFile string    `yaml:"jwt_bundle_file"`
@@ -261,7 +267,7 @@ type HealthCheck struct {
 	Name    string   `yaml:"name"`
 	HTTP    string   `yaml:"http"`
 	Exec    []string `yaml:"exec"`
-	Timeout Duration `yaml:"timeout"` // default 10s
+	Timeout Duration `yaml:"timeout"` // default 10s for http, 30s for exec
 }
 
 // Duration is a time.Duration written as "90s", "10m", "24h".
@@ -296,14 +302,22 @@ type FileMode fs.FileMode
 
 // UnmarshalYAML reads the raw scalar as octal whether or not it was quoted,
 // because YAML would otherwise read an unquoted 0640 as decimal 640 or octal
-// depending on the parser.
+// depending on the parser. Setuid, setgid and sticky ("4755") are read too,
+// so that the check of the mode (rotation.CheckMode) can refuse them by
+// name instead of calling the value unreadable.
 func (m *FileMode) UnmarshalYAML(n *yaml.Node) error {
 	raw := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
 	v, err := strconv.ParseUint(raw, 8, 32)
-	if err != nil || v > 0o777 || v == 0 {
+	if err != nil || v > 0o7777 || v == 0 {
 		return lineError(n, "%q is not a file mode (use an octal string such as \"0640\")", n.Value)
 	}
-	*m = FileMode(v)
+	fm := fs.FileMode(v & 0o777)
+	for bit, mode := range map[uint64]fs.FileMode{0o4000: fs.ModeSetuid, 0o2000: fs.ModeSetgid, 0o1000: fs.ModeSticky} {
+		if v&bit != 0 {
+			fm |= mode
+		}
+	}
+	*m = FileMode(fm)
 	return nil
 }
 
@@ -316,7 +330,19 @@ func (m FileMode) Or(def fs.FileMode) fs.FileMode {
 }
 
 // MarshalYAML writes the mode as an octal string.
-func (m FileMode) MarshalYAML() (any, error) { return fmt.Sprintf("%04o", uint32(m)), nil }
+func (m FileMode) MarshalYAML() (any, error) { return m.String(), nil }
+
+// String is the mode as the file writes it: "0640", "4755".
+func (m FileMode) String() string {
+	fm := fs.FileMode(m)
+	v := uint32(fm.Perm())
+	for mode, bit := range map[fs.FileMode]uint32{fs.ModeSetuid: 0o4000, fs.ModeSetgid: 0o2000, fs.ModeSticky: 0o1000} {
+		if fm&mode != 0 {
+			v |= bit
+		}
+	}
+	return fmt.Sprintf("%04o", v)
+}
 
 // lineError reports a bad scalar as a yaml.TypeError so that decoding goes
 // on and every bad field in the file is reported at once.

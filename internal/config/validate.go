@@ -10,26 +10,27 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/identity-agent/identity-agent/internal/redistransition"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
-	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
-// Defaults applied to fields left empty.
+// Defaults applied to fields left empty. Each is the consuming package's
+// own default; the config only names them for its callers.
 const (
-	DefaultCertMode   = 0o644
-	DefaultKeyMode    = 0o600
-	DefaultBundleMode = 0o644
-	DefaultJWTMode    = 0o600
-	// DefaultExpiryWindow 0 leaves rotation.expiry_window unset: an SVID
-	// is overdue when less than a third of its lifetime is left
-	// (rotation.DefaultExpiryWindow, rotation.ExpiryOf).
-	DefaultExpiryWindow  time.Duration = 0
-	DefaultDebounce                    = 100 * time.Millisecond
-	DefaultRetryMin                    = time.Second
-	DefaultRetryMax                    = time.Minute
-	DefaultExecTimeout                 = 30 * time.Second
-	DefaultReloadSignal                = "SIGHUP"
-	DefaultSystemdAction               = "reload"
+	DefaultCertMode      = rotation.DefaultCertMode
+	DefaultKeyMode       = rotation.DefaultKeyMode
+	DefaultBundleMode    = rotation.DefaultBundleMode
+	DefaultJWTMode       = rotation.DefaultJWTMode
+	DefaultJWTBundleMode = rotation.DefaultJWTBundleMode
+	DefaultExpiryWindow  = rotation.DefaultExpiryWindow
+	DefaultDebounce      = rotation.DefaultDebounce
+	DefaultRetryMin      = rotation.DefaultRetryMin
+	DefaultRetryMax      = rotation.DefaultRetryMax
+	DefaultReloadSignal  = rotation.DefaultReloadSignal
+	// DefaultExecTimeout bounds an exec reload (rotation's own default).
+	DefaultExecTimeout   = 30 * time.Second
+	DefaultSystemdAction = "reload"
 )
 
 func (c *Config) applyDefaults(getenv func(string) string) {
@@ -60,7 +61,7 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 		o.CertMode = FileMode(o.CertMode.Or(DefaultCertMode))
 		o.KeyMode = FileMode(o.KeyMode.Or(DefaultKeyMode))
 		o.BundleMode = FileMode(o.BundleMode.Or(DefaultBundleMode))
-		o.JWTBundleMode = FileMode(o.JWTBundleMode.Or(DefaultBundleMode))
+		o.JWTBundleMode = FileMode(o.JWTBundleMode.Or(DefaultJWTBundleMode))
 		for j := range o.JWT {
 			o.JWT[j].Mode = FileMode(o.JWT[j].Mode.Or(DefaultJWTMode))
 		}
@@ -80,44 +81,50 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 				rl.Launchd.Restart = &t
 			}
 			if rl.Traefik != nil && rl.Traefik.Mode == 0 {
-				rl.Traefik.Mode = DefaultKeyMode
+				rl.Traefik.Mode = FileMode(DefaultKeyMode)
 			}
 		}
 	}
 	if c.Redis != nil && c.Redis.Transition != nil {
 		t := c.Redis.Transition
 		if t.PlainPort == 0 {
-			t.PlainPort = 6379
+			t.PlainPort = redistransition.DefaultPlainPort
 		}
 		if t.TLSPort == 0 {
-			t.TLSPort = 6380
+			t.TLSPort = redistransition.DefaultTLSPort
 		}
-		t.Window = Duration(t.Window.D(24 * time.Hour))
-		t.SampleInterval = Duration(t.SampleInterval.D(15 * time.Second))
-		t.MaxSampleGap = Duration(t.MaxSampleGap.D(10 * time.Minute))
+		t.Window = Duration(t.Window.D(redistransition.DefaultWindow))
+		t.SampleInterval = Duration(t.SampleInterval.D(redistransition.DefaultSampleInterval))
+		t.MaxSampleGap = Duration(t.MaxSampleGap.D(redistransition.DefaultMaxSampleGap))
 		if t.ServerID == "" {
 			t.ServerID = t.Admin.ServerID
 		}
 		if t.PasswordFile == "" {
 			t.PasswordFile = t.Admin.PasswordFile
 		}
-		for i := range t.HealthChecks {
-			t.HealthChecks[i].Timeout = Duration(t.HealthChecks[i].Timeout.D(10 * time.Second))
-		}
 	}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
+// validate makes the checks that concern the file itself: its shape
+// (one reload kind per entry, names), paths that must be absolute, and
+// references between sections. What a package consumes is checked by that
+// package's Validate, which agent.Plan calls with the converted settings.
 func (c *Config) validate(v *validator) {
 	if c.WorkloadAPI.Socket == "" {
 		v.errorf(path("workload_api", "socket"), "no Workload API address: set it or export %s", EnvEndpointSocket)
-	} else if !strings.HasPrefix(c.WorkloadAPI.Socket, "unix://") && !strings.HasPrefix(c.WorkloadAPI.Socket, "tcp://") {
+	} else if rest, ok := strings.CutPrefix(c.WorkloadAPI.Socket, "unix://"); ok {
+		if !filepath.IsAbs(rest) {
+			v.errorf(path("workload_api", "socket"), "%q must name an absolute path (unix:///path)", c.WorkloadAPI.Socket)
+		}
+	} else if !strings.HasPrefix(c.WorkloadAPI.Socket, "tcp://") {
 		v.errorf(path("workload_api", "socket"), "%q must start with unix:// (or tcp://)", c.WorkloadAPI.Socket)
 	}
 	if err := svid.ValidateRetryMax(c.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)); err != nil {
 		v.errorf(path("workload_api", "retry_max"), "%v", err)
 	}
+	checkAbs(v, path("admin", "socket"), strings.TrimPrefix(c.Admin.Socket, "unix://"))
 	if c.Admin.MetricsListen != "" {
 		checkLoopbackAddr(v, path("admin", "metrics_listen"), c.Admin.MetricsListen)
 	}
@@ -136,12 +143,11 @@ func (c *Config) validate(v *validator) {
 	}
 
 	names := map[string]int{}
-	dirs := map[string]int{}
 	for i, o := range c.Outputs {
 		p := func(elems ...any) []any { return append([]any{"outputs", i}, elems...) }
 		switch {
 		case o.Name == "":
-			v.errorf(p("name"), "is required")
+			// rotation.Output.Validate reports it.
 		case !nameRE.MatchString(o.Name):
 			v.errorf(p("name"), "%q may hold only letters, digits, '.', '_' and '-'", o.Name)
 		default:
@@ -150,14 +156,8 @@ func (c *Config) validate(v *validator) {
 			}
 			names[o.Name] = i
 		}
-		if o.Dir == "" {
-			v.errorf(p("dir"), "is required")
-		} else {
-			clean := filepath.Clean(o.Dir)
-			if j, dup := dirs[clean]; dup {
-				v.errorf(p("dir"), "%q is also the dir of outputs[%d]; two outputs cannot share a directory", o.Dir, j)
-			}
-			dirs[clean] = i
+		if o.Dir != "" {
+			checkAbs(v, p("dir"), o.Dir)
 		}
 		checkSelector(v, p(), o.SpiffeID, o.Hint)
 		if o.CertFile != "" && o.KeyFile == "" {
@@ -166,37 +166,7 @@ func (c *Config) validate(v *validator) {
 		if o.KeyFile != "" && o.CertFile == "" {
 			v.errorf(p("key_file"), "needs cert_file too: cert_file and key_file go together")
 		}
-		if o.CertFile == "" && o.BundleFile == "" && len(o.JWT) == 0 && o.JWTBundleFile == "" && !o.formatsSet() {
-			v.errorf(p(), "writes nothing: set cert_file/key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file")
-		}
 		validateFormats(v, p, o)
-		files := map[string]string{}
-		checkFile := func(field []any, name string) {
-			if name == "" {
-				return
-			}
-			if name != filepath.Base(name) || strings.HasPrefix(name, "..") || name == "." {
-				v.errorf(field, "%q must be a plain file name inside dir (no '/' and no leading '..')", name)
-				return
-			}
-			if other, dup := files[name]; dup {
-				v.errorf(field, "%q is also used by %s", name, other)
-			}
-			files[name] = fieldName(field)
-		}
-		checkFile(p("cert_file"), o.CertFile)
-		checkFile(p("key_file"), o.KeyFile)
-		checkFile(p("bundle_file"), o.BundleFile)
-		checkFile(p("jwt_bundle_file"), o.JWTBundleFile)
-		for j, jf := range o.JWT {
-			if len(jf.Audience) == 0 {
-				v.errorf(p("jwt", j, "audience"), "at least one audience is required")
-			}
-			if jf.File == "" {
-				v.errorf(p("jwt", j, "file"), "is required")
-			}
-			checkFile(p("jwt", j, "file"), jf.File)
-		}
 		for j, rl := range o.Reload {
 			checkReload(v, p("reload", j), rl, o)
 		}
@@ -205,41 +175,14 @@ func (c *Config) validate(v *validator) {
 	proxyNames := map[string]int{}
 	for i, px := range c.Proxies {
 		p := func(elems ...any) []any { return append([]any{"proxies", i}, elems...) }
-		if px.Name == "" {
-			v.errorf(p("name"), "is required")
-		} else if j, dup := proxyNames[px.Name]; dup {
-			v.errorf(p("name"), "%q is also the name of proxies[%d]", px.Name, j)
-		} else {
-			proxyNames[px.Name] = i
-		}
-		if px.Mode != "server" && px.Mode != "client" {
-			v.errorf(p("mode"), "%q must be server or client", px.Mode)
+		if px.Name != "" {
+			if j, dup := proxyNames[px.Name]; dup {
+				v.errorf(p("name"), "%q is also the name of proxies[%d]", px.Name, j)
+			} else {
+				proxyNames[px.Name] = i
+			}
 		}
 		checkSelector(v, p(), px.SpiffeID, px.Hint)
-		if px.Listen == "" {
-			v.errorf(p("listen"), "is required")
-		}
-		if px.Target == "" {
-			v.errorf(p("target"), "is required")
-		}
-		if len(px.Allow) == 0 {
-			v.errorf(p("allow"), "is required: list the peer SPIFFE IDs to accept (there is no allow-anyone)")
-		}
-		for j, a := range px.Allow {
-			// The proxy's own parser, so the forms accepted here are
-			// exactly the ones the proxy enforces.
-			if _, err := tlsproxy.ParseAllow([]string{a}); err != nil {
-				v.errorf(p("allow", j), "%s", strings.TrimPrefix(err.Error(), "allow[0] "))
-			}
-		}
-		for _, n := range []struct {
-			field string
-			val   int
-		}{{"max_conns", px.MaxConns}, {"max_handshakes", px.MaxHandshakes}, {"max_handshakes_per_source", px.MaxHandshakesPerSource}} {
-			if n.val < 0 {
-				v.errorf(p(n.field), "must not be negative")
-			}
-		}
 	}
 
 	if c.Redis != nil && c.Redis.Transition != nil {
@@ -250,6 +193,17 @@ func (c *Config) validate(v *validator) {
 		}
 		if t.StateFile == "" {
 			v.errorf(p("state_file"), "is required (the plaintext-idle window must survive restarts)")
+		}
+		for _, f := range []struct{ name, val string }{
+			{"state_file", t.StateFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile},
+			{"ca_cert_file", t.CACertFile}, {"password_file", t.PasswordFile},
+		} {
+			if f.val != "" {
+				checkAbs(v, p(f.name), f.val)
+			}
+		}
+		if t.Admin.PasswordFile != "" {
+			checkAbs(v, p("admin", "password_file"), t.Admin.PasswordFile)
 		}
 		for _, f := range []struct{ name, val string }{{"spiffe_id", t.SpiffeID}, {"server_id", t.ServerID}} {
 			if f.val == "" {
@@ -270,6 +224,15 @@ func (c *Config) validate(v *validator) {
 				v.errorf(p("health_checks", i), "set exactly one of http and exec")
 			}
 		}
+	}
+}
+
+// checkAbs refuses a relative path: the agent runs from / under a service
+// manager, so a path relative to wherever `config validate` ran would name
+// another file at run time.
+func checkAbs(v *validator, field []any, p string) {
+	if p != "" && !filepath.IsAbs(p) {
+		v.errorf(field, "%q must be an absolute path", p)
 	}
 }
 
@@ -299,17 +262,6 @@ func checkLoopbackAddr(v *validator, field []any, addr string) {
 	}
 }
 
-var signals = map[string]bool{"SIGHUP": true, "SIGUSR1": true, "SIGUSR2": true, "SIGTERM": true, "SIGINT": true, "SIGQUIT": true, "SIGWINCH": true}
-
-// SignalName normalises "HUP" to "SIGHUP".
-func SignalName(s string) string {
-	s = strings.ToUpper(s)
-	if !strings.HasPrefix(s, "SIG") {
-		s = "SIG" + s
-	}
-	return s
-}
-
 func checkReload(v *validator, p []any, rl Reload, o Output) {
 	kind := rl.Kind()
 	if kind == "" {
@@ -330,25 +282,9 @@ func checkReload(v *validator, p []any, rl Reload, o Output) {
 		if s.Pid < 0 {
 			v.errorf(q("signal", "pid"), "must be positive")
 		}
-		if !signals[SignalName(s.Name)] {
-			v.errorf(q("signal", "name"), "%q is not a supported signal (SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGQUIT, SIGWINCH)", s.Name)
-		}
-	case rl.Exec != nil:
-		if len(rl.Exec.Command) == 0 || rl.Exec.Command[0] == "" {
-			v.errorf(q("exec", "command"), "is required, as a list: [program, arg, ...]")
-		}
-	case rl.Systemd != nil:
-		if rl.Systemd.Unit == "" {
-			v.errorf(q("systemd", "unit"), "is required")
-		}
-		switch rl.Systemd.Action {
-		case "reload", "restart", "try-restart", "reload-or-restart":
-		default:
-			v.errorf(q("systemd", "action"), "%q must be reload, restart, try-restart or reload-or-restart", rl.Systemd.Action)
-		}
-	case rl.Launchd != nil:
-		if rl.Launchd.Label == "" {
-			v.errorf(q("launchd", "label"), "is required")
+		checkAbs(v, q("signal", "pid_file"), s.PidFile)
+		if _, err := rotation.ParseSignal(s.Name); err != nil {
+			v.errorf(q("signal", "name"), "%v", err)
 		}
 	case rl.Redis != nil:
 		if rl.Redis.Addr == "" {
@@ -357,6 +293,8 @@ func checkReload(v *validator, p []any, rl Reload, o Output) {
 		if o.CertFile == "" {
 			v.errorf(q("redis"), "needs the output to write cert_file and key_file")
 		}
+		checkAbs(v, q("redis", "password_file"), rl.Redis.PasswordFile)
+		checkAbs(v, q("redis", "ca_cert_file"), rl.Redis.CACertFile)
 		if rl.Redis.ServerID != "" {
 			if _, err := spiffeid.FromString(rl.Redis.ServerID); err != nil {
 				v.errorf(q("redis", "server_id"), "%v", err)
@@ -365,8 +303,8 @@ func checkReload(v *validator, p []any, rl Reload, o Output) {
 	case rl.Traefik != nil:
 		if rl.Traefik.File == "" {
 			v.errorf(q("traefik", "file"), "is required")
-		} else if !filepath.IsAbs(rl.Traefik.File) {
-			v.errorf(q("traefik", "file"), "%q must be an absolute path", rl.Traefik.File)
+		} else {
+			checkAbs(v, q("traefik", "file"), rl.Traefik.File)
 		}
 		if o.CertFile == "" || o.BundleFile == "" {
 			v.errorf(q("traefik"), "needs the output to write cert_file, key_file and bundle_file")
@@ -376,8 +314,12 @@ func checkReload(v *validator, p []any, rl Reload, o Output) {
 				v.errorf(q("traefik", "peer_spiffe_id"), "%q: %v", id, err)
 			}
 		}
-		if rl.Traefik.Mode&0o007 != 0 {
-			v.errorf(q("traefik", "mode"), "%04o lets every user read the inline private key; use 0600 or 0640", uint32(rl.Traefik.Mode))
+		if m := rl.Traefik.Mode.Or(DefaultKeyMode); m&0o007 != 0 {
+			v.errorf(q("traefik", "mode"), "%s lets every user read the inline private key; use 0600 or 0640", FileMode(m))
+		} else if err := rotation.CheckMode(m, true, false); err != nil {
+			v.errorf(q("traefik", "mode"), "%v", err)
 		}
 	}
+	// exec, systemd and launchd entries are checked by the reloader that
+	// agent.Plan builds from them (rotation.Output.Validate).
 }

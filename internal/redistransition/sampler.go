@@ -44,16 +44,16 @@ func NewSampler(admin *Admin, cfg SamplerConfig, o ...Option) (*Sampler, error) 
 		return nil, fmt.Errorf("redis sampler: state_file is required")
 	}
 	if cfg.Interval <= 0 {
-		cfg.Interval = 15 * time.Second
+		cfg.Interval = DefaultSampleInterval
 	}
 	if cfg.MaxGap <= 0 {
-		cfg.MaxGap = 10 * time.Minute
+		cfg.MaxGap = DefaultMaxSampleGap
 	}
 	if cfg.PlainPort == 0 {
-		cfg.PlainPort = 6379
+		cfg.PlainPort = DefaultPlainPort
 	}
 	if cfg.TLSPort == 0 {
-		cfg.TLSPort = 6380
+		cfg.TLSPort = DefaultTLSPort
 	}
 	s := newSettings(o)
 	return &Sampler{admin: admin, cfg: cfg, log: s.logger, now: s.now, m: newTransitionMetrics(s.reg)}, nil

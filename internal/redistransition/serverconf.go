@@ -95,10 +95,10 @@ type ServerConfigOptions struct {
 
 func (o *ServerConfigOptions) defaults() {
 	if o.PlainPort == 0 {
-		o.PlainPort = 6379
+		o.PlainPort = DefaultPlainPort
 	}
 	if o.TLSPort == 0 {
-		o.TLSPort = 6380
+		o.TLSPort = DefaultTLSPort
 	}
 }
 

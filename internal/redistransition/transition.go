@@ -76,16 +76,16 @@ func NewTransition(admin *Admin, cfg TransitionConfig, o ...Option) (*Transition
 		return nil, fmt.Errorf("redis transition: state_file is required")
 	}
 	if cfg.PlainPort == 0 {
-		cfg.PlainPort = 6379
+		cfg.PlainPort = DefaultPlainPort
 	}
 	if cfg.TLSPort == 0 {
-		cfg.TLSPort = 6380
+		cfg.TLSPort = DefaultTLSPort
 	}
 	if cfg.Window <= 0 {
-		cfg.Window = 24 * time.Hour
+		cfg.Window = DefaultWindow
 	}
 	if cfg.MaxSampleGap <= 0 {
-		cfg.MaxSampleGap = 10 * time.Minute
+		cfg.MaxSampleGap = DefaultMaxSampleGap
 	}
 	if cfg.TLSAddr == "" {
 		cfg.TLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TLSPort))

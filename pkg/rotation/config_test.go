@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"context"
+	"io/fs"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -21,19 +22,19 @@ func TestNewManagerRejectsBadOutputs(t *testing.T) {
 		outs []Output
 		want string
 	}{
-		{"no name", []Output{{Dir: dir, CertFile: "c"}}, "name is required"},
-		{"no dir", []Output{{Name: "x", CertFile: "c"}}, `output "x": dir is required`},
+		{"no name", []Output{{Dir: dir, CertFile: "c"}}, "name: is required"},
+		{"no dir", []Output{{Name: "x", CertFile: "c"}}, `output "x": dir: is required`},
 		{"no files", []Output{{Name: "x", Dir: dir}}, `output "x": no files to write`},
-		{"path in name", []Output{{Name: "x", Dir: dir, CertFile: "../etc/c"}}, `output "x": cert_file "../etc/c" must be a base name`},
-		{"reserved name", []Output{{Name: "x", Dir: dir, KeyFile: "..data"}}, `key_file "..data": names starting with ".." are reserved`},
-		{"same file twice", []Output{{Name: "x", Dir: dir, CertFile: "a.pem", BundleFile: "a.pem"}}, `bundle_file "a.pem" is also used by cert_file`},
-		{"jwt without audience", []Output{{Name: "x", Dir: dir, JWT: []JWTFile{{File: "t"}}}}, `output "x": jwt[0] (t): audience is required`},
+		{"path in name", []Output{{Name: "x", Dir: dir, CertFile: "../etc/c"}}, `output "x": cert_file: "../etc/c" must be a plain file name`},
+		{"reserved name", []Output{{Name: "x", Dir: dir, KeyFile: "..data"}}, `key_file: "..data": names starting with ".." are reserved`},
+		{"same file twice", []Output{{Name: "x", Dir: dir, CertFile: "a.pem", BundleFile: "a.pem"}}, `bundle_file: "a.pem" is also used by cert_file`},
+		{"jwt without audience", []Output{{Name: "x", Dir: dir, JWT: []JWTFile{{File: "t"}}}}, `output "x": jwt[0].audience: at least one audience is required`},
 		{"duplicate name", []Output{ok, {Name: "a", Dir: filepath.Join(dir, "b"), CertFile: "c"}}, `output "a": name used twice`},
 		{"duplicate dir", []Output{ok, {Name: "b", Dir: filepath.Join(dir, "a"), CertFile: "c"}}, `dir ` + filepath.Join(dir, "a") + ` is also used by output "a"`},
 		{"bad systemd action", []Output{{Name: "x", Dir: dir, CertFile: "c", Reloads: []Reloader{NewSystemdReloader("redis", "stop")}}}, `reloads[0]: systemd reload of "redis": unsupported action "stop"`},
 		{"signal without target", []Output{{Name: "x", Dir: dir, CertFile: "c", Reloads: []Reloader{NewSignalReloader("", 0, syscall.SIGHUP)}}}, `need a pid file or a pid > 1`},
 		{"empty exec", []Output{{Name: "x", Dir: dir, CertFile: "c", Reloads: []Reloader{NewExecReloader(nil, time.Second)}}}, `exec reload: empty command`},
-		{"nil reloader", []Output{{Name: "x", Dir: dir, CertFile: "c", Reloads: []Reloader{nil}}}, `reloads[0] is nil`},
+		{"nil reloader", []Output{{Name: "x", Dir: dir, CertFile: "c", Reloads: []Reloader{nil}}}, `reloads[0]: is nil`},
 		{"bad launchd label", []Output{{Name: "x", Dir: dir, CertFile: "c", Reloads: []Reloader{NewLaunchdReloader("a/b", true)}}}, `invalid label "a/b"`},
 	}
 	for _, c := range cases {
@@ -66,4 +67,55 @@ func TestStartTwiceCancelAndClose(t *testing.T) {
 	wctx, wcancel := context.WithTimeout(context.Background(), time.Second)
 	defer wcancel()
 	require.ErrorContains(t, m.WriteAll(wctx), `output "a": waiting for the Workload API: no X.509 context received yet`)
+}
+
+func TestValidateModes(t *testing.T) {
+	base := Output{Name: "x", Dir: "/d", CertFile: "c.pem", KeyFile: "k.pem"}
+	cases := []struct {
+		name string
+		mut  func(*Output)
+		want string // "" = valid
+	}{
+		{"defaults", func(*Output) {}, ""},
+		{"group-readable key", func(o *Output) { o.KeyMode = 0o640 }, ""},
+		{"group-writable cert", func(o *Output) { o.CertMode = 0o664 }, "cert_mode: 0664 lets group or other write the file"},
+		{"world-writable key", func(o *Output) { o.KeyMode = 0o777 }, "key_mode: 0777 lets group or other write the file"},
+		{"setuid", func(o *Output) { o.CertMode = 0o644 | fs.ModeSetuid }, "cert_mode: 4644 sets a setuid, setgid or sticky bit"},
+		{"sticky", func(o *Output) { o.BundleMode = 0o644 | fs.ModeSticky }, "bundle_mode: 1644 sets a setuid"},
+		{"world-readable key", func(o *Output) { o.KeyMode = 0o644 }, "key_mode: 0644 lets every user read a secret"},
+		{"world-readable key, asked for", func(o *Output) { o.KeyMode = 0o644; o.UnsafeWorldReadableKey = true }, ""},
+		{"world-readable token", func(o *Output) { o.JWT = []JWTFile{{Audience: []string{"a"}, File: "t", Mode: 0o604}} }, "jwt[0].mode: 0604 lets every user read a secret"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := base
+			c.mut(&o)
+			err := o.Validate()
+			if c.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, c.want)
+			var fe *FieldError
+			require.ErrorAs(t, err, &fe, "names the field")
+		})
+	}
+}
+
+func TestWarningsKeyWiderThanCert(t *testing.T) {
+	o := Output{Name: "x", Dir: "/d", CertFile: "c.pem", KeyFile: "k.pem", CertMode: 0o600, KeyMode: 0o640}
+	w := o.Warnings()
+	require.Len(t, w, 1)
+	require.EqualError(t, w[0], "key_mode: 0640 is wider than cert_mode 0600: the key is readable where the certificate is not")
+	o.CertMode = 0o644
+	require.Empty(t, o.Warnings())
+}
+
+func TestParseSignal(t *testing.T) {
+	for _, n := range []string{"SIGHUP", "hup", "HUP", " sigusr1 "} {
+		_, err := ParseSignal(n)
+		require.NoError(t, err, n)
+	}
+	_, err := ParseSignal("SIGKILL")
+	require.ErrorContains(t, err, `"SIGKILL" is not a supported signal (SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH)`)
 }

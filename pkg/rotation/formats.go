@@ -57,8 +57,8 @@ func (o Output) wantsKey() bool {
 // normalizeFormats checks the format fields; check registers a base name
 // and rejects one used twice.
 func (o *Output) normalizeFormats(check func(field, name string) error) error {
-	fail := func(format string, args ...any) error {
-		return fmt.Errorf("output %q: %s", o.Name, fmt.Sprintf(format, args...))
+	fail := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 	}
 	if err := errors.Join(
 		check("combined_file", o.CombinedFile),
@@ -71,29 +71,29 @@ func (o *Output) normalizeFormats(check func(field, name string) error) error {
 	switch o.CombinedOrder {
 	case svid.KeyFirst, svid.ChainFirst:
 	default:
-		return fail("combined_order %d: want key_first or chain_first", o.CombinedOrder)
+		return fail("combined_order", "%d: want key_first or chain_first", o.CombinedOrder)
 	}
 	switch o.Layout {
 	case "":
 	case LayoutSPIFFEFSDelivery:
-		if err := check("layout "+LayoutSPIFFEFSDelivery, svid.FSDeliveryCredentialBundle); err != nil {
+		if err := check("layout", svid.FSDeliveryCredentialBundle); err != nil {
 			return err
 		}
 	default:
-		return fail("layout %q: want %q (or none)", o.Layout, LayoutSPIFFEFSDelivery)
+		return fail("layout", "%q: want %q (or none)", o.Layout, LayoutSPIFFEFSDelivery)
 	}
 	if o.PKCS12.wanted() {
 		switch {
 		case o.PKCS12.PasswordFile == "":
-			return fail("pkcs12.password_file is required with a keystore or truststore file")
+			return fail("pkcs12.password_file", "is required with a keystore or truststore file")
 		case !filepath.IsAbs(o.PKCS12.PasswordFile):
-			return fail("pkcs12.password_file %q must be an absolute path", o.PKCS12.PasswordFile)
+			return fail("pkcs12.password_file", "%q must be an absolute path", o.PKCS12.PasswordFile)
 		}
 	} else if o.PKCS12.PasswordFile != "" {
-		return fail("pkcs12.password_file is set but neither keystore_file nor truststore_file is")
+		return fail("pkcs12.password_file", "is set but neither keystore_file nor truststore_file is")
 	}
 	if o.Verify != nil && !o.wantsKey() {
-		return fail("verify needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file")
+		return fail("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file")
 	}
 	if o.VerifyTimeout <= 0 {
 		o.VerifyTimeout = DefaultVerifyTimeout

@@ -298,16 +298,16 @@ func TestFormatConfigErrors(t *testing.T) {
 		o    Output
 		want string
 	}{
-		{Output{Name: "x", Dir: dir, Layout: "k8s"}, `layout "k8s": want "spiffe-fs-delivery"`},
+		{Output{Name: "x", Dir: dir, Layout: "k8s"}, `layout: "k8s": want "spiffe-fs-delivery"`},
 		{Output{Name: "x", Dir: dir, Layout: LayoutSPIFFEFSDelivery, CertFile: svid.FSDeliveryCredentialBundle}, "is also used by cert_file"},
-		{Output{Name: "x", Dir: dir, CombinedFile: "a/b"}, `combined_file "a/b" must be a base name`},
-		{Output{Name: "x", Dir: dir, CombinedFile: "tls.pem", KeyFile: "tls.pem"}, `combined_file "tls.pem" is also used by key_file`},
-		{Output{Name: "x", Dir: dir, BundleDir: "..b"}, `bundle_dir "..b": names starting with ".." are reserved`},
-		{Output{Name: "x", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12"}}, "pkcs12.password_file is required"},
-		{Output{Name: "x", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12", PasswordFile: "pw"}}, `pkcs12.password_file "pw" must be an absolute path`},
+		{Output{Name: "x", Dir: dir, CombinedFile: "a/b"}, `combined_file: "a/b" must be a plain file name`},
+		{Output{Name: "x", Dir: dir, CombinedFile: "tls.pem", KeyFile: "tls.pem"}, `combined_file: "tls.pem" is also used by key_file`},
+		{Output{Name: "x", Dir: dir, BundleDir: "..b"}, `bundle_dir: "..b": names starting with ".." are reserved`},
+		{Output{Name: "x", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12"}}, "pkcs12.password_file: is required"},
+		{Output{Name: "x", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12", PasswordFile: "pw"}}, `pkcs12.password_file: "pw" must be an absolute path`},
 		{Output{Name: "x", Dir: dir, CertFile: "c", PKCS12: PKCS12{PasswordFile: "/pw"}}, "neither keystore_file nor truststore_file"},
-		{Output{Name: "x", Dir: dir, BundleFile: "b", Verify: fakeChecker{}}, "verify needs a certificate"},
-		{Output{Name: "x", Dir: dir, CombinedFile: "c", CombinedOrder: 7}, "combined_order 7"},
+		{Output{Name: "x", Dir: dir, BundleFile: "b", Verify: fakeChecker{}}, "verify: needs a certificate"},
+		{Output{Name: "x", Dir: dir, CombinedFile: "c", CombinedOrder: 7}, "combined_order: 7"},
 	} {
 		_, err := tc.o.normalize()
 		require.ErrorContains(t, err, tc.want)

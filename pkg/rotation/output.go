@@ -1,11 +1,9 @@
 package rotation
 
 import (
-	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/identity-agent/identity-agent/pkg/svid"
@@ -75,102 +73,37 @@ type Output struct {
 	// the service may take to do so (default DefaultVerifyTimeout).
 	Verify        ServedChecker
 	VerifyTimeout time.Duration
+	// UnsafeWorldReadableKey allows a KeyMode (and JWT token Mode) readable
+	// by every user; without it such a mode is refused (see CheckMode).
+	UnsafeWorldReadableKey bool
 }
 
 func (o Output) wantsX509() bool {
 	return o.CertFile != "" || o.KeyFile != "" || o.BundleFile != "" || o.wantsFormats()
 }
 
-// normalize fills defaults and rejects configurations that could never
-// work. The error names the output and field.
+// normalize fills defaults, resolves Dir and rejects configurations that
+// could never work (Validate). The error names the output and the fields.
 func (o Output) normalize() (Output, error) {
-	if o.Name == "" {
-		return o, errors.New("output: name is required")
+	if err := o.Validate(); err != nil {
+		if o.Name == "" {
+			return o, fmt.Errorf("output: %w", err)
+		}
+		return o, fmt.Errorf("output %q: %w", o.Name, err)
 	}
-	fail := func(format string, args ...any) (Output, error) {
-		return o, fmt.Errorf("output %q: %s", o.Name, fmt.Sprintf(format, args...))
-	}
-	if o.Dir == "" {
-		return fail("dir is required")
-	}
+	o = o.withDefaults()
 	abs, err := filepath.Abs(o.Dir)
 	if err != nil {
-		return fail("dir %q: %v", o.Dir, err)
+		return o, fmt.Errorf("output %q: dir %q: %w", o.Name, o.Dir, err)
 	}
 	o.Dir = abs
-	if o.CertMode == 0 {
-		o.CertMode = DefaultCertMode
-	}
-	if o.KeyMode == 0 {
-		o.KeyMode = DefaultKeyMode
-	}
-	if o.BundleMode == 0 {
-		o.BundleMode = DefaultBundleMode
-	}
-	if o.JWTBundleMode == 0 {
-		o.JWTBundleMode = DefaultJWTBundleMode
-	}
 	if o.Owner == (svid.Owner{}) {
 		o.Owner = svid.Owner{UID: -1, GID: -1}
 	}
-	o.JWT = append([]JWTFile(nil), o.JWT...)
 	for i := range o.JWT {
-		if o.JWT[i].Mode == 0 {
-			o.JWT[i].Mode = DefaultJWTMode
-		}
-		if len(o.JWT[i].Audience) == 0 {
-			return fail("jwt[%d] (%s): audience is required", i, o.JWT[i].File)
-		}
 		o.JWT[i].Audience = append([]string(nil), o.JWT[i].Audience...)
 	}
 	o.Reloads = append([]Reloader(nil), o.Reloads...)
-
-	seen := map[string]string{}
-	check := func(field, name string) error {
-		if name == "" {
-			return nil
-		}
-		if name != filepath.Base(name) || name == "." || name == ".." || strings.ContainsRune(name, filepath.Separator) {
-			return fmt.Errorf("output %q: %s %q must be a base name inside dir", o.Name, field, name)
-		}
-		// The atomic writer keeps its versioned directories and link
-		// under names starting with "..".
-		if strings.HasPrefix(name, "..") {
-			return fmt.Errorf("output %q: %s %q: names starting with \"..\" are reserved", o.Name, field, name)
-		}
-		if prev, ok := seen[name]; ok {
-			return fmt.Errorf("output %q: %s %q is also used by %s", o.Name, field, name, prev)
-		}
-		seen[name] = field
-		return nil
-	}
-	if err := errors.Join(check("cert_file", o.CertFile), check("key_file", o.KeyFile), check("bundle_file", o.BundleFile), check("jwt_bundle_file", o.JWTBundleFile)); err != nil {
-		return o, err
-	}
-	if err := o.normalizeFormats(check); err != nil {
-		return o, err
-	}
-	for i, j := range o.JWT {
-		if j.File == "" {
-			return fail("jwt[%d]: file is required", i)
-		}
-		if err := check(fmt.Sprintf("jwt[%d].file", i), j.File); err != nil {
-			return o, err
-		}
-	}
-	if len(seen) == 0 && !o.wantsFormats() {
-		return fail("no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)")
-	}
-	for i, r := range o.Reloads {
-		if r == nil {
-			return fail("reloads[%d] is nil", i)
-		}
-		if v, ok := r.(validator); ok {
-			if err := v.validate(); err != nil {
-				return fail("reloads[%d]: %v", i, err)
-			}
-		}
-	}
 	return o, nil
 }
 

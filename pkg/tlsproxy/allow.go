@@ -34,20 +34,9 @@ func ParseAllow(entries []string) (tlsconfig.Authorizer, error) {
 		prefixes []spiffeid.Matcher
 	)
 	for i, e := range entries {
-		e = strings.TrimSpace(e)
-		fail := func(err error) (tlsconfig.Authorizer, error) {
-			return nil, fmt.Errorf("allow[%d] %q: %w", i, e, err)
-		}
-		if !strings.HasPrefix(e, "spiffe://") {
-			return fail(errors.New(`want spiffe://trust-domain/path, spiffe://trust-domain/prefix/* or spiffe://trust-domain`))
-		}
-		base, wildcard := strings.CutSuffix(e, "/*")
-		if strings.Contains(base, "*") {
-			return fail(errors.New(`"*" is only allowed as a final "/*" path segment`))
-		}
-		id, err := spiffeid.FromString(base)
+		id, wildcard, err := parseAllowEntry(e)
 		if err != nil {
-			return fail(err)
+			return nil, fmt.Errorf("allow[%d] %q: %w", i, strings.TrimSpace(e), err)
 		}
 		switch {
 		case id.Path() == "":
@@ -72,4 +61,22 @@ func ParseAllow(entries []string) (tlsconfig.Authorizer, error) {
 		}
 		return fmt.Errorf("SPIFFE ID %q is not allowed", id)
 	}, nil
+}
+
+// parseAllowEntry reads one allow entry: the ID (a trust domain alone when
+// its path is empty) and whether it ends in "/*".
+func parseAllowEntry(e string) (spiffeid.ID, bool, error) {
+	e = strings.TrimSpace(e)
+	if !strings.HasPrefix(e, "spiffe://") {
+		return spiffeid.ID{}, false, errors.New(`want spiffe://trust-domain/path, spiffe://trust-domain/prefix/* or spiffe://trust-domain`)
+	}
+	base, wildcard := strings.CutSuffix(e, "/*")
+	if strings.Contains(base, "*") {
+		return spiffeid.ID{}, false, errors.New(`"*" is only allowed as a final "/*" path segment`)
+	}
+	id, err := spiffeid.FromString(base)
+	if err != nil {
+		return spiffeid.ID{}, false, err
+	}
+	return id, wildcard, nil
 }

@@ -153,73 +153,34 @@ func (a addr) isLoopback() bool {
 }
 
 // normalized returns cfg with defaults filled in and its addresses parsed,
-// or an error naming the proxy and the field.
+// or Validate's error prefixed with the proxy's name.
 func (cfg Config) normalized() (Config, addr, addr, error) {
-	fail := func(field string, err error) (Config, addr, addr, error) {
-		return Config{}, addr{}, addr{}, fmt.Errorf("proxy %q: %s: %w", cfg.Name, field, err)
+	if err := cfg.Validate(); err != nil {
+		return Config{}, addr{}, addr{}, fmt.Errorf("proxy %q: %w", cfg.Name, err)
 	}
-	if cfg.Name == "" {
-		return fail("name", errors.New("must not be empty"))
-	}
-	switch cfg.Mode {
-	case ModeServer, ModeClient:
-	default:
-		return fail("mode", fmt.Errorf("%q: want %q or %q", cfg.Mode, ModeServer, ModeClient))
-	}
-	listen, err := parseAddr(cfg.Listen)
-	if err != nil {
-		return fail("listen", err)
-	}
-	target, err := parseAddr(cfg.Target)
-	if err != nil {
-		return fail("target", err)
-	}
-	if !cfg.UnsafeAllowNonLoopbackPlaintext {
-		if cfg.Mode == ModeServer && !target.isLoopback() {
-			return fail("target", fmt.Errorf("%q: plaintext target must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)", cfg.Target))
-		}
-		if cfg.Mode == ModeClient && !listen.isLoopback() {
-			return fail("listen", fmt.Errorf("%q: plaintext listener must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)", cfg.Listen))
-		}
-	}
-	if cfg.RewriteHost && !cfg.HTTP {
-		return fail("rewrite_host", errors.New("needs http: true"))
-	}
-	if cfg.HTTP && cfg.Mode != ModeServer {
-		return fail("http", errors.New("HTTP mode is only available in server mode"))
-	}
-	if len(cfg.Allow) == 0 {
-		return fail("allow", errEmptyAllow)
-	}
+	listen, _ := parseAddr(cfg.Listen)
+	target, _ := parseAddr(cfg.Target)
 	for _, d := range []struct {
-		field string
-		v     *time.Duration
-		def   time.Duration
+		v   *time.Duration
+		def time.Duration
 	}{
-		{"handshake_timeout", &cfg.HandshakeTimeout, DefaultHandshakeTimeout},
-		{"idle_timeout", &cfg.IdleTimeout, DefaultIdleTimeout},
-		{"connect_timeout", &cfg.ConnectTimeout, DefaultConnectTimeout},
-		{"drain_timeout", &cfg.DrainTimeout, DefaultDrainTimeout},
+		{&cfg.HandshakeTimeout, DefaultHandshakeTimeout},
+		{&cfg.IdleTimeout, DefaultIdleTimeout},
+		{&cfg.ConnectTimeout, DefaultConnectTimeout},
+		{&cfg.DrainTimeout, DefaultDrainTimeout},
 	} {
-		if *d.v < 0 {
-			return fail(d.field, fmt.Errorf("%s: must not be negative", *d.v))
-		}
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 	}
 	for _, n := range []struct {
-		field string
-		v     *int
-		def   int
+		v   *int
+		def int
 	}{
-		{"max_conns", &cfg.MaxConns, DefaultMaxConns},
-		{"max_handshakes", &cfg.MaxHandshakes, DefaultMaxHandshakes},
-		{"max_handshakes_per_source", &cfg.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource},
+		{&cfg.MaxConns, DefaultMaxConns},
+		{&cfg.MaxHandshakes, DefaultMaxHandshakes},
+		{&cfg.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource},
 	} {
-		if *n.v < 0 {
-			return fail(n.field, fmt.Errorf("%d: must not be negative", *n.v))
-		}
 		if *n.v == 0 {
 			*n.v = n.def
 		}

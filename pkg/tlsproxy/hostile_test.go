@@ -224,7 +224,7 @@ func TestConfigValidation(t *testing.T) {
 		{func(c *tlsproxy.Config) { c.Mode, c.Listen = tlsproxy.ModeClient, "0.0.0.0:1" }, `proxy "ollama": listen: "0.0.0.0:1": plaintext listener must be a loopback`},
 		{func(c *tlsproxy.Config) { c.Mode, c.HTTP = tlsproxy.ModeClient, true; c.Listen = "127.0.0.1:1" }, `proxy "ollama": http: HTTP mode is only available in server mode`},
 		{func(c *tlsproxy.Config) { c.Allow = nil }, `proxy "ollama": allow: at least one allowed SPIFFE ID is required`},
-		{func(c *tlsproxy.Config) { c.Allow = []string{"traefik"} }, `proxy "ollama": allow[0] "traefik"`},
+		{func(c *tlsproxy.Config) { c.Allow = []string{"traefik"} }, `proxy "ollama": allow[0]: "traefik"`},
 		{func(c *tlsproxy.Config) { c.IdleTimeout = -time.Second }, `proxy "ollama": idle_timeout: -1s: must not be negative`},
 		{func(c *tlsproxy.Config) { c.MaxConns = -1 }, `proxy "ollama": max_conns: -1: must not be negative`},
 	} {

@@ -85,7 +85,7 @@ func TestUpdateRefusesWhatNeedsANewProxy(t *testing.T) {
 		{func(c *tlsproxy.Config) { c.Mode = tlsproxy.ModeClient }, `proxy "srv": update: mode`},
 		{func(c *tlsproxy.Config) { c.Listen = "127.0.0.1:1" }, `proxy "srv": update: listen: 127.0.0.1:1: a new address needs a new proxy`},
 		{func(c *tlsproxy.Config) { c.HTTP = true }, `proxy "srv": update: http`},
-		{func(c *tlsproxy.Config) { c.Allow = []string{"nope"} }, `proxy "srv": allow[0] "nope"`},
+		{func(c *tlsproxy.Config) { c.Allow = []string{"nope"} }, `proxy "srv": allow[0]: "nope"`},
 		{func(c *tlsproxy.Config) { c.MaxHandshakes = -1 }, `proxy "srv": max_handshakes: -1: must not be negative`},
 	} {
 		cfg := base
