@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin/golangci-lint)
 
-.PHONY: build deps test run bench lint clean
+.PHONY: build deps test run bench lint clean try try-redis try-uvicorn try-traefik try-ollama
 
 build:
 	$(GO) build $(BUILDFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
@@ -24,6 +24,18 @@ run:
 	@echo "make run: building $(BIN); the first build downloads Go modules (go: downloading ...) and compiles every package (listed as it builds), which can take a few minutes"
 	@$(MAKE) --no-print-directory build BUILDFLAGS=-v
 	./scripts/quickstart.sh
+
+# Each example on this machine, unprivileged, against the dev Workload API,
+# with the example's own files (examples/*/try.sh; `make test` runs them too).
+try: try-redis try-uvicorn try-traefik try-ollama
+try-redis: build
+	./examples/redis/try.sh
+try-uvicorn: build
+	./examples/uvicorn/try.sh
+try-traefik: build
+	./examples/traefik/try.sh
+try-ollama: build
+	./examples/ollama-macos/try.sh
 
 # Benchmarks; results go to docs/BENCHMARKS.md (see scripts/bench.sh).
 bench: build
