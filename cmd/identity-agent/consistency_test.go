@@ -75,3 +75,14 @@ func TestProxyErrorsNameFlags(t *testing.T) {
 		assert.Equal(t, c.want+"\n", r.stderr, "%v", c.args)
 	}
 }
+
+// examples/redis/redis-phase-A.conf, where try.sh and the README's walk
+// start, ends with exactly what `redis config --phase A` prints.
+func TestRedisPhaseAConfigMatchesGenerator(t *testing.T) {
+	r := runCLI(t, "redis", "config", "--phase", "A")
+	require.Equal(t, 0, r.code, r.stderr)
+	b, err := os.ReadFile(filepath.Join(examplesDir, "redis", "redis-phase-A.conf"))
+	require.NoError(t, err)
+	assert.True(t, strings.HasSuffix(string(b), r.stdout), "examples/redis/redis-phase-A.conf must end with:\n%s", r.stdout)
+	assert.NotContains(t, string(b), "bind 0.0.0.0")
+}

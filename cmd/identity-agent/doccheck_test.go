@@ -83,7 +83,7 @@ var (
 	cmdSeparator = regexp.MustCompile(`&&|\|\||;|\s\|\s|\$\(`)
 	// identity-agent at a command position: a command's start, after $,
 	// sudo, VAR=value, a directory or ExecStart=.
-	cmdStart   = regexp.MustCompile(`^\s*(?:\$\s+)?(?:sudo\s+)?(?:[A-Z_]+=\S*\s+)*(?:ExecStart=)?(?:[\w./-]*/)?identity-agent(?:\s+(.*))?$`)
+	cmdStart   = regexp.MustCompile(`^\s*(?:\$\s+)?(?:sudo(?:\s+-u\s+\S+)?\s+)?(?:[A-Z_]+=\S*\s+)*(?:ExecStart=)?(?:[\w./-]*/)?identity-agent(?:\s+(.*))?$`)
 	inlineCode = regexp.MustCompile("`([^`]+)`")
 )
 
@@ -252,12 +252,12 @@ func TestDocCheckCatchesWhatDoesNotExist(t *testing.T) {
 	} {
 		assert.Empty(t, checkCommand(t, hc, strings.Fields(good)), good)
 	}
-	cmds := docCommands(t, writeMarkdown(t, "# x\n\n```sh\nsudo identity-agent start   # go\njournalctl -u identity-agent -f\nbin/identity-agent status --config a.yaml | grep OK\n```\n\nrun `identity-agent version` or `chown identity-agent x`\n"))
+	cmds := docCommands(t, writeMarkdown(t, "# x\n\n```sh\nsudo identity-agent start   # go\nsudo -u identity-agent identity-agent service status\njournalctl -u identity-agent -f\nbin/identity-agent status --config a.yaml | grep OK\n```\n\nrun `identity-agent version` or `chown identity-agent x`\n"))
 	var got []string
 	for _, c := range cmds {
 		got = append(got, strings.Join(c.args, " "))
 	}
-	assert.Equal(t, []string{"start", "status --config a.yaml", "version"}, got)
+	assert.Equal(t, []string{"start", "service status", "status --config a.yaml", "version"}, got)
 }
 
 func writeMarkdown(t *testing.T, s string) string {
@@ -265,4 +265,40 @@ func writeMarkdown(t *testing.T, s string) string {
 	p := filepath.Join(t.TempDir(), "doc.md")
 	require.NoError(t, os.WriteFile(p, []byte(s), 0o600))
 	return p
+}
+
+// Every `make TARGET` in the docs' command blocks is a Makefile target.
+func TestDocumentedMakeTargetsExist(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	require.NoError(t, err)
+	targets := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^([\w-]+(?:\s+[\w-]+)*)\s*:`).FindAllStringSubmatch(string(mk), -1) {
+		for _, name := range strings.Fields(m[1]) {
+			targets[name] = true
+		}
+	}
+	makeCmd := regexp.MustCompile(`(?:^|[\s;&(])make\s+((?:[a-z][\w-]*\s*)+)`)
+	n := 0
+	for _, f := range docFiles(t) {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		fenced := false
+		for i, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "```") {
+				fenced = !fenced
+				continue
+			}
+			if !fenced {
+				continue
+			}
+			code, _, _ := strings.Cut(line, "#")
+			for _, m := range makeCmd.FindAllStringSubmatch(code, -1) {
+				for _, target := range strings.Fields(m[1]) {
+					n++
+					assert.True(t, targets[target], "%s:%d: make %s: no such Makefile target", f, i+1, target)
+				}
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, n, 8, "the docs' make commands were found")
 }
