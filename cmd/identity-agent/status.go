@@ -28,7 +28,7 @@ func newStatusCmd() *cobra.Command {
 		timeout       time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "status [--admin ADDR | --config FILE] [--json]",
+		Use:   "status [--admin SOCKET | --config FILE] [--json]",
 		Short: "Report the running agent's health (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
