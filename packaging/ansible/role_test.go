@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -237,4 +239,38 @@ func TestRoleLints(t *testing.T) {
 	r := fleettest.Run(t, 3*time.Minute, ".", []string{"NO_COLOR=1"}, lint, "--offline", "--nocolor", "--profile", "production", "site.yml", "roles/identity_agent")
 	require.Equal(t, 0, r.Code, r.String())
 	assert.Contains(t, r.Stdout+r.Stderr, "Passed")
+}
+
+// The shipped example inventory renders a config that the agent accepts on
+// every host (only the service groups are replaced by the test user's
+// group, and everything goes into a temporary root per host).
+func TestExampleInventoryRendersValidConfigs(t *testing.T) {
+	playbookBin := fleettest.NeedBinary(t, "ansible-playbook")
+	dir := t.TempDir()
+	b, err := os.ReadFile("inventory.example.yml")
+	require.NoError(t, err)
+	inv := string(b)
+	g, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))
+	require.NoError(t, err)
+	for _, old := range []string{"owner: {group: redis}", "owner: {group: celery}"} {
+		require.Contains(t, inv, old, "inventory.example.yml changed: update this test")
+		inv = strings.ReplaceAll(inv, old, "owner: {group: "+g.Name+"}")
+	}
+	invFile := filepath.Join(dir, "inventory.yml")
+	require.NoError(t, os.WriteFile(invFile, []byte(inv), 0o600))
+	root := filepath.Join(dir, "root")
+	r := fleettest.Run(t, 3*time.Minute, ".", []string{"ANSIBLE_NOCOLOR=1", "ANSIBLE_LOCAL_TEMP=" + filepath.Join(dir, "tmp"),
+		"ANSIBLE_REMOTE_TEMP=" + filepath.Join(dir, "tmp"), "ANSIBLE_RETRY_FILES_ENABLED=0"},
+		playbookBin, "-i", invFile, "site.yml",
+		"-e", "ansible_connection=local", "-e", "ansible_become=false", "-e", "ansible_python_interpreter=/usr/bin/python3",
+		"-e", "identity_agent_manage_service=false", "-e", "identity_agent_binary_src="+agentBin,
+		"-e", "identity_agent_root="+root+"/{{ inventory_hostname }}")
+	require.Equal(t, 0, r.Code, r.String())
+	rc := recaps(r.Stdout)
+	for _, h := range []string{"redis-1.internal", "worker-1.internal", "worker-2.internal"} {
+		assert.Zero(t, rc[h].failed, "%s:\n%s", h, r.Stdout)
+		cfg, err := os.ReadFile(filepath.Join(root, h, "etc/identity-agent/config.yaml"))
+		require.NoError(t, err, h)
+		assert.Contains(t, string(cfg), "spiffe://example.org/", h)
+	}
 }
