@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin/golangci-lint)
 
-.PHONY: build deps test run bench lint clean try try-redis try-uvicorn try-traefik try-ollama
+.PHONY: build deps test run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz
 
 build:
 	$(GO) build $(BUILDFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
@@ -36,6 +36,14 @@ try-traefik: build
 	./examples/traefik/try.sh
 try-ollama: build
 	./examples/ollama-macos/try.sh
+
+# A short fuzz run of the config decoder and the SPIFFE ID allow-list parser
+# (CI runs it; longer: make fuzz FUZZTIME=10m). The seed corpus is in the
+# tests and testdata/fuzz; plain `go test` replays it.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAllow$$' -fuzztime $(FUZZTIME) ./pkg/tlsproxy/
 
 # Benchmarks; results go to docs/BENCHMARKS.md (see scripts/bench.sh).
 bench: build

@@ -21,7 +21,12 @@ type Problem struct {
 }
 
 func (p *Problem) Error() string {
-	return fmt.Sprintf("%s:%d: %s: %s", p.File, p.Line, p.Field, p.Msg)
+	return fmt.Sprintf("%s:%d: %s: %s", p.File, p.Line, oneLine(p.Field), oneLine(p.Msg))
+}
+
+// oneLine keeps a problem on its line whatever the file's values hold.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(s)
 }
 
 // Problems is every finding, in file order, one line each.
