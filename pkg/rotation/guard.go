@@ -2,13 +2,18 @@ package rotation
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // The guard has two halves: the guard type below watches the output
@@ -149,10 +154,10 @@ func (r *outputRunner) guardCheck(ctx context.Context) {
 	r.guardRestores++
 	r.log.Warn("output files were deleted or altered on disk; restoring them",
 		zap.String("dir", r.out.Dir), zap.String("diff", diff), zap.NamedError("check_error", err))
-	changed, werr := r.write(r.lastFiles)
+	changed, werr := r.restore(r.lastFiles)
 	r.hook(writeEvent{Output: r.out.Name, Changed: changed, Err: werr, At: time.Now()})
 	if werr != nil {
-		r.writeFailed("restore failed", "", fmt.Errorf("restore %s: %w", r.out.Dir, werr))
+		_ = r.writeFailed("restore failed", "", fmt.Errorf("restore %s: %w", r.out.Dir, werr))
 		r.poke(r.guardCh) // try again after the backoff
 		return
 	}
@@ -185,6 +190,24 @@ func (r *outputRunner) guardCheck(ctx context.Context) {
 		r.failures++
 		r.poke(r.pushCh)
 	}
+}
+
+// restore writes files back over whatever was done to them. What stands in
+// the way (a directory in place of ..data or of a file name, a plain file
+// in place of a link, a version directory with altered files) is not
+// deleted: DirWriter.Restore moves it aside under a .quarantine- name in
+// the output directory, narrowing nothing but an altered version of our
+// own, and each move is logged for the operator to inspect.
+func (r *outputRunner) restore(files []svid.File) (bool, error) {
+	if _, err := os.Lstat(r.out.Dir); errors.Is(err, fs.ErrNotExist) {
+		return r.write(files) // recreates the directory; nothing to move aside
+	}
+	changed, moved, err := r.writer.Restore(files, time.Now())
+	for _, m := range moved {
+		r.log.Warn("guard: moved aside what stood in the way of the output files; kept for inspection, not deleted",
+			zap.String("dir", r.out.Dir), zap.String("path", m.From), zap.String("found", m.What), zap.String("moved_to", m.To))
+	}
+	return changed, err
 }
 
 // refreshWatches points the guard at the output's directory and at the

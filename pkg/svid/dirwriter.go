@@ -137,7 +137,10 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.writeLocked(files)
+}
 
+func (w *DirWriter) writeLocked(files []File) (changed bool, err error) {
 	// The directory may have been removed since NewDirWriter (an operator
 	// cleaning up, a tmpfs remounted); the guard's rewrite must recover.
 	if _, err := os.Lstat(w.dir); errors.Is(err, fs.ErrNotExist) {
@@ -265,6 +268,11 @@ func (w *DirWriter) diff(files []File) (string, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return dataLink + ": missing", nil
 	}
+	if errors.Is(err, syscall.EINVAL) {
+		// A directory (or file) in its place: the stable names would
+		// resolve into whatever it holds.
+		return dataLink + ": " + notALink(filepath.Join(w.dir, dataLink)), nil
+	}
 	if err != nil {
 		return "", err
 	}
@@ -272,10 +280,45 @@ func (w *DirWriter) diff(files []File) (string, error) {
 		return fmt.Sprintf("%s: points to %q, not a version directory", dataLink, target), nil
 	}
 	verDir := filepath.Join(w.dir, target)
-	entries, err := os.ReadDir(verDir)
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(verDir); errors.Is(err, fs.ErrNotExist) {
 		return fmt.Sprintf("%s: version directory %s missing", dataLink, target), nil
 	}
+	for _, n := range topNames(files) {
+		link, err := os.Readlink(filepath.Join(w.dir, n))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return n + ": missing", nil
+		case errors.Is(err, syscall.EINVAL):
+			return n + ": " + notALink(filepath.Join(w.dir, n)) + ", not a symlink to " + dataLink, nil
+		case err != nil:
+			return "", err
+		case link != dataLink+"/"+n:
+			return fmt.Sprintf("%s: points to %q", n, link), nil
+		}
+	}
+	return w.versionDiff(verDir, files)
+}
+
+// notALink describes what stands at p instead of a symlink.
+func notALink(p string) string {
+	fi, err := os.Lstat(p)
+	switch {
+	case err != nil:
+		return "unreadable"
+	case fi.IsDir():
+		return "is a directory"
+	case fi.Mode().IsRegular():
+		return "is a regular file"
+	default:
+		return "is a " + fi.Mode().Type().String() + " file"
+	}
+}
+
+// versionDiff compares the files of one version directory with files:
+// entries, type, mode, owner and content.
+func (w *DirWriter) versionDiff(verDir string, files []File) (string, error) {
+	target := filepath.Base(verDir)
+	entries, err := os.ReadDir(verDir)
 	if err != nil {
 		return "", err
 	}
@@ -310,19 +353,7 @@ func (w *DirWriter) diff(files []File) (string, error) {
 			}
 		}
 	}
-	for _, n := range tops {
-		link, err := os.Readlink(filepath.Join(w.dir, n))
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			return n + ": missing", nil
-		case errors.Is(err, syscall.EINVAL):
-			return n + ": not a symlink to " + dataLink, nil
-		case err != nil:
-			return "", err
-		case link != dataLink+"/"+n:
-			return fmt.Sprintf("%s: points to %q", n, link), nil
-		}
-	}
+	uid, gid := w.expectedOwner(verDir)
 	for _, f := range files {
 		p := filepath.Join(verDir, f.Name)
 		fi, err := os.Lstat(p)
@@ -339,11 +370,11 @@ func (w *DirWriter) diff(files []File) (string, error) {
 			return fmt.Sprintf("%s: mode %04o, want %04o", f.Name, fi.Mode().Perm(), f.Mode.Perm()), nil
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			if w.owner.UID >= 0 && int(st.Uid) != w.owner.UID {
-				return fmt.Sprintf("%s: uid %d, want %d", f.Name, st.Uid, w.owner.UID), nil
+			if uid >= 0 && int(st.Uid) != uid {
+				return fmt.Sprintf("%s: uid %d, want %d", f.Name, st.Uid, uid), nil
 			}
-			if w.owner.GID >= 0 && int(st.Gid) != w.owner.GID {
-				return fmt.Sprintf("%s: gid %d, want %d", f.Name, st.Gid, w.owner.GID), nil
+			if gid >= 0 && int(st.Gid) != gid {
+				return fmt.Sprintf("%s: gid %d, want %d", f.Name, st.Gid, gid), nil
 			}
 		}
 		if fi.Size() != int64(len(f.Data)) {

@@ -360,7 +360,7 @@ func TestDirWriterCheck(t *testing.T) {
 	expect("bundle.pem: missing")
 	require.NoError(t, os.Remove(filepath.Join(dir, "cert.pem")))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("C"), 0o644))
-	expect("cert.pem: not a symlink to ..data")
+	expect("cert.pem: is a regular file, not a symlink to ..data")
 	data, err := filepath.EvalSymlinks(filepath.Join(dir, "..data"))
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(data, "extra"), nil, 0o644))
