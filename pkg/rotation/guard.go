@@ -157,7 +157,7 @@ func (r *outputRunner) guardCheck(ctx context.Context) {
 	changed, werr := r.restore(r.lastFiles)
 	r.hook(writeEvent{Output: r.out.Name, Changed: changed, Err: werr, At: time.Now()})
 	if werr != nil {
-		_ = r.writeFailed("restore failed", "", fmt.Errorf("restore %s: %w", r.out.Dir, werr))
+		r.writeFailed("restore failed", "", fmt.Errorf("restore %s: %w", r.out.Dir, werr))
 		r.poke(r.guardCh) // try again after the backoff
 		return
 	}
