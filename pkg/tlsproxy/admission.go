@@ -203,6 +203,13 @@ func (a *admission) leave(pc *pending) bool {
 	return pc.shed
 }
 
+// isShed reports whether pc was closed to make room.
+func (a *admission) isShed(pc *pending) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return pc.shed
+}
+
 // release frees an authenticated slot.
 func (a *admission) release() {
 	a.mu.Lock()

@@ -49,9 +49,12 @@ type env struct {
 	sockDir string // a short directory for the test's own unix sockets
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with the dev Workload API's config changed by mutate.
+func newEnvWith(t testing.TB, mutate func(*svidtest.Config)) *env {
 	t.Helper()
-	srv := svidtest.Start(t, svidtest.Config{
+	cfg := svidtest.Config{
 		TrustDomain: td,
 		Identities: []svidtest.Identity{
 			{ID: serverID, Hint: "server", DNSNames: []string{"localhost"}},
@@ -63,7 +66,11 @@ func newEnv(t testing.TB) *env {
 		// RotateCA publishes the next root at once and signs with it this
 		// much later, as SPIRE does (in days); tests wait for the switch.
 		CAActivationDelay: 100 * time.Millisecond,
-	})
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv := svidtest.Start(t, cfg)
 	e := &env{srv: srv, sockDir: svidtest.ShortDir(t, "tp")}
 	e.server = e.source(t, "server")
 	e.client = e.source(t, "client")

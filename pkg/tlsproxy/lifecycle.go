@@ -119,6 +119,7 @@ func (p *Proxy) Stats() Stats {
 		HandshakesShed:           make(map[string]uint64, numShedReasons),
 		HandshakeFailures:        make(map[Cause]uint64, len(allCauses)),
 		HandshakesResumed:        p.stats.resumed.Load(),
+		HandshakeRetries:         p.stats.retries.Load(),
 		TargetDialFailures:       p.stats.dialFail.Load(),
 		BytesToTarget:            p.stats.toTarget.Load(),
 		BytesFromTarget:          p.stats.fromTarget.Load(),

@@ -38,6 +38,11 @@ type Stats struct {
 	HandshakesShed map[string]uint64 `json:"handshakes_shed"`
 	// HandshakeFailures counts failed handshakes by Cause; every cause is present.
 	HandshakeFailures map[Cause]uint64 `json:"handshake_failures"`
+	// HandshakeRetries counts client-mode handshakes tried a second time
+	// after failing on trust (unknown_ca, peer_rejected): a CA switch that
+	// reached one peer before the other. Each failure is also counted in
+	// HandshakeFailures and logged with the peer.
+	HandshakeRetries uint64 `json:"handshake_retries"`
 	// HandshakesResumed counts successful handshakes that resumed a TLS
 	// session instead of a full handshake.
 	HandshakesResumed uint64 `json:"handshakes_resumed"`
@@ -63,6 +68,7 @@ type counters struct {
 	toTarget   atomic.Uint64
 	fromTarget atomic.Uint64
 	resumed    atomic.Uint64
+	retries    atomic.Uint64
 }
 
 // collector exposes the counters to Prometheus at scrape time, so the
@@ -72,8 +78,8 @@ type collector struct {
 	bufs  *bufPool
 	adm   *admission
 	descs struct {
-		open, handshaking, authenticated, limit, shed                 *prometheus.Desc
-		total, refused, handshake, resumed, dialFail, bytes, bulkBufs *prometheus.Desc
+		open, handshaking, authenticated, limit, shed                          *prometheus.Desc
+		total, refused, handshake, retries, resumed, dialFail, bytes, bulkBufs *prometheus.Desc
 	}
 }
 
@@ -96,6 +102,8 @@ func newCollector(name string, p *Proxy) *collector {
 		"Connections reset because max_conns authenticated connections were open.", nil, labels)
 	col.descs.handshake = prometheus.NewDesc("identity_agent_proxy_handshake_failures_total",
 		"Failed or rejected TLS handshakes by cause.", []string{"cause"}, labels)
+	col.descs.retries = prometheus.NewDesc("identity_agent_proxy_handshake_retries_total",
+		"Client-mode handshakes retried once after failing on trust (unknown_ca, peer_rejected).", nil, labels)
 	col.descs.resumed = prometheus.NewDesc("identity_agent_proxy_handshakes_resumed_total",
 		"Successful TLS handshakes that resumed a session.", nil, labels)
 	col.descs.dialFail = prometheus.NewDesc("identity_agent_proxy_target_dial_failures_total",
@@ -117,6 +125,7 @@ func (col *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- col.descs.refused
 	ch <- col.descs.handshake
 	ch <- col.descs.resumed
+	ch <- col.descs.retries
 	ch <- col.descs.dialFail
 	ch <- col.descs.bytes
 	ch <- col.descs.bulkBufs
@@ -140,6 +149,7 @@ func (col *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(col.descs.handshake, prometheus.CounterValue, float64(c.handshake[i].Load()), string(cause))
 	}
 	ch <- prometheus.MustNewConstMetric(col.descs.resumed, prometheus.CounterValue, float64(c.resumed.Load()))
+	ch <- prometheus.MustNewConstMetric(col.descs.retries, prometheus.CounterValue, float64(c.retries.Load()))
 	ch <- prometheus.MustNewConstMetric(col.descs.dialFail, prometheus.CounterValue, float64(c.dialFail.Load()))
 	ch <- prometheus.MustNewConstMetric(col.descs.bytes, prometheus.CounterValue, float64(c.toTarget.Load()), "to_target")
 	ch <- prometheus.MustNewConstMetric(col.descs.bytes, prometheus.CounterValue, float64(c.fromTarget.Load()), "from_target")

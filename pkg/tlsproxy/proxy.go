@@ -454,38 +454,50 @@ func (p *Proxy) serve(t *tracked) {
 	}
 }
 
-// handshake runs the TLS handshake under HandshakeTimeout and moves the
-// connection to the authenticated pool. On failure it counts and logs the
-// rejection once; a connection shed meanwhile is neither.
-func (p *Proxy) handshake(t *tracked, tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
+// handshake runs the TLS handshake under HandshakeTimeout. On failure it
+// counts and logs the rejection once, unless the connection was shed
+// meanwhile, and returns the cause; retry says that the caller will try
+// once more.
+func (p *Proxy) handshake(t *tracked, tc *tls.Conn, raw net.Conn, retry bool) (Cause, error) {
 	_ = raw.SetDeadline(time.Now().Add(t.rt.cfg.HandshakeTimeout))
 	err := tc.Handshake()
-	if err != nil {
-		if p.adm.leave(t.pc) {
-			return spiffeid.ID{}, false
-		}
-		cause, id := classifyHandshakeError(err)
-		p.stats.handshake[causeIndex(cause)].Add(1)
-		fields := []zap.Field{
-			zap.String("peer_addr", raw.RemoteAddr().String()),
-			zap.String("cause", string(cause)),
-			zap.Error(err),
-		}
-		if !id.IsZero() {
-			fields = append(fields, zap.String("peer_id", id.String()))
-		}
-		p.log.Warn("connection rejected", fields...)
-		return spiffeid.ID{}, false
+	if err == nil {
+		_ = raw.SetDeadline(time.Time{})
+		return "", nil
 	}
+	if p.adm.isShed(t.pc) {
+		return "", err
+	}
+	cause, id := classifyHandshakeError(err)
+	p.stats.handshake[causeIndex(cause)].Add(1)
+	fields := []zap.Field{
+		zap.String("peer_addr", raw.RemoteAddr().String()),
+		zap.String("cause", string(cause)),
+		zap.Error(err),
+	}
+	if !id.IsZero() {
+		fields = append(fields, zap.String("peer_id", id.String()))
+	}
+	if retry && retryable(cause) {
+		fields = append(fields, zap.Duration("retry_in", handshakeRetryDelay))
+	}
+	p.log.Warn("connection rejected", fields...)
+	return cause, err
+}
+
+// authenticated moves a handshaken connection to the authenticated pool
+// and returns the peer's ID; false if it was shed meanwhile or max_conns
+// filled up during its handshake (then refused and counted).
+func (p *Proxy) authenticated(t *tracked, tc *tls.Conn, raw net.Conn) (spiffeid.ID, bool) {
 	if !p.adm.authenticate(t.pc) {
-		if !t.pc.shed {
-			// The authenticated pool filled up during the handshake.
-			p.refuseAuthenticated(t, raw)
+		if !p.adm.isShed(t.pc) {
+			p.stats.refused.Add(1)
+			p.log.Warn("connection refused", zap.String("peer_addr", raw.RemoteAddr().String()),
+				zap.String("cause", "max_conns"), zap.Int("max_conns", t.rt.lim.maxConns))
 		}
 		return spiffeid.ID{}, false
 	}
 	t.authed = true
-	_ = raw.SetDeadline(time.Time{})
 	cs := tc.ConnectionState()
 	if cs.DidResume {
 		p.stats.resumed.Add(1)
@@ -494,19 +506,17 @@ func (p *Proxy) handshake(t *tracked, tc *tls.Conn, raw net.Conn) (spiffeid.ID, 
 	return id, true
 }
 
-func (p *Proxy) refuseAuthenticated(t *tracked, raw net.Conn) {
-	p.stats.refused.Add(1)
-	p.log.Warn("connection refused", zap.String("peer_addr", raw.RemoteAddr().String()),
-		zap.String("cause", "max_conns"), zap.Int("max_conns", t.rt.lim.maxConns))
-}
-
 func (p *Proxy) serveServer(t *tracked) {
 	raw := t.raw
 	bc := newBatchConn(raw, p.bufs)
 	pc := t.pc
 	bc.onFirstRead = func() { p.adm.progressed(pc) }
 	tc := tls.Server(bc, t.rt.tlsConf)
-	peer, ok := p.handshake(t, tc, raw)
+	if _, err := p.handshake(t, tc, raw, false); err != nil {
+		p.release(t)
+		return
+	}
+	peer, ok := p.authenticated(t, tc, raw)
 	if !ok {
 		p.release(t)
 		return
@@ -529,22 +539,52 @@ func (p *Proxy) serveServer(t *tracked) {
 	_ = tc.Close()
 }
 
+// handshakeRetryDelay is how long a client-mode proxy waits before its one
+// retry of a handshake that failed on trust: long enough for a Workload
+// API push to reach both peers, short enough for a caller to wait.
+const handshakeRetryDelay = 250 * time.Millisecond
+
+// retryable causes are the ones a trust bundle update on either side can
+// cure: the server's SVID chains to a root we do not have yet, or the
+// server refused ours.
+func retryable(c Cause) bool { return c == CauseUnknownCA || c == CausePeerRejected }
+
 func (p *Proxy) serveClient(t *tracked) {
 	defer p.release(t)
-	up, err := p.dialTarget(t)
-	if err != nil {
-		p.adm.leave(t.pc)
-		p.log.Warn("target dial failed", zap.String("peer_addr", t.raw.RemoteAddr().String()), zap.Error(err))
-		return
+	for attempt := 0; ; attempt++ {
+		up, err := p.dialTarget(t)
+		if err != nil {
+			p.log.Warn("target dial failed", zap.String("peer_addr", t.raw.RemoteAddr().String()), zap.Error(err))
+			return
+		}
+		bc := newBatchConn(up, p.bufs)
+		tc := tls.Client(bc, t.rt.tlsConf)
+		// Failures here are the remote server's: they are logged with its
+		// address. Nothing has been relayed yet, so one retry is invisible
+		// to the caller: a CA that switched before its root reached one
+		// of the peers costs a quarter second instead of a request.
+		cause, err := p.handshake(t, tc, up, attempt == 0)
+		if err == nil {
+			if _, ok := p.authenticated(t, tc, up); ok {
+				p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout)
+			}
+			_ = tc.Close()
+			return
+		}
+		_ = tc.Close()
+		if attempt > 0 || !retryable(cause) || p.adm.isShed(t.pc) {
+			return
+		}
+		p.stats.retries.Add(1)
+		select {
+		case <-time.After(handshakeRetryDelay):
+		case <-p.ctx.Done():
+			return
+		}
+		if p.adm.isShed(t.pc) {
+			return
+		}
 	}
-	bc := newBatchConn(up, p.bufs)
-	tc := tls.Client(bc, t.rt.tlsConf)
-	defer func() { _ = tc.Close() }()
-	// Failures here are the remote server's: they are logged with its address.
-	if _, ok := p.handshake(t, tc, up); !ok {
-		return
-	}
-	p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout)
 }
 
 func (p *Proxy) dialTarget(t *tracked) (net.Conn, error) {

@@ -30,11 +30,12 @@ const (
 	CauseExpired        Cause = "expired"         // chain is trusted but a certificate is expired or not yet valid
 	CauseNotTLS         Cause = "not_tls"         // the first bytes were not a TLS record (plaintext, garbage)
 	CauseTimeout        Cause = "timeout"         // the handshake did not finish within HandshakeTimeout
+	CausePeerRejected   Cause = "peer_rejected"   // the peer refused our certificate (its TLS alert is logged): it does not trust our CA yet, or does not allow our ID
 	CauseOther          Cause = "other"           // anything else: protocol errors, peer aborts, invalid SVIDs
 )
 
 // allCauses lists every Cause, in the order metrics use.
-var allCauses = [...]Cause{CauseNoCert, CauseUnknownCA, CauseUnauthorizedID, CauseExpired, CauseNotTLS, CauseTimeout, CauseOther}
+var allCauses = [...]Cause{CauseNoCert, CauseUnknownCA, CauseUnauthorizedID, CauseExpired, CauseNotTLS, CauseTimeout, CausePeerRejected, CauseOther}
 
 func causeIndex(c Cause) int {
 	for i, x := range allCauses {
@@ -203,6 +204,9 @@ func classifyHandshakeError(err error) (Cause, spiffeid.ID) {
 	if errors.As(err, &rh) {
 		return CauseNotTLS, spiffeid.ID{}
 	}
+	if isRemoteAlert(err) {
+		return CausePeerRejected, spiffeid.ID{}
+	}
 	var ne net.Error
 	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return CauseTimeout, spiffeid.ID{}
@@ -277,4 +281,14 @@ func (c boundSessionCache) Put(k string, cs *tls.ClientSessionState) {
 	if bk, ok := c.key(k); ok {
 		c.inner.Put(bk, cs)
 	}
+}
+
+// isRemoteAlert reports whether err is a TLS alert the peer sent
+// (crypto/tls returns those as a *net.OpError with Op "remote error").
+// During the handshake that means it refused our certificate: Go sends
+// bad_certificate whatever its VerifyConnection found, other stacks
+// unknown_ca or access_denied.
+func isRemoteAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
 }
