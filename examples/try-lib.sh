@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by examples/*/try.sh (sourced, not run): each try-out runs the
 # example's own files, unprivileged, under a temporary directory, against
 # the development Workload API (`identity-agent dev`), and stops everything
@@ -11,6 +12,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034 # used by the try.sh scripts
 EX=$ROOT/examples
 IA=${IDENTITY_AGENT:-$ROOT/bin/identity-agent}
 PIDS=()

@@ -6,6 +6,7 @@
 # free loopback port instead of 0.0.0.0:6701), then curl as Traefik (let
 # through, with Host rewritten), as another workload and with no
 # certificate (both refused in the handshake). Needs curl, python3. ~5 s.
+# shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init ollama
 for b in curl python3; do command -v $b >/dev/null || die "$b is not installed"; done

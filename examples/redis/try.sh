@@ -6,6 +6,7 @@
 # leaves) and back D→C→B→A, with a certificate rotation reloaded by CONFIG
 # SET on the way. Needs redis-server and redis-cli (with TLS), openssl,
 # python3 (a stand-in for the API's health check). About 30 s.
+# shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init redis
 for b in redis-server redis-cli openssl; do command -v $b >/dev/null || die "$b is not installed"; done

@@ -7,6 +7,7 @@
 # ID (the standalone `identity-agent proxy server` as the model server), and
 # a rotation that rewrites the watched file. Needs openssl, curl, python3.
 # About 10 s.
+# shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init traefik
 for b in openssl curl python3; do command -v $b >/dev/null || die "$b is not installed"; done

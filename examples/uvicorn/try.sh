@@ -6,6 +6,7 @@
 # api.service`, answered by a stand-in that stops uvicorn; a loop restarts
 # it as Restart=always does) and uvicorn serves the new certificate.
 # Needs python3 with uvicorn, curl, openssl. About 15 s.
+# shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init uvicorn
 command -v curl >/dev/null || die "curl is not installed"
@@ -47,7 +48,7 @@ say "${ARGV[*]}"
 mkdir -p "$T/srv-api"
 cp "$EX/uvicorn/app.py" "$T/srv-api/app.py"
 supervise() { # Restart=always, RestartSec shortened
-  cd "$T/srv-api"
+  cd "$T/srv-api" || exit 1
   while [ ! -e "$T/stop" ]; do
     "${ARGV[@]}" &
     echo $! >"$T/uvicorn.pid"
