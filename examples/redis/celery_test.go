@@ -169,8 +169,9 @@ redis:
 	produce("phase D", 5, 0)
 
 	// An SVID rotation while tasks flow: the agent rewrites both outputs and
-	// reloads Redis with CONFIG SET; the worker's new connections read the
-	// new files. No task is lost.
+	// reloads Redis with CONFIG SET. No task in flight is lost, and the
+	// producer started after it connects with the rotated client files to a
+	// server presenting its rotated certificate.
 	before := servedSerial(t, tlsPort, workerDir)
 	done := make(chan produced, 1)
 	go func() {
