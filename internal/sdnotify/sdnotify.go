@@ -8,7 +8,10 @@ package sdnotify
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 )
@@ -30,6 +33,19 @@ func (n *Notifier) Ready(status string) (bool, error) {
 // Status updates the one-line status shown by `systemctl status`.
 func (n *Notifier) Status(status string) (bool, error) {
 	return n.send("", status)
+}
+
+// Reloading reports that a configuration reload has begun; Ready must follow
+// when it is done (applied or refused). MONOTONIC_USEC is what lets systemd
+// (Type=notify-reload, 253+) tie this message to the reload it asked for;
+// older versions ignore the field.
+func (n *Notifier) Reloading(status string) (bool, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return false, fmt.Errorf("sdnotify: CLOCK_MONOTONIC: %w", err)
+	}
+	usec := uint64(ts.Sec)*1_000_000 + uint64(ts.Nsec)/1_000
+	return n.send(daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatUint(usec, 10), status)
 }
 
 // Stopping reports that the agent is shutting down.

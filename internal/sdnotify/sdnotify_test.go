@@ -3,10 +3,13 @@ package sdnotify
 import (
 	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // listen opens a real unixgram socket like systemd's and points
@@ -63,4 +66,26 @@ func TestDeadSocketIsAnError(t *testing.T) {
 	require.Error(t, err)
 	require.False(t, ok)
 	require.Contains(t, err.Error(), "READY=1")
+}
+
+// TestReloadingCarriesMonotonicTime: Type=notify-reload matches RELOADING=1
+// to the reload it asked for by MONOTONIC_USEC, which must be the
+// CLOCK_MONOTONIC time at sending (never 0, never wall-clock time).
+func TestReloadingCarriesMonotonicTime(t *testing.T) {
+	c := listen(t)
+	var before unix.Timespec
+	require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &before))
+	ok, err := New().Reloading("reloading /etc/identity-agent/config.yaml")
+	require.NoError(t, err)
+	require.True(t, ok)
+	msg := read(t, c)
+	lines := strings.Split(msg, "\n")
+	require.Len(t, lines, 3, msg)
+	require.Equal(t, "RELOADING=1", lines[0])
+	require.Equal(t, "STATUS=reloading /etc/identity-agent/config.yaml", lines[2])
+	usec, err := strconv.ParseUint(strings.TrimPrefix(lines[1], "MONOTONIC_USEC="), 10, 64)
+	require.NoError(t, err, msg)
+	lo := uint64(before.Sec)*1_000_000 + uint64(before.Nsec)/1_000
+	require.GreaterOrEqual(t, usec, lo)
+	require.Less(t, usec, lo+60_000_000, "MONOTONIC_USEC must be monotonic time, not wall-clock")
 }
