@@ -78,6 +78,19 @@ func (g *guard) set(r *outputRunner, dirs map[string]bool) {
 	g.byRunner[r] = cur
 }
 
+// forget stops watching r's directories (r was removed by Apply).
+func (g *guard) forget(r *outputRunner) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for d := range g.byRunner[r] {
+		if g.owner[d] == r {
+			_ = g.w.Remove(d)
+			delete(g.owner, d)
+		}
+	}
+	delete(g.byRunner, r)
+}
+
 func (g *guard) run(ctx context.Context) {
 	for {
 		select {

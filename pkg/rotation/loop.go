@@ -39,14 +39,10 @@ func (m *Manager) Start(ctx context.Context) error {
 	if g != nil {
 		m.setGuard(g)
 		m.wg.Go(func() { g.run(ctx) })
-		for _, r := range m.outs {
-			r.refreshWatches()
-		}
 	}
-	for _, r := range m.outs {
-		m.wg.Go(func() { r.loop(ctx) })
-		// Write what is already there, without waiting for the next push.
-		r.poke(r.pushCh)
+	m.loops = newLoops(ctx, &m.wg)
+	for _, r := range m.runners() {
+		m.loops.start(r)
 	}
 	m.wg.Go(func() {
 		defer unsubscribe()
@@ -74,7 +70,7 @@ func (m *Manager) Close() error {
 	}
 	m.wg.Wait()
 	m.running.Store(false)
-	for _, r := range m.outs {
+	for _, r := range m.runners() {
 		r.stopTimers()
 	}
 	var err error
@@ -98,7 +94,7 @@ func (m *Manager) fanOut(ctx context.Context, updates <-chan struct{}) {
 	)
 	defer timer.Stop()
 	pushAll := func() {
-		for _, r := range m.outs {
+		for _, r := range m.runners() {
 			r.poke(r.pushCh)
 		}
 	}

@@ -10,8 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-
-	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // Defaults for the Manager options.
@@ -139,7 +137,11 @@ type Manager struct {
 	cfg     config
 	log     *zap.Logger
 	metrics *metrics
-	outs    []*outputRunner
+	// outsMu guards outs: Apply swaps it while Snapshot and WriteAll read.
+	outsMu sync.RWMutex
+	outs   []*outputRunner
+	// loops owns the outputs' goroutines once started (update.go).
+	loops *loops
 
 	// Lifecycle (loop.go): mu guards started, closed and cancel; wg
 	// holds every goroutine Start began; running is set between Start
@@ -177,29 +179,11 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 		cfg.retryMax = cfg.retryMin
 	}
 	m := &Manager{src: src, cfg: cfg, log: cfg.log}
-	names := map[string]bool{}
-	dirs := map[string]string{}
-	for i, o := range outputs {
-		n, err := o.normalize()
-		if err != nil {
-			return nil, fmt.Errorf("rotation: outputs[%d]: %w", i, err)
-		}
-		if names[n.Name] {
-			return nil, fmt.Errorf("rotation: output %q: name used twice", n.Name)
-		}
-		names[n.Name] = true
-		// Two writers swapping links in one directory would undo each
-		// other's files.
-		if prev, ok := dirs[n.Dir]; ok {
-			return nil, fmt.Errorf("rotation: output %q: dir %s is also used by output %q", n.Name, n.Dir, prev)
-		}
-		dirs[n.Dir] = n.Name
-		w, err := svid.NewDirWriter(n.Dir, svid.WithOwner(n.Owner))
-		if err != nil {
-			return nil, fmt.Errorf("rotation: output %q: %w", n.Name, err)
-		}
-		m.outs = append(m.outs, newOutputRunner(m, n, w))
+	outs, err := m.newRunners(outputs, nil)
+	if err != nil {
+		return nil, err
 	}
+	m.outs = outs
 	met, err := newMetrics(cfg.reg)
 	if err != nil {
 		return nil, fmt.Errorf("rotation: %w", err)
@@ -218,7 +202,7 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 // is done.
 func (m *Manager) WriteAll(ctx context.Context) error {
 	var errs []error
-	for _, r := range m.outs {
+	for _, r := range m.runners() {
 		if r.out.JWTBundleFile != "" {
 			m.waitJWTBundles(ctx)
 		}
@@ -228,7 +212,7 @@ func (m *Manager) WriteAll(ctx context.Context) error {
 	}
 	if !m.running.Load() {
 		// Nobody will serve the JWT refresh or watchdog timers.
-		for _, r := range m.outs {
+		for _, r := range m.runners() {
 			r.stopTimers()
 		}
 	}
@@ -259,10 +243,10 @@ func (m *Manager) Snapshot() State {
 	s := State{
 		WorkloadAPI: st,
 		ExpiryRule:  expiryRule(m.cfg.expiryWindow),
-		Outputs:     make([]OutputState, 0, len(m.outs)),
+		Outputs:     make([]OutputState, 0, 4),
 		SVIDs:       []SVIDState{},
 	}
-	for _, r := range m.outs {
+	for _, r := range m.runners() {
 		s.Outputs = append(s.Outputs, r.snapshot(now))
 	}
 	if x := m.src.X509Context(); x != nil {

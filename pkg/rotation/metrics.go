@@ -68,6 +68,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
+// forget drops a removed output's series, so dashboards and alerts do not
+// keep reading the last value of an output that no longer exists.
+func (m *metrics) forget(output string) {
+	l := prometheus.Labels{"output": output}
+	m.expiry.DeletePartialMatch(l)
+	m.rotations.DeletePartialMatch(l)
+	m.writeFailures.DeletePartialMatch(l)
+	m.reloads.DeletePartialMatch(l)
+	m.reloadFailures.DeletePartialMatch(l)
+	m.reloadVerified.DeletePartialMatch(l)
+}
+
 func (m *metrics) unregister() {
 	if m.reg == nil {
 		return
