@@ -13,10 +13,17 @@ import (
 // newLogger builds the agent's zap logger writing to w (stderr: journald
 // and launchd capture it).
 func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
+	log, _, err := newLeveledLogger(c, w)
+	return log, err
+}
+
+// newLeveledLogger is newLogger with its level, which a config reload sets.
+func newLeveledLogger(c config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
+	level := zap.NewAtomicLevelAt(lvl)
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder
@@ -27,5 +34,5 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
 	core := zapcore.NewCore(enc, zapcore.AddSync(w), level)
-	return zap.New(core), nil
+	return zap.New(core), level, nil
 }

@@ -88,6 +88,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newRunCmd(),
 		newFetchCmd(),
 		newStatusCmd(),
+		newReloadCmd(),
 		newDevCmd(),
 		newConfigCmd(),
 		newVersionCmd(),

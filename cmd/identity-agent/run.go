@@ -75,11 +75,19 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the agent: keep outputs rotated, serve proxies and the admin endpoint",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := loadConfigAndLogger(cfgPath, cmd.ErrOrStderr())
+			plan, err := loadPlan(cfgPath)
 			if err != nil {
 				return err
 			}
+			cfg := plan.Config
+			log, level, err := newLeveledLogger(cfg.Log, cmd.ErrOrStderr())
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
 			defer func() { _ = log.Sync() }()
+			for _, w := range warningLines(plan) {
+				log.Warn("configuration: " + w)
+			}
 			// Directories the agent writes into or listens in; under systemd
 			// `service prepare` already made them as root, this is a no-op.
 			if err := service.LayoutFromConfig(cfg).Prepare(""); err != nil {
@@ -95,6 +103,8 @@ func newRunCmd() *cobra.Command {
 					}
 				},
 				OnStopping: func() { _, _ = notifier.Stopping() },
+				LogLevel:   &level,
+				ConfigHash: plan.Hash,
 			})
 			if err != nil {
 				return withCode(exitUsage, err)
@@ -107,7 +117,7 @@ func newRunCmd() *cobra.Command {
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
 			hupDone := make(chan struct{})
-			go func() { defer close(hupDone); checkConfigOnHUP(ctx, hup, cfgPath, log) }()
+			go func() { defer close(hupDone); reloadOnHUP(ctx, hup, a, cfgPath, notifier, log) }()
 			err = a.Run(ctx)
 			stop()
 			<-hupDone
@@ -121,23 +131,28 @@ func newRunCmd() *cobra.Command {
 	return cmd
 }
 
-// checkConfigOnHUP answers SIGHUP, whose default action would kill the
-// agent, by validating the configuration file again. There is no live
-// reload; the log says whether a restart would apply the file or which
-// lines it would fail on, and the running agent carries on unchanged.
-func checkConfigOnHUP(ctx context.Context, hup <-chan os.Signal, path string, log *zap.Logger) {
+// reloadOnHUP answers SIGHUP, whose default action would kill the agent,
+// with a live reload of the configuration file. systemd hears of it
+// (RELOADING=1, then READY=1 whatever the outcome: a refused file leaves
+// the agent running as it was), so `systemctl reload` on a
+// Type=notify-reload unit returns once the file is applied or refused.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, path string, n *sdnotify.Notifier, log *zap.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if _, err := loadPlan(path); err != nil {
-				log.Error("SIGHUP: configuration is invalid; the agent keeps running with the configuration it started with",
-					zap.String("config", path), zap.Error(err))
-				continue
+			if _, err := n.Reloading("reloading " + path); err != nil {
+				log.Warn("sd_notify RELOADING", zap.Error(err))
 			}
-			log.Warn("SIGHUP: configuration is valid; it is not reloaded live, restart the agent to apply it",
-				zap.String("config", path))
+			res := a.Reload(ctx, path)
+			status := "configuration reloaded"
+			if res.Err != nil {
+				status = "configuration reload refused; running the previous configuration"
+			}
+			if _, err := n.Ready(status); err != nil {
+				log.Warn("sd_notify READY", zap.Error(err))
+			}
 		}
 	}
 }

@@ -13,7 +13,10 @@ import (
 // Report is what /status returns: the parts' own typed state, as they
 // report it, and nothing recomputed. Its JSON is its struct tags.
 type Report struct {
-	Version   string    `json:"version"`
+	Version string `json:"version"`
+	// PID is the agent's process: `identity-agent reload` signals it when
+	// no service manager runs the agent.
+	PID       int       `json:"pid"`
 	Now       time.Time `json:"now"`
 	StartedAt time.Time `json:"started_at"`
 	// Ready: the first X.509 context has arrived.
@@ -24,6 +27,31 @@ type Report struct {
 	Proxies []tlsproxy.Stats `json:"proxies,omitempty"`
 	// Redis is set while a Redis transition is configured.
 	Redis *Redis `json:"redis,omitempty"`
+	// Config is the configuration file the agent runs with and its reloads.
+	Config ConfigState `json:"config"`
+}
+
+// ConfigState is the configuration the agent runs and how its reloads went.
+type ConfigState struct {
+	Path string `json:"path"`
+	// Hash is the SHA-256 of the file content in force; AppliedAt is when
+	// it took effect (start, or the last successful reload).
+	Hash      string    `json:"hash"`
+	AppliedAt time.Time `json:"applied_at"`
+	// Reloads counts reload attempts, applied or refused; a client that
+	// asked for one waits for it to grow.
+	Reloads          uint64        `json:"reloads"`
+	LastReload       *ConfigReload `json:"last_reload,omitempty"`
+	LastFailedReload *ConfigReload `json:"last_failed_reload,omitempty"`
+}
+
+// ConfigReload is one reload attempt.
+type ConfigReload struct {
+	At      time.Time `json:"at"`
+	Hash    string    `json:"hash,omitempty"`
+	Changes []string  `json:"changes,omitempty"`
+	// Error is why nothing was applied; empty when it was.
+	Error string `json:"error,omitempty"`
 }
 
 // Redis is the password → mTLS transition as its state file records it:
@@ -107,6 +135,10 @@ func Evaluate(r Report) (Severity, []string) {
 		if o.LastReloadError != "" {
 			raise(Warning, "output %s: last reload failed: %s", o.Name, o.LastReloadError)
 		}
+	}
+	if last := r.Config.LastReload; last != nil && last.Error != "" {
+		raise(Warning, "config reload failed (running the configuration applied %s): %s",
+			r.Config.AppliedAt.Format(time.RFC3339), last.Error)
 	}
 	sort.Strings(reasons)
 	return sev, reasons

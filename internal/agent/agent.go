@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,18 +30,34 @@ type Options struct {
 	OnReady func()
 	// OnStopping is called when shutdown begins.
 	OnStopping func()
+	// LogLevel, when set, is the level Logger filters at; a reload that
+	// changes log.level sets it.
+	LogLevel *zap.AtomicLevel
+	// ConfigHash is the SHA-256 of the file cfg was read from (Plan.Hash),
+	// shown by status.
+	ConfigHash string
 }
 
 // Agent is one configured agent.
 type Agent struct {
-	cfg      *config.Config
 	opts     Options
 	log      *zap.Logger
 	registry *prometheus.Registry
 	source   *svid.Source
 	manager  *rotation.Manager
-	proxies  []*tlsproxy.Proxy
 	started  time.Time
+
+	// mu guards what a reload swaps while Report reads it.
+	mu          sync.Mutex
+	cfg         *config.Config
+	proxies     []*tlsproxy.Proxy
+	configState admin.ConfigState
+	// proxyMetrics is each proxy's Registerer (proxymetrics.go).
+	proxyMetrics map[*tlsproxy.Proxy]*proxyMetrics
+	// reloadCh hands Reload's requests to Run; drains are proxies a
+	// reload removed, draining in the background.
+	reloadCh chan reloadRequest
+	drains   sync.WaitGroup
 
 	// sampler watches the Redis plaintext port during a transition.
 	sampler    *redistransition.Sampler
@@ -51,7 +69,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry()}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry(),
+		reloadCh: make(chan reloadRequest), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
+		configState: admin.ConfigState{Path: cfg.Path, Hash: opts.ConfigHash}}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)
 	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")),
@@ -74,13 +94,15 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("%s: outputs: %w", cfg.Path, err)
 	}
 	for i, pc := range cfg.Proxies {
+		pm := newProxyMetrics(a.registry, false)
 		p, err := NewProxy(pc, a.source,
 			tlsproxy.WithLogger(a.log.Named("proxy")),
-			tlsproxy.WithRegisterer(a.registry))
+			tlsproxy.WithRegisterer(pm))
 		if err != nil {
 			return nil, fmt.Errorf("%s: proxies[%d]: %w", cfg.Path, i, err)
 		}
 		a.proxies = append(a.proxies, p)
+		a.proxyMetrics[p] = pm
 	}
 	if cfg.Redis != nil && cfg.Redis.Transition != nil {
 		t := cfg.Redis.Transition
@@ -150,6 +172,9 @@ func (a *Agent) registerSourceMetrics() {
 // rotation loop and the Redis sampler stop and are waited for.
 func (a *Agent) Run(parent context.Context) (err error) {
 	a.started = time.Now()
+	a.mu.Lock()
+	a.configState.AppliedAt = a.started
+	a.mu.Unlock()
 	adm := admin.NewServer(a.cfg.Admin.Socket, a.Report, admin.WithMetricsListen(a.cfg.Admin.MetricsListen),
 		admin.WithGatherer(a.registry), admin.WithLogger(a.log.Named("admin")))
 	if err := adm.Start(parent); err != nil {
@@ -206,8 +231,14 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}
-	<-ctx.Done()
-	return nil
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case req := <-a.reloadCh:
+			req.done <- a.reload(ctx, req.path)
+		}
+	}
 }
 
 // shutdown drains the proxies, then stops and waits for the background
@@ -221,11 +252,12 @@ func (a *Agent) shutdown(cancel context.CancelFunc, workers *sync.WaitGroup) err
 	var errs []error
 	dctx, dcancel := context.WithTimeout(context.Background(), a.drainTimeout())
 	defer dcancel()
-	for _, p := range a.proxies {
+	for _, p := range a.currentProxies() {
 		if err := p.Shutdown(dctx); err != nil {
 			errs = append(errs, fmt.Errorf("proxy %s: %w", p.Name(), err))
 		}
 	}
+	a.drains.Wait()
 	cancel()
 	if err := a.manager.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("rotation: %w", err))
@@ -243,7 +275,7 @@ func (a *Agent) closeRedisAdmin() {
 
 func (a *Agent) drainTimeout() time.Duration {
 	d := tlsproxy.DefaultDrainTimeout
-	for _, p := range a.cfg.Proxies {
+	for _, p := range a.currentConfig().Proxies {
 		if p.DrainTimeout.D(0) > d {
 			d = p.DrainTimeout.D(0)
 		}
@@ -274,18 +306,23 @@ func (a *Agent) Fetch(ctx context.Context) error {
 func (a *Agent) Report() admin.Report {
 	r := admin.Report{
 		Version:   a.opts.Version,
+		PID:       os.Getpid(),
 		Now:       time.Now(),
 		StartedAt: a.started,
 		Ready:     a.source.X509Context() != nil,
 		State:     a.manager.Snapshot(),
 	}
-	for _, p := range a.proxies {
+	a.mu.Lock()
+	r.Config = a.configState
+	proxies := slices.Clone(a.proxies)
+	a.mu.Unlock()
+	for _, p := range proxies {
 		r.Proxies = append(r.Proxies, p.Stats())
 	}
 	if a.sampler != nil {
 		// The sampler keeps its state in the file that `redis transition`
 		// reads too; written atomically, so a plain read is consistent.
-		st, err := redistransition.LoadState(a.cfg.Redis.Transition.StateFile)
+		st, err := redistransition.LoadState(a.currentConfig().Redis.Transition.StateFile)
 		r.Redis = &admin.Redis{Phase: st.Phase, Sample: st.Sample}
 		if err != nil {
 			r.Redis.Error = err.Error()

@@ -32,7 +32,9 @@ outputs:
 proxies:
   - {name: p, mode: server, listen: "%s", target: "127.0.0.1:1", allow: [spiffe://example.org/client], drain_timeout: 2s}
 `, srv.Addr(), dir, dir, proxyListen)
-	cfg, err := config.Parse(filepath.Join(dir, "agent.yaml"), []byte(y), func(string) string { return "" })
+	path := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(y), 0o600))
+	cfg, err := config.Parse(path, []byte(y), func(string) string { return "" })
 	require.NoError(t, err)
 	return cfg, dir
 }

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -35,6 +37,9 @@ type Plan struct {
 	Outputs []rotation.Output
 	// Proxies, one per configured proxy.
 	Proxies []tlsproxy.Config
+	// Hash is the SHA-256 of the file the plan was made from (status
+	// shows it; a reload compares it).
+	Hash string
 	// Warnings are settings that are legal but probably unintended, as
 	// config.Problems.
 	Warnings error
@@ -419,5 +424,7 @@ func Parse(path string, data []byte, getenv func(string) string) (*Plan, error) 
 	if all := config.Join(err, perr); all != nil {
 		return nil, all
 	}
+	sum := sha256.Sum256(data)
+	p.Hash = hex.EncodeToString(sum[:])
 	return p, nil
 }

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/identity-agent/identity-agent/internal/admin"
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/service"
+)
+
+func newReloadCmd() *cobra.Command {
+	var (
+		cfgPath, addr string
+		pid           int
+		timeout       time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "reload [--config FILE | --admin SOCKET] [--pid PID]",
+		Short: "Make the running agent apply its edited configuration, and wait for the outcome",
+		Long: `Reload asks the running agent to read its configuration file again and
+apply the difference (see docs/SERVICE.md for what applies live), then
+waits until the agent has applied or refused it and prints the outcome.
+
+How it asks: with --pid, SIGHUP to that process (the systemd unit's
+ExecReload uses this); else through the service manager when it runs the
+agent ('systemctl reload identity-agent', or on macOS, where launchd has no
+reload verb, 'launchctl kill SIGHUP system/io.identity-agent'); else SIGHUP
+to the pid the agent reports on its admin socket.
+
+Exit codes: 0 applied, 2 refused (the file's problems are printed, the
+running configuration is unchanged), 1 the agent could not be asked or did
+not answer in time.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			target, err := reloadTarget(addr, cfgPath)
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			before, err := admin.Fetch(ctx, target)
+			if err != nil {
+				return withCode(exitFailure, err)
+			}
+			how, err := askReload(ctx, pid, before.PID)
+			if err != nil {
+				return withCode(exitFailure, err)
+			}
+			after, err := waitReload(ctx, target, before.Config.Reloads)
+			if err != nil {
+				return withCode(exitFailure, fmt.Errorf("asked by %s; %w", how, err))
+			}
+			return printReload(cmd.OutOrStdout(), after)
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "read the admin socket from this agent configuration")
+	cmd.Flags().StringVar(&addr, "admin", "", "the agent's admin socket (default: from --config, $"+EnvAdmin+", or the platform default)")
+	cmd.Flags().IntVar(&pid, "pid", 0, "send SIGHUP to this process instead of asking the service manager")
+	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the agent to apply the configuration")
+	return cmd
+}
+
+// reloadTarget is statusTarget, except that a file the reload will refuse
+// must still name the admin socket: only admin.socket is read from it.
+func reloadTarget(addr, cfgPath string) (string, error) {
+	if addr != "" || cfgPath == "" {
+		return statusTarget(addr, "")
+	}
+	return adminSocketOf(cfgPath)
+}
+
+// askReload delivers the request and says how.
+func askReload(ctx context.Context, pid, reported int) (string, error) {
+	if pid > 0 {
+		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+			return "", fmt.Errorf("SIGHUP to pid %d: %w", pid, err)
+		}
+		return fmt.Sprintf("SIGHUP to pid %d", pid), nil
+	}
+	if argv := managerReload(ctx); argv != nil {
+		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+		}
+		return strings.Join(argv, " "), nil
+	}
+	if reported <= 0 {
+		return "", errors.New("the agent does not report its pid; pass --pid")
+	}
+	if err := syscall.Kill(reported, syscall.SIGHUP); err != nil {
+		return "", fmt.Errorf("SIGHUP to the agent's pid %d: %w", reported, err)
+	}
+	return fmt.Sprintf("SIGHUP to pid %d (from the admin socket)", reported), nil
+}
+
+// managerReload is the service manager's way to reload the agent when the
+// manager runs it, or nil.
+func managerReload(ctx context.Context) []string {
+	switch runtime.GOOS {
+	case "darwin":
+		job := "system/" + service.LaunchdName
+		if exec.CommandContext(ctx, "launchctl", "print", job).Run() == nil {
+			return []string{"launchctl", "kill", "SIGHUP", job}
+		}
+	case "linux":
+		if exec.CommandContext(ctx, "systemctl", "is-active", "--quiet", service.SystemdName+".service").Run() == nil {
+			return []string{"systemctl", "reload", service.SystemdName + ".service"}
+		}
+	}
+	return nil
+}
+
+// waitReload polls the admin socket until the agent reports a reload
+// attempt after the one it had made before it was asked.
+func waitReload(ctx context.Context, target string, before uint64) (admin.Report, error) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		r, err := admin.Fetch(ctx, target)
+		if err == nil && r.Config.Reloads > before {
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return r, fmt.Errorf("no answer from the agent: %w", err)
+			}
+			return r, errors.New("the agent did not report the reload in time (is it still starting? it applies reloads once ready)")
+		case <-t.C:
+		}
+	}
+}
+
+func printReload(w io.Writer, r admin.Report) error {
+	last := r.Config.LastReload
+	if last == nil {
+		return withCode(exitFailure, errors.New("the agent reports no reload"))
+	}
+	if last.Error != "" {
+		fmt.Fprintf(w, "reload refused; the agent keeps running the configuration applied %s\n", r.Config.AppliedAt.Format(time.RFC3339))
+		for _, line := range strings.Split(last.Error, "\n") {
+			fmt.Fprintln(w, line)
+		}
+		return withCode(exitUsage, errors.New(""))
+	}
+	if len(last.Changes) == 0 {
+		fmt.Fprintf(w, "reloaded %s (sha256 %s): nothing changed\n", r.Config.Path, short(last.Hash))
+		return nil
+	}
+	fmt.Fprintf(w, "reloaded %s (sha256 %s):\n", r.Config.Path, short(last.Hash))
+	for _, c := range last.Changes {
+		fmt.Fprintln(w, "  "+c)
+	}
+	return nil
+}
+
+func short(hash string) string {
+	if len(hash) > 12 {
+		return hash[:12]
+	}
+	return hash
+}
+
+// adminSocketOf reads admin.socket from a config file without checking
+// the rest: the file is being reloaded, possibly into a refusal that must
+// still be reported. Absent, it is the platform default.
+func adminSocketOf(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return adminSocketFromYAML(path, data)
+}
+
+func adminSocketFromYAML(path string, data []byte) (string, error) {
+	var doc struct {
+		Admin struct {
+			Socket string `yaml:"socket"`
+		} `yaml:"admin"`
+	}
+	// Not strict: unknown keys and the rest of the file are the reload's
+	// business, and the agent reports them.
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return "", fmt.Errorf("%s: admin.socket: cannot read the file: %w", path, err)
+	}
+	if doc.Admin.Socket != "" {
+		return statusTarget(doc.Admin.Socket, "")
+	}
+	return config.AdminSocketFor(runtime.GOOS), nil
+}

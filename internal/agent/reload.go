@@ -1,0 +1,396 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/identity-agent/identity-agent/internal/admin"
+	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
+	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
+)
+
+// ReloadResult is the outcome of one configuration reload.
+type ReloadResult struct {
+	// Hash is the SHA-256 of the file that was read.
+	Hash string
+	// Changes names what was applied, one entry per output or proxy
+	// ("output redis: changed", "proxy ollama: added"); empty when the new
+	// file means the same as the running one.
+	Changes []string
+	// Err is why nothing was applied (the file's problems, or a setting
+	// that cannot change while the agent runs); nil when applied.
+	Err error
+}
+
+type reloadRequest struct {
+	path string
+	done chan ReloadResult
+}
+
+// Reload reads the file at path, checks it exactly as `config validate`
+// and `run` do, and applies the difference to the running agent: outputs
+// and proxies added, changed or removed, the log level. It is all or
+// nothing: an invalid file, or one that changes a setting only a restart
+// can apply, changes nothing and the running configuration carries on.
+// Reload waits until Run has started everything (it is queued until then)
+// and returns once the change is applied or refused.
+func (a *Agent) Reload(ctx context.Context, path string) ReloadResult {
+	req := reloadRequest{path: path, done: make(chan ReloadResult, 1)}
+	select {
+	case a.reloadCh <- req:
+	case <-ctx.Done():
+		return ReloadResult{Err: fmt.Errorf("reload %s: %w", path, ctx.Err())}
+	}
+	select {
+	case res := <-req.done:
+		return res
+	case <-ctx.Done():
+		return ReloadResult{Err: fmt.Errorf("reload %s: %w", path, ctx.Err())}
+	}
+}
+
+// reload runs in Run's goroutine, so it never races a shutdown or another
+// reload.
+func (a *Agent) reload(ctx context.Context, path string) ReloadResult {
+	a.log.Info("reloading configuration", zap.String("config", path))
+	// The same check as `config validate` and `run`: a file run would
+	// refuse is refused here, with the same lines.
+	plan, err := Load(path, os.Getenv)
+	if err != nil {
+		return a.recordReload(ReloadResult{Err: err})
+	}
+	if plan.Warnings != nil {
+		for _, w := range splitProblems(plan.Warnings) {
+			a.log.Warn("configuration: " + w.Error())
+		}
+	}
+	res := ReloadResult{Hash: plan.Hash}
+	res.Changes, res.Err = a.apply(ctx, plan.Config)
+	return a.recordReload(res)
+}
+
+// recordReload keeps the outcome for status and logs it: one line per
+// problem, so each FILE:LINE stands on its own in the journal.
+func (a *Agent) recordReload(res ReloadResult) ReloadResult {
+	now := time.Now()
+	a.mu.Lock()
+	st := &a.configState
+	st.Reloads++
+	last := &admin.ConfigReload{At: now, Hash: res.Hash, Changes: res.Changes}
+	if res.Err != nil {
+		last.Error = res.Err.Error()
+		st.LastFailedReload = last
+	} else {
+		st.Hash, st.AppliedAt = res.Hash, now
+	}
+	st.LastReload = last
+	a.mu.Unlock()
+	if res.Err != nil {
+		for _, e := range splitProblems(res.Err) {
+			a.log.Error("config reload failed; the running configuration is unchanged", zap.Error(e))
+		}
+		return res
+	}
+	if len(res.Changes) == 0 {
+		a.log.Info("config reloaded: nothing changed", zap.String("hash", res.Hash))
+	} else {
+		a.log.Info("config reloaded", zap.String("hash", res.Hash), zap.Strings("changes", res.Changes))
+	}
+	return res
+}
+
+// splitProblems returns the errors joined in err (config.Problems, or
+// errors.Join), or err itself.
+func splitProblems(err error) []error {
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		if errs := u.Unwrap(); len(errs) > 0 {
+			return errs
+		}
+	}
+	return []error{err}
+}
+
+// restartOnly are the settings a running agent cannot change: a new
+// Workload API or admin socket means new connections for every part, and
+// the rotation tunables are read by every output's loop.
+func restartOnly(cur, next *config.Config) []error {
+	var names []string
+	names = append(names, changedFields("workload_api", cur.WorkloadAPI, next.WorkloadAPI)...)
+	names = append(names, changedFields("admin", cur.Admin, next.Admin)...)
+	if cur.Log.Format != next.Log.Format {
+		names = append(names, "log.format")
+	}
+	names = append(names, changedFields("rotation", cur.Rotation, next.Rotation)...)
+	if !reflect.DeepEqual(cur.Redis, next.Redis) {
+		names = append(names, "redis")
+	}
+	errs := make([]error, 0, len(names))
+	for _, n := range names {
+		errs = append(errs, next.At(n, errors.New("cannot change while the agent runs; restart it to apply (systemctl restart identity-agent)")))
+	}
+	return errs
+}
+
+// changedFields names, by their YAML keys under prefix, the fields of two
+// values of one struct type that differ; the line a refusal points at is
+// then the line of the setting the operator edited.
+func changedFields(prefix string, a, b any) []string {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var out []string
+	for i := range va.NumField() {
+		if reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			continue
+		}
+		name, _, _ := strings.Cut(va.Type().Field(i).Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			name = prefix
+		} else {
+			name = prefix + "." + name
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// apply changes the running agent from a.cfg to next, or nothing.
+func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error) {
+	cur := a.currentConfig()
+	if err := config.Join(restartOnly(cur, next)...); err != nil {
+		return nil, err
+	}
+	var changes []string
+
+	// Outputs: by name; a changed one is replaced (its new runner writes
+	// only when its files differ from those on disk).
+	curOut := map[string]config.Output{}
+	for _, o := range cur.Outputs {
+		curOut[o.Name] = o
+	}
+	var change rotation.Change
+	var addCfg config.Config = *next
+	addCfg.Outputs = nil
+	seen := map[string]bool{}
+	for _, o := range next.Outputs {
+		seen[o.Name] = true
+		old, ok := curOut[o.Name]
+		switch {
+		case !ok:
+			changes = append(changes, "output "+o.Name+": added")
+		case reflect.DeepEqual(old, o):
+			continue
+		default:
+			change.Remove = append(change.Remove, o.Name)
+			changes = append(changes, "output "+o.Name+": changed")
+		}
+		addCfg.Outputs = append(addCfg.Outputs, o)
+	}
+	for _, o := range cur.Outputs {
+		if !seen[o.Name] {
+			change.Remove = append(change.Remove, o.Name)
+			changes = append(changes, "output "+o.Name+": removed")
+		}
+	}
+	if len(addCfg.Outputs) > 0 {
+		outs, err := Outputs(&addCfg, a.extraReloader)
+		if err != nil {
+			return nil, err
+		}
+		change.Add = outs
+	}
+
+	// Proxies: started (bound) before anything else changes, so a port in
+	// use refuses the whole reload with nothing touched.
+	pc, err := a.planProxies(cur, next)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pc.start {
+		if err := p.Start(ctx); err != nil {
+			a.closeAll(pc.start)
+			return nil, next.At(pc.field[p], fmt.Errorf("listen: %w", err))
+		}
+	}
+	if err := a.manager.Apply(ctx, change); err != nil {
+		a.closeAll(pc.start)
+		return nil, fmt.Errorf("%s: outputs: %w", next.Path, err)
+	}
+	for _, u := range pc.update {
+		// Checked by planProxies; a failure now would be a bug, and the
+		// proxy keeps its previous settings.
+		if err := u.proxy.Update(u.cfg); err != nil {
+			a.log.Error("proxy update refused", zap.String("proxy", u.proxy.Name()), zap.Error(err))
+		}
+	}
+	a.mu.Lock()
+	for _, d := range pc.drain {
+		if pm := a.proxyMetrics[d.proxy]; pm != nil {
+			pm.release()
+			delete(a.proxyMetrics, d.proxy)
+		}
+	}
+	for p, pm := range pc.metrics {
+		if err := pm.commit(); err != nil {
+			a.log.Error("proxy metrics", zap.String("proxy", p.Name()), zap.Error(err))
+		}
+		a.proxyMetrics[p] = pm
+	}
+	a.proxies = pc.running
+	a.cfg = next
+	a.mu.Unlock()
+	for _, d := range pc.drain {
+		a.drainInBackground(d)
+	}
+	if a.opts.LogLevel != nil && cur.Log.Level != next.Log.Level {
+		if lvl, err := zapcore.ParseLevel(next.Log.Level); err == nil {
+			a.opts.LogLevel.SetLevel(lvl)
+			changes = append(changes, "log.level: "+next.Log.Level)
+		}
+	}
+	return append(changes, pc.changes...), nil
+}
+
+// draining is a proxy on its way out, with the drain timeout it was
+// configured with.
+type draining struct {
+	proxy   *tlsproxy.Proxy
+	timeout time.Duration
+}
+
+type proxyUpdate struct {
+	proxy *tlsproxy.Proxy
+	cfg   tlsproxy.Config
+}
+
+// proxyChange is what apply does to the proxies: start the new ones,
+// update those that keep their listener, drain the ones going away, and
+// the list that runs afterwards.
+type proxyChange struct {
+	start   []*tlsproxy.Proxy
+	drain   []draining
+	update  []proxyUpdate
+	running      []*tlsproxy.Proxy
+	field   map[*tlsproxy.Proxy]string
+	metrics map[*tlsproxy.Proxy]*proxyMetrics
+	changes []string
+}
+
+// planProxies builds (without starting) every proxy the change needs. A
+// proxy that keeps its name, mode, listen address, HTTP mode and SVID is
+// updated in place: its established connections carry on and new
+// handshakes use the new allow list, limits and target. Any other change
+// is a new proxy on the new address and a drain of the old one.
+func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
+	pc := proxyChange{field: map[*tlsproxy.Proxy]string{}, metrics: map[*tlsproxy.Proxy]*proxyMetrics{}}
+	running := map[string]*tlsproxy.Proxy{}
+	for _, p := range a.currentProxies() {
+		running[p.Name()] = p
+	}
+	curCfg := map[string]config.Proxy{}
+	for _, p := range cur.Proxies {
+		curCfg[p.Name] = p
+	}
+	seen := map[string]bool{}
+	var errs []error
+	for i, np := range next.Proxies {
+		seen[np.Name] = true
+		op, had := curCfg[np.Name]
+		p := running[np.Name]
+		switch {
+		case had && reflect.DeepEqual(op, np):
+			pc.running = append(pc.running, p)
+			continue
+		case had && inPlace(op, np):
+			tc := ProxyConfig(np)
+			if err := tc.Validate(); err != nil {
+				errs = append(errs, next.At(fmt.Sprintf("proxies[%d]", i), err))
+				continue
+			}
+			pc.update = append(pc.update, proxyUpdate{proxy: p, cfg: tc})
+			pc.running = append(pc.running, p)
+			pc.changes = append(pc.changes, "proxy "+np.Name+": updated in place")
+			continue
+		}
+		q, pm, err := a.newProxy(np)
+		if err != nil {
+			errs = append(errs, next.At(fmt.Sprintf("proxies[%d]", i), err))
+			continue
+		}
+		pc.metrics[q] = pm
+		pc.field[q] = fmt.Sprintf("proxies[%d].listen", i)
+		pc.start = append(pc.start, q)
+		pc.running = append(pc.running, q)
+		if had {
+			pc.drain = append(pc.drain, draining{p, op.DrainTimeout.D(tlsproxy.DefaultDrainTimeout)})
+			pc.changes = append(pc.changes, "proxy "+np.Name+": restarted on "+np.Listen)
+		} else {
+			pc.changes = append(pc.changes, "proxy "+np.Name+": added")
+		}
+	}
+	for _, op := range cur.Proxies {
+		if !seen[op.Name] {
+			pc.drain = append(pc.drain, draining{running[op.Name], op.DrainTimeout.D(tlsproxy.DefaultDrainTimeout)})
+			pc.changes = append(pc.changes, "proxy "+op.Name+": removed (draining)")
+		}
+	}
+	if err := config.Join(errs...); err != nil {
+		return proxyChange{}, err
+	}
+	return pc, nil
+}
+
+// inPlace reports whether the change from a to b is one tlsproxy.Update
+// can make: everything may change but the proxy's identity, mode, address
+// and HTTP mode.
+func inPlace(a, b config.Proxy) bool {
+	return a.Mode == b.Mode && a.Listen == b.Listen && a.HTTP == b.HTTP &&
+		a.SpiffeID == b.SpiffeID && a.Hint == b.Hint
+}
+
+// newProxy builds (does not start) the proxy pc describes.
+// Its metrics are deferred: they appear when the reload commits, after
+// those of the proxy it replaces are gone.
+func (a *Agent) newProxy(pc config.Proxy) (*tlsproxy.Proxy, *proxyMetrics, error) {
+	pm := newProxyMetrics(a.registry, true)
+	p, err := NewProxy(pc, a.source, tlsproxy.WithLogger(a.log.Named("proxy")), tlsproxy.WithRegisterer(pm))
+	return p, pm, err
+}
+
+func (a *Agent) closeAll(ps []*tlsproxy.Proxy) {
+	for _, p := range ps {
+		_ = p.Close()
+	}
+}
+
+// drainInBackground shuts p down under its own drain timeout while the
+// agent carries on; shutdown waits for it.
+func (a *Agent) drainInBackground(d draining) {
+	a.drains.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+		defer cancel()
+		if err := d.proxy.Shutdown(ctx); err != nil {
+			a.log.Warn("proxy drain after reload", zap.String("proxy", d.proxy.Name()), zap.Error(err))
+		}
+	})
+}
+
+func (a *Agent) currentConfig() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+func (a *Agent) currentProxies() []*tlsproxy.Proxy {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.proxies)
+}

@@ -1,0 +1,88 @@
+package agent_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/agent"
+	"github.com/identity-agent/identity-agent/internal/metricstest"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func listening(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		_ = c.Close()
+	}
+	return err == nil
+}
+
+// TestReloadMovesAProxyAndItsMetrics: a proxy whose listen address changes
+// is a new proxy on the new address and a drain of the old one; its
+// metrics move with its name (registering both at once would be refused
+// as a duplicate), a port already taken refuses the whole reload, and
+// every goroutine of the drained proxy is gone at the end (goleak).
+func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
+	first := freeAddr(t)
+	cfg, dir := setup(t, first)
+	path := filepath.Join(dir, "agent.yaml")
+	orig, err := os.ReadFile(path)
+	require.NoError(t, err)
+	ready := make(chan struct{})
+	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	<-ready
+	require.True(t, listening(first))
+
+	// The new address is taken: nothing changes.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, []byte(strings.Replace(string(orig), first, taken.Addr().String(), 1)), 0o600))
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	res := a.Reload(rctx, path)
+	require.ErrorContains(t, res.Err, "proxies[0].listen")
+	require.True(t, listening(first), "a refused reload leaves the proxy where it was")
+	require.NoError(t, taken.Close())
+
+	second := freeAddr(t)
+	require.NoError(t, os.WriteFile(path, []byte(strings.Replace(string(orig), first, second, 1)), 0o600))
+	res = a.Reload(rctx, path)
+	require.NoError(t, res.Err)
+	require.Equal(t, []string{"proxy p: restarted on " + second}, res.Changes)
+	require.True(t, listening(second))
+	require.Eventually(t, func() bool { return !listening(first) }, 10*time.Second, 20*time.Millisecond)
+	// One series set for proxy p, from the new proxy, gathered without a
+	// duplicate error.
+	_, found, err := metricstest.Lookup(a.Registry(), "identity_agent_proxy_connections_open", map[string]string{"proxy": "p"})
+	require.NoError(t, err)
+	require.True(t, found)
+	r := a.Report()
+	require.Len(t, r.Proxies, 1)
+	require.Equal(t, second, r.Proxies[0].Listen)
+	require.Equal(t, uint64(2), r.Config.Reloads)
+	require.NotNil(t, r.Config.LastFailedReload)
+	require.Empty(t, r.Config.LastReload.Error)
+}
+
