@@ -177,7 +177,7 @@ func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error
 		curOut[o.Name] = o
 	}
 	var change rotation.Change
-	var addCfg config.Config = *next
+	addCfg := *next
 	addCfg.Outputs = nil
 	seen := map[string]bool{}
 	for _, o := range next.Outputs {
@@ -278,7 +278,7 @@ type proxyChange struct {
 	start   []*tlsproxy.Proxy
 	drain   []draining
 	update  []proxyUpdate
-	running      []*tlsproxy.Proxy
+	running []*tlsproxy.Proxy
 	field   map[*tlsproxy.Proxy]string
 	metrics map[*tlsproxy.Proxy]*proxyMetrics
 	changes []string

@@ -85,4 +85,3 @@ func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
 	require.NotNil(t, r.Config.LastFailedReload)
 	require.Empty(t, r.Config.LastReload.Error)
 }
-
