@@ -55,7 +55,7 @@ var (
 	wrkConns  = flag.Int("wrk-conns", 32, "wrk connections for the keep-alive rate run")
 	workers   = flag.Int("conn-workers", 16, "concurrent dialers for the new-connection run")
 	profile   = flag.String("cpuprofile", "", "write a CPU profile of the proxy process to this file")
-	only      = flag.String("only", "", "run only these parts: comma list of bulk,rate,latency,conns")
+	only      = flag.String("only", "", "run only these parts: comma list of bulk,rate,latency,conns,attack,rotation")
 	rounds    = flag.Int("rounds", 3, "rounds of every part; each round measures direct and every pair back to back, and the report gives medians")
 	ghost     = flag.String("ghostunnel", "", "optional path to a ghostunnel binary, measured as a reference pair with the same SVIDs in the same run")
 	pemDir    = flag.String("pemdir", "", "internal: where -serve reads the SVIDs and bundle")
@@ -334,13 +334,21 @@ type result struct {
 }
 
 func run() error {
+	want := func(part string) bool { return *only == "" || strings.Contains(","+*only+",", ","+part+",") }
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if !want("bulk") && !want("rate") && !want("latency") && !want("conns") {
+		rows, err := runHostile(ctx, want)
+		if err != nil {
+			return err
+		}
+		return writeReport("", rows)
+	}
 	for _, tool := range []string{"iperf3", "wrk"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is required: %w", tool, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
 
 	// Backends.
 	httpAddr, stopHTTP := httpBackend()
@@ -415,7 +423,6 @@ func run() error {
 	var rows []result
 	var notes []string
 
-	want := func(part string) bool { return *only == "" || strings.Contains(","+*only+",", ","+part+",") }
 	for _, part := range []struct {
 		name string
 		run  func(ctx context.Context) ([]result, error)
@@ -455,14 +462,15 @@ func run() error {
 	if ghostVersion != "" {
 		notes = append(notes, fmt.Sprintf("ghostunnel rows: %s, a client and a server process per pair with the same SVIDs as PEM files (--keystore, --cacert, --allow-uri/--verify-uri); CPU is both processes'. It is not part of the repository: pass -ghostunnel PATH to include it.", ghostVersion))
 	}
-	report := render(rows, notes)
-	fmt.Print(report)
-	if *out != "" {
-		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil { //nolint:gosec // a report for humans
-			return err
-		}
+	// The hostile parts last, with the children stopped: they measure
+	// outcomes, and the attack wants the CPU the pairs would take.
+	srvSide.stop()
+	cliSide.stop()
+	hostile, err := runHostile(ctx, want)
+	if err != nil {
+		return err
 	}
-	return nil
+	return writeReport(render(rows, notes), hostile)
 }
 
 // measured is one pair's numbers over the rounds.
