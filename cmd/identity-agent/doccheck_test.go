@@ -214,6 +214,7 @@ func docFiles(t *testing.T) []string {
 }
 
 func TestDocumentedCommandsExist(t *testing.T) {
+	t.Parallel()
 	hc := helpCache{}
 	total := 0
 	for _, f := range docFiles(t) {
@@ -230,6 +231,7 @@ func TestDocumentedCommandsExist(t *testing.T) {
 
 // The check itself: it finds what does not exist, and accepts what does.
 func TestDocCheckCatchesWhatDoesNotExist(t *testing.T) {
+	t.Parallel()
 	hc := helpCache{}
 	for _, bad := range []string{
 		"frobnicate --config x",
@@ -269,6 +271,7 @@ func writeMarkdown(t *testing.T, s string) string {
 
 // Every `make TARGET` in the docs' command blocks is a Makefile target.
 func TestDocumentedMakeTargetsExist(t *testing.T) {
+	t.Parallel()
 	mk, err := os.ReadFile("../../Makefile")
 	require.NoError(t, err)
 	targets := map[string]bool{}
