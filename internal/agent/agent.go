@@ -77,6 +77,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")),
 		svid.WithBackoff(min(svid.DefaultRetryMin, retryMax), retryMax))
 	a.registerSourceMetrics()
+	a.registerReloadMetrics()
 
 	outs, err := Outputs(cfg, a.extraReloader)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -107,6 +108,41 @@ func (a *Agent) recordReload(res ReloadResult) ReloadResult {
 		a.log.Info("config reloaded", zap.String("hash", res.Hash), zap.Strings("changes", res.Changes))
 	}
 	return res
+}
+
+// registerReloadMetrics exports the reload state status shows, so an
+// alert can catch a refused reload (the agent then runs a configuration
+// that is no longer the file on disk).
+func (a *Agent) registerReloadMetrics() {
+	state := func() admin.ConfigState {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.configState
+	}
+	a.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "identity_agent_config_reload_failed",
+			Help: "1 while the last configuration reload was refused (the agent runs an older configuration than its file), 0 otherwise.",
+		}, func() float64 {
+			if last := state().LastReload; last != nil && last.Error != "" {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "identity_agent_config_reloads_total",
+			Help: "Configuration reload attempts (SIGHUP), applied or refused.",
+		}, func() float64 { return float64(state().Reloads) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "identity_agent_config_applied_timestamp_seconds",
+			Help: "When the configuration in force was applied (start or last successful reload), Unix seconds.",
+		}, func() float64 {
+			if at := state().AppliedAt; !at.IsZero() {
+				return float64(at.UnixNano()) / 1e9
+			}
+			return 0
+		}),
+	)
 }
 
 // splitProblems returns the errors joined in err (config.Problems, or

@@ -63,6 +63,7 @@ func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
 	defer rcancel()
 	res := a.Reload(rctx, path)
 	require.ErrorContains(t, res.Err, "proxies[0].listen")
+	require.Equal(t, 1.0, metricstest.Value(t, a.Registry(), "identity_agent_config_reload_failed", nil))
 	require.True(t, listening(first), "a refused reload leaves the proxy where it was")
 	require.NoError(t, taken.Close())
 
@@ -82,6 +83,9 @@ func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
 	require.Len(t, r.Proxies, 1)
 	require.Equal(t, second, r.Proxies[0].Listen)
 	require.Equal(t, uint64(2), r.Config.Reloads)
+	require.Equal(t, 2.0, metricstest.Value(t, a.Registry(), "identity_agent_config_reloads_total", nil))
+	require.Equal(t, 0.0, metricstest.Value(t, a.Registry(), "identity_agent_config_reload_failed", nil),
+		"the last reload was applied")
 	require.NotNil(t, r.Config.LastFailedReload)
 	require.Empty(t, r.Config.LastReload.Error)
 }
