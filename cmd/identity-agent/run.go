@@ -172,6 +172,11 @@ func newFetchCmd() *cobra.Command {
 				return err
 			}
 			defer func() { _ = log.Sync() }()
+			// The same prepare step as run: the only place the agent
+			// creates its output directories (with their owners' groups).
+			if err := service.LayoutFromConfig(cfg).Prepare(""); err != nil {
+				return withCode(exitFailure, err)
+			}
 			a, err := agent.New(cfg, agent.Options{Logger: log, Version: version})
 			if err != nil {
 				return withCode(exitUsage, err)

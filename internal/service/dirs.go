@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // Modes for the directories the agent creates. Output files carry their own
@@ -24,14 +26,19 @@ const (
 type Dir struct {
 	Path string
 	Mode fs.FileMode
-	// User owns the directory (group: the user's primary group). Empty means
-	// the current user: nothing is chowned.
+	// User owns the directory (group: the user's primary group, unless GID
+	// says otherwise). Empty means the current user: nothing is chowned.
 	User string
+	// Group (a name or a numeric id) is the directory's group when set: an
+	// output's directory takes the group of the output's owner, as
+	// svid.MakeDir's rule says. Empty: the user's primary group.
+	Group string
 }
 
-// OutputDir is the Dir for an output's `dir:`.
-func OutputDir(path, owner string) Dir {
-	return Dir{Path: path, Mode: OutputDirMode, User: owner}
+// OutputDir is the Dir for an output's `dir:`; group is the group of the
+// output's owner ("" when it has none).
+func OutputDir(path, owner, group string) Dir {
+	return Dir{Path: path, Mode: OutputDirMode, User: owner, Group: group}
 }
 
 // SocketDir is the Dir holding a unix socket the agent listens on (admin
@@ -90,6 +97,17 @@ func lookupOwner(name string) (*owner, error) {
 	return &owner{name: name, uid: uid, gid: gid}, nil
 }
 
+func lookupGID(group string) (int, error) {
+	if n, err := strconv.Atoi(group); err == nil {
+		return n, nil
+	}
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: %w", group, err)
+	}
+	return strconv.Atoi(g.Gid)
+}
+
 func ensureDir(d Dir) error {
 	p := d.Path
 	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
@@ -104,7 +122,19 @@ func ensureDir(d Dir) error {
 	}
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		err = create(p, d.Mode, o)
+		uid, gid := -1, -1
+		if o != nil {
+			uid, gid = o.uid, o.gid
+		}
+		if d.Group != "" {
+			if gid, err = lookupGID(d.Group); err != nil {
+				return fmt.Errorf("service: directory %s: %w", p, err)
+			}
+		}
+		err = svid.MakeDir(p, d.Mode, uid, gid)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			err = fmt.Errorf("service: %w", err)
+		}
 		if !errors.Is(err, fs.ErrExist) {
 			return err
 		}
@@ -115,29 +145,6 @@ func ensureDir(d Dir) error {
 		return fmt.Errorf("service: directory %s: %w", p, err)
 	}
 	return fixExisting(p, fi, d.Mode, o)
-}
-
-func create(p string, mode fs.FileMode, o *owner) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("service: directory %s: create parent: %w", p, err)
-	}
-	if err := os.Mkdir(p, 0o700); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		return fmt.Errorf("service: directory %s: %w", p, err)
-	}
-	// Mode before owner: chmod of a directory already given to another user
-	// would need CAP_FOWNER, which the unit does not grant.
-	if err := os.Chmod(p, mode); err != nil {
-		return fmt.Errorf("service: directory %s: chmod %04o: %w", p, mode, err)
-	}
-	if o != nil {
-		if err := os.Lchown(p, o.uid, o.gid); err != nil {
-			return fmt.Errorf("service: directory %s: chown to %s: %w", p, o.name, err)
-		}
-	}
-	return nil
 }
 
 func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
@@ -187,7 +194,7 @@ func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
 func Prepare(user string, outputDirs, listenSockets []string) error {
 	dirs := make([]Dir, 0, len(outputDirs)+len(listenSockets))
 	for _, d := range outputDirs {
-		dirs = append(dirs, OutputDir(d, user))
+		dirs = append(dirs, OutputDir(d, user, ""))
 	}
 	for _, s := range listenSockets {
 		dirs = append(dirs, SocketDir(s, user))

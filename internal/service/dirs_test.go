@@ -24,19 +24,19 @@ func TestEnsureDirsCreatesWithMode(t *testing.T) {
 	base := t.TempDir()
 	out := filepath.Join(base, "a", "b", "redis")
 	sock := filepath.Join(base, "run", "ia", "admin.sock")
-	require.NoError(t, EnsureDirs(OutputDir(out, ""), SocketDir("unix://"+sock, ""), Dir{Path: filepath.Join(base, "state"), Mode: 0o750}))
+	require.NoError(t, EnsureDirs(OutputDir(out, "", ""), SocketDir("unix://"+sock, ""), Dir{Path: filepath.Join(base, "state"), Mode: 0o750}))
 	require.Equal(t, fs.ModeDir|0o755, mode(t, out))
 	require.Equal(t, fs.ModeDir|0o755, mode(t, filepath.Dir(sock)))
 	require.Equal(t, fs.ModeDir|0o750, mode(t, filepath.Join(base, "state")))
 	// Idempotent.
-	require.NoError(t, EnsureDirs(OutputDir(out, "")))
+	require.NoError(t, EnsureDirs(OutputDir(out, "", "")))
 }
 
 func TestEnsureDirsFixesModeOfOwnDir(t *testing.T) {
 	d := filepath.Join(t.TempDir(), "out")
 	require.NoError(t, os.Mkdir(d, 0o700))
 	require.NoError(t, os.Chmod(d, 0o777))
-	require.NoError(t, EnsureDirs(OutputDir(d, "")))
+	require.NoError(t, EnsureDirs(OutputDir(d, "", "")))
 	require.Equal(t, fs.ModeDir|0o755, mode(t, d))
 }
 
@@ -47,11 +47,11 @@ func TestEnsureDirsRefuses(t *testing.T) {
 	link := filepath.Join(base, "link")
 	require.NoError(t, os.Symlink(base, link))
 
-	require.ErrorContains(t, EnsureDirs(OutputDir(file, "")), "exists and is not a directory")
-	require.ErrorContains(t, EnsureDirs(OutputDir(link, "")), "is a symlink")
-	require.ErrorContains(t, EnsureDirs(OutputDir("relative/dir", "")), "absolute, clean path")
+	require.ErrorContains(t, EnsureDirs(OutputDir(file, "", "")), "exists and is not a directory")
+	require.ErrorContains(t, EnsureDirs(OutputDir(link, "", "")), "is a symlink")
+	require.ErrorContains(t, EnsureDirs(OutputDir("relative/dir", "", "")), "absolute, clean path")
 	require.ErrorContains(t, EnsureDirs(Dir{Path: filepath.Join(base, "x"), Mode: fs.ModeSticky | 0o755}), "permission bits only")
-	require.ErrorContains(t, EnsureDirs(OutputDir(filepath.Join(base, "y"), "no-such-user-ia")), `user "no-such-user-ia"`)
+	require.ErrorContains(t, EnsureDirs(OutputDir(filepath.Join(base, "y"), "no-such-user-ia", "")), `user "no-such-user-ia"`)
 }
 
 // A sticky shared directory (like /tmp) is used as it is, never chmodded.
@@ -75,7 +75,7 @@ func TestEnsureDirsOwner(t *testing.T) {
 	gid, _ := strconv.Atoi(u.Gid)
 	base := t.TempDir()
 	d := filepath.Join(base, "redis")
-	require.NoError(t, EnsureDirs(OutputDir(d, "nobody")))
+	require.NoError(t, EnsureDirs(OutputDir(d, "nobody", "")))
 	st, _ := mustStat(t, d)
 	require.Equal(t, uint32(uid), st.Uid)
 	require.Equal(t, uint32(gid), st.Gid)
@@ -84,7 +84,7 @@ func TestEnsureDirsOwner(t *testing.T) {
 	// A directory of somebody else is never taken over.
 	other := filepath.Join(base, "owned-by-root")
 	require.NoError(t, os.Mkdir(other, 0o700))
-	err = EnsureDirs(OutputDir(other, "nobody"))
+	err = EnsureDirs(OutputDir(other, "nobody", ""))
 	require.ErrorContains(t, err, "is owned by uid 0, not nobody")
 	st, fi := mustStat(t, other)
 	require.Equal(t, uint32(0), st.Uid)
@@ -117,11 +117,39 @@ func TestEnsureDirsNeverWidensAnExistingDirectory(t *testing.T) {
 	require.NoError(t, os.Chmod(tight, 0o750))
 	require.NoError(t, os.Mkdir(loose, 0o700))
 	require.NoError(t, os.Chmod(loose, 0o777))
-	require.NoError(t, EnsureDirs(OutputDir(tight, ""), OutputDir(loose, "")))
+	require.NoError(t, EnsureDirs(OutputDir(tight, "", ""), OutputDir(loose, "", "")))
 	fi, err := os.Stat(tight)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o750), fi.Mode().Perm(), "an operator's tighter mode is kept")
 	fi, err = os.Stat(loose)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o755), fi.Mode().Perm(), "bits beyond OutputDirMode are removed")
+}
+
+// An output's directory takes the output owner's group, through the one
+// function that creates output directories (svid.MakeDir), and nothing
+// else of the layout does.
+func TestLayoutPrepareGivesOutputDirsTheOwnersGroup(t *testing.T) {
+	groups, err := os.Getgroups()
+	require.NoError(t, err)
+	gid := os.Getgid()
+	for _, g := range groups {
+		if g != gid {
+			gid = g // a group we may chgrp to that is not the default
+			break
+		}
+	}
+	if os.Geteuid() == 0 {
+		gid = 4242 // root may give any group
+	}
+	base := t.TempDir()
+	out := filepath.Join(base, "out", "redis")
+	state := filepath.Join(base, "state")
+	l := Layout{OutputDirs: []string{out}, OutputGroups: map[string]string{out: strconv.Itoa(gid)}, WritableDirs: []string{out, state}}
+	require.NoError(t, l.Prepare(""))
+	st, _ := mustStat(t, out)
+	assert.Equal(t, uint32(gid), st.Gid)
+	assert.Equal(t, fs.ModeDir|OutputDirMode, mode(t, out))
+	st, _ = mustStat(t, state)
+	assert.Equal(t, uint32(os.Getegid()), st.Gid, "not an output: the user's group")
 }

@@ -95,7 +95,7 @@ func installInNamespace(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, fs.ModeDir|0o755, fi.Mode())
 	}
-	require.ErrorContains(t, EnsureDirs(OutputDir("/mnt/ia/redis", "root")), "is owned by uid")
+	require.ErrorContains(t, EnsureDirs(OutputDir("/mnt/ia/redis", "root", "")), "is owned by uid")
 
 	// Same config again: nothing to do. A changed config: replaced.
 	res, err = Install(c)

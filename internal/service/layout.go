@@ -1,7 +1,9 @@
 package service
 
 import (
+	"maps"
 	"net"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -28,6 +30,11 @@ type Layout struct {
 	// ListenSockets: the admin socket and the proxies' unix listeners, whose
 	// directories Prepare creates.
 	ListenSockets []string
+	// OutputDirs: every output's dir (also those under RuntimeDir or
+	// StateDir), which Prepare creates with OutputGroups[dir] as group.
+	OutputDirs []string
+	// OutputGroups: an output dir's group, the output owner's ("" none).
+	OutputGroups map[string]string
 	// WorkloadAPISocket as configured (after defaults).
 	WorkloadAPISocket string
 	// ExtraCapabilities the config needs beyond CAP_CHOWN: CAP_KILL for
@@ -47,8 +54,15 @@ func LayoutFromConfig(c *config.Config) Layout {
 		l.WritableDirs = append(l.WritableDirs, dir)
 	}
 	caps := map[string]bool{}
+	l.OutputGroups = map[string]string{}
 	for _, o := range c.Outputs {
 		writable(o.Dir)
+		if o.Dir != "" {
+			l.OutputDirs = append(l.OutputDirs, filepath.Clean(o.Dir))
+			if g := ownerGroup(o.Owner); g != "" {
+				l.OutputGroups[filepath.Clean(o.Dir)] = g
+			}
+		}
 		for _, r := range o.Reload {
 			if r.Traefik != nil {
 				writable(filepath.Dir(r.Traefik.File))
@@ -103,12 +117,51 @@ func (l Layout) InstallConfig(configPath, user string) InstallConfig {
 		ConfigPath:        configPath,
 		User:              user,
 		OutputDirs:        slices.Clone(l.WritableDirs),
+		OutputGroups:      maps.Clone(l.OutputGroups),
 		WorkloadAPISocket: l.WorkloadAPISocket,
 		ExtraCapabilities: slices.Clone(l.ExtraCapabilities),
 	}
 }
 
-// Prepare creates the layout's directories owned by user (see Prepare).
+// ownerGroup is the group an output's files (and so its directory) get:
+// the owner's group, else the owner user's primary group, else none; the
+// rule agent.NewPlan applies to the files.
+func ownerGroup(o config.Owner) string {
+	if o.Group != "" || o.User == "" {
+		return o.Group
+	}
+	if _, err := strconv.Atoi(o.User); err == nil {
+		if u, err := user.LookupId(o.User); err == nil {
+			return u.Gid
+		}
+		return ""
+	}
+	if u, err := user.Lookup(o.User); err == nil {
+		return u.Gid
+	}
+	return ""
+}
+
+// Prepare creates the layout's directories owned by user: each output's
+// dir with the group of the output's owner (svid.MakeDir's rule), the
+// other writable directories and the listeners' socket directories. It
+// is the body of `identity-agent service prepare` (as root, before the
+// sandbox starts) and of the same step at the start of `run` and `fetch`;
+// nothing else creates these directories.
 func (l Layout) Prepare(user string) error {
-	return Prepare(user, l.WritableDirs, l.ListenSockets)
+	var dirs []Dir
+	seen := map[string]bool{}
+	for _, d := range l.OutputDirs {
+		dirs = append(dirs, OutputDir(d, user, l.OutputGroups[d]))
+		seen[d] = true
+	}
+	for _, d := range l.WritableDirs {
+		if !seen[filepath.Clean(d)] {
+			dirs = append(dirs, OutputDir(d, user, ""))
+		}
+	}
+	for _, s := range l.ListenSockets {
+		dirs = append(dirs, SocketDir(s, user))
+	}
+	return EnsureDirs(dirs...)
 }

@@ -61,6 +61,9 @@ type InstallConfig struct {
 	// output's `dir:`, the directory of every traefik reload `file:`, and the
 	// directory of every unix socket the agent listens on elsewhere.
 	OutputDirs []string
+	// OutputGroups: the group an output directory gets (the output owner's),
+	// by directory; install creates the directories with it.
+	OutputGroups map[string]string
 	// WorkloadAPISocket is the config's workload_api.socket ("unix:///..." or a
 	// path). A socket under /tmp is bound into the unit's private /tmp.
 	WorkloadAPISocket string

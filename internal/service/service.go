@@ -147,7 +147,7 @@ func Install(c InstallConfig) (InstallResult, error) {
 	}
 	dirs := make([]Dir, 0, len(c.OutputDirs)+2)
 	for _, d := range c.OutputDirs {
-		dirs = append(dirs, OutputDir(d, c.User))
+		dirs = append(dirs, OutputDir(d, c.User, c.OutputGroups[d]))
 	}
 	if runtime.GOOS == "darwin" {
 		// launchd has no RuntimeDirectory=/StateDirectory=: create them here.

@@ -69,8 +69,8 @@ type DirWriter struct {
 	mu         sync.Mutex
 }
 
-// NewDirWriter returns a writer for dir, creating it (with the dir mode and
-// owner) when missing.
+// NewDirWriter returns a writer for dir, creating it when missing with
+// MakeDir (the dir mode, the owner's group).
 func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 	if dir == "" {
 		return nil, errors.New("dir writer: directory is empty")
@@ -86,11 +86,7 @@ func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 	fi, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		// MkdirAll's mode is narrowed by the umask; chmod below sets it exactly.
-		if err := os.MkdirAll(abs, w.dirMode); err != nil {
-			return nil, fmt.Errorf("dir writer: create %s: %w", abs, err)
-		}
-		if err := w.prepareDir(abs); err != nil {
+		if err := MakeDir(abs, w.dirMode, -1, w.owner.GID); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("dir writer: %w", err)
 		}
 	case err != nil:
@@ -144,11 +140,8 @@ func (w *DirWriter) writeLocked(files []File) (changed bool, err error) {
 	// The directory may have been removed since NewDirWriter (an operator
 	// cleaning up, a tmpfs remounted); the guard's rewrite must recover.
 	if _, err := os.Lstat(w.dir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(w.dir, w.dirMode); err != nil {
+		if err := MakeDir(w.dir, w.dirMode, -1, w.owner.GID); err != nil && !errors.Is(err, fs.ErrExist) {
 			return false, fmt.Errorf("write %s: recreate directory: %w", w.dir, err)
-		}
-		if err := w.prepareDir(w.dir); err != nil {
-			return false, fmt.Errorf("write %s: %w", w.dir, err)
 		}
 	}
 
