@@ -39,8 +39,8 @@ var signals = map[string]syscall.Signal{
 // DefaultReloadSignal is what a signal reload sends when no name is given.
 const DefaultReloadSignal = "SIGHUP"
 
-// SignalNames lists the names ParseSignal accepts, sorted.
-func SignalNames() []string {
+// signalNames lists the names ParseSignal accepts, sorted.
+func signalNames() []string {
 	names := make([]string, 0, len(signals))
 	for n := range signals {
 		names = append(names, n)
@@ -58,7 +58,7 @@ func ParseSignal(name string) (syscall.Signal, error) {
 	if s, ok := signals[n]; ok {
 		return s, nil
 	}
-	return 0, fmt.Errorf("%q is not a supported signal (%s)", name, strings.Join(SignalNames(), ", "))
+	return 0, fmt.Errorf("%q is not a supported signal (%s)", name, strings.Join(signalNames(), ", "))
 }
 
 // CheckMode is the rule for every file mode an Output writes: never

@@ -107,11 +107,11 @@ func dedupe(certs []*x509.Certificate) []*x509.Certificate {
 	return out
 }
 
-// ChainWithoutAnchors returns the SVID's chain, leaf first, stopping before
+// chainWithoutAnchors returns the SVID's chain, leaf first, stopping before
 // the first certificate that is a trust anchor of the SVID's trust domain
 // in bundles or is self-signed: the SPIFFE Filesystem Delivery draft says
 // the credential bundle MUST NOT carry the trust anchor.
-func ChainWithoutAnchors(s *x509svid.SVID, bundles x509bundle.Source) []*x509.Certificate {
+func chainWithoutAnchors(s *x509svid.SVID, bundles x509bundle.Source) []*x509.Certificate {
 	if s == nil || len(s.Certificates) == 0 {
 		return nil
 	}

@@ -55,7 +55,7 @@ func EncodeCredentialBundle(s *x509svid.SVID, bundles x509bundle.Source) ([]byte
 	if err != nil {
 		return nil, fmt.Errorf("encode credential bundle for %s: %w", s.ID, err)
 	}
-	return append(key, EncodeCertsPEM(ChainWithoutAnchors(s, bundles))...), nil
+	return append(key, EncodeCertsPEM(chainWithoutAnchors(s, bundles))...), nil
 }
 
 // BundleDirFileName is the file name of td's bundle inside a bundle_dir:
