@@ -5,13 +5,15 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/redistest"
 )
 
 // BenchmarkConfigSetReload: the "redis" reload action end to end (unix
 // socket admin connection, AUTH, CONFIG SET of the three TLS files).
 func BenchmarkConfigSetReload(b *testing.B) {
-	e, r := benchEnv(b, redisSpec{tls: true, password: true})
-	rl, err := NewConfigSetReloader(r.admin(e), e.files)
+	e, r := benchEnv(b, redistest.Spec{TLS: true, Password: true})
+	rl, err := NewConfigSetReloader(adminConfig(r, e), TLSFiles(e.Files))
 	require.NoError(b, err)
 	ctx := context.Background()
 	for b.Loop() {
@@ -21,8 +23,8 @@ func BenchmarkConfigSetReload(b *testing.B) {
 	}
 }
 
-func benchEnv(b *testing.B, spec redisSpec) (*env, *redisProc) {
+func benchEnv(b *testing.B, spec redistest.Spec) (*redistest.Env, *redistest.Proc) {
 	b.Helper()
-	e := newEnv(b)
-	return e, startRedis(b, e, spec)
+	e := redistest.NewEnv(b)
+	return e, redistest.Start(b, e, spec)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
@@ -126,13 +127,13 @@ func TestGeneratedConfigsNeverCertlessPasswordless(t *testing.T) {
 // same server with tls-auth-clients optional and no password (the pair
 // CheckCertlessAccess rejects) lets it in, which is what this guards.
 func TestGeneratedConfigsRefuseCertlessClient(t *testing.T) {
-	e := newEnv(t)
-	ctx := ctxT(t)
-	noCert := tlsconfig.TLSClientConfig(e.client, tlsconfig.AuthorizeID(serverID)) // verifies the server, presents nothing
+	e := redistest.NewEnv(t)
+	ctx := redistest.Context(t)
+	noCert := tlsconfig.TLSClientConfig(e.Client, tlsconfig.AuthorizeID(serverID)) // verifies the server, presents nothing
 	start := func(t *testing.T, conf string) string {
 		t.Helper()
-		dir := shortTempDir(t)
-		plain, tlsPort := freePort(t), freePort(t)
+		dir := redistest.ShortDir(t)
+		plain, tlsPort := redistest.FreePort(t), redistest.FreePort(t)
 		conf = strings.NewReplacer("\nport 6379\n", "\nport "+strconv.Itoa(plain)+"\n", "tls-port 6380", "tls-port "+strconv.Itoa(tlsPort)).Replace(conf)
 		path := dir + "/redis.conf"
 		require.NoError(t, os.WriteFile(path, []byte("bind 127.0.0.1\nsave \"\"\nappendonly no\ndir "+dir+"\n"+conf), 0o600))
@@ -140,7 +141,7 @@ func TestGeneratedConfigsRefuseCertlessClient(t *testing.T) {
 		addr := "127.0.0.1:" + strconv.Itoa(tlsPort)
 		var err error
 		require.Eventually(t, func() bool {
-			_, err = redisclient.PingTLS(ctx, addr, e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
+			_, err = redisclient.PingTLS(ctx, addr, e.Client, e.Client, tlsconfig.AuthorizeID(serverID), e.PasswordFile)
 			return err == nil
 		}, 20*time.Second, 50*time.Millisecond, "mTLS PING: %v", err)
 		return addr
@@ -152,7 +153,7 @@ func TestGeneratedConfigsRefuseCertlessClient(t *testing.T) {
 	}
 	for _, ph := range []Phase{PhaseB, PhaseC, PhaseD} {
 		t.Run(string(ph), func(t *testing.T) {
-			block, err := ServerConfig(ph, ServerConfigOptions{TLSFiles: e.files})
+			block, err := ServerConfig(ph, ServerConfigOptions{TLSFiles: TLSFiles(e.Files)})
 			require.NoError(t, err)
 			base := "requirepass " + testPassword + "\n"
 			addr := start(t, base+block)
@@ -167,7 +168,7 @@ func TestGeneratedConfigsRefuseCertlessClient(t *testing.T) {
 		})
 	}
 	t.Run("optional-without-password", func(t *testing.T) {
-		block, err := ServerConfig(PhaseD, ServerConfigOptions{TLSFiles: e.files})
+		block, err := ServerConfig(PhaseD, ServerConfigOptions{TLSFiles: TLSFiles(e.Files)})
 		require.NoError(t, err)
 		bad := block + "tls-auth-clients optional\n"
 		require.ErrorContains(t, CheckCertlessAccess(bad), "redis/redis#14638")
@@ -180,21 +181,21 @@ func TestGeneratedConfigsRefuseCertlessClient(t *testing.T) {
 // before the transition) restores yes instead: reopening the plaintext
 // port must not also open certificate-less TLS to a password-less user.
 func TestRollbackNeverRestoresOptionalWithoutPassword(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{tls: true, port0: true})
-	ctx := ctxT(t)
-	state := filepath.Join(shortTempDir(t), "state.json")
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Port0: true})
+	ctx := redistest.Context(t)
+	state := filepath.Join(redistest.ShortDir(t), "state.json")
 	require.NoError(t, updateState(state, func(s *State) error {
 		s.Phase = PhaseD
 		s.History = []Step{{From: PhaseC, To: PhaseD, At: time.Now().UTC(),
-			Previous:       map[string]string{"port": strconv.Itoa(r.port), "tls-auth-clients": "optional"},
+			Previous:       map[string]string{"port": strconv.Itoa(r.Port), "tls-auth-clients": "optional"},
 			PasswordWasSet: false}}
 		return nil
 	}))
-	admin, err := NewAdmin(AdminConfig{Addr: "unix://" + r.sock})
+	admin, err := NewAdmin(AdminConfig{Addr: "unix://" + r.Sock})
 	require.NoError(t, err)
 	defer func() { _ = admin.Close() }()
-	tr, err := NewTransition(admin, TransitionConfig{StateFile: state, PlainPort: r.port, TLSPort: r.tlsPort})
+	tr, err := NewTransition(admin, TransitionConfig{StateFile: state, PlainPort: r.Port, TLSPort: r.TLSPort})
 	require.NoError(t, err)
 	res, err := tr.Rollback(ctx, true)
 	require.NoError(t, err)
@@ -203,5 +204,5 @@ func TestRollbackNeverRestoresOptionalWithoutPassword(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "yes", v["tls-auth-clients"])
 	assert.Equal(t, "", v["requirepass"])
-	assert.Equal(t, strconv.Itoa(r.port), v["port"])
+	assert.Equal(t, strconv.Itoa(r.Port), v["port"])
 }

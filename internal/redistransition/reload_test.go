@@ -9,32 +9,33 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
 func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{tls: true, password: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Password: true})
+	ctx := redistest.Context(t)
 	authz := tlsconfig.AuthorizeID(serverID)
 	served := func() redisclient.TLSPeer {
 		t.Helper()
-		p, err := redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, authz, e.pwFile)
+		p, err := redisclient.PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, authz, e.PasswordFile)
 		require.NoError(t, err)
 		require.Equal(t, serverID.String(), p.SpiffeID)
 		return p
 	}
 	rotate := func(old string) string {
 		t.Helper()
-		require.NoError(t, e.srv.RotateSVIDs())
+		require.NoError(t, e.Srv.RotateSVIDs())
 		require.Eventually(t, func() bool {
-			s, err := e.server.GetX509SVID()
+			s, err := e.Server.GetX509SVID()
 			return err == nil && serial(s) != old
 		}, 20*time.Second, 20*time.Millisecond)
-		return serial(e.writeServerFiles(t))
+		return serial(e.WriteServerFiles(t))
 	}
 
-	first, _ := e.server.GetX509SVID()
+	first, _ := e.Server.GetX509SVID()
 	s0 := served().Serial
 	require.Equal(t, serial(first), s0)
 	s1 := rotate(s0)
@@ -42,7 +43,7 @@ func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
 	// it has no file watch and ignores signals.
 	assert.Equal(t, s0, served().Serial)
 
-	rl, err := NewConfigSetReloader(r.admin(e), e.files)
+	rl, err := NewConfigSetReloader(adminConfig(r, e), TLSFiles(e.Files))
 	require.NoError(t, err)
 	var _ interface {
 		Kind() string
@@ -54,35 +55,35 @@ func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
 
 	// The reloader that re-sets the server's own paths.
 	s2 := rotate(s1)
-	rl2, err := NewConfigSetReloader(r.admin(e), TLSFiles{})
+	rl2, err := NewConfigSetReloader(adminConfig(r, e), TLSFiles{})
 	require.NoError(t, err)
 	require.NoError(t, rl2.Reload(ctx))
 	assert.Equal(t, s2, served().Serial)
 
 	// Admin over TLS with the agent's SVID (rediss://), password from a file.
 	s3 := rotate(s2)
-	rl3, err := NewConfigSetReloader(AdminConfig{Addr: "rediss://" + r.tlsAddr(), PasswordFile: e.pwFile,
-		SVIDs: e.client, Bundles: e.client, ServerAuthorizer: authz}, e.files)
+	rl3, err := NewConfigSetReloader(AdminConfig{Addr: "rediss://" + r.TLSAddr(), PasswordFile: e.PasswordFile,
+		SVIDs: e.Client, Bundles: e.Client, ServerAuthorizer: authz}, TLSFiles(e.Files))
 	require.NoError(t, err)
 	require.NoError(t, rl3.Reload(ctx))
 	assert.Equal(t, s3, served().Serial)
-	require.Nil(t, r.cmd.ProcessState, "redis-server was not restarted")
+	require.Nil(t, r.Cmd.ProcessState, "redis-server was not restarted")
 
 	// A broken admin password file is one clear error naming it.
-	bad := r.admin(e)
-	bad.PasswordFile = e.dir + "/missing.pass"
-	rl4, err := NewConfigSetReloader(bad, e.files)
+	bad := adminConfig(r, e)
+	bad.PasswordFile = e.Dir + "/missing.pass"
+	rl4, err := NewConfigSetReloader(bad, TLSFiles(e.Files))
 	require.NoError(t, err)
 	err = rl4.Reload(ctx)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "missing.pass")
-	_, err = NewConfigSetReloader(r.admin(e), TLSFiles{CertFile: "/x"})
+	_, err = NewConfigSetReloader(adminConfig(r, e), TLSFiles{CertFile: "/x"})
 	require.ErrorContains(t, err, "all of cert_file, key_file, ca_file or none")
 }
 
-func NewAdminMust(t *testing.T, r *redisProc, e *env) *Admin {
+func NewAdminMust(t *testing.T, r *redistest.Proc, e *redistest.Env) *Admin {
 	t.Helper()
-	a, err := NewAdmin(r.admin(e))
+	a, err := NewAdmin(adminConfig(r, e))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
 	return a

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/metricstest"
-
+	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
@@ -42,19 +42,19 @@ func failedGates(err error) []string {
 }
 
 func TestTransitionWalkAToDAndBack(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{password: true, confFile: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{Password: true, ConfFile: true})
+	ctx := redistest.Context(t)
 	reg := prometheus.NewRegistry()
-	admin, err := NewAdmin(r.admin(e))
+	admin, err := NewAdmin(adminConfig(r, e))
 	require.NoError(t, err)
 	defer func() { _ = admin.Close() }()
-	state := e.dir + "/transition.json"
+	state := e.Dir + "/transition.json"
 	healthy := true
 	tr, err := NewTransition(admin, TransitionConfig{
-		StateFile: state, PlainPort: r.port, TLSPort: r.tlsPort, TLSFiles: e.files, PasswordFile: e.pwFile,
-		Window: 300 * time.Millisecond, TLSAddr: r.tlsAddr(),
-		SVIDs: e.client, Bundles: e.client, ServerAuthorizer: tlsconfig.AuthorizeID(serverID),
+		StateFile: state, PlainPort: r.Port, TLSPort: r.TLSPort, TLSFiles: TLSFiles(e.Files), PasswordFile: e.PasswordFile,
+		Window: 300 * time.Millisecond, TLSAddr: r.TLSAddr(),
+		SVIDs: e.Client, Bundles: e.Client, ServerAuthorizer: tlsconfig.AuthorizeID(serverID),
 		HealthChecks: []HealthCheck{{Name: "app", Check: func(context.Context) error {
 			if !healthy {
 				return errors.New("app not ready")
@@ -63,7 +63,7 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 		}}},
 	}, WithRegisterer(reg))
 	require.NoError(t, err)
-	sampler, err := NewSampler(admin, SamplerConfig{StateFile: state, PlainPort: r.port, TLSPort: r.tlsPort, Transition: tr}, WithRegisterer(reg))
+	sampler, err := NewSampler(admin, SamplerConfig{StateFile: state, PlainPort: r.Port, TLSPort: r.TLSPort, Transition: tr}, WithRegisterer(reg))
 	require.NoError(t, err)
 
 	// A: no TLS.
@@ -83,19 +83,19 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, PhaseB, res.To)
 	assert.True(t, res.Rewrote, "server runs from a config file: CONFIG REWRITE expected")
-	conf, err := os.ReadFile(r.conf)
+	conf, err := os.ReadFile(r.Conf)
 	require.NoError(t, err)
-	assert.Contains(t, string(conf), "tls-port "+strconv.Itoa(r.tlsPort))
-	_, err = redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), "")
+	assert.Contains(t, string(conf), "tls-port "+strconv.Itoa(r.TLSPort))
+	_, err = redisclient.PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID), "")
 	require.ErrorContains(t, err, "NOAUTH", "password still required in B, on TLS too")
 
 	// A dual_auth workload on TLS, and a legacy client on plaintext.
-	dual, err := redisclient.New(redisclient.ModeDualAuth, redisclient.WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)),
-		redisclient.WithPlaintext(r.plainAddr()), redisclient.WithPasswordFile(e.pwFile))
+	dual, err := redisclient.New(redisclient.ModeDualAuth, redisclient.WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID)),
+		redisclient.WithPlaintext(r.PlainAddr()), redisclient.WithPasswordFile(e.PasswordFile))
 	require.NoError(t, err)
 	defer func() { _ = dual.Close() }()
 	require.NoError(t, dual.Redis().Ping(ctx).Err())
-	legacy := redis.NewClient(&redis.Options{Addr: r.plainAddr(), Password: testPassword, PoolSize: 1})
+	legacy := redis.NewClient(&redis.Options{Addr: r.PlainAddr(), Password: testPassword, PoolSize: 1})
 	defer func() { _ = legacy.Close() }()
 	require.NoError(t, legacy.Ping(ctx).Err())
 
@@ -123,7 +123,7 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	_, err = tr.Advance(ctx, true)
 	require.Error(t, err)
 	assert.ElementsMatch(t, []string{GatePlaintextNow, GatePlaintextWindow}, failedGates(err))
-	assert.Contains(t, err.Error(), "gate plaintext-now: 1 connection(s) on plaintext port "+strconv.Itoa(r.port))
+	assert.Contains(t, err.Error(), "gate plaintext-now: 1 connection(s) on plaintext port "+strconv.Itoa(r.Port))
 	t.Logf("refusal: %v", err)
 	assert.Equal(t, 1.0, metricstest.Value(t, reg, "identity_agent_redis_connections", map[string]string{"port": "plaintext"}))
 	assert.Equal(t, 0.0, metricstest.Value(t, reg, "identity_agent_redis_transition_gate", map[string]string{"gate": GatePlaintextNow}))
@@ -149,19 +149,19 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	assert.Equal(t, "0", st.Server.Port)
 	assert.False(t, st.Server.PasswordSet)
 	assert.Empty(t, st.Next)
-	closed := redis.NewClient(&redis.Options{Addr: r.plainAddr(), Password: testPassword, MaxRetries: -1})
+	closed := redis.NewClient(&redis.Options{Addr: r.PlainAddr(), Password: testPassword, MaxRetries: -1})
 	require.Error(t, closed.Ping(ctx).Err(), "plaintext port must be closed in D")
 	require.NoError(t, closed.Close())
-	tlsOnly, err := redisclient.New(redisclient.ModeTLSOnly, redisclient.WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)))
+	tlsOnly, err := redisclient.New(redisclient.ModeTLSOnly, redisclient.WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID)))
 	require.NoError(t, err)
 	defer func() { _ = tlsOnly.Close() }()
 	require.NoError(t, tlsOnly.Redis().Ping(ctx).Err(), "tls_only without password works in D")
 	require.NoError(t, dual.Redis().Ping(ctx).Err(), "dual_auth keeps working in D")
-	_, err = redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
+	_, err = redisclient.PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID), e.PasswordFile)
 	require.NoError(t, err, "a new TLS connection that still sends the password (AUTH default <pw>) works in D")
 	_, err = tr.Advance(ctx, true)
 	require.ErrorContains(t, err, "already in phase D")
-	conf, err = os.ReadFile(r.conf)
+	conf, err = os.ReadFile(r.Conf)
 	require.NoError(t, err)
 	assert.Regexp(t, `(?m)^port 0$`, string(conf))
 	assert.NotContains(t, string(conf), testPassword)
@@ -176,10 +176,10 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 	assert.Less(t, took, time.Minute)
 	t.Logf("rollback D→C took %s", took)
 	assert.Equal(t, PhaseC, res.To)
-	plain := redis.NewClient(&redis.Options{Addr: r.plainAddr(), Password: testPassword, MaxRetries: -1})
+	plain := redis.NewClient(&redis.Options{Addr: r.PlainAddr(), Password: testPassword, MaxRetries: -1})
 	defer func() { _ = plain.Close() }()
 	require.NoError(t, plain.Ping(ctx).Err(), "plaintext back with the password")
-	noPW := redis.NewClient(&redis.Options{Addr: r.plainAddr(), MaxRetries: -1})
+	noPW := redis.NewClient(&redis.Options{Addr: r.PlainAddr(), MaxRetries: -1})
 	defer func() { _ = noPW.Close() }()
 	require.ErrorContains(t, noPW.Ping(ctx).Err(), "NOAUTH", "requirepass restored from the password file")
 	st, err = tr.Status(ctx, true)
@@ -210,15 +210,15 @@ func TestTransitionWalkAToDAndBack(t *testing.T) {
 }
 
 func TestSamplerWindowSurvivesRestartNotGaps(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{password: true, tls: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{Password: true, TLS: true})
+	ctx := redistest.Context(t)
 	admin := NewAdminMust(t, r, e)
-	state := e.dir + "/s.json"
+	state := e.Dir + "/s.json"
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	mk := func() *Sampler {
-		s, err := NewSampler(admin, SamplerConfig{StateFile: state, PlainPort: r.port, TLSPort: r.tlsPort, MaxGap: 10 * time.Minute}, withClock(clock))
+		s, err := NewSampler(admin, SamplerConfig{StateFile: state, PlainPort: r.Port, TLSPort: r.TLSPort, MaxGap: 10 * time.Minute}, withClock(clock))
 		require.NoError(t, err)
 		return s
 	}
@@ -243,7 +243,7 @@ func TestSamplerWindowSurvivesRestartNotGaps(t *testing.T) {
 	assert.Equal(t, now, st.Sample.PlaintextZeroSince)
 
 	// A plaintext client resets it.
-	p := redis.NewClient(&redis.Options{Addr: r.plainAddr(), Password: testPassword, PoolSize: 1})
+	p := redis.NewClient(&redis.Options{Addr: r.PlainAddr(), Password: testPassword, PoolSize: 1})
 	defer func() { _ = p.Close() }()
 	require.NoError(t, p.Ping(ctx).Err())
 	now = now.Add(time.Minute)
@@ -269,13 +269,13 @@ func TestSamplerWindowSurvivesRestartNotGaps(t *testing.T) {
 }
 
 func TestServerConfigStartsRedis(t *testing.T) {
-	e := newEnv(t)
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	ctx := redistest.Context(t)
 	for _, ph := range []Phase{PhaseB, PhaseD} {
 		t.Run(string(ph), func(t *testing.T) {
-			dir := shortTempDir(t)
-			plain, tlsPort := freePort(t), freePort(t)
-			block, err := ServerConfig(ph, ServerConfigOptions{PlainPort: plain, TLSPort: tlsPort, TLSFiles: e.files})
+			dir := redistest.ShortDir(t)
+			plain, tlsPort := redistest.FreePort(t), redistest.FreePort(t)
+			block, err := ServerConfig(ph, ServerConfigOptions{PlainPort: plain, TLSPort: tlsPort, TLSFiles: TLSFiles(e.Files)})
 			require.NoError(t, err)
 			assert.NotContains(t, block, testPassword)
 			base := "bind 127.0.0.1\nsave \"\"\nappendonly no\ndir " + dir + "\nrequirepass " + testPassword + "\n"
@@ -284,10 +284,10 @@ func TestServerConfigStartsRedis(t *testing.T) {
 			cmd := startRaw(t, conf)
 			_ = cmd
 			tlsAddr := "127.0.0.1:" + strconv.Itoa(tlsPort)
-			pw := e.pwFile
+			pw := e.PasswordFile
 			var err2 error
 			require.Eventually(t, func() bool {
-				_, err2 = redisclient.PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), pw)
+				_, err2 = redisclient.PingTLS(ctx, tlsAddr, e.Client, e.Client, tlsconfig.AuthorizeID(serverID), pw)
 				return err2 == nil
 			}, 20*time.Second, 50*time.Millisecond, "TLS PING on generated config: %v", err2)
 			pc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(plain), Password: testPassword, MaxRetries: -1})
@@ -297,7 +297,7 @@ func TestServerConfigStartsRedis(t *testing.T) {
 			} else {
 				require.Error(t, pc.Ping(ctx).Err())
 				// D clears requirepass: no password needed on TLS.
-				_, err := redisclient.PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), "")
+				_, err := redisclient.PingTLS(ctx, tlsAddr, e.Client, e.Client, tlsconfig.AuthorizeID(serverID), "")
 				require.NoError(t, err)
 			}
 		})
@@ -308,10 +308,10 @@ func TestServerConfigStartsRedis(t *testing.T) {
 	require.ErrorContains(t, err, `phase "E"`)
 }
 
-func startRaw(t *testing.T, conf string) *redisProc {
+func startRaw(t *testing.T, conf string) *redistest.Proc {
 	t.Helper()
-	r := &redisProc{conf: conf}
-	r.cmd = execRedis(t, conf)
+	r := &redistest.Proc{Conf: conf}
+	r.Cmd = redistest.Exec(t, conf)
 	return r
 }
 
@@ -330,18 +330,18 @@ func TestExampleConfigsMatchGenerator(t *testing.T) {
 // TestExampleConfigsStartRedis runs redis-server with examples/redis's
 // configs (paths and ports swapped for the test's) and PINGs over mTLS.
 func TestExampleConfigsStartRedis(t *testing.T) {
-	e := newEnv(t)
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	ctx := redistest.Context(t)
 	for _, ph := range []string{"B", "D"} {
 		t.Run(ph, func(t *testing.T) {
 			b, err := os.ReadFile("../../examples/redis/redis-phase-" + ph + ".conf")
 			require.NoError(t, err)
-			dir := shortTempDir(t)
-			plain, tlsPort := freePort(t), freePort(t)
+			dir := redistest.ShortDir(t)
+			plain, tlsPort := redistest.FreePort(t), redistest.FreePort(t)
 			conf := strings.NewReplacer(
-				"/etc/identity-agent/certs/redis/svid.pem", e.files.CertFile,
-				"/etc/identity-agent/certs/redis/key.pem", e.files.KeyFile,
-				"/etc/identity-agent/certs/redis/bundle.pem", e.files.CAFile,
+				"/etc/identity-agent/certs/redis/svid.pem", e.Files.CertFile,
+				"/etc/identity-agent/certs/redis/key.pem", e.Files.KeyFile,
+				"/etc/identity-agent/certs/redis/bundle.pem", e.Files.CAFile,
 				"/run/redis/redis.sock", dir+"/redis.sock",
 				"dir /var/lib/redis", "dir "+dir,
 				"bind 0.0.0.0", "bind 127.0.0.1",
@@ -351,15 +351,15 @@ func TestExampleConfigsStartRedis(t *testing.T) {
 			).Replace(string(b))
 			path := dir + "/redis.conf"
 			require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
-			execRedis(t, path)
+			redistest.Exec(t, path)
 			tlsAddr := "127.0.0.1:" + strconv.Itoa(tlsPort)
 			pw := ""
 			if ph == "B" {
-				pw = e.pwFile
+				pw = e.PasswordFile
 			}
 			var perr error
 			require.Eventually(t, func() bool {
-				_, perr = redisclient.PingTLS(ctx, tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID), pw)
+				_, perr = redisclient.PingTLS(ctx, tlsAddr, e.Client, e.Client, tlsconfig.AuthorizeID(serverID), pw)
 				return perr == nil
 			}, 20*time.Second, 50*time.Millisecond, "mTLS PING: %v", perr)
 			pc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(plain), Password: testPassword, MaxRetries: -1})
@@ -376,23 +376,23 @@ func TestExampleConfigsStartRedis(t *testing.T) {
 // TestAdvancePersistsAcrossRedisRestart: CONFIG REWRITE makes phase B
 // survive a redis-server restart from its config file.
 func TestAdvancePersistsAcrossRedisRestart(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{password: true, confFile: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{Password: true, ConfFile: true})
+	ctx := redistest.Context(t)
 	admin := NewAdminMust(t, r, e)
-	tr, err := NewTransition(admin, TransitionConfig{StateFile: e.dir + "/t.json", PlainPort: r.port, TLSPort: r.tlsPort,
-		TLSFiles: e.files, PasswordFile: e.pwFile})
+	tr, err := NewTransition(admin, TransitionConfig{StateFile: e.Dir + "/t.json", PlainPort: r.Port, TLSPort: r.TLSPort,
+		TLSFiles: TLSFiles(e.Files), PasswordFile: e.PasswordFile})
 	require.NoError(t, err)
 	res, err := tr.Advance(ctx, true)
 	require.NoError(t, err)
 	require.True(t, res.Rewrote)
 
-	require.NoError(t, r.cmd.Process.Kill())
-	_, _ = r.cmd.Process.Wait()
-	execRedis(t, r.conf)
+	require.NoError(t, r.Cmd.Process.Kill())
+	_, _ = r.Cmd.Process.Wait()
+	redistest.Exec(t, r.Conf)
 	var perr error
 	require.Eventually(t, func() bool {
-		_, perr = redisclient.PingTLS(ctx, r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID), e.pwFile)
+		_, perr = redisclient.PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID), e.PasswordFile)
 		return perr == nil
 	}, 20*time.Second, 50*time.Millisecond, "TLS after restart: %v", perr)
 	st, err := tr.Status(ctx, false)

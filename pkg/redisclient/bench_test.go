@@ -6,12 +6,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/stretchr/testify/require"
+
+	"github.com/identity-agent/identity-agent/internal/redistest"
 )
 
 // BenchmarkPingMTLSPooled: a PING through the tls_only client's pool.
 func BenchmarkPingMTLSPooled(b *testing.B) {
-	e, r := benchEnv(b, redisSpec{tls: true, port0: true})
-	c, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)))
+	e, r := benchEnv(b, redistest.Spec{TLS: true, Port0: true})
+	c, err := New(ModeTLSOnly, WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID)))
 	require.NoError(b, err)
 	defer func() { _ = c.Close() }()
 	ctx := context.Background()
@@ -25,11 +27,11 @@ func BenchmarkPingMTLSPooled(b *testing.B) {
 // BenchmarkNewMTLSConnection: dial + handshake + AUTH + PING, as a new pool
 // connection or the tls-ping gate does.
 func BenchmarkNewMTLSConnection(b *testing.B) {
-	e, r := benchEnv(b, redisSpec{tls: true, password: true})
+	e, r := benchEnv(b, redistest.Spec{TLS: true, Password: true})
 	ctx := context.Background()
 	authz := tlsconfig.AuthorizeID(serverID)
 	for b.Loop() {
-		if _, err := PingTLS(ctx, r.tlsAddr(), e.client, e.client, authz, e.pwFile); err != nil {
+		if _, err := PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, authz, e.PasswordFile); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -38,9 +40,9 @@ func BenchmarkNewMTLSConnection(b *testing.B) {
 // BenchmarkDualAuthFallbackDial: one new dual_auth connection while the TLS
 // port refuses connections (TLS attempt, then password on plaintext).
 func BenchmarkDualAuthFallbackDial(b *testing.B) {
-	e, r := benchEnv(b, redisSpec{password: true})
-	c, err := New(ModeDualAuth, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)),
-		WithPlaintext(r.plainAddr()), WithPasswordFile(e.pwFile), WithRetryTLSInterval(1)) // 1ns: try TLS on every dial
+	e, r := benchEnv(b, redistest.Spec{Password: true})
+	c, err := New(ModeDualAuth, WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID)),
+		WithPlaintext(r.PlainAddr()), WithPasswordFile(e.PasswordFile), WithRetryTLSInterval(1)) // 1ns: try TLS on every dial
 	require.NoError(b, err)
 	defer func() { _ = c.Close() }()
 	ctx := context.Background()
@@ -53,8 +55,8 @@ func BenchmarkDualAuthFallbackDial(b *testing.B) {
 	}
 }
 
-func benchEnv(b *testing.B, spec redisSpec) (*env, *redisProc) {
+func benchEnv(b *testing.B, spec redistest.Spec) (*redistest.Env, *redistest.Proc) {
 	b.Helper()
-	e := newEnv(b)
-	return e, startRedis(b, e, spec)
+	e := redistest.NewEnv(b)
+	return e, redistest.Start(b, e, spec)
 }

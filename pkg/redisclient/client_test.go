@@ -16,15 +16,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/metricstest"
+	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func TestMTLSPingAndRejections(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{tls: true, port0: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Port0: true})
+	ctx := redistest.Context(t)
 
-	c, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)))
+	c, err := New(ModeTLSOnly, WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID)))
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
 	require.NoError(t, c.Redis().Set(ctx, "k", "v", 0).Err())
@@ -34,12 +35,12 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	h, err := c.Health(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, PathTLS, h.Path)
-	assert.Equal(t, r.tlsAddr(), h.ServerAddr)
+	assert.Equal(t, r.TLSAddr(), h.ServerAddr)
 
 	// The server sees our SPIFFE client: a raw TLS dial with the same
 	// verifier but no client certificate must be refused by Redis.
-	noCert := tlsconfig.TLSClientConfig(e.client, tlsconfig.AuthorizeID(serverID))
-	conn, err := tls.Dial("tcp", r.tlsAddr(), noCert)
+	noCert := tlsconfig.TLSClientConfig(e.Client, tlsconfig.AuthorizeID(serverID))
+	conn, err := tls.Dial("tcp", r.TLSAddr(), noCert)
 	if err == nil {
 		_, err = roundTrip(ctx, conn, 5*time.Second, "PING")
 		_ = conn.Close()
@@ -51,7 +52,7 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	require.NoError(t, err)
 	fsvid, err := foreign.IssueX509SVID(spiffeid.RequireFromString("spiffe://evil.org/worker"), time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	require.NoError(t, err)
-	fc, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), fsvid, e.client, tlsconfig.AuthorizeID(serverID)), WithDialTimeout(3*time.Second),
+	fc, err := New(ModeTLSOnly, WithTLS(r.TLSAddr(), fsvid, e.Client, tlsconfig.AuthorizeID(serverID)), WithDialTimeout(3*time.Second),
 		WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }))
 	require.NoError(t, err)
 	defer func() { _ = fc.Close() }()
@@ -60,7 +61,7 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	t.Logf("foreign trust domain client: %v", err)
 
 	// The client refuses a server whose SPIFFE ID is not the expected one.
-	wc, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/not-redis"))),
+	wc, err := New(ModeTLSOnly, WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/not-redis"))),
 		WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }))
 	require.NoError(t, err)
 	defer func() { _ = wc.Close() }()
@@ -72,19 +73,19 @@ func TestMTLSPingAndRejections(t *testing.T) {
 	// Trust-domain authorization accepts the same server.
 	tdAuthz, err := ServerAuthorizer("", "example.org")
 	require.NoError(t, err)
-	tdc, err := New(ModeTLSOnly, WithTLS(r.tlsAddr(), e.client, e.client, tdAuthz))
+	tdc, err := New(ModeTLSOnly, WithTLS(r.TLSAddr(), e.Client, e.Client, tdAuthz))
 	require.NoError(t, err)
 	defer func() { _ = tdc.Close() }()
 	require.NoError(t, tdc.Redis().Ping(ctx).Err())
 }
 
 func TestDualAuthFallsBackAndReturns(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{tls: true, password: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Password: true})
+	ctx := redistest.Context(t)
 	reg := prometheus.NewRegistry()
-	c, err := New(ModeDualAuth, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(serverID)),
-		WithPlaintext(r.plainAddr()), WithPasswordFile(e.pwFile), WithRetryTLSInterval(200*time.Millisecond), WithName("worker"),
+	c, err := New(ModeDualAuth, WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(serverID)),
+		WithPlaintext(r.PlainAddr()), WithPasswordFile(e.PasswordFile), WithRetryTLSInterval(200*time.Millisecond), WithName("worker"),
 		WithRegisterer(reg))
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
@@ -96,9 +97,9 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	require.Zero(t, h.Fallbacks)
 
 	// TLS port down: close the listener and drop established TLS conns.
-	admin := adminRedis(t, r, testPassword)
+	admin := redistest.Admin(t, r, testPassword)
 	require.NoError(t, admin.ConfigSet(ctx, "tls-port", "0").Err())
-	require.NoError(t, admin.Do(ctx, "CLIENT", "KILL", "LADDR", r.tlsAddr()).Err())
+	require.NoError(t, admin.Do(ctx, "CLIENT", "KILL", "LADDR", r.TLSAddr()).Err())
 
 	require.Eventually(t, func() bool {
 		h, err := c.Health(ctx)
@@ -113,7 +114,7 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	assert.GreaterOrEqual(t, metricstest.Value(t, reg, "identity_agent_redis_client_fallbacks_total", map[string]string{"client": "worker"}), 1.0)
 
 	// TLS back: the prober notices, plaintext conns are retired.
-	require.NoError(t, admin.ConfigSet(ctx, "tls-port", strconv.Itoa(r.tlsPort)).Err())
+	require.NoError(t, admin.ConfigSet(ctx, "tls-port", strconv.Itoa(r.TLSPort)).Err())
 	require.Eventually(t, func() bool {
 		h, err := c.Health(ctx)
 		return err == nil && h.Path == PathTLS && h.TLSUp
@@ -134,7 +135,7 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 	assert.Equal(t, 1.0, metricstest.Value(t, reg, "identity_agent_redis_client_tls_up", map[string]string{"client": "worker"}))
 
 	// A wrong password is not a reason to fall back.
-	require.NoError(t, writeFileRename(e.pwFile, []byte("wrong\n")))
+	require.NoError(t, writeFileRename(e.PasswordFile, []byte("wrong\n")))
 	before := c.d.fallbackCount()
 	_, err = c.d.dial(ctx, "tcp", "")
 	require.Error(t, err)
@@ -143,10 +144,10 @@ func TestDualAuthFallsBackAndReturns(t *testing.T) {
 }
 
 func TestDisabledModeAndValidation(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{password: true})
-	ctx := ctxT(t)
-	c, err := New(ModeDisabled, WithPlaintext(r.plainAddr()), WithPasswordFile(e.pwFile), WithDB(2))
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{Password: true})
+	ctx := redistest.Context(t)
+	c, err := New(ModeDisabled, WithPlaintext(r.PlainAddr()), WithPasswordFile(e.PasswordFile), WithDB(2))
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
 	require.NoError(t, c.Redis().Set(ctx, "x", "y", 0).Err())
@@ -154,7 +155,7 @@ func TestDisabledModeAndValidation(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, PathPlaintext, h.Path)
 	// DB is selected on every connection: the key landed in db 2.
-	a := redis.NewClient(&redis.Options{Network: "unix", Addr: r.sock, Password: testPassword, DB: 2})
+	a := redis.NewClient(&redis.Options{Network: "unix", Addr: r.Sock, Password: testPassword, DB: 2})
 	defer func() { _ = a.Close() }()
 	v, err := a.Get(ctx, "x").Result()
 	require.NoError(t, err)
@@ -169,15 +170,15 @@ func TestDisabledModeAndValidation(t *testing.T) {
 		{"bogus", nil, "mode"},
 		{ModeDualAuth, []Option{WithPlaintext("127.0.0.1:1"), WithPasswordFile("x"), WithTLS("127.0.0.1:2", nil, nil, authz)}, "SVID source"},
 		{ModeDisabled, []Option{WithPlaintext("127.0.0.1:1")}, "password_file"},
-		{ModeTLSOnly, []Option{WithTLS("nope", e.client, e.client, authz)}, "tls_addr"},
+		{ModeTLSOnly, []Option{WithTLS("nope", e.Client, e.Client, authz)}, "tls_addr"},
 		{ModeTLSOnly, nil, "tls_addr"},
-		{ModeDualAuth, []Option{WithTLS("127.0.0.1:2", e.client, e.client, authz), WithPasswordFile("x")}, "plain_addr"},
+		{ModeDualAuth, []Option{WithTLS("127.0.0.1:2", e.Client, e.Client, authz), WithPasswordFile("x")}, "plain_addr"},
 	} {
 		_, err := New(tc.mode, tc.o...)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), tc.want)
 	}
-	_, err = New(ModeTLSOnly, WithTLS("127.0.0.1:1", e.client, e.client, nil))
+	_, err = New(ModeTLSOnly, WithTLS("127.0.0.1:1", e.Client, e.Client, nil))
 	require.ErrorContains(t, err, "server_id or server_trust_domain")
 }
 
@@ -196,9 +197,9 @@ func TestModeFromEnv(t *testing.T) {
 }
 
 func TestServerAuthorizerForms(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{tls: true, port0: true})
-	ctx := ctxT(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Port0: true})
+	ctx := redistest.Context(t)
 	for _, tc := range []struct {
 		id, td string
 		ok     bool
@@ -211,7 +212,7 @@ func TestServerAuthorizerForms(t *testing.T) {
 	} {
 		authz, err := ServerAuthorizer(tc.id, tc.td)
 		require.NoError(t, err)
-		_, err = PingTLS(ctx, r.tlsAddr(), e.client, e.client, authz, "")
+		_, err = PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, authz, "")
 		if tc.ok {
 			assert.NoError(t, err, "%+v", tc)
 		} else {
@@ -226,16 +227,16 @@ func TestServerAuthorizerForms(t *testing.T) {
 
 // countByPort counts the server's connections by laddr port, from the
 // server's own CLIENT LIST (the assertion client's unix socket is neither).
-func countByPort(ctx context.Context, admin *redis.Client, r *redisProc) (plain, tlsN int, err error) {
+func countByPort(ctx context.Context, admin *redis.Client, r *redistest.Proc) (plain, tlsN int, err error) {
 	list, err := admin.ClientList(ctx).Result()
 	if err != nil {
 		return 0, 0, err
 	}
 	for _, line := range strings.Split(list, "\n") {
 		switch portOf(parseClientLine(line)["laddr"]) {
-		case strconv.Itoa(r.port):
+		case strconv.Itoa(r.Port):
 			plain++
-		case strconv.Itoa(r.tlsPort):
+		case strconv.Itoa(r.TLSPort):
 			tlsN++
 		}
 	}

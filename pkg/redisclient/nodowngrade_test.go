@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/identity-agent/identity-agent/internal/metricstest"
+	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
@@ -126,13 +127,13 @@ type dualClient struct {
 	log *observer.ObservedLogs
 }
 
-func newDual(t *testing.T, e *env, tlsAddr, plainAddr string, o ...Option) *dualClient {
+func newDual(t *testing.T, e *redistest.Env, tlsAddr, plainAddr string, o ...Option) *dualClient {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	reg := prometheus.NewRegistry()
 	opts := append([]Option{
-		WithTLS(tlsAddr, e.client, e.client, tlsconfig.AuthorizeID(serverID)),
-		WithPlaintext(plainAddr), WithPasswordFile(e.pwFile), WithName("dual"),
+		WithTLS(tlsAddr, e.Client, e.Client, tlsconfig.AuthorizeID(serverID)),
+		WithPlaintext(plainAddr), WithPasswordFile(e.PasswordFile), WithName("dual"),
 		WithRegisterer(reg), WithLogger(zap.New(core)),
 		WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }),
 	}, o...)
@@ -152,7 +153,7 @@ func (d *dualClient) failures(t *testing.T, cause string) float64 {
 // the plaintext side.
 func assertRefused(t *testing.T, d *dualClient, s *sentinel, cause string) {
 	t.Helper()
-	ctx := ctxT(t)
+	ctx := redistest.Context(t)
 	for i := 0; i < 3; i++ { // again and again: no quiet fallback later either
 		err := d.c.Redis().Ping(ctx).Err()
 		require.Error(t, err)
@@ -180,31 +181,31 @@ func assertRefused(t *testing.T, d *dualClient, s *sentinel, cause string) {
 // chain, the wrong SPIFFE ID): dual_auth must not send the password to
 // the plaintext port.
 func TestDualAuthWrongServerIDDoesNotDowngrade(t *testing.T) {
-	e := newEnv(t)
-	_, certs, key, bundle := svidPEM(t, e.client) // spiffe://example.org/worker
-	for path, data := range map[string][]byte{e.files.CertFile: certs, e.files.KeyFile: key, e.files.CAFile: bundle} {
+	e := redistest.NewEnv(t)
+	_, certs, key, bundle := redistest.SVIDPEM(t, e.Client) // spiffe://example.org/worker
+	for path, data := range map[string][]byte{e.Files.CertFile: certs, e.Files.KeyFile: key, e.Files.CAFile: bundle} {
 		require.NoError(t, writeFileRename(path, data))
 	}
-	r := startRedis(t, e, redisSpec{tls: true, password: true})
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Password: true})
 	s := newSentinel(t)
-	d := newDual(t, e, r.tlsAddr(), s.addr())
+	d := newDual(t, e, r.TLSAddr(), s.addr())
 	assertRefused(t, d, s, CauseServerID)
-	err := d.c.Redis().Ping(ctxT(t)).Err()
+	err := d.c.Redis().Ping(redistest.Context(t)).Err()
 	assert.Contains(t, err.Error(), "spiffe://example.org/worker", "the error names the ID the server presented")
 
 	// The same server, authorized by that ID, works: the failure above was
 	// the authorization, nothing else.
-	ok, err := New(ModeDualAuth, WithTLS(r.tlsAddr(), e.client, e.client, tlsconfig.AuthorizeID(clientID)),
-		WithPlaintext(s.addr()), WithPasswordFile(e.pwFile))
+	ok, err := New(ModeDualAuth, WithTLS(r.TLSAddr(), e.Client, e.Client, tlsconfig.AuthorizeID(clientID)),
+		WithPlaintext(s.addr()), WithPasswordFile(e.PasswordFile))
 	require.NoError(t, err)
 	defer func() { _ = ok.Close() }()
-	require.NoError(t, ok.Redis().Ping(ctxT(t)).Err())
+	require.NoError(t, ok.Redis().Ping(redistest.Context(t)).Err())
 }
 
 // A listener on the TLS port presenting a chain from a foreign CA, even
 // one claiming the right SPIFFE ID.
 func TestDualAuthForeignChainDoesNotDowngrade(t *testing.T) {
-	e := newEnv(t)
+	e := redistest.NewEnv(t)
 	foreign, err := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("evil.org"))
 	require.NoError(t, err)
 	impostor, err := foreign.IssueX509SVID(serverID, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
@@ -232,8 +233,8 @@ func TestDualAuthForeignChainDoesNotDowngrade(t *testing.T) {
 // An unreachable TLS port still falls back: refused, reset right after
 // accept, and silent until the TLS dial timeout.
 func TestDualAuthUnreachableTLSFallsBack(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{password: true}) // phase A server: no TLS port at all
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{Password: true}) // phase A server: no TLS port at all
 
 	reset, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -246,13 +247,13 @@ func TestDualAuthUnreachableTLSFallsBack(t *testing.T) {
 	silentAddr := acceptLoop(t, silent, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 
 	for name, addr := range map[string]string{
-		"refused": "127.0.0.1:" + strconv.Itoa(freePort(t)),
+		"refused": "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t)),
 		"reset":   resetAddr,
 		"silent":  silentAddr,
 	} {
 		t.Run(name, func(t *testing.T) {
-			ctx := ctxT(t)
-			d := newDual(t, e, addr, r.plainAddr(), WithTLSDialTimeout(300*time.Millisecond))
+			ctx := redistest.Context(t)
+			d := newDual(t, e, addr, r.PlainAddr(), WithTLSDialTimeout(300*time.Millisecond))
 			require.NoError(t, d.c.Redis().Set(ctx, "k-"+name, "v", 0).Err())
 			h, err := d.c.Health(ctx)
 			require.NoError(t, err)
@@ -270,12 +271,12 @@ func TestDualAuthUnreachableTLSFallsBack(t *testing.T) {
 // TLS port down (fallback), then back with a chain that does not verify:
 // new connections stop falling back and report the failure instead.
 func TestDualAuthTLSBackWithBadChainStopsFallback(t *testing.T) {
-	e := newEnv(t)
-	r := startRedis(t, e, redisSpec{password: true})
-	ctx := ctxT(t)
-	port := freePort(t)
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{Password: true})
+	ctx := redistest.Context(t)
+	port := redistest.FreePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	d := newDual(t, e, addr, r.plainAddr(), WithRetryTLSInterval(100*time.Millisecond))
+	d := newDual(t, e, addr, r.PlainAddr(), WithRetryTLSInterval(100*time.Millisecond))
 	require.NoError(t, d.c.Redis().Ping(ctx).Err())
 	h, err := d.c.Health(ctx)
 	require.NoError(t, err)
