@@ -45,7 +45,7 @@ wait_for 20 "the health check stand-in never answered" curl -sf "http://127.0.0.
 
 step "the agent with examples/redis/agent.yaml (paths, ports, group replaced; window 24h → 5s, sampling 15s → 1s)"
 subst "$EX/redis/agent.yaml" "$T/agent.yaml" \
-  unix:///run/spire/agent/public/api.sock "unix://$API" \
+  unix:///run/spire/sockets/agent.sock "unix://$API" \
   /run/identity-agent/admin.sock "$T/admin.sock" \
   /etc/identity-agent/certs/redis "$CERTS" \
   "group: redis" "group: $(id -gn)" \
