@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
@@ -133,6 +135,16 @@ func convertOutput(cfg *config.Config, at string, o config.Output) (rotation.Out
 		if err == nil && r.Redis != nil {
 			field += ".redis"
 			err = checkRedisAdmin(*r.Redis)
+		}
+		// What the traefik package checks beyond the file's rules (an
+		// absolute file, a mode with nothing for other), which report
+		// those first.
+		if t := r.Traefik; err == nil && t != nil && filepath.IsAbs(t.File) && t.Mode&0o007 == 0 {
+			var oe *ownerError // reported once, at owner
+			if _, terr := newTraefikReloader(o, t, zap.NewNop()); terr != nil && !errors.As(terr, &oe) {
+				field += ".traefik"
+				err = errors.New(strings.TrimPrefix(terr.Error(), "traefik: "))
+			}
 		}
 		if err != nil {
 			errs = append(errs, cfg.At(field, err))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
 // head is line 1 of every rule's example file.
@@ -116,6 +117,10 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:9: outputs[0].reload[0].traefik.mode: 0644 lets every user read the inline private key; use 0600 or 0640`},
 		{"negative limit", head + "proxies:\n" + px("a", "127.0.0.1:1") + "    max_handshakes_per_source: -1\n",
 			`agent.yaml:8: proxies[0].max_handshakes_per_source: -1: must not be negative`},
+		{"traefik file extension", head + "outputs:\n" + out("traefik", "/etc/traefik/tls", "bundle_file: bundle.pem", "reload:", "  - traefik: {file: /etc/traefik/dynamic/spiffe.toml}"),
+			`agent.yaml:9: outputs[0].reload[0].traefik: dynamic file /etc/traefik/dynamic/spiffe.toml must end in .yml or .yaml (Traefik picks the format from the extension)`},
+		{"socket path too long", head + "admin:\n  socket: /run/" + strings.Repeat("x", 120) + "/admin.sock\n",
+			`agent.yaml:3: admin.socket: "/run/` + strings.Repeat("x", 120) + `/admin.sock" is 136 bytes; a unix socket path holds at most ` + strconv.Itoa(unixsock.MaxPathLen()) + ` here`},
 		{"proxy name twice", head + "proxies:\n" + px("a", "127.0.0.1:1") + px("a", "127.0.0.1:2"),
 			`agent.yaml:8: proxies[1].name: "a" is also the name of proxies[0]`},
 		{"redis transition without state file", head + "redis:\n  transition:\n    admin: {addr: \"unix:///run/redis/redis.sock\"}\n",
@@ -177,7 +182,8 @@ func TestPlanResolvesOwners(t *testing.T) {
 var lineRE = regexp.MustCompile("`(agent\\.yaml:\\d+: [^`]+)`")
 
 // Every example error line in docs/CONFIG.md is one a rule above really
-// produces (the symlink example's temporary paths aside).
+// produces (the symlink example, whose paths are temporary, and the
+// shortened socket path aside).
 func TestConfigDocExamplesAreReal(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "CONFIG.md"))
 	require.NoError(t, err)
@@ -197,7 +203,7 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	examples := lineRE.FindAllStringSubmatch(string(doc), -1)
 	require.NotEmpty(t, examples)
 	for _, m := range examples {
-		if strings.Contains(m[1], "/tmp/") || strings.Contains(m[1], "/srv/link") {
+		if strings.Contains(m[1], "/srv/link") || strings.Contains(m[1], "…") {
 			continue
 		}
 		assert.True(t, produced[m[1]], "docs/CONFIG.md shows %q, which no rule produces", m[1])

@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
@@ -13,7 +14,13 @@ import (
 // traefikReloader regenerates Traefik's dynamic file from the output's
 // files, which the rotation manager has written before reloads run.
 func (a *Agent) traefikReloader(o config.Output, t *config.TraefikReload) (rotation.Reloader, error) {
-	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(config.DefaultKeyMode)), traefik.WithLogger(a.log.Named("traefik"))}
+	return newTraefikReloader(o, t, a.log.Named("traefik"))
+}
+
+// newTraefikReloader builds the reloader; it touches nothing, so NewPlan
+// builds it too, for the checks only the traefik package knows.
+func newTraefikReloader(o config.Output, t *config.TraefikReload, log *zap.Logger) (*traefik.Reloader, error) {
+	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(config.DefaultKeyMode)), traefik.WithLogger(log)}
 	if t.TransportName != "" {
 		opts = append(opts, traefik.WithTransportName(t.TransportName))
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/identity-agent/identity-agent/internal/redistransition"
+	"github.com/identity-agent/identity-agent/internal/unixsock"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -125,6 +126,8 @@ func (c *Config) validate(v *validator) {
 		v.errorf(path("workload_api", "retry_max"), "%v", err)
 	}
 	checkAbs(v, path("admin", "socket"), strings.TrimPrefix(c.Admin.Socket, "unix://"))
+	checkSocketPath(v, path("admin", "socket"), c.Admin.Socket)
+	checkSocketPath(v, path("workload_api", "socket"), c.WorkloadAPI.Socket)
 	if c.Admin.MetricsListen != "" {
 		checkLoopbackAddr(v, path("admin", "metrics_listen"), c.Admin.MetricsListen)
 	}
@@ -183,6 +186,8 @@ func (c *Config) validate(v *validator) {
 			}
 		}
 		checkSelector(v, p(), px.SpiffeID, px.Hint)
+		checkSocketPath(v, p("listen"), px.Listen)
+		checkSocketPath(v, p("target"), px.Target)
 	}
 
 	if c.Redis != nil && c.Redis.Transition != nil {
@@ -233,6 +238,21 @@ func (c *Config) validate(v *validator) {
 func checkAbs(v *validator, field []any, p string) {
 	if p != "" && !filepath.IsAbs(p) {
 		v.errorf(field, "%q must be an absolute path", p)
+	}
+}
+
+// checkSocketPath refuses a unix socket path longer than the kernel takes;
+// addr may be "unix:///path", a bare absolute path, or not a socket at all.
+func checkSocketPath(v *validator, field []any, addr string) {
+	p, ok := strings.CutPrefix(addr, "unix://")
+	if !ok && !strings.HasPrefix(addr, "/") {
+		return
+	}
+	if !ok {
+		p = addr
+	}
+	if err := unixsock.CheckPath(p); err != nil {
+		v.errorf(field, "%v", err)
 	}
 }
 
