@@ -17,6 +17,9 @@ import (
 // resumed, so every peer is verified against the new allow list with a
 // full handshake.
 //
+// In HTTP mode each request (not connection) goes to the target in force
+// when it arrives.
+//
 // Name, Mode, Listen (empty keeps the current one) and HTTP cannot
 // change: a proxy on another address is a new proxy (start it, then
 // Shutdown this one to drain). An invalid cfg changes nothing and the

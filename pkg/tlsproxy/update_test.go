@@ -100,3 +100,17 @@ func TestUpdateRefusesWhatNeedsANewProxy(t *testing.T) {
 	base.Listen = srv.Addr().String()
 	require.NoError(t, srv.Update(base))
 }
+
+// TestUpdateHTTPTarget: in HTTP mode each request goes to the target in
+// force when it arrives, and pooled upstream connections to the old one
+// are dropped.
+func TestUpdateHTTPTarget(t *testing.T) {
+	e := newEnv(t)
+	first, second := httpBackend(t), httpBackend(t)
+	srv, cli := pair(t, e, first, func(s, _ *tlsproxy.Config) { s.HTTP, s.RewriteHost = true, true })
+	url := "http://" + cli.Addr().String() + "/x"
+	assert.Contains(t, get(t, httpClient(t), url, nil), "host="+first+"\n")
+	require.NoError(t, srv.Update(tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Target: second, HTTP: true, RewriteHost: true,
+		Allow: []string{clientID.String()}}))
+	assert.Contains(t, get(t, httpClient(t), url, nil), "host="+second+"\n")
+}
