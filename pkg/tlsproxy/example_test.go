@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -136,4 +137,36 @@ func ExampleNew() {
 	// Output:
 	// model says: hello
 	// ollama 1 6 18
+}
+
+// ExampleProxy_Update serves on a listener the caller made, then changes
+// the allow list and a limit in place; a new address is a new proxy. Static
+// go-spiffe values stand in for a Workload API.
+func ExampleProxy_Update() {
+	ca, _ := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	now := time.Now()
+	svid, _ := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/api"), now.Add(-time.Minute), now.Add(time.Hour))
+	bundles := x509bundle.NewSet(ca.X509Bundle())
+
+	ln, _ := net.Listen("tcp", "127.0.0.1:0") // from systemd, a test, your own rules
+	cfg := tlsproxy.Config{Name: "api", Mode: tlsproxy.ModeServer, Target: "127.0.0.1:8080",
+		Allow: []string{"spiffe://example.org/traefik"}}
+	p, err := tlsproxy.New(cfg, svid, bundles, tlsproxy.WithListener(ln))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	_ = p.Start(context.Background())
+	defer p.Close()
+
+	// Established connections keep their settings; new ones get these.
+	cfg.Allow = append(cfg.Allow, "spiffe://example.org/batch/*")
+	cfg.MaxConns = 10
+	fmt.Println(p.Update(cfg), p.Stats().MaxConns, p.Stats().Listen == ln.Addr().String())
+
+	cfg.Listen = "127.0.0.1:1"
+	fmt.Println(p.Update(cfg))
+	// Output:
+	// <nil> 10 true
+	// proxy "api": update: listen: 127.0.0.1:1: a new address needs a new proxy (start it, then Shutdown this one to drain)
 }
