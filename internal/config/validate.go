@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -29,9 +28,8 @@ const (
 	DefaultRetryMin      = rotation.DefaultRetryMin
 	DefaultRetryMax      = rotation.DefaultRetryMax
 	DefaultReloadSignal  = rotation.DefaultReloadSignal
-	// DefaultExecTimeout bounds an exec reload (rotation's own default).
-	DefaultExecTimeout   = 30 * time.Second
-	DefaultSystemdAction = "reload"
+	DefaultExecTimeout   = rotation.DefaultExecTimeout
+	DefaultSystemdAction = rotation.DefaultSystemdAction
 )
 
 func (c *Config) applyDefaults(getenv func(string) string) {

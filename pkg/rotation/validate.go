@@ -36,8 +36,15 @@ var signals = map[string]syscall.Signal{
 	"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT, "SIGWINCH": syscall.SIGWINCH,
 }
 
-// DefaultReloadSignal is what a signal reload sends when no name is given.
-const DefaultReloadSignal = "SIGHUP"
+// Defaults of the reloads, for callers that build them from a config.
+const (
+	// DefaultReloadSignal is what a signal reload sends when no name is given.
+	DefaultReloadSignal = "SIGHUP"
+	// DefaultExecTimeout bounds an exec reload (NewExecReloader's default).
+	DefaultExecTimeout = defaultExecTimeout
+	// DefaultSystemdAction is the systemctl verb of a systemd reload.
+	DefaultSystemdAction = "reload"
+)
 
 // signalNames lists the names ParseSignal accepts, sorted.
 func signalNames() []string {
