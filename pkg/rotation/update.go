@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -57,7 +60,10 @@ func (m *Manager) runners() []*outputRunner {
 }
 
 // newRunners validates outputs as one set together with keep (outputs
-// that stay) and builds their runners; it starts nothing.
+// that stay) and builds their runners; it starts nothing. Every check
+// comes before the first directory is created, and a directory that
+// cannot be created removes those this call made (parents included), so
+// a refused set leaves the file system as it found it.
 func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputRunner, error) {
 	names := map[string]bool{}
 	dirs := map[string]string{}
@@ -65,7 +71,7 @@ func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputR
 		names[r.out.Name] = true
 		dirs[r.out.Dir] = r.out.Name
 	}
-	var outs []*outputRunner
+	normalized := make([]Output, 0, len(outputs))
 	for i, o := range outputs {
 		n, err := o.normalize()
 		if err != nil {
@@ -81,13 +87,42 @@ func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputR
 			return nil, fmt.Errorf("rotation: output %q: dir %s is also used by output %q", n.Name, n.Dir, prev)
 		}
 		dirs[n.Dir] = n.Name
+		normalized = append(normalized, n)
+	}
+	var created []string // top-down per output
+	outs := make([]*outputRunner, 0, len(normalized))
+	for _, n := range normalized {
+		made := missingDirs(n.Dir)
 		w, err := svid.NewDirWriter(n.Dir, svid.WithOwner(n.Owner))
+		created = append(created, made...)
 		if err != nil {
+			// Deepest first; a directory something else filled meanwhile
+			// is not empty and stays.
+			for i := len(created) - 1; i >= 0; i-- {
+				_ = os.Remove(created[i])
+			}
 			return nil, fmt.Errorf("rotation: output %q: %w", n.Name, err)
 		}
 		outs = append(outs, newOutputRunner(m, n, w))
 	}
 	return outs, nil
+}
+
+// missingDirs lists dir and those of its parents that do not exist yet,
+// outermost first: what creating dir would create.
+func missingDirs(dir string) []string {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	slices.Reverse(missing)
+	return missing
 }
 
 // apply swaps the set; loops is nil before Start. The caller holds m.mu.

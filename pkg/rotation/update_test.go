@@ -146,3 +146,30 @@ func TestApplyIsAllOrNothing(t *testing.T) {
 	require.NoError(t, e.srv.RotateSVIDs())
 	waitSerial(t, filepath.Join(dir, "b", "svid.pem"), currentSerial(e, ""))
 }
+
+// TestApplyCreatesNothingWhenRefused: an added output whose directory
+// cannot be created (its parent is a file) refuses the whole change, and
+// the directories of the outputs added with it, parents included, are not
+// left behind.
+func TestApplyCreatesNothingWhenRefused(t *testing.T) {
+	e := newEnv(t, svidtest.Config{}, true)
+	dir := t.TempDir()
+	a := Output{Name: "a", Dir: filepath.Join(dir, "a"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	m := newTestManager(t, e, []Output{a})
+	runManager(t, m)
+	waitSerial(t, filepath.Join(dir, "a", "svid.pem"), currentSerial(e, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
+	fresh := Output{Name: "fresh", Dir: filepath.Join(dir, "new", "fresh"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	bad := Output{Name: "bad", Dir: filepath.Join(dir, "file", "bad"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	err := m.Apply(ctx, Change{Add: []Output{fresh, bad}})
+	require.ErrorContains(t, err, `output "bad"`)
+	require.NoDirExists(t, filepath.Join(dir, "new"), "a refused change must not leave the directories it created")
+	var names []string
+	for _, o := range m.Snapshot().Outputs {
+		names = append(names, o.Name)
+	}
+	require.Equal(t, []string{"a"}, names)
+}
