@@ -252,12 +252,12 @@ func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error
 	}
 	for _, p := range pc.start {
 		if err := p.Start(ctx); err != nil {
-			a.closeAll(pc.start)
+			a.closeAll(pc.built())
 			return nil, next.At(pc.field[p], fmt.Errorf("listen: %w", err))
 		}
 	}
 	if err := a.manager.Apply(ctx, change); err != nil {
-		a.closeAll(pc.start)
+		a.closeAll(pc.built())
 		return nil, fmt.Errorf("%s: outputs: %w", next.Path, err)
 	}
 	for _, u := range pc.update {
@@ -286,6 +286,11 @@ func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error
 	for _, d := range pc.drain {
 		a.drainInBackground(d)
 	}
+	for _, h := range pc.handover {
+		if err := a.takeOver(ctx, h); err != nil {
+			a.log.Error("proxy restart on its own address failed; it is not listening", zap.String("proxy", h.next.Name()), zap.Error(err))
+		}
+	}
 	if a.opts.LogLevel != nil && cur.Log.Level != next.Log.Level {
 		if lvl, err := zapcore.ParseLevel(next.Log.Level); err == nil {
 			a.opts.LogLevel.SetLevel(lvl)
@@ -302,6 +307,12 @@ type draining struct {
 	timeout time.Duration
 }
 
+// handover is a proxy restarted on the address its predecessor holds: the
+// new one can only listen once the old one has stopped accepting.
+type handover struct {
+	prev, next *tlsproxy.Proxy
+}
+
 type proxyUpdate struct {
 	proxy *tlsproxy.Proxy
 	cfg   tlsproxy.Config
@@ -311,13 +322,14 @@ type proxyUpdate struct {
 // update those that keep their listener, drain the ones going away, and
 // the list that runs afterwards.
 type proxyChange struct {
-	start   []*tlsproxy.Proxy
-	drain   []draining
-	update  []proxyUpdate
-	running []*tlsproxy.Proxy
-	field   map[*tlsproxy.Proxy]string
-	metrics map[*tlsproxy.Proxy]*proxyMetrics
-	changes []string
+	start    []*tlsproxy.Proxy
+	handover []handover
+	drain    []draining
+	update   []proxyUpdate
+	running  []*tlsproxy.Proxy
+	field    map[*tlsproxy.Proxy]string
+	metrics  map[*tlsproxy.Proxy]*proxyMetrics
+	changes  []string
 }
 
 // planProxies builds (without starting) every proxy the change needs. A
@@ -363,8 +375,14 @@ func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
 		}
 		pc.metrics[q] = pm
 		pc.field[q] = fmt.Sprintf("proxies[%d].listen", i)
-		pc.start = append(pc.start, q)
 		pc.running = append(pc.running, q)
+		if had && op.Listen == np.Listen {
+			// The address is the old proxy's until it drains: binding it
+			// now would refuse every such change as "address in use".
+			pc.handover = append(pc.handover, handover{prev: p, next: q})
+		} else {
+			pc.start = append(pc.start, q)
+		}
 		if had {
 			pc.drain = append(pc.drain, draining{p, op.DrainTimeout.D(tlsproxy.DefaultDrainTimeout)})
 			pc.changes = append(pc.changes, "proxy "+np.Name+": restarted on "+np.Listen)
@@ -399,6 +417,45 @@ func (a *Agent) newProxy(pc config.Proxy) (*tlsproxy.Proxy, *proxyMetrics, error
 	pm := newProxyMetrics(a.registry, true)
 	p, err := NewProxy(pc, a.source, tlsproxy.WithLogger(a.log.Named("proxy")), tlsproxy.WithRegisterer(pm))
 	return p, pm, err
+}
+
+// takeOver starts h.next once h.prev (already draining in the background)
+// has closed its listener. The address is unserved only between the two,
+// for that proxy alone; established connections drain on the old one.
+func (a *Agent) takeOver(ctx context.Context, h handover) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := h.prev.Stats()
+		if st.Draining || !st.Running {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("proxy %s: the previous proxy did not stop accepting", h.prev.Name())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for {
+		err := h.next.Start(ctx)
+		if err == nil {
+			return nil
+		}
+		// Only a stranger binding the port in between fails here; give
+		// it the time a closing socket can take.
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// built are the proxies the change made: those it started and
+// those still waiting for a handover.
+func (pc proxyChange) built() []*tlsproxy.Proxy {
+	ps := slices.Clone(pc.start)
+	for _, h := range pc.handover {
+		ps = append(ps, h.next)
+	}
+	return ps
 }
 
 func (a *Agent) closeAll(ps []*tlsproxy.Proxy) {

@@ -89,3 +89,39 @@ func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
 	require.NotNil(t, r.Config.LastFailedReload)
 	require.Empty(t, r.Config.LastReload.Error)
 }
+
+// TestReloadRestartsAProxyOnItsOwnAddress: a change that tlsproxy.Update
+// cannot make in place (here the SVID hint) but that keeps the listen
+// address is applied: the new proxy takes over the address the old one
+// held, rather than the reload being refused as "address in use".
+func TestReloadRestartsAProxyOnItsOwnAddress(t *testing.T) {
+	addr := freeAddr(t)
+	cfg, dir := setup(t, addr)
+	path := filepath.Join(dir, "agent.yaml")
+	orig, err := os.ReadFile(path)
+	require.NoError(t, err)
+	ready := make(chan struct{})
+	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	<-ready
+
+	edited := strings.Replace(string(orig), "drain_timeout: 2s}", "drain_timeout: 2s, hint: other}", 1)
+	require.NotEqual(t, string(orig), edited)
+	require.NoError(t, os.WriteFile(path, []byte(edited), 0o600))
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	res := a.Reload(rctx, path)
+	require.NoError(t, res.Err)
+	require.Equal(t, []string{"proxy p: restarted on " + addr}, res.Changes)
+	require.True(t, listening(addr))
+	r := a.Report()
+	require.Len(t, r.Proxies, 1)
+	require.Equal(t, addr, r.Proxies[0].Listen)
+}
