@@ -1,8 +1,12 @@
 // Package config holds identity-agent's YAML configuration: its types,
 // defaults, strict decoding (an unknown key is an error with its line) and
-// validation. Every error it returns is one line of the form
-// "FILE:LINE: field: problem", so that an operator can jump to it.
+// the file's own rules (its shape, absolute paths, names, references
+// between sections). Every problem is a Problem, one line of the form
+// "FILE:LINE: field: problem", all of them reported at once, so that an
+// operator can jump to each.
 //
-// It does no I/O beyond reading the file: names of users and groups, pid
-// files and sockets are checked by whoever uses them.
+// The settings a package consumes are checked by that package's Validate;
+// agent.NewPlan converts the config, calls them and maps their FieldErrors
+// back to lines with Config.At. The defaults are the packages' own
+// constants. This package does no I/O beyond reading the file.
 package config
