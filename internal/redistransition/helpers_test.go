@@ -8,11 +8,7 @@ import (
 
 // The shared Redis test environment (internal/redistest) under the names
 // these tests use.
-var (
-	td       = redistest.TrustDomain
-	serverID = redistest.ServerID
-	clientID = redistest.ClientID
-)
+var serverID = redistest.ServerID
 
 const testPassword = redistest.Password
 

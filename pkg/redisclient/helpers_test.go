@@ -9,7 +9,6 @@ import (
 // The shared Redis test environment (internal/redistest) under the names
 // these tests use.
 var (
-	td       = redistest.TrustDomain
 	serverID = redistest.ServerID
 	clientID = redistest.ClientID
 )
