@@ -64,29 +64,41 @@ func TestRunStopsEverythingWhenAProxyCannotListen(t *testing.T) {
 	assert.ErrorIs(t, err, os.ErrNotExist, "the admin socket is removed on the way out")
 }
 
-func TestRunServesUntilCancelled(t *testing.T) {
-	cfg, dir := setup(t, "127.0.0.1:0")
+// startAgent runs an agent on cfg until the test ends and returns once it
+// is ready; the cleanup cancels it and requires Run to return nil, in time.
+func startAgent(t *testing.T, cfg *config.Config) *agent.Agent {
+	t.Helper()
 	ready := make(chan struct{})
 	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
 	select {
 	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run returned before ready: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("never ready")
 	}
-	_, err = os.Stat(filepath.Join(dir, "out", "key.pem"))
+	return a
+}
+
+func TestRunServesUntilCancelled(t *testing.T) {
+	cfg, dir := setup(t, "127.0.0.1:0")
+	a := startAgent(t, cfg)
+	_, err := os.Stat(filepath.Join(dir, "out", "key.pem"))
 	require.NoError(t, err, "READY means the files are on disk")
 	r := a.Report()
 	require.Len(t, r.Proxies, 1)
 	assert.Equal(t, "p", r.Proxies[0].Name)
-	cancel()
-	select {
-	case err := <-done:
-		assert.NoError(t, err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
 }

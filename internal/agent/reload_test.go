@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
 )
 
@@ -42,17 +41,7 @@ func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
 	path := filepath.Join(dir, "agent.yaml")
 	orig, err := os.ReadFile(path)
 	require.NoError(t, err)
-	ready := make(chan struct{})
-	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
-	<-ready
+	a := startAgent(t, cfg)
 	require.True(t, listening(first))
 
 	// The new address is taken: nothing changes.
@@ -100,17 +89,7 @@ func TestReloadRestartsAProxyOnItsOwnAddress(t *testing.T) {
 	path := filepath.Join(dir, "agent.yaml")
 	orig, err := os.ReadFile(path)
 	require.NoError(t, err)
-	ready := make(chan struct{})
-	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
-	<-ready
+	a := startAgent(t, cfg)
 
 	edited := strings.Replace(string(orig), "drain_timeout: 2s}", "drain_timeout: 2s, hint: other}", 1)
 	require.NotEqual(t, string(orig), edited)
