@@ -155,9 +155,14 @@ func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []stri
 		for _, n := range p.HandshakeFailures {
 			handshakeFailures += n
 		}
-		fmt.Fprintf(w, "proxy   %s %s %s -> %s connections_open=%d connections_total=%d connections_refused=%d bytes_to_target=%d bytes_from_target=%d handshake_failures=%d\n",
+		var shed uint64
+		for _, n := range p.HandshakesShed {
+			shed += n
+		}
+		fmt.Fprintf(w, "proxy   %s %s %s -> %s connections_open=%d connections_total=%d connections_refused=%d bytes_to_target=%d bytes_from_target=%d handshake_failures=%d handshaking=%d/%d authenticated=%d/%d handshakes_shed=%d\n",
 			p.Name, p.Mode, p.Listen, p.Target, p.ConnectionsOpen, p.ConnectionsTotal, p.ConnectionsRefused,
-			p.BytesToTarget, p.BytesFromTarget, handshakeFailures)
+			p.BytesToTarget, p.BytesFromTarget, handshakeFailures,
+			p.ConnectionsHandshaking, p.MaxHandshakes, p.ConnectionsAuthenticated, p.MaxConns, shed)
 	}
 	if rd := r.Redis; rd != nil {
 		sm := rd.Sample
