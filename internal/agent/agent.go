@@ -58,6 +58,10 @@ type Agent struct {
 	// reload removed, draining in the background.
 	reloadCh chan reloadRequest
 	drains   sync.WaitGroup
+	// stopped is closed once Run no longer serves reloads, so Reload
+	// refuses at once instead of waiting for a loop that is gone.
+	stopped  chan struct{}
+	stopOnce sync.Once
 
 	// sampler watches the Redis plaintext port during a transition.
 	sampler    *redistransition.Sampler
@@ -70,7 +74,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		opts.Logger = zap.NewNop()
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry(),
-		reloadCh: make(chan reloadRequest), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
+		reloadCh: make(chan reloadRequest), stopped: make(chan struct{}), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
 		configState: admin.ConfigState{Path: cfg.Path, Hash: opts.ConfigHash}}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)
@@ -172,6 +176,7 @@ func (a *Agent) registerSourceMetrics() {
 // through the same shutdown: proxies drain under one deadline, then the
 // rotation loop and the Redis sampler stop and are waited for.
 func (a *Agent) Run(parent context.Context) (err error) {
+	defer a.refuseReloads()
 	a.started = time.Now()
 	a.mu.Lock()
 	a.configState.AppliedAt = a.started
@@ -235,12 +240,25 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	for {
 		select {
 		case <-ctx.Done():
+			a.refuseReloads()
 			return nil
 		case req := <-a.reloadCh:
+			if ctx.Err() != nil {
+				// Both were ready and select picked the reload: shutdown
+				// wins, nothing is half applied on the way out.
+				a.refuseReloads()
+				req.done <- ReloadResult{Err: fmt.Errorf("reload %s: %w", req.path, errStopped)}
+				return nil
+			}
 			req.done <- a.reload(ctx, req.path)
 		}
 	}
 }
+
+var errStopped = errors.New("agent stopped")
+
+// refuseReloads makes every Reload from now on return errStopped.
+func (a *Agent) refuseReloads() { a.stopOnce.Do(func() { close(a.stopped) }) }
 
 // shutdown drains the proxies, then stops and waits for the background
 // work. The proxies share one drain deadline, so several of them take no

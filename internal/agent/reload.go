@@ -44,11 +44,14 @@ type reloadRequest struct {
 // nothing: an invalid file, or one that changes a setting only a restart
 // can apply, changes nothing and the running configuration carries on.
 // Reload waits until Run has started everything (it is queued until then)
-// and returns once the change is applied or refused.
+// and returns once the change is applied or refused; once Run is stopping
+// or has returned, it refuses at once.
 func (a *Agent) Reload(ctx context.Context, path string) ReloadResult {
 	req := reloadRequest{path: path, done: make(chan ReloadResult, 1)}
 	select {
 	case a.reloadCh <- req:
+	case <-a.stopped:
+		return ReloadResult{Err: fmt.Errorf("reload %s: %w", path, errStopped)}
 	case <-ctx.Done():
 		return ReloadResult{Err: fmt.Errorf("reload %s: %w", path, ctx.Err())}
 	}

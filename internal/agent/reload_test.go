@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
 )
 
@@ -103,4 +104,27 @@ func TestReloadRestartsAProxyOnItsOwnAddress(t *testing.T) {
 	r := a.Report()
 	require.Len(t, r.Proxies, 1)
 	require.Equal(t, addr, r.Proxies[0].Listen)
+}
+
+// TestReloadAfterRunReturnsAtOnce: a reload asked of an agent that has
+// stopped (a SIGHUP racing SIGTERM) is refused at once, not left waiting
+// for a Run loop that will never read it.
+func TestReloadAfterRunReturnsAtOnce(t *testing.T) {
+	cfg, dir := setup(t, "127.0.0.1:0")
+	ready := make(chan struct{})
+	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	<-ready
+	cancel()
+	require.NoError(t, <-done)
+
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	start := time.Now()
+	res := a.Reload(rctx, filepath.Join(dir, "agent.yaml"))
+	require.ErrorContains(t, res.Err, "agent stopped")
+	require.NoError(t, rctx.Err(), "Reload returned only when its context ended (after %s)", time.Since(start))
 }
