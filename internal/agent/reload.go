@@ -350,6 +350,21 @@ func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
 	for _, p := range cur.Proxies {
 		curCfg[p.Name] = p
 	}
+	// leaving holds, by listen address, the running proxies this change
+	// replaces or removes: a new proxy on one of those addresses takes it
+	// over as the old one drains (a restart on the same address, a
+	// rename), since binding it beside the old one would fail.
+	nextCfg := map[string]config.Proxy{}
+	for _, np := range next.Proxies {
+		nextCfg[np.Name] = np
+	}
+	leaving := map[string]*tlsproxy.Proxy{}
+	for _, op := range cur.Proxies {
+		np, stays := nextCfg[op.Name]
+		if !stays || (!reflect.DeepEqual(op, np) && !inPlace(op, np)) {
+			leaving[op.Listen] = running[op.Name]
+		}
+	}
 	seen := map[string]bool{}
 	var errs []error
 	for i, np := range next.Proxies {
@@ -379,10 +394,8 @@ func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
 		pc.metrics[q] = pm
 		pc.field[q] = fmt.Sprintf("proxies[%d].listen", i)
 		pc.running = append(pc.running, q)
-		if had && op.Listen == np.Listen {
-			// The address is the old proxy's until it drains: binding it
-			// now would refuse every such change as "address in use".
-			pc.handover = append(pc.handover, handover{prev: p, next: q})
+		if prev := leaving[np.Listen]; prev != nil {
+			pc.handover = append(pc.handover, handover{prev: prev, next: q})
 		} else {
 			pc.start = append(pc.start, q)
 		}

@@ -128,3 +128,29 @@ func TestReloadAfterRunReturnsAtOnce(t *testing.T) {
 	require.ErrorContains(t, res.Err, "agent stopped")
 	require.NoError(t, rctx.Err(), "Reload returned only when its context ended (after %s)", time.Since(start))
 }
+
+// TestReloadRenamesAProxyOnItsAddress: a proxy renamed (or any proxy that
+// takes over the address of one the reload removes) gets the address as
+// the old one drains; the reload is not refused as "address in use".
+func TestReloadRenamesAProxyOnItsAddress(t *testing.T) {
+	addr := freeAddr(t)
+	cfg, dir := setup(t, addr)
+	path := filepath.Join(dir, "agent.yaml")
+	orig, err := os.ReadFile(path)
+	require.NoError(t, err)
+	a := startAgent(t, cfg)
+
+	edited := strings.Replace(string(orig), "{name: p, ", "{name: q, ", 1)
+	require.NotEqual(t, string(orig), edited)
+	require.NoError(t, os.WriteFile(path, []byte(edited), 0o600))
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	res := a.Reload(rctx, path)
+	require.NoError(t, res.Err)
+	require.ElementsMatch(t, []string{"proxy q: added", "proxy p: removed (draining)"}, res.Changes)
+	require.True(t, listening(addr))
+	r := a.Report()
+	require.Len(t, r.Proxies, 1)
+	require.Equal(t, "q", r.Proxies[0].Name)
+	require.True(t, r.Proxies[0].Running)
+}
