@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -37,7 +38,8 @@ How it asks: with --pid, SIGHUP to that process (the systemd unit's
 ExecReload uses this); else through the service manager when it runs the
 agent ('systemctl reload identity-agent', or on macOS, where launchd has no
 reload verb, 'launchctl kill SIGHUP system/io.identity-agent'); else SIGHUP
-to the pid the agent reports on its admin socket.
+to the pid the agent reports on its admin socket, once the kernel confirms
+that this process is the one serving the socket.
 
 Exit codes: 0 applied, 2 refused (the file's problems are printed, the
 running configuration is unchanged), 1 the agent could not be asked or did
@@ -54,7 +56,7 @@ not answer in time.`,
 			if err != nil {
 				return withCode(exitFailure, err)
 			}
-			how, err := askReload(ctx, pid, before.PID)
+			how, err := askReload(ctx, pid, before.PID, target)
 			if err != nil {
 				return withCode(exitFailure, err)
 			}
@@ -82,7 +84,7 @@ func reloadTarget(addr, cfgPath string) (string, error) {
 }
 
 // askReload delivers the request and says how.
-func askReload(ctx context.Context, pid, reported int) (string, error) {
+func askReload(ctx context.Context, pid, reported int, target string) (string, error) {
 	if pid > 0 {
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 			return "", fmt.Errorf("SIGHUP to pid %d: %w", pid, err)
@@ -99,10 +101,34 @@ func askReload(ctx context.Context, pid, reported int) (string, error) {
 	if reported <= 0 {
 		return "", errors.New("the agent does not report its pid; pass --pid")
 	}
+	// The pid is what the socket says; a SIGHUP kills most programs, so
+	// only the process the kernel knows serves the socket is signalled.
+	served, err := adminServerPID(ctx, target)
+	if err != nil {
+		return "", fmt.Errorf("admin socket %s: cannot tell which process serves it (%w); not signalling, pass --pid", target, err)
+	}
+	if served != reported {
+		return "", fmt.Errorf("admin socket %s reports pid %d but is served by pid %d; not signalling, pass --pid", target, reported, served)
+	}
 	if err := syscall.Kill(reported, syscall.SIGHUP); err != nil {
 		return "", fmt.Errorf("SIGHUP to the agent's pid %d: %w", reported, err)
 	}
 	return fmt.Sprintf("SIGHUP to pid %d (from the admin socket)", reported), nil
+}
+
+// adminServerPID is the pid of the process listening on the admin socket.
+func adminServerPID(ctx context.Context, target string) (int, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", strings.TrimPrefix(target, "unix://"))
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = c.Close() }()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	return peerPID(raw)
 }
 
 // managerReload is the service manager's way to reload the agent when the
