@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -153,4 +154,38 @@ func TestReloadRenamesAProxyOnItsAddress(t *testing.T) {
 	require.Len(t, r.Proxies, 1)
 	require.Equal(t, "q", r.Proxies[0].Name)
 	require.True(t, r.Proxies[0].Running)
+}
+
+// TestReloadRefusesAnOutputItCannotCreate: a reload that adds an output
+// whose directory cannot be created (its parent is a file), together with
+// a new proxy and another new output, is refused as a whole: the proxy
+// does not stay listening, the other output's directory is not left
+// behind, and the running configuration carries on.
+func TestReloadRefusesAnOutputItCannotCreate(t *testing.T) {
+	addr := freeAddr(t)
+	cfg, dir := setup(t, addr)
+	path := filepath.Join(dir, "agent.yaml")
+	orig, err := os.ReadFile(path)
+	require.NoError(t, err)
+	a := startAgent(t, cfg)
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
+	added := freeAddr(t)
+	edited := strings.Replace(string(orig), "proxies:\n", fmt.Sprintf(
+		"  - {name: fresh, dir: \"%s/new/fresh\", cert_file: svid.pem, key_file: key.pem}\n"+
+			"  - {name: bad, dir: \"%s/file/bad\", cert_file: svid.pem, key_file: key.pem}\n"+
+			"proxies:\n"+
+			"  - {name: extra, mode: server, listen: \"%s\", target: \"127.0.0.1:1\", allow: [spiffe://example.org/client]}\n",
+		dir, dir, added), 1)
+	require.NoError(t, os.WriteFile(path, []byte(edited), 0o600))
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	res := a.Reload(rctx, path)
+	require.ErrorContains(t, res.Err, `output "bad"`)
+	require.False(t, listening(added), "the refused reload's proxy must not stay listening")
+	require.NoDirExists(t, filepath.Join(dir, "new"))
+	r := a.Report()
+	require.Len(t, r.Proxies, 1)
+	require.Len(t, r.State.Outputs, 1)
+	require.True(t, listening(addr))
 }
