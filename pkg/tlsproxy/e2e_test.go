@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
@@ -213,7 +214,13 @@ func TestIndependentPeersAndRejections(t *testing.T) {
 			require.Eventually(t, func() bool {
 				return srv.metric(t, "identity_agent_proxy_handshake_failures_total", map[string]string{"cause": string(tc.cause)}) == before+1
 			}, 10*time.Second, 20*time.Millisecond)
-			logs := srv.rejections(tc.cause)
+			// The counter is bumped just before the log line is written:
+			// wait for the line, then check there is exactly one.
+			var logs []observer.LoggedEntry
+			require.Eventually(t, func() bool {
+				logs = srv.rejections(tc.cause)
+				return len(logs) >= int(before)+1
+			}, 10*time.Second, 20*time.Millisecond, "rejection never logged")
 			require.Len(t, logs, int(before)+1, "logged once")
 			last := logs[len(logs)-1]
 			assert.Equal(t, tc.peerID, fieldString(last, "peer_id"))
