@@ -57,7 +57,19 @@ not answer in time.`,
 				return withCode(exitFailure, err)
 			}
 			how, err := askReload(ctx, pid, before.PID, target)
-			if err != nil {
+			var mgrErr *managerError
+			switch {
+			case errors.As(err, &mgrErr):
+				// systemd fails the reload job when the agent refused the
+				// file (the unit's ExecReload reports it): the agent's own
+				// account of the refusal is what the operator needs.
+				wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+				defer wcancel()
+				if after, werr := waitReload(wctx, target, before.Config.Reloads); werr == nil {
+					return printReload(cmd.OutOrStdout(), after)
+				}
+				return withCode(exitFailure, err)
+			case err != nil:
 				return withCode(exitFailure, err)
 			}
 			after, err := waitReload(ctx, target, before.Config.Reloads)
@@ -94,7 +106,7 @@ func askReload(ctx context.Context, pid, reported int, target string) (string, e
 	if argv := managerReload(ctx); argv != nil {
 		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 		if err != nil {
-			return "", fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+			return "", &managerError{fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))}
 		}
 		return strings.Join(argv, " "), nil
 	}
@@ -115,6 +127,13 @@ func askReload(ctx context.Context, pid, reported int, target string) (string, e
 	}
 	return fmt.Sprintf("SIGHUP to pid %d (from the admin socket)", reported), nil
 }
+
+// managerError is a service manager's failed reload command, which may
+// only mean that the agent refused the file.
+type managerError struct{ err error }
+
+func (e *managerError) Error() string { return e.err.Error() }
+func (e *managerError) Unwrap() error { return e.err }
 
 // adminServerPID is the pid of the process listening on the admin socket.
 func adminServerPID(ctx context.Context, target string) (int, error) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -252,4 +253,45 @@ func readLines(path string) []string {
 		return nil
 	}
 	return strings.Split(strings.TrimSpace(string(data)), "\n")
+}
+
+// TestReloadThroughTheServiceManager: where systemd runs the agent,
+// `identity-agent reload` asks `systemctl reload`, and systemd fails that
+// job when the agent refuses the file (the unit's ExecReload waits for the
+// outcome). The command must then print the agent's own refusal and exit 2,
+// not just "systemctl failed". A systemctl stand-in on PATH plays systemd:
+// it signals the agent and fails the job as systemd would.
+func TestReloadThroughTheServiceManager(t *testing.T) {
+	dir := t.TempDir()
+	_, apiSock := startDevAPI(t, time.Hour)
+	cfg := writeConfig(t, dir, apiSock, "1s")
+	proc, _ := startAgentProcess(t, cfg)
+	waitStatus(t, cfg, 0)
+	bin := filepath.Join(dir, "bin")
+	require.NoError(t, os.Mkdir(bin, 0o755))
+	calls := filepath.Join(dir, "systemctl.calls")
+	stub := fmt.Sprintf(`#!/bin/sh
+echo "$*" >> %[1]s
+case "$1" in
+  is-active) exit 0 ;;
+  reload) kill -HUP %[2]d; sleep 1; echo "Job for identity-agent.service failed." >&2; exit 1 ;;
+esac
+exit 3
+`, calls, proc.Pid)
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "systemctl"), []byte(stub), 0o755))
+
+	good, err := os.ReadFile(cfg)
+	require.NoError(t, err)
+	bad := strings.Replace(string(good), "cert_file: svid.pem", "cert_file: svid.pem\n    no_such_field: 1", 1)
+	require.NoError(t, os.WriteFile(cfg, []byte(bad), 0o600))
+	cmd := exec.Command(agentBin, "reload", "--config", cfg)
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "stdout %s stderr %s", out.String(), errb.String())
+	require.Equal(t, 2, ee.ExitCode(), "stdout %s stderr %s", out.String(), errb.String())
+	require.Contains(t, out.String(), filepath.Base(cfg)+":14: outputs[0].no_such_field")
+	require.Equal(t, []string{"is-active --quiet identity-agent.service", "reload identity-agent.service"}, readLines(calls))
 }
