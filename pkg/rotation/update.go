@@ -26,8 +26,8 @@ type Change struct {
 	Add []Output
 }
 
-// Empty reports whether c changes nothing.
-func (c Change) Empty() bool { return len(c.Remove) == 0 && len(c.Add) == 0 }
+// empty reports whether c changes nothing.
+func (c Change) empty() bool { return len(c.Remove) == 0 && len(c.Add) == 0 }
 
 // Apply changes the set of outputs without touching the outputs the
 // change does not name: their loops, files, timers and metrics carry on.
@@ -40,7 +40,7 @@ func (m *Manager) Apply(ctx context.Context, c Change) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.Empty() {
+	if c.empty() {
 		return nil
 	}
 	m.mu.Lock()
