@@ -81,24 +81,40 @@ func TestReloadMovesAProxyAndItsMetrics(t *testing.T) {
 	require.Empty(t, r.Config.LastReload.Error)
 }
 
+// startReloadable runs an agent from setup's file (proxy p on addr) and
+// returns it with the file's directory and content.
+func startReloadable(t *testing.T, addr string) (a *agent.Agent, dir, orig string) {
+	t.Helper()
+	cfg, dir := setup(t, addr)
+	b, err := os.ReadFile(filepath.Join(dir, "agent.yaml"))
+	require.NoError(t, err)
+	return startAgent(t, cfg), dir, string(b)
+}
+
+// reloadWith writes content over the agent's file in dir and reloads it;
+// content must differ from what is there, or the test proves nothing.
+func reloadWith(t *testing.T, a *agent.Agent, dir, content string) agent.ReloadResult {
+	t.Helper()
+	path := filepath.Join(dir, "agent.yaml")
+	old, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NotEqual(t, string(old), content, "the edit changed nothing")
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return a.Reload(ctx, path)
+}
+
 // TestReloadRestartsAProxyOnItsOwnAddress: a change that tlsproxy.Update
 // cannot make in place (here the SVID hint) but that keeps the listen
 // address is applied: the new proxy takes over the address the old one
 // held, rather than the reload being refused as "address in use".
 func TestReloadRestartsAProxyOnItsOwnAddress(t *testing.T) {
 	addr := freeAddr(t)
-	cfg, dir := setup(t, addr)
-	path := filepath.Join(dir, "agent.yaml")
-	orig, err := os.ReadFile(path)
-	require.NoError(t, err)
-	a := startAgent(t, cfg)
+	a, dir, orig := startReloadable(t, addr)
 
-	edited := strings.Replace(string(orig), "drain_timeout: 2s}", "drain_timeout: 2s, hint: other}", 1)
-	require.NotEqual(t, string(orig), edited)
-	require.NoError(t, os.WriteFile(path, []byte(edited), 0o600))
-	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer rcancel()
-	res := a.Reload(rctx, path)
+	edited := strings.Replace(orig, "drain_timeout: 2s}", "drain_timeout: 2s, hint: other}", 1)
+	res := reloadWith(t, a, dir, edited)
 	require.NoError(t, res.Err)
 	require.Equal(t, []string{"proxy p: restarted on " + addr}, res.Changes)
 	require.True(t, listening(addr))
@@ -135,18 +151,10 @@ func TestReloadAfterRunReturnsAtOnce(t *testing.T) {
 // the old one drains; the reload is not refused as "address in use".
 func TestReloadRenamesAProxyOnItsAddress(t *testing.T) {
 	addr := freeAddr(t)
-	cfg, dir := setup(t, addr)
-	path := filepath.Join(dir, "agent.yaml")
-	orig, err := os.ReadFile(path)
-	require.NoError(t, err)
-	a := startAgent(t, cfg)
+	a, dir, orig := startReloadable(t, addr)
 
-	edited := strings.Replace(string(orig), "{name: p, ", "{name: q, ", 1)
-	require.NotEqual(t, string(orig), edited)
-	require.NoError(t, os.WriteFile(path, []byte(edited), 0o600))
-	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer rcancel()
-	res := a.Reload(rctx, path)
+	edited := strings.Replace(orig, "{name: p, ", "{name: q, ", 1)
+	res := reloadWith(t, a, dir, edited)
 	require.NoError(t, res.Err)
 	require.ElementsMatch(t, []string{"proxy q: added", "proxy p: removed (draining)"}, res.Changes)
 	require.True(t, listening(addr))
@@ -163,29 +171,22 @@ func TestReloadRenamesAProxyOnItsAddress(t *testing.T) {
 // behind, and the running configuration carries on.
 func TestReloadRefusesAnOutputItCannotCreate(t *testing.T) {
 	addr := freeAddr(t)
-	cfg, dir := setup(t, addr)
-	path := filepath.Join(dir, "agent.yaml")
-	orig, err := os.ReadFile(path)
-	require.NoError(t, err)
-	a := startAgent(t, cfg)
+	a, dir, orig := startReloadable(t, addr)
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
 	added := freeAddr(t)
-	edited := strings.Replace(string(orig), "proxies:\n", fmt.Sprintf(
+	edited := strings.Replace(orig, "proxies:\n", fmt.Sprintf(
 		"  - {name: fresh, dir: \"%s/new/fresh\", cert_file: svid.pem, key_file: key.pem}\n"+
 			"  - {name: bad, dir: \"%s/file/bad\", cert_file: svid.pem, key_file: key.pem}\n"+
 			"proxies:\n"+
 			"  - {name: extra, mode: server, listen: \"%s\", target: \"127.0.0.1:1\", allow: [spiffe://example.org/client]}\n",
 		dir, dir, added), 1)
-	require.NoError(t, os.WriteFile(path, []byte(edited), 0o600))
-	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer rcancel()
-	res := a.Reload(rctx, path)
+	res := reloadWith(t, a, dir, edited)
 	require.ErrorContains(t, res.Err, `output "bad"`)
 	require.False(t, listening(added), "the refused reload's proxy must not stay listening")
 	require.NoDirExists(t, filepath.Join(dir, "new"))
 	r := a.Report()
 	require.Len(t, r.Proxies, 1)
-	require.Len(t, r.State.Outputs, 1)
+	require.Len(t, r.Outputs, 1)
 	require.True(t, listening(addr))
 }
