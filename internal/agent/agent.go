@@ -58,6 +58,9 @@ type Agent struct {
 	// reload removed, draining in the background.
 	reloadCh chan reloadRequest
 	drains   sync.WaitGroup
+	// drainsCtx ends the background drains at shutdown's deadline.
+	drainsCtx  context.Context
+	stopDrains context.CancelFunc
 	// stopped is closed once Run no longer serves reloads, so Reload
 	// refuses at once instead of waiting for a loop that is gone.
 	stopped  chan struct{}
@@ -76,6 +79,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry(),
 		reloadCh: make(chan reloadRequest), stopped: make(chan struct{}), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
 		configState: admin.ConfigState{Path: cfg.Path, Hash: opts.ConfigHash}}
+	a.drainsCtx, a.stopDrains = context.WithCancel(context.Background())
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)
 	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")),
@@ -276,7 +280,11 @@ func (a *Agent) shutdown(cancel context.CancelFunc, workers *sync.WaitGroup) err
 			errs = append(errs, fmt.Errorf("proxy %s: %w", p.Name(), err))
 		}
 	}
+	// Proxies a reload removed drain under the same deadline.
+	stop := context.AfterFunc(dctx, a.stopDrains)
+	defer stop()
 	a.drains.Wait()
+	a.stopDrains()
 	cancel()
 	if err := a.manager.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("rotation: %w", err))

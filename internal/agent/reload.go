@@ -261,7 +261,7 @@ func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error
 	}
 	if err := a.manager.Apply(ctx, change); err != nil {
 		a.closeAll(pc.built())
-		return nil, fmt.Errorf("%s: outputs: %w", next.Path, err)
+		return nil, outputProblem(next, err)
 	}
 	for _, u := range pc.update {
 		// Checked by planProxies; a failure now would be a bug, and the
@@ -314,6 +314,25 @@ type draining struct {
 // new one can only listen once the old one has stopped accepting.
 type handover struct {
 	prev, next *tlsproxy.Proxy
+}
+
+// outputProblem points an error of rotation's at the output's line in
+// next (and its field, when rotation names one).
+func outputProblem(next *config.Config, err error) error {
+	var oe *rotation.OutputError
+	if errors.As(err, &oe) {
+		for i, o := range next.Outputs {
+			if o.Name != oe.Output {
+				continue
+			}
+			field := fmt.Sprintf("outputs[%d]", i)
+			if oe.Field != "" {
+				field += "." + oe.Field
+			}
+			return next.At(field, oe.Err)
+		}
+	}
+	return fmt.Errorf("%s: outputs: %w", next.Path, err)
 }
 
 type proxyUpdate struct {
@@ -484,7 +503,9 @@ func (a *Agent) closeAll(ps []*tlsproxy.Proxy) {
 // agent carries on; shutdown waits for it.
 func (a *Agent) drainInBackground(d draining) {
 	a.drains.Go(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+		// Under the agent's shutdown deadline too (drainsCtx): a removed
+		// proxy's long drain_timeout must not hold up a stop.
+		ctx, cancel := context.WithTimeout(a.drainsCtx, d.timeout)
 		defer cancel()
 		if err := d.proxy.Shutdown(ctx); err != nil {
 			a.log.Warn("proxy drain after reload", zap.String("proxy", d.proxy.Name()), zap.Error(err))

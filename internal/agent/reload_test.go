@@ -2,7 +2,9 @@ package agent_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,10 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/agent"
+	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
+	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 func freeAddr(t *testing.T) string {
@@ -182,7 +189,8 @@ func TestReloadRefusesAnOutputItCannotCreate(t *testing.T) {
 			"  - {name: extra, mode: server, listen: \"%s\", target: \"127.0.0.1:1\", allow: [spiffe://example.org/client]}\n",
 		dir, dir, added), 1)
 	res := reloadWith(t, a, dir, edited)
-	require.ErrorContains(t, res.Err, `output "bad"`)
+	// Pointed at the output's line and field, like every other refusal.
+	require.ErrorContains(t, res.Err, "agent.yaml:6: outputs[2].dir: ")
 	require.False(t, listening(added), "the refused reload's proxy must not stay listening")
 	require.NoDirExists(t, filepath.Join(dir, "new"))
 	r := a.Report()
@@ -190,3 +198,80 @@ func TestReloadRefusesAnOutputItCannotCreate(t *testing.T) {
 	require.Len(t, r.Outputs, 1)
 	require.True(t, listening(addr))
 }
+
+// TestShutdownCutsTheDrainOfARemovedProxy: a proxy a reload removed drains
+// in the background under its own drain_timeout (5m here) while an
+// authorized connection stays open through it. Stopping the agent must not
+// wait for that: the drain is cut at shutdown's own deadline (the 30 s
+// default), or `systemctl stop` would hang until SIGKILL.
+func TestShutdownCutsTheDrainOfARemovedProxy(t *testing.T) {
+	dir := t.TempDir()
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), TTL: time.Hour,
+		Identities: []svidtest.Identity{{ID: spiffeid.RequireFromString("spiffe://example.org/svc")}}})
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	listen := freeAddr(t)
+	base := fmt.Sprintf(`workload_api: {socket: "%s"}
+admin: {socket: "%s/admin.sock"}
+outputs:
+  - {name: svc, dir: "%s/out", cert_file: svid.pem, key_file: key.pem}
+`, srv.Addr(), dir, dir)
+	withProxy := base + fmt.Sprintf(`proxies:
+  - {name: p, mode: server, listen: "%s", target: "%s", allow: [spiffe://example.org/client], drain_timeout: 5m}
+`, listen, echo.Addr())
+	path := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(withProxy), 0o600))
+	cfg, err := config.Parse(path, []byte(withProxy), func(string) string { return "" })
+	require.NoError(t, err)
+	ready := make(chan struct{})
+	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	<-ready
+
+	client, err := srv.CA().IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/client"), time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	tcfg := tlsconfig.MTLSClientConfig(staticSVID{client}, srv.CA().X509Bundle(), tlsconfig.AuthorizeAny())
+	conn, err := tls.Dial("tcp", listen, tcfg)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("x"))
+	require.NoError(t, err)
+	buf := make([]byte, 1)
+	_, err = io.ReadFull(conn, buf)
+	require.NoError(t, err, "the connection is through to the echo server")
+
+	res := reloadWith(t, a, dir, base)
+	require.NoError(t, res.Err)
+	require.Contains(t, res.Changes, "proxy p: removed (draining)")
+
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		// The cut drain is reported (its connection had to be closed).
+		t.Logf("Run returned after %s: %v", time.Since(start).Round(time.Second), err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("shutdown waited for the removed proxy's 5m drain")
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = conn.Read(buf)
+	require.Error(t, err, "the drained connection was closed at shutdown")
+}
+
+type staticSVID struct{ s *x509svid.SVID }
+
+func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.s, nil }

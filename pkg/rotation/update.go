@@ -51,6 +51,18 @@ func (m *Manager) Apply(ctx context.Context, c Change) error {
 	return m.apply(c, m.loops)
 }
 
+// OutputError is a problem with one output that NewManager or Apply
+// refused, named so a caller can point at where that output is configured.
+type OutputError struct {
+	// Output is the output's Name; Field, when known, the setting at fault
+	// ("dir", "name").
+	Output, Field string
+	Err           error
+}
+
+func (e *OutputError) Error() string { return fmt.Sprintf("rotation: output %q: %v", e.Output, e.Err) }
+func (e *OutputError) Unwrap() error { return e.Err }
+
 // runners returns the current outputs; the slice is never modified in
 // place (apply builds a new one), so callers may range over it unlocked.
 func (m *Manager) runners() []*outputRunner {
@@ -75,16 +87,19 @@ func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputR
 	for i, o := range outputs {
 		n, err := o.normalize()
 		if err != nil {
-			return nil, fmt.Errorf("rotation: outputs[%d]: %w", i, err)
+			if o.Name == "" {
+				return nil, fmt.Errorf("rotation: outputs[%d]: %w", i, err)
+			}
+			return nil, &OutputError{Output: o.Name, Err: err}
 		}
 		if names[n.Name] {
-			return nil, fmt.Errorf("rotation: output %q: name used twice", n.Name)
+			return nil, &OutputError{Output: n.Name, Field: "name", Err: errors.New("name used twice")}
 		}
 		names[n.Name] = true
 		// Two writers swapping links in one directory would undo each
 		// other's files.
 		if prev, ok := dirs[n.Dir]; ok {
-			return nil, fmt.Errorf("rotation: output %q: dir %s is also used by output %q", n.Name, n.Dir, prev)
+			return nil, &OutputError{Output: n.Name, Field: "dir", Err: fmt.Errorf("dir %s is also used by output %q", n.Dir, prev)}
 		}
 		dirs[n.Dir] = n.Name
 		normalized = append(normalized, n)
@@ -101,7 +116,7 @@ func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputR
 			for i := len(created) - 1; i >= 0; i-- {
 				_ = os.Remove(created[i])
 			}
-			return nil, fmt.Errorf("rotation: output %q: %w", n.Name, err)
+			return nil, &OutputError{Output: n.Name, Field: "dir", Err: err}
 		}
 		outs = append(outs, newOutputRunner(m, n, w))
 	}
