@@ -24,19 +24,7 @@ import (
 
 var agentBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "ia-celery-")
-	if err != nil {
-		panic(err)
-	}
-	agentBin, err = fleettest.BuildAgent(dir)
-	if err != nil {
-		panic(err)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fleettest.MainWithAgent(m, "ia-celery-", &agentBin) }
 
 const python = "/usr/bin/python3"
 

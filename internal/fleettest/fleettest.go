@@ -41,6 +41,22 @@ func RepoRoot(t testing.TB) string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
+// MainWithAgent is a TestMain: it builds the agent (BuildAgent) into a
+// temporary directory named after prefix, sets *bin to its path, runs the
+// tests and exits with their code.
+func MainWithAgent(m *testing.M, prefix string, bin *string) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		panic(err)
+	}
+	if *bin, err = BuildAgent(dir); err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // BuildAgent builds cmd/identity-agent into dir with the race detector
 // (the suite runs with -race, so the build cache already holds every
 // package) and returns the binary's path. Call it from TestMain.

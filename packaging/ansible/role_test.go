@@ -21,19 +21,7 @@ import (
 
 var agentBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "ia-ansible-")
-	if err != nil {
-		panic(err)
-	}
-	agentBin, err = fleettest.BuildAgent(dir)
-	if err != nil {
-		panic(err)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fleettest.MainWithAgent(m, "ia-ansible-", &agentBin) }
 
 // host is one inventory host: localhost with connection local, its own
 // temporary root, and its own redis-server to migrate.

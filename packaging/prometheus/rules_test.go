@@ -25,19 +25,7 @@ const rulesFile = "identity-agent.rules.yml"
 
 var agentBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "ia-prom-")
-	if err != nil {
-		panic(err)
-	}
-	agentBin, err = fleettest.BuildAgent(dir)
-	if err != nil {
-		panic(err)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fleettest.MainWithAgent(m, "ia-prom-", &agentBin) }
 
 // promtool checks the rules' syntax and runs the unit tests: synthetic
 // series for which each alert must fire, and ordinary ones for which it
