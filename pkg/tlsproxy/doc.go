@@ -40,8 +40,13 @@
 // the limits; Close stops at once.
 //
 // Update changes a running proxy: new connections use the new allow list,
-// limits, timeouts and target while established ones keep theirs. The
-// proxy listens on TCP itself; unix sockets come from the caller
+// limits, timeouts and target. Established connections keep their target
+// and timeouts but not their authorization: a changed allow list is
+// re-run on the certificate each peer handshook with, and connections it
+// no longer accepts are closed (TCP mode at once, HTTP mode after the
+// request in flight, within DrainTimeout). MaxConnLifetime closes any
+// connection that long after its handshake, the same way. The proxy
+// listens on TCP itself; unix sockets come from the caller
 // (WithUnixListener or WithListener), who decides their mode.
 //
 // Data path: plain sockets are read with read(2) straight into pooled
