@@ -541,7 +541,8 @@ func (p *Proxy) serveServer(t *tracked) {
 	raw := t.raw
 	bc := newBatchConn(raw, p.bufs)
 	pc := t.pc
-	bc.onFirstRead = func() { p.adm.progressed(pc) }
+	bc.onFirstRead = func() { p.adm.progressed(pc, progSent) }
+	bc.onFirstWrite = func() { p.adm.progressed(pc, progAnswered) }
 	tc := tls.Server(bc, t.rt.tlsConf)
 	if _, err := p.handshake(t, tc, raw, false); err != nil {
 		p.release(t)
