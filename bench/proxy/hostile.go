@@ -454,7 +454,7 @@ func mergeRows(oldSection string, fresh []result) []result {
 // renderHostile is the hostile section: its own table and notes.
 func renderHostile(rows []result) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n## Under attack and across CA rotations\n\nGenerated on %s (`-only attack,samesource,rotation` refreshes this section alone; rows of a part not run are kept from the previous run).\n\n",
+	fmt.Fprintf(&b, "%s\n## Under attack and across CA rotations\n\nLast refreshed on %s (`-only attack,samesource,rotation` refreshes this section alone; the rows of a part not run that time are kept from the run that measured them).\n\n",
 		hostileMarker, time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	b.WriteString("| measurement | direct | through proxy pair | result | note |\n|---|---|---|---|---|\n")
 	for _, r := range rows {

@@ -31,9 +31,10 @@
 // Admission has two stages. Connections still in the TLS handshake hold a
 // slot of their own pool (MaxHandshakes, at most MaxHandshakesPerSource
 // per source address, cut at HandshakeTimeout); a full pool closes its
-// oldest connection that has sent nothing (else its oldest) rather than
-// refusing the newcomer, so idle sockets cannot lock authorized clients
-// out. Authenticated connections count against MaxConns; while it is
+// least progressed connection, oldest first (sent nothing, as the
+// kernel's receive queue confirms; else sent bytes not yet answered; else
+// answered), rather than refusing the newcomer, so idle sockets cannot
+// lock authorized clients out, even from their own address. Authenticated connections count against MaxConns; while it is
 // reached new connections are reset at once. The limits are fitted to
 // RLIMIT_NOFILE at Start. IdleTimeout (no byte in either direction),
 // ConnectTimeout and a graceful Shutdown bounded by DrainTimeout complete
