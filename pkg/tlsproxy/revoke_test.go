@@ -147,10 +147,11 @@ func TestUpdateRevokesHTTPKeepAlive(t *testing.T) {
 func TestRevokedHTTPRequestNeverReachesTarget(t *testing.T) {
 	e := newEnv(t)
 	hits := make(chan string, 16)
+	release := make(chan struct{})
 	backend := tcpHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits <- r.URL.Path
 		if r.URL.Path == "/slow" {
-			time.Sleep(500 * time.Millisecond)
+			<-release
 		}
 		fmt.Fprint(w, "ok")
 	}))
@@ -165,6 +166,7 @@ func TestRevokedHTTPRequestNeverReachesTarget(t *testing.T) {
 	require.Equal(t, "/slow", <-hits)
 	cfg.Listen, cfg.Allow = srv.Addr().String(), []string{otherID.String()}
 	require.NoError(t, srv.Update(cfg))
+	close(release)
 	code, _, _, err := k.read()
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusOK, code, "the request in flight is served")
