@@ -55,7 +55,7 @@ var (
 	wrkConns  = flag.Int("wrk-conns", 32, "wrk connections for the keep-alive rate run")
 	workers   = flag.Int("conn-workers", 16, "concurrent dialers for the new-connection run")
 	profile   = flag.String("cpuprofile", "", "write a CPU profile of the proxy process to this file")
-	only      = flag.String("only", "", "run only these parts: comma list of bulk,rate,latency,conns,attack,rotation")
+	only      = flag.String("only", "", "run only these parts: comma list of bulk,rate,latency,conns,attack,samesource,rotation")
 	rounds    = flag.Int("rounds", 3, "rounds of every part; each round measures direct and every pair back to back, and the report gives medians")
 	ghost     = flag.String("ghostunnel", "", "optional path to a ghostunnel binary, measured as a reference pair with the same SVIDs in the same run")
 	pemDir    = flag.String("pemdir", "", "internal: where -serve reads the SVIDs and bundle")

@@ -2,7 +2,7 @@
 # Benchmarks pkg/tlsproxy against direct loopback on this machine and writes
 # docs/BENCHMARKS-proxy.md. Loopback only; bounded to a few minutes.
 # Usage: bench/proxy/run.sh [extra proxybench flags, e.g. -duration 5s]
-# `bench/proxy/run.sh -only attack,rotation` refreshes only the section on
+# `bench/proxy/run.sh -only attack,samesource,rotation` refreshes only the section on
 # idle attackers and CA rotations (about a minute).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"

@@ -103,6 +103,7 @@ func proxyModeCmd(mode tlsproxy.Mode) *cobra.Command {
 	f.Var(durationFlag{&pc.IdleTimeout}, "idle-timeout", "close after this long without traffic (default 5m)")
 	f.Var(durationFlag{&pc.ConnectTimeout}, "connect-timeout", "target dial limit (default 5s)")
 	f.Var(durationFlag{&pc.DrainTimeout}, "drain-timeout", "how long SIGTERM lets connections finish (default 30s)")
+	f.Var(durationFlag{&pc.MaxConnLifetime}, "max-conn-lifetime", "close a connection this long after its handshake (default: no limit)")
 	f.BoolVar(&pc.UnsafeAllowNonLoopbackPlaintext, "unsafe-allow-non-loopback-plaintext", false, "allow the plaintext side off loopback")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	if mode == tlsproxy.ModeServer {
@@ -139,7 +140,7 @@ func (durationFlag) Type() string { return "duration" }
 // same name (underscores as dashes) on `proxy server|client`.
 var proxyConfigKeys = []string{"listen", "target", "allow", "spiffe_id", "hint", "max_conns",
 	"max_handshakes", "max_handshakes_per_source",
-	"handshake_timeout", "idle_timeout", "connect_timeout", "drain_timeout",
+	"handshake_timeout", "idle_timeout", "connect_timeout", "drain_timeout", "max_conn_lifetime",
 	"unsafe_allow_non_loopback_plaintext", "http", "rewrite_host"}
 
 // proxyFlagError names the flags where the proxy's validation names its

@@ -127,9 +127,9 @@ func statusJSON(t *testing.T, cfg string) map[string]any {
 }
 
 // TestReloadAppliesConfigLive is issue 13's "done when", against the real
-// binary: a long-lived connection survives a reload that drops its peer
-// from the proxy's allow list while a new connection from that peer is
-// refused; an added output appears; a removed proxy drains; an output
+// binary: a reload that drops a peer from the proxy's allow list closes
+// its long-lived connection (issue 18) and refuses its new ones; an added
+// output appears; a removed proxy drains; an output
 // whose files did not change fires no reload; an invalid file changes
 // nothing and turns status WARNING until a good file is reloaded.
 func TestReloadAppliesConfigLive(t *testing.T) {
@@ -174,14 +174,19 @@ func TestReloadAppliesConfigLive(t *testing.T) {
 	require.Contains(t, res.stdout, "proxy q: removed (draining)")
 	require.NotContains(t, res.stdout, "output svc", "svc did not change")
 
-	got, err = long.roundTrip("two")
-	require.NoError(t, err, "an established connection must survive the allow-list change")
-	require.Equal(t, "echo: two", got)
+	require.Eventually(t, func() bool { _, err := long.roundTrip("two"); return err != nil }, 10*time.Second, 100*time.Millisecond,
+		"an established connection of a peer no longer allowed must be closed")
 	if fresh, err := dialProxy(srv, pAddr, client); err == nil {
 		_, err = fresh.roundTrip("three")
 		_ = fresh.conn.Close()
 		require.Error(t, err, "a new connection from a peer no longer allowed must be refused")
 	}
+	viaP, err := dialProxy(srv, pAddr, spiffeid.RequireFromString("spiffe://example.org/someone-else"))
+	require.NoError(t, err)
+	defer func() { _ = viaP.conn.Close() }()
+	got, err = viaP.roundTrip("allowed now")
+	require.NoError(t, err)
+	require.Equal(t, "echo: allowed now", got)
 	require.FileExists(t, filepath.Join(dir, "extra", "svid.pem"))
 	// The removed proxy: no new connections; the open one is cut when its
 	// 3 s drain ends.
@@ -211,7 +216,7 @@ func TestReloadAppliesConfigLive(t *testing.T) {
 	st := runCLI(t, "status", "--admin", filepath.Join(dir, "admin.sock"))
 	require.Equal(t, 1, st.code, "%+v", st)
 	require.Contains(t, st.stdout, "config reload failed")
-	got, err = long.roundTrip("four")
+	got, err = viaP.roundTrip("four")
 	require.NoError(t, err, "a refused reload must not touch running proxies")
 	require.Equal(t, "echo: four", got)
 

@@ -117,6 +117,8 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:9: outputs[0].reload[0].traefik.mode: 0644 lets every user read the inline private key; use 0600 or 0640`},
 		{"negative limit", head + "proxies:\n" + px("a", "127.0.0.1:1") + "    max_handshakes_per_source: -1\n",
 			`agent.yaml:8: proxies[0].max_handshakes_per_source: -1: must not be negative`},
+		{"connection lifetime below a second", head + "proxies:\n" + px("a", "127.0.0.1:1") + "    max_conn_lifetime: 100ms\n",
+			`agent.yaml:8: proxies[0].max_conn_lifetime: 100ms: must be 0 (no limit) or at least 1s`},
 		{"traefik file extension", head + "outputs:\n" + out("traefik", "/etc/traefik/tls", "bundle_file: bundle.pem", "reload:", "  - traefik: {file: /etc/traefik/dynamic/spiffe.toml}"),
 			`agent.yaml:9: outputs[0].reload[0].traefik: dynamic file /etc/traefik/dynamic/spiffe.toml must end in .yml or .yaml (Traefik picks the format from the extension)`},
 		{"socket path too long", head + "admin:\n  socket: /run/" + strings.Repeat("x", 120) + "/admin.sock\n",

@@ -44,6 +44,7 @@ func ProxyConfig(pc config.Proxy) tlsproxy.Config {
 		IdleTimeout:                     time.Duration(pc.IdleTimeout),
 		ConnectTimeout:                  time.Duration(pc.ConnectTimeout),
 		DrainTimeout:                    time.Duration(pc.DrainTimeout),
+		MaxConnLifetime:                 time.Duration(pc.MaxConnLifetime),
 		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
 	}
 }

@@ -356,8 +356,9 @@ type proxyChange struct {
 
 // planProxies builds (without starting) every proxy the change needs. A
 // proxy that keeps its name, mode, listen address, HTTP mode and SVID is
-// updated in place: its established connections carry on and new
-// handshakes use the new allow list, limits and target. Any other change
+// updated in place: new handshakes use the new allow list, limits and
+// target, and established connections whose peer the new allow list
+// refuses are closed (tlsproxy.Proxy.Update). Any other change
 // is a new proxy on the new address and a drain of the old one.
 func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
 	pc := proxyChange{field: map[*tlsproxy.Proxy]string{}, metrics: map[*tlsproxy.Proxy]*proxyMetrics{}}

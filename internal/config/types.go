@@ -223,6 +223,9 @@ type Proxy struct {
 	IdleTimeout            Duration `yaml:"idle_timeout"`
 	ConnectTimeout         Duration `yaml:"connect_timeout"`
 	DrainTimeout           Duration `yaml:"drain_timeout"`
+	// MaxConnLifetime closes an authenticated connection this long after
+	// its handshake (HTTP mode: after the request in flight). Zero: no limit.
+	MaxConnLifetime Duration `yaml:"max_conn_lifetime"`
 
 	UnsafeAllowNonLoopbackPlaintext bool `yaml:"unsafe_allow_non_loopback_plaintext"`
 }

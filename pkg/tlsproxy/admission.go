@@ -19,11 +19,20 @@ import (
 // connections (or waits out the handshake deadline), while an authorized
 // client's handshake finishes in a round trip.
 //
-// Within the pool, connections that have not sent a single byte go first:
-// an idle socket is the cheapest thing an attacker can hold, and every
-// real client sends its ClientHello at once. Client mode accepts local
-// callers only, which may legitimately wait for the server to speak, so
-// there all handshakes count as idle and the oldest goes first.
+// Within the pool (and within one source's share of it) the connection
+// closed is the one whose handshake has progressed least, oldest first:
+// one that has sent nothing, then one that has sent bytes we have not
+// answered, then one we answered (its ClientHello was complete and
+// valid). An idle socket is the cheapest thing an attacker can hold, and
+// every real client sends its ClientHello at once. "Sent nothing" is
+// checked against the kernel's receive queue before a connection is shed:
+// under a flood of thousands of connections a second the goroutine that
+// would read a real client's ClientHello may not have run yet, and
+// judging by our own reads alone shed authorized clients arriving from an
+// attacker's address (issue 18, 28% of them on a loaded 2-core box).
+// Client mode accepts local callers only, which may legitimately wait for
+// the server to speak, so there all handshakes count as idle and the
+// oldest goes first.
 
 // shedReason says why a handshaking connection was closed to make room.
 type shedReason int
@@ -38,6 +47,16 @@ var shedReasonNames = [numShedReasons]string{"pool_full", "source_cap"}
 
 func (r shedReason) String() string { return shedReasonNames[r] }
 
+// progress is how far a handshaking connection has got.
+type progress int
+
+const (
+	progIdle     progress = iota // sent nothing
+	progSent                     // sent bytes, not yet answered
+	progAnswered                 // we sent our handshake flight
+	numProgress
+)
+
 // limits are the admission limits in force (after fitting them to the
 // file-descriptor limit).
 type limits struct {
@@ -50,7 +69,7 @@ type pending struct {
 	src    netip.Addr // zero: no per-source accounting
 	elem   *list.Element
 	selem  *list.Element
-	active bool // has sent at least one byte
+	level  progress
 	shed   bool // closed to make room; its handshake error is not a failure
 	reason shedReason
 	done   bool // left the pool (authenticated, failed or shed)
@@ -59,14 +78,17 @@ type pending struct {
 type admission struct {
 	mu      sync.Mutex
 	lim     limits
-	idle    list.List // *pending that sent nothing yet, oldest first
-	active  list.List // *pending that sent something, oldest first
-	sources map[netip.Addr]*list.List
-	authed  int
+	levels  [numProgress]list.List // *pending by progress, oldest first
+	pending int                    // total of levels
+	// hasInput reports whether the kernel holds bytes the connection's
+	// peer sent that nobody has read yet (nil: never).
+	hasInput func(net.Conn) bool
+	sources  map[netip.Addr]*list.List
+	authed   int
 }
 
 func newAdmission(l limits) *admission {
-	return &admission{lim: l, sources: map[netip.Addr]*list.List{}}
+	return &admission{lim: l, sources: map[netip.Addr]*list.List{}, hasInput: hasInput}
 }
 
 func (a *admission) setLimits(l limits) {
@@ -106,19 +128,16 @@ func (a *admission) admit(t *tracked, src netip.Addr) (*pending, []*pending) {
 	if src.IsValid() && a.lim.perSource > 0 {
 		if l := a.sources[src]; l != nil {
 			for l.Len() >= a.lim.perSource {
-				victims = append(victims, a.shedLocked(oldestOfSource(l), shedSourceCap))
+				victims = append(victims, a.shedLocked(a.leastOfSource(l), shedSourceCap))
 			}
 		}
 	}
-	for a.idle.Len()+a.active.Len() >= a.lim.maxHandshakes {
-		v := a.idle.Front()
-		if v == nil {
-			v = a.active.Front()
-		}
-		victims = append(victims, a.shedLocked(v.Value.(*pending), shedPoolFull))
+	for a.pending >= a.lim.maxHandshakes {
+		victims = append(victims, a.shedLocked(a.leastOfPool(), shedPoolFull))
 	}
 	pc := &pending{t: t, src: src}
-	pc.elem = a.idle.PushBack(pc)
+	pc.elem = a.levels[progIdle].PushBack(pc)
+	a.pending++
 	if src.IsValid() {
 		l := a.sources[src]
 		if l == nil {
@@ -130,15 +149,51 @@ func (a *admission) admit(t *tracked, src netip.Addr) (*pending, []*pending) {
 	return pc, victims
 }
 
-// oldestOfSource picks the source's oldest connection that has sent
-// nothing, or else its oldest.
-func oldestOfSource(l *list.List) *pending {
-	for e := l.Front(); e != nil; e = e.Next() {
-		if pc := e.Value.(*pending); !pc.active {
+// reallyIdle reports whether pc has sent nothing, asking the kernel when
+// our reads have not seen anything yet; one found to have sent bytes
+// moves up a level.
+func (a *admission) reallyIdle(pc *pending) bool {
+	if pc.level != progIdle {
+		return false
+	}
+	if a.hasInput != nil && pc.t != nil && a.hasInput(pc.t.raw) {
+		a.raiseLocked(pc, progSent)
+		return false
+	}
+	return true
+}
+
+// leastOfPool picks the pool's connection with the least progress, oldest first.
+func (a *admission) leastOfPool() *pending {
+	for e := a.levels[progIdle].Front(); e != nil; {
+		pc := e.Value.(*pending)
+		e = e.Next() // before reallyIdle may move pc to another list
+		if a.reallyIdle(pc) {
 			return pc
 		}
 	}
-	return l.Front().Value.(*pending)
+	for lvl := progSent; lvl < numProgress; lvl++ {
+		if e := a.levels[lvl].Front(); e != nil {
+			return e.Value.(*pending)
+		}
+	}
+	panic("tlsproxy: admission: shedding from an empty pool")
+}
+
+// leastOfSource picks the source's connection with the least progress,
+// oldest first.
+func (a *admission) leastOfSource(l *list.List) *pending {
+	var best *pending
+	for e := l.Front(); e != nil; e = e.Next() {
+		pc := e.Value.(*pending)
+		if a.reallyIdle(pc) {
+			return pc
+		}
+		if best == nil || pc.level < best.level {
+			best = pc
+		}
+	}
+	return best
 }
 
 func (a *admission) shedLocked(pc *pending, r shedReason) *pending {
@@ -152,11 +207,8 @@ func (a *admission) removeLocked(pc *pending) {
 		return
 	}
 	pc.done = true
-	if pc.active {
-		a.active.Remove(pc.elem)
-	} else {
-		a.idle.Remove(pc.elem)
-	}
+	a.levels[pc.level].Remove(pc.elem)
+	a.pending--
 	if pc.selem != nil {
 		l := a.sources[pc.src]
 		l.Remove(pc.selem)
@@ -166,16 +218,22 @@ func (a *admission) removeLocked(pc *pending) {
 	}
 }
 
-// progressed records that pc's peer sent its first bytes.
-func (a *admission) progressed(pc *pending) {
+// progressed records that pc's handshake got to level.
+func (a *admission) progressed(pc *pending, level progress) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if pc.done || pc.active {
+	if !pc.done {
+		a.raiseLocked(pc, level)
+	}
+}
+
+func (a *admission) raiseLocked(pc *pending, level progress) {
+	if level <= pc.level {
 		return
 	}
-	a.idle.Remove(pc.elem)
-	pc.active = true
-	pc.elem = a.active.PushBack(pc)
+	a.levels[pc.level].Remove(pc.elem)
+	pc.level = level
+	pc.elem = a.levels[level].PushBack(pc)
 }
 
 // authenticate moves pc to the authenticated pool. False if pc was shed
@@ -221,7 +279,7 @@ func (a *admission) release() {
 func (a *admission) counts() (handshaking, authenticated int, l limits) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.idle.Len() + a.active.Len(), a.authed, a.lim
+	return a.pending, a.authed, a.lim
 }
 
 // fitLimits lowers l so that a proxy at its limits stays within the

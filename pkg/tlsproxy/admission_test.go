@@ -175,6 +175,10 @@ func TestIdleAttackersDoNotStarve(t *testing.T) {
 		// The legitimate client proxy's own address: only the oldest-idle-first
 		// shedding tells them apart.
 		{"150 from the client's own address", 150, func(*testing.T) []net.IP { return []net.IP{net.IPv4(127, 0, 0, 1)} }},
+		// Issue 18: above the per-source cap from the client's own address,
+		// every attacker connection sheds one of that address's handshakes,
+		// and an authorized ClientHello not yet read must not be the one.
+		{"1000 from the client's own address", 1000, func(*testing.T) []net.IP { return []net.IP{net.IPv4(127, 0, 0, 1)} }},
 		{"150 from one other address", 150, func(t *testing.T) []net.IP { return loopbackSources(t, 0, 1) }},
 		// Above the per-source cap: the attacker pushes out its own connections.
 		{"1000 from one other address", 1000, func(t *testing.T) []net.IP { return loopbackSources(t, 0, 1) }},

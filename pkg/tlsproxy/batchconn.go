@@ -36,6 +36,8 @@ type batchConn struct {
 	large bulkHint
 	// onFirstRead, if set, runs once when the first bytes arrive.
 	onFirstRead func()
+	// onFirstWrite, if set, runs once before the first write (guarded by wmu).
+	onFirstWrite func()
 }
 
 func newBatchConn(c net.Conn, pool *bufPool) *batchConn {
@@ -58,6 +60,11 @@ func rawConn(c net.Conn) syscall.RawConn {
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.onFirstWrite != nil {
+		f := c.onFirstWrite
+		c.onFirstWrite = nil
+		f()
+	}
 	if c.batching && c.wlen+len(p) <= len(c.wbuf.b) {
 		c.wlen += copy(c.wbuf.b[c.wlen:], p)
 		return len(p), nil

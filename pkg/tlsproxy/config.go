@@ -40,6 +40,9 @@ const (
 	DefaultIdleTimeout      = 5 * time.Minute
 	DefaultConnectTimeout   = 5 * time.Second
 	DefaultDrainTimeout     = 30 * time.Second
+	// MinConnLifetime is the smallest non-zero MaxConnLifetime: below it
+	// every client would reconnect continuously.
+	MinConnLifetime = time.Second
 )
 
 // Config describes one proxy. Addresses are "host:port" for TCP or
@@ -88,8 +91,16 @@ type Config struct {
 	IdleTimeout time.Duration
 	// ConnectTimeout bounds dialing the target.
 	ConnectTimeout time.Duration
-	// DrainTimeout bounds Shutdown when its context has no earlier deadline.
+	// DrainTimeout bounds Shutdown when its context has no earlier
+	// deadline, and how long an HTTP-mode connection that must close (its
+	// peer revoked by Update, or MaxConnLifetime reached) may finish the
+	// request it is serving.
 	DrainTimeout time.Duration
+	// MaxConnLifetime closes an authenticated connection this long after
+	// its handshake, whatever it is doing (in HTTP mode after the request
+	// in flight, within DrainTimeout), so that no peer rides one
+	// handshake's verdict forever. Zero (the default) means no limit.
+	MaxConnLifetime time.Duration
 
 	// UnsafeAllowNonLoopbackPlaintext permits the plaintext side (target in
 	// server mode, listen in client mode) to be something other than a

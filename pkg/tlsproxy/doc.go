@@ -31,17 +31,23 @@
 // Admission has two stages. Connections still in the TLS handshake hold a
 // slot of their own pool (MaxHandshakes, at most MaxHandshakesPerSource
 // per source address, cut at HandshakeTimeout); a full pool closes its
-// oldest connection that has sent nothing (else its oldest) rather than
-// refusing the newcomer, so idle sockets cannot lock authorized clients
-// out. Authenticated connections count against MaxConns; while it is
+// least progressed connection, oldest first (sent nothing, as the
+// kernel's receive queue confirms; else sent bytes not yet answered; else
+// answered), rather than refusing the newcomer, so idle sockets cannot
+// lock authorized clients out, even from their own address. Authenticated connections count against MaxConns; while it is
 // reached new connections are reset at once. The limits are fitted to
 // RLIMIT_NOFILE at Start. IdleTimeout (no byte in either direction),
 // ConnectTimeout and a graceful Shutdown bounded by DrainTimeout complete
 // the limits; Close stops at once.
 //
 // Update changes a running proxy: new connections use the new allow list,
-// limits, timeouts and target while established ones keep theirs. The
-// proxy listens on TCP itself; unix sockets come from the caller
+// limits, timeouts and target. Established connections keep their target
+// and timeouts but not their authorization: a changed allow list is
+// re-run on the certificate each peer handshook with, and connections it
+// no longer accepts are closed (TCP mode at once, HTTP mode after the
+// request in flight, within DrainTimeout). MaxConnLifetime closes any
+// connection that long after its handshake, the same way. The proxy
+// listens on TCP itself; unix sockets come from the caller
 // (WithUnixListener or WithListener), who decides their mode.
 //
 // Data path: plain sockets are read with read(2) straight into pooled

@@ -78,6 +78,14 @@ func newHTTPFront(p *Proxy, rt *runtimeConfig) *httpFront {
 			}
 		},
 		Transport: f.transport,
+		// A connection the proxy is closing (revoked or at its lifetime
+		// while this request was in flight) tells the client so.
+		ModifyResponse: func(res *http.Response) error {
+			if hc, ok := res.Request.Context().Value(peerKey{}).(*httpConn); ok && hc.t.endingReason() != endNone {
+				res.Header.Set("Connection", "close")
+			}
+			return nil
+		},
 		// Streamed responses (Ollama tokens, server-sent events) go out as
 		// they arrive.
 		FlushInterval: -1,
@@ -90,15 +98,39 @@ func newHTTPFront(p *Proxy, rt *runtimeConfig) *httpFront {
 	// The server's own timeouts are those at New: http.Server cannot
 	// change them while serving.
 	f.srv = &http.Server{
-		Handler:           rp,
+		Handler:           f.gate(rp),
 		ReadHeaderTimeout: rt.cfg.HandshakeTimeout,
 		IdleTimeout:       rt.cfg.IdleTimeout,
 		ErrorLog:          stdLog,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, peerKey{}, c)
 		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if hc, ok := c.(*httpConn); ok {
+				hc.t.httpState(hc, s)
+			}
+		},
 	}
 	return f
+}
+
+// gate refuses requests read after the connection's peer was revoked
+// (they never reach the target) and asks the client to close a
+// connection that reached MaxConnLifetime after this response.
+func (f *httpFront) gate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hc, ok := r.Context().Value(peerKey{}).(*httpConn); ok {
+			switch hc.t.endingReason() {
+			case endRevoked:
+				w.Header().Set("Connection", "close")
+				http.Error(w, "peer no longer allowed", http.StatusForbidden)
+				return
+			case endLifetime:
+				w.Header().Set("Connection", "close")
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (f *httpFront) xfcc(hc *httpConn) string {

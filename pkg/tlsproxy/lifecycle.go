@@ -116,6 +116,8 @@ func (p *Proxy) Stats() Stats {
 		ConnectionsAuthenticated: int64(authed),
 		ConnectionsTotal:         p.stats.total.Load(),
 		ConnectionsRefused:       p.stats.refused.Load(),
+		ConnectionsRevoked:       p.stats.ended[endRevoked].Load(),
+		ConnectionsLifetimeEnded: p.stats.ended[endLifetime].Load(),
 		HandshakesShed:           make(map[string]uint64, numShedReasons),
 		HandshakeFailures:        make(map[Cause]uint64, len(allCauses)),
 		HandshakesResumed:        p.stats.resumed.Load(),

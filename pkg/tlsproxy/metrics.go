@@ -32,6 +32,12 @@ type Stats struct {
 	// ConnectionsRefused counts connections reset because MaxConns
 	// authenticated connections were open.
 	ConnectionsRefused uint64 `json:"connections_refused"`
+	// ConnectionsRevoked counts authenticated connections the proxy closed
+	// because an Update removed their peer from the allow list.
+	ConnectionsRevoked uint64 `json:"connections_revoked"`
+	// ConnectionsLifetimeEnded counts authenticated connections closed at
+	// MaxConnLifetime.
+	ConnectionsLifetimeEnded uint64 `json:"connections_lifetime_ended"`
 	// HandshakesShed counts handshaking connections closed to admit newer
 	// ones, by reason: "pool_full" (MaxHandshakes) and "source_cap"
 	// (MaxHandshakesPerSource). Both keys are always present.
@@ -63,6 +69,7 @@ type counters struct {
 	total      atomic.Uint64
 	refused    atomic.Uint64
 	shed       [numShedReasons]atomic.Uint64
+	ended      [numEndReasons]atomic.Uint64
 	handshake  [len(allCauses)]atomic.Uint64
 	dialFail   atomic.Uint64
 	toTarget   atomic.Uint64
@@ -78,7 +85,7 @@ type collector struct {
 	bufs  *bufPool
 	adm   *admission
 	descs struct {
-		open, handshaking, authenticated, limit, shed                          *prometheus.Desc
+		open, handshaking, authenticated, limit, shed, ended                   *prometheus.Desc
 		total, refused, handshake, retries, resumed, dialFail, bytes, bulkBufs *prometheus.Desc
 	}
 }
@@ -96,6 +103,8 @@ func newCollector(name string, p *Proxy) *collector {
 		"Admission limits in force (after fitting RLIMIT_NOFILE), by limit: max_conns, max_handshakes, max_handshakes_per_source.", []string{"limit"}, labels)
 	col.descs.shed = prometheus.NewDesc("identity_agent_proxy_handshakes_shed_total",
 		"Handshaking connections closed to admit newer ones, by reason: pool_full, source_cap.", []string{"reason"}, labels)
+	col.descs.ended = prometheus.NewDesc("identity_agent_proxy_connections_ended_total",
+		"Authenticated connections the proxy closed, by cause: revoked (a reload removed the peer from allow), max_conn_lifetime.", []string{"cause"}, labels)
 	col.descs.total = prometheus.NewDesc("identity_agent_proxy_connections_total",
 		"Connections accepted.", nil, labels)
 	col.descs.refused = prometheus.NewDesc("identity_agent_proxy_connections_refused_total",
@@ -121,6 +130,7 @@ func (col *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- col.descs.authenticated
 	ch <- col.descs.limit
 	ch <- col.descs.shed
+	ch <- col.descs.ended
 	ch <- col.descs.total
 	ch <- col.descs.refused
 	ch <- col.descs.handshake
@@ -142,6 +152,9 @@ func (col *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(col.descs.limit, prometheus.GaugeValue, float64(lim.perSource), "max_handshakes_per_source")
 	for r := range numShedReasons {
 		ch <- prometheus.MustNewConstMetric(col.descs.shed, prometheus.CounterValue, float64(c.shed[r].Load()), r.String())
+	}
+	for r := endRevoked; r < numEndReasons; r++ {
+		ch <- prometheus.MustNewConstMetric(col.descs.ended, prometheus.CounterValue, float64(c.ended[r].Load()), r.String())
 	}
 	ch <- prometheus.MustNewConstMetric(col.descs.total, prometheus.CounterValue, float64(c.total.Load()))
 	ch <- prometheus.MustNewConstMetric(col.descs.refused, prometheus.CounterValue, float64(c.refused.Load()))

@@ -3,9 +3,11 @@ package tlsproxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -61,6 +63,7 @@ type runtimeConfig struct {
 	cfg     Config // normalized
 	target  addr
 	tlsConf *tls.Config
+	authz   tlsconfig.Authorizer // cfg.Allow, re-run on established peers by Update
 	dialer  *net.Dialer
 	lim     limits // in force: cfg's, lowered to fit RLIMIT_NOFILE
 }
@@ -131,6 +134,7 @@ func (p *Proxy) build(cfg Config) (*runtimeConfig, addr, error) {
 	rt := &runtimeConfig{
 		cfg:    cfg,
 		target: target,
+		authz:  authz,
 		dialer: &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: plainKeepAlive(cfg.Mode == ModeServer, target)},
 		lim:    limits{maxConns: cfg.MaxConns, maxHandshakes: cfg.MaxHandshakes, perSource: cfg.MaxHandshakesPerSource},
 	}
@@ -385,9 +389,22 @@ type tracked struct {
 	rt     *runtimeConfig // the settings it was accepted under
 	pc     *pending       // its place in the handshake pool
 	authed bool           // holds an authenticated slot
-	mu     sync.Mutex
-	up     net.Conn
-	cut    bool
+
+	// Set under Proxy.mu once authenticated: what Update re-authorizes.
+	peer      spiffeid.ID
+	peerCerts []*x509.Certificate // as presented in the handshake
+	peerAddr  string              // the TLS side's remote address
+	since     time.Time
+
+	mu         sync.Mutex
+	up         net.Conn
+	cut        bool
+	released   bool
+	hc         *httpConn      // HTTP mode, once handed to the HTTP server
+	hstate     http.ConnState // the HTTP server's view of hc
+	ending     endReason      // why the proxy is closing it (see endConn)
+	lifeTimer  *time.Timer    // MaxConnLifetime
+	drainTimer *time.Timer    // an HTTP request in flight when it had to end
 }
 
 // setUp records the upstream connection; false if the connection was
@@ -425,6 +442,7 @@ func (p *Proxy) track(t *tracked) bool {
 
 // release ends the bookkeeping of one accepted connection; called exactly once per connection.
 func (p *Proxy) release(t *tracked) {
+	t.stopTimers()
 	_ = t.raw.Close()
 	if t.authed {
 		p.adm.release()
@@ -503,6 +521,19 @@ func (p *Proxy) authenticated(t *tracked, tc *tls.Conn, raw net.Conn) (spiffeid.
 		p.stats.resumed.Add(1)
 	}
 	id, _ := x509svid.IDFromCert(cs.PeerCertificates[0]) // verified in VerifyConnection
+	p.mu.Lock()
+	t.peer, t.peerCerts, t.peerAddr, t.since = id, cs.PeerCertificates, raw.RemoteAddr().String(), time.Now()
+	p.mu.Unlock()
+	// An Update during the handshake: it was verified against the allow
+	// list it was accepted under, and Update's sweep may have run before
+	// the peer was recorded above.
+	if cur := p.rt.Load(); cur != t.rt && !authorizedNow(cur, t) {
+		p.stats.handshake[causeIndex(CauseUnauthorizedID)].Add(1)
+		p.log.Warn("connection rejected", zap.String("peer_addr", t.peerAddr), zap.String("cause", string(CauseUnauthorizedID)),
+			zap.String("peer_id", id.String()), zap.String("reason", "allow list changed during its handshake"))
+		return spiffeid.ID{}, false
+	}
+	p.armLifetime(t)
 	return id, true
 }
 
@@ -510,7 +541,8 @@ func (p *Proxy) serveServer(t *tracked) {
 	raw := t.raw
 	bc := newBatchConn(raw, p.bufs)
 	pc := t.pc
-	bc.onFirstRead = func() { p.adm.progressed(pc) }
+	bc.onFirstRead = func() { p.adm.progressed(pc, progSent) }
+	bc.onFirstWrite = func() { p.adm.progressed(pc, progAnswered) }
 	tc := tls.Server(bc, t.rt.tlsConf)
 	if _, err := p.handshake(t, tc, raw, false); err != nil {
 		p.release(t)
@@ -523,7 +555,11 @@ func (p *Proxy) serveServer(t *tracked) {
 	}
 	if p.http != nil {
 		// The HTTP server owns the connection from here and releases it on Close.
-		p.http.hand(&httpConn{Conn: tc, p: p, t: t, peer: peer, leaf: tc.ConnectionState().PeerCertificates[0]})
+		hc := &httpConn{Conn: tc, p: p, t: t, peer: peer, leaf: tc.ConnectionState().PeerCertificates[0]}
+		t.mu.Lock()
+		t.hc = hc
+		t.mu.Unlock()
+		p.http.hand(hc)
 		return
 	}
 	defer p.release(t)

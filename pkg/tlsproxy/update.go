@@ -9,13 +9,16 @@ import (
 )
 
 // Update changes a proxy in place, running or not: connections accepted
-// from now on use cfg's allow list, limits, timeouts and target, while
-// established connections go on under the settings they were accepted
-// with (an allow-list change does not cut a connection that is already
-// authorized). Lowered limits apply to admission only: nothing open is
-// closed to meet them. Session tickets issued before the update are not
-// resumed, so every peer is verified against the new allow list with a
-// full handshake.
+// from now on use cfg's allow list, limits, timeouts and target.
+// Established connections keep their target and timeouts, but not their
+// authorization: when the allow list changes, the new one is re-run on
+// the certificate each established peer handshook with, and those no
+// longer allowed are closed (TCP mode at once; HTTP mode after the request
+// in flight, within DrainTimeout). A changed MaxConnLifetime applies to
+// established connections too, counted from their handshake. Lowered
+// limits apply to admission only: nothing open is closed to meet them.
+// Session tickets issued before the update are not resumed, so every
+// peer is verified against the new allow list with a full handshake.
 //
 // In HTTP mode each request (not connection) goes to the target in force
 // when it arrives.
@@ -64,7 +67,14 @@ func (p *Proxy) Update(cfg Config) error {
 		// Idle upstream connections lead to the old target.
 		p.http.transport.CloseIdleConnections()
 	}
-	p.log.Info("proxy updated", zap.Strings("changed", changedFields(old.cfg, rt.cfg)),
+	revoked := 0
+	if !slices.Equal(old.cfg.Allow, rt.cfg.Allow) {
+		revoked = p.reauthorize(rt)
+	}
+	if old.cfg.MaxConnLifetime != rt.cfg.MaxConnLifetime {
+		p.rearmLifetimes()
+	}
+	p.log.Info("proxy updated", zap.Strings("changed", changedFields(old.cfg, rt.cfg)), zap.Int("revoked_connections", revoked),
 		zap.String("target", rt.target.String()), zap.Strings("allow", rt.cfg.Allow),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes))
 	return nil
@@ -88,6 +98,7 @@ func changedFields(a, b Config) []string {
 	add(a.IdleTimeout != b.IdleTimeout, "idle_timeout")
 	add(a.ConnectTimeout != b.ConnectTimeout, "connect_timeout")
 	add(a.DrainTimeout != b.DrainTimeout, "drain_timeout")
+	add(a.MaxConnLifetime != b.MaxConnLifetime, "max_conn_lifetime")
 	add(a.UnsafeAllowNonLoopbackPlaintext != b.UnsafeAllowNonLoopbackPlaintext, "unsafe_allow_non_loopback_plaintext")
 	return out
 }

@@ -2,6 +2,7 @@ package tlsproxy_test
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -12,11 +13,12 @@ import (
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
-// TestUpdateKeepsEstablishedConnections: an update that removes a peer
-// from the allow list leaves that peer's established connection flowing,
-// refuses its new connections, and admits the newly allowed peer; the new
-// target applies to new connections only.
-func TestUpdateKeepsEstablishedConnections(t *testing.T) {
+// TestUpdateRevokesEstablishedConnections (issue 18 item 4): an update
+// that removes a peer from the allow list closes that peer's established
+// TCP-mode connection at once and refuses its new ones, while a peer
+// still allowed keeps its connection (to the target it was accepted
+// under); the newly allowed peer reaches the new target.
+func TestUpdateRevokesEstablishedConnections(t *testing.T) {
 	e := newEnv(t)
 	first := echoBackend(t)
 	second := tcpBackend(t, func(c net.Conn) {
@@ -31,7 +33,7 @@ func TestUpdateKeepsEstablishedConnections(t *testing.T) {
 			}
 		}
 	})
-	srv, cli := pair(t, e, first, nil)
+	srv, cli := pair(t, e, first, func(s, _ *tlsproxy.Config) { s.Allow = []string{clientID.String(), "spiffe://example.org/third"} })
 	other := startProxy(t, tlsproxy.Config{Name: "other", Mode: tlsproxy.ModeClient, Listen: "127.0.0.1:0",
 		Target: srv.Addr().String(), Allow: []string{serverID.String()}}, e.source(t, "other"))
 
@@ -42,14 +44,26 @@ func TestUpdateKeepsEstablishedConnections(t *testing.T) {
 	roundTrip(t, long, lr, "before the update")
 	require.Error(t, oneRequest(other.Addr().String(), "other, not yet allowed"))
 
-	cfg := tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: srv.Addr().String(), Target: second,
+	// An update that keeps the peer allowed leaves its connection alone.
+	cfg := tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: srv.Addr().String(), Target: first,
+		Allow: []string{clientID.String()}}
+	require.NoError(t, srv.Update(cfg))
+	roundTrip(t, long, lr, "still allowed")
+
+	cfg = tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: srv.Addr().String(), Target: second,
 		Allow: []string{otherID.String()}, HandshakeTimeout: 2 * time.Second, MaxConns: 10}
 	require.NoError(t, srv.Update(cfg))
 	assert.Equal(t, second, srv.Stats().Target)
 	assert.Equal(t, 10, srv.Stats().MaxConns)
 
-	// The established connection goes on, to the old target.
-	roundTrip(t, long, lr, "after the update")
+	// The established connection of the removed peer is closed at once.
+	requireClosed(t, long, lr, 10*time.Second)
+	assert.Equal(t, uint64(1), srv.Stats().ConnectionsRevoked)
+	ended := srv.logs.FilterMessage("established connection closed: peer no longer allowed").All()
+	require.Len(t, ended, 1)
+	assert.Equal(t, clientID.String(), fieldString(ended[0], "peer_id"))
+	assert.Equal(t, "revoked", fieldString(ended[0], "cause"))
+	assert.Equal(t, 1.0, srv.metric(t, "identity_agent_proxy_connections_ended_total", map[string]string{"cause": "revoked"}))
 	// A new connection from the removed peer is refused...
 	before := srv.Stats().HandshakeFailures[tlsproxy.CauseUnauthorizedID]
 	require.Error(t, oneRequest(cli.Addr().String(), "client, no longer allowed"))
@@ -69,6 +83,33 @@ func TestUpdateKeepsEstablishedConnections(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "second:hello\n", line)
 	assert.NotEmpty(t, srv.logs.FilterMessage("proxy updated").All())
+	// A peer still allowed keeps its connection through a narrowing update.
+	require.NoError(t, srv.Update(tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: srv.Addr().String(), Target: second,
+		Allow: []string{otherID.String(), "spiffe://example.org/third"}}))
+	require.NoError(t, srv.Update(tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: srv.Addr().String(), Target: second,
+		Allow: []string{otherID.String()}}))
+	require.NoError(t, c.SetDeadline(time.Now().Add(15*time.Second)))
+	_, err = c.Write([]byte("again\n"))
+	require.NoError(t, err)
+	line, err = bufio.NewReader(c).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "second:again\n", line)
+	assert.Equal(t, uint64(1), srv.Stats().ConnectionsRevoked)
+}
+
+// requireClosed waits up to within for the proxy to close c: a read
+// returns an error (EOF or reset) and no data.
+func requireClosed(t testing.TB, c net.Conn, r *bufio.Reader, within time.Duration) {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(within)))
+	line, err := r.ReadString('\n')
+	require.Error(t, err, "the connection must be closed; read %q", line)
+	require.False(t, isTimeoutErr(err), "the connection was still open after %s", within)
+}
+
+func isTimeoutErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // TestUpdateRefusesWhatNeedsANewProxy: name, mode, listen and http cannot

@@ -74,10 +74,14 @@ func (cfg Config) Validate() error {
 		{"idle_timeout", cfg.IdleTimeout},
 		{"connect_timeout", cfg.ConnectTimeout},
 		{"drain_timeout", cfg.DrainTimeout},
+		{"max_conn_lifetime", cfg.MaxConnLifetime},
 	} {
 		if d.v < 0 {
 			fail(d.field, fmt.Errorf("%s: must not be negative", d.v))
 		}
+	}
+	if cfg.MaxConnLifetime > 0 && cfg.MaxConnLifetime < MinConnLifetime {
+		fail("max_conn_lifetime", fmt.Errorf("%s: must be 0 (no limit) or at least %s", cfg.MaxConnLifetime, MinConnLifetime))
 	}
 	for _, n := range []struct {
 		field string
