@@ -129,6 +129,10 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:3: redis.transition.state_file: is required (the plaintext-idle window must survive restarts)`},
 		{"empty file", "",
 			`agent.yaml:1: config: the file is empty`},
+		{"nothing to do", head + "admin:\n  socket: /run/identity-agent/admin.sock\n",
+			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`},
+		{"nothing to do, empty lists", head + "outputs: []\nproxies: []\nallow_empty: false\n",
+			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`},
 		{"unknown field", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mod: "0644"`),
 			`agent.yaml:7: outputs[0].cert_mod: unknown field in an output`},
 		{"wrong type", head + "proxies:\n  - name: a\n    max_conns: many\n",
@@ -212,3 +216,14 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	}
 }
 func noEnv(string) string { return "" }
+
+// A file with no outputs and no proxies is what it says it is only with
+// allow_empty: true.
+func TestPlanAllowEmpty(t *testing.T) {
+	p, err := agent.Parse("agent.yaml", []byte(head+"allow_empty: true\n"), noEnv)
+	require.NoError(t, err)
+	assert.Empty(t, p.Outputs)
+	assert.Empty(t, p.Proxies)
+	_, err = agent.Parse("agent.yaml", []byte(head+"allow_empty: false\nproxies:\n"+px("a", "127.0.0.1:1")), noEnv)
+	require.NoError(t, err, "one proxy is something to do")
+}
