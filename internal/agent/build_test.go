@@ -7,7 +7,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -206,6 +208,7 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	require.NoError(t, err)
 	require.Error(t, p.Warnings)
 	produced[p.Warnings.Error()] = true
+	produced[changingLine(t)] = true
 	examples := lineRE.FindAllStringSubmatch(string(doc), -1)
 	require.NotEmpty(t, examples)
 	for _, m := range examples {
@@ -216,6 +219,30 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	}
 }
 func noEnv(string) string { return "" }
+
+// changingLine is what agent.Load says of agent.yaml while an editor keeps
+// rewriting it in place.
+func changingLine(t *testing.T) string {
+	t.Helper()
+	t.Chdir(t.TempDir())
+	require.NoError(t, os.WriteFile("agent.yaml", []byte(head), 0o600))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+				assert.NoError(t, os.WriteFile("agent.yaml", []byte(head), 0o600))
+			}
+		}
+	})
+	_, err := agent.Load("agent.yaml", noEnv)
+	require.Error(t, err)
+	return err.Error()
+}
 
 // A file with no outputs and no proxies is what it says it is only with
 // allow_empty: true.
