@@ -1,13 +1,13 @@
 package agent
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -49,12 +49,11 @@ type Plan struct {
 
 // Load reads the file at path and plans it: every problem of the file and
 // of the plan is reported at once, as config.Problems sorted by line.
+// The file is used only once it has held still for SettleInterval (two
+// identical reads; see readSettled), so `run`, `config validate` and a
+// reload all read it by one rule.
 func Load(path string, getenv func(string) string) (*Plan, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return Parse(path, data, getenv)
+	return load(context.Background(), path, getenv)
 }
 
 // NewPlan converts and checks cfg (see Plan). The error is config.Problems.

@@ -7,7 +7,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -129,6 +131,10 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:3: redis.transition.state_file: is required (the plaintext-idle window must survive restarts)`},
 		{"empty file", "",
 			`agent.yaml:1: config: the file is empty`},
+		{"nothing to do", head + "admin:\n  socket: /run/identity-agent/admin.sock\n",
+			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`},
+		{"nothing to do, empty lists", head + "outputs: []\nproxies: []\nallow_empty: false\n",
+			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`},
 		{"unknown field", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mod: "0644"`),
 			`agent.yaml:7: outputs[0].cert_mod: unknown field in an output`},
 		{"wrong type", head + "proxies:\n  - name: a\n    max_conns: many\n",
@@ -202,6 +208,7 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	require.NoError(t, err)
 	require.Error(t, p.Warnings)
 	produced[p.Warnings.Error()] = true
+	produced[changingLine(t)] = true
 	examples := lineRE.FindAllStringSubmatch(string(doc), -1)
 	require.NotEmpty(t, examples)
 	for _, m := range examples {
@@ -212,3 +219,38 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	}
 }
 func noEnv(string) string { return "" }
+
+// changingLine is what agent.Load says of agent.yaml while an editor keeps
+// rewriting it in place.
+func changingLine(t *testing.T) string {
+	t.Helper()
+	t.Chdir(t.TempDir())
+	require.NoError(t, os.WriteFile("agent.yaml", []byte(head), 0o600))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+				assert.NoError(t, os.WriteFile("agent.yaml", []byte(head), 0o600))
+			}
+		}
+	})
+	_, err := agent.Load("agent.yaml", noEnv)
+	require.Error(t, err)
+	return err.Error()
+}
+
+// A file with no outputs and no proxies is what it says it is only with
+// allow_empty: true.
+func TestPlanAllowEmpty(t *testing.T) {
+	p, err := agent.Parse("agent.yaml", []byte(head+"allow_empty: true\n"), noEnv)
+	require.NoError(t, err)
+	assert.Empty(t, p.Outputs)
+	assert.Empty(t, p.Proxies)
+	_, err = agent.Parse("agent.yaml", []byte(head+"allow_empty: false\nproxies:\n"+px("a", "127.0.0.1:1")), noEnv)
+	require.NoError(t, err, "one proxy is something to do")
+}

@@ -69,7 +69,9 @@ func (a *Agent) reload(ctx context.Context, path string) ReloadResult {
 	a.log.Info("reloading configuration", zap.String("config", path))
 	// The same check as `config validate` and `run`: a file run would
 	// refuse is refused here, with the same lines.
-	plan, err := Load(path, os.Getenv)
+	// Read only once the file holds still: an editor rewriting it in
+	// place passes through shorter files that may well be valid.
+	plan, err := load(ctx, path, os.Getenv)
 	if err != nil {
 		return a.recordReload(ReloadResult{Err: err})
 	}

@@ -100,15 +100,15 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 	cases := []struct {
 		name, yaml, want string
 	}{
-		{"unknown top-level key", "workload_api: {socket: unix:///s}\noutptus: []\n",
+		{"unknown top-level key", "workload_api: {socket: unix:///s}\noutptus: []\nallow_empty: true\n",
 			`bad.yaml:2: outptus: unknown field in the top level`},
 		{"unknown output key", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    cert_mod: \"0644\"\n",
 			`bad.yaml:6: outputs[0].cert_mod: unknown field in an output`},
 		{"bad mode", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    bundle_mode: \"0999\"\n",
 			`bad.yaml:6: outputs[0].bundle_mode: "0999" is not a file mode (use an octal string such as "0640")`},
-		{"bad duration", "workload_api: {socket: unix:///s}\nrotation:\n  debounce: 10\n",
+		{"bad duration", "workload_api: {socket: unix:///s}\nrotation:\n  debounce: 10\nallow_empty: true\n",
 			`bad.yaml:3: rotation.debounce: "10" is not a duration (use e.g. 30s, 10m, 24h)`},
-		{"bad socket scheme", "workload_api:\n  socket: /tmp/agent.sock\n",
+		{"bad socket scheme", "workload_api:\n  socket: /tmp/agent.sock\nallow_empty: true\n",
 			`bad.yaml:2: workload_api.socket: "/tmp/agent.sock" must start with unix:// (or tcp://)`},
 		{"bad spiffe id", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    spiffe_id: http://x/y\n",
 			`bad.yaml:6: outputs[0].spiffe_id: "http://x/y": scheme is missing or invalid`},
@@ -116,7 +116,7 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 			`bad.yaml:5: outputs[0].cert_file: needs key_file too: cert_file and key_file go together`},
 		{"two reload kinds in one entry", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - {exec: {command: [true]}, systemd: {unit: x}}\n",
 			`bad.yaml:7: outputs[0].reload[0]: sets exec and systemd: one action per list entry`},
-		{"metrics on a public address", "workload_api: {socket: unix:///s}\nadmin: {metrics_listen: \"0.0.0.0:9090\"}\n",
+		{"metrics on a public address", "workload_api: {socket: unix:///s}\nadmin: {metrics_listen: \"0.0.0.0:9090\"}\nallow_empty: true\n",
 			`bad.yaml:2: admin.metrics_listen: "0.0.0.0:9090" must be a loopback address`},
 		{"syntax error", "outputs: [\n", `bad.yaml:1: outputs: did not find expected node content`},
 		{"empty", "", `bad.yaml:1: config: the file is empty`},

@@ -20,6 +20,12 @@ type Config struct {
 	Proxies     []Proxy     `yaml:"proxies"`
 	Redis       *Redis      `yaml:"redis"`
 
+	// AllowEmpty accepts a file with no outputs and no proxies. Without
+	// it such a file is refused: a file cut short while an editor writes
+	// it is often still valid YAML, and applied as a reload it would stop
+	// every output and proxy at once.
+	AllowEmpty bool `yaml:"allow_empty"`
+
 	// Path is the file the config was read from (not a YAML key).
 	Path string `yaml:"-"`
 	// root is the parsed document, kept for the line numbers of problems.

@@ -142,6 +142,9 @@ func (c *Config) validate(v *validator) {
 	if c.Rotation.RetryMin > c.Rotation.RetryMax {
 		v.errorf(path("rotation", "retry_min"), "is larger than retry_max")
 	}
+	if len(c.Outputs) == 0 && len(c.Proxies) == 0 && !c.AllowEmpty {
+		v.errorf(path(), "no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)")
+	}
 
 	names := map[string]int{}
 	for i, o := range c.Outputs {
