@@ -45,13 +45,11 @@ func startLimitedAgent(t *testing.T, cfgPath string, nofile int) (*os.Process, *
 
 // authorizedRequests makes n requests, each on a new connection, as the
 // authorized client, and returns how many were answered.
-func authorizedRequests(t *testing.T, srv interface {
-	dial(string) (*mtlsConn, error)
-}, addr string, n int) int {
+func authorizedRequests(t *testing.T, dial func(string) (*mtlsConn, error), addr string, n int) int {
 	t.Helper()
 	ok := 0
 	for i := range n {
-		c, err := srv.dial(addr)
+		c, err := dial(addr)
 		if err != nil {
 			t.Logf("request %d: dial: %v", i, err)
 			continue
@@ -67,10 +65,6 @@ func authorizedRequests(t *testing.T, srv interface {
 	}
 	return ok
 }
-
-type floodClient struct{ dialFn func(string) (*mtlsConn, error) }
-
-func (f floodClient) dial(addr string) (*mtlsConn, error) { return f.dialFn(addr) }
 
 // TestFDFloodStarvesNothing is issue 18 item 1 against the real binary at
 // RLIMIT_NOFILE 1024: 1,040 idle connections each to metrics_listen, the
@@ -101,7 +95,7 @@ proxies:
 	assert.Contains(t, logs.String(), `file descriptor limit (RLIMIT_NOFILE)`)
 	assert.Contains(t, logs.String(), fmt.Sprintf(`"soft":%d,"hard":%d`, nofile, nofile))
 
-	client := floodClient{func(addr string) (*mtlsConn, error) { return dialProxy(srv, addr, floodClientID) }}
+	client := func(addr string) (*mtlsConn, error) { return dialProxy(srv, addr, floodClientID) }
 	require.Equal(t, 5, authorizedRequests(t, client, proxyAddr, 5), "unattacked")
 
 	d := net.Dialer{Timeout: 5 * time.Second}
@@ -153,7 +147,7 @@ proxies:
 		}
 	}()
 	for i := 0; i < maxConns; i++ {
-		c, err := client.dial(proxyAddr)
+		c, err := client(proxyAddr)
 		if err == nil {
 			_, err = c.roundTrip("hold")
 		}
