@@ -40,19 +40,22 @@ func FDs(metricsListen bool) int {
 }
 
 // capListener holds at most max connections. Below the cap it accepts
-// as any listener. At the cap it accepts one connection a millisecond, so
+// as any listener. At the cap it accepts atCapBurst connections per
+// millisecond (the timer's resolution), so
 // that clients wait in the kernel's queue (which costs the agent no
 // descriptor) long enough to send their request, and then a connection
 // whose request has arrived replaces the one that has waited longest for
 // a request (never one being served), while a silent one is closed. An
 // attacker holding connections open, idle or replaced at once, then only
-// pushes out its own, and costs the agent at most a thousand accepts a
-// second.
+// pushes out its own, and costs the agent at most 4,000 accepts a second.
 type capListener struct {
 	net.Listener
 	name string
 	max  int
 	log  *zap.Logger
+	// burst counts accepts at the cap since the last pause; only the
+	// accept loop (one goroutine) touches it.
+	burst int
 
 	mu      sync.Mutex
 	conns   map[*capConn]struct{}
@@ -71,8 +74,9 @@ type capConn struct {
 	lastRead atomic.Int64
 }
 
-// atCapPace is how long the accept loop waits per connection at the cap.
-const atCapPace = time.Millisecond
+// atCapBurst is how many connections the accept loop takes per
+// millisecond at the cap.
+const atCapBurst = 4
 
 func newCapListener(inner net.Listener, name string, max int, log *zap.Logger) *capListener {
 	return &capListener{Listener: inner, name: name, max: max, log: log, conns: map[*capConn]struct{}{}}
@@ -81,7 +85,10 @@ func newCapListener(inner net.Listener, name string, max int, log *zap.Logger) *
 func (l *capListener) Accept() (net.Conn, error) {
 	for {
 		if l.full() {
-			time.Sleep(atCapPace)
+			if l.burst++; l.burst >= atCapBurst {
+				l.burst = 0
+				time.Sleep(time.Millisecond)
+			}
 		}
 		c, err := l.Listener.Accept()
 		if err != nil {
