@@ -95,8 +95,8 @@ metric() { grep -E "^$2" "$1" | head -1 | awk -v u="$3" '{for (i=2;i<NF;i++) if 
   echo "new mTLS connection through the proxy; every tenth op also fetches \`status\`"
   echo "from the admin socket. The flood column runs with 1,040 idle connections each"
   echo "on \`metrics_listen\` and on the admin socket, every one closed replaced at once"
-  echo "(issue 18: before the listeners were capped, this left 0 requests answered and"
-  echo "status UNKNOWN)."
+  echo "(issue 18 found 0 of 20 requests answered and status UNKNOWN under such a"
+  echo "flood before the listeners were capped)."
   echo
   echo "| metric | unattacked | 1,040 idle connections on each | target |"
   echo "| --- | --- | --- | --- |"
