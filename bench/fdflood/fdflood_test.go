@@ -106,7 +106,7 @@ proxies:
 		return err == nil && r.Ready
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for !(status() && request(0)) {
+	for !status() || !request(0) {
 		if time.Now().After(deadline) {
 			b.Fatalf("agent not serving after 30s; logs:\n%s", logs.String())
 		}
