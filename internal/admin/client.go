@@ -1,37 +1,63 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 )
 
-// Fetch reads /status from an agent. addr is a unix socket path, or an
-// http:// URL of a loopback listener.
+// MaxStatusBytes bounds the status document a client reads. A real one is
+// a few KiB per output and proxy; whatever answers on the socket path is
+// not trusted to stop.
+const MaxStatusBytes = 4 << 20
+
+// maxHeaderBytes bounds the response headers the same way.
+const maxHeaderBytes = 64 << 10
+
+// Fetch reads /status from the agent at addr, its admin unix socket (a path
+// or unix:///path). Whatever serves that path is checked and bounded: the
+// kernel must report root or this process's own uid at the other end, the
+// document may not exceed MaxStatusBytes, and ctx bounds the whole
+// exchange, body included.
 func Fetch(ctx context.Context, addr string) (Report, error) {
 	var r Report
-	client := &http.Client{}
-	url := strings.TrimSuffix(addr, "/") + "/status"
-	if !strings.HasPrefix(addr, "http://") {
-		sock := strings.TrimPrefix(addr, "unix://")
-		client.Transport = &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", sock)
-			},
-		}
-		url = "http://agent/status"
+	sock := strings.TrimPrefix(addr, "unix://")
+	if strings.Contains(sock, "://") {
+		return r, fmt.Errorf("admin address %q: the agent serves status only on its admin unix socket (a path or unix:///path)", addr)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", sock)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkServer(c.(*net.UnixConn)); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
+			return c, nil
+		},
+		DisableKeepAlives:      true,
+		MaxResponseHeaderBytes: maxHeaderBytes,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
 	if err != nil {
 		return r, fmt.Errorf("admin %s: %w", addr, err)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		var untrusted *untrustedServerError
+		if errors.As(err, &untrusted) {
+			return r, fmt.Errorf("admin socket %s: %w", sock, untrusted)
+		}
 		return r, fmt.Errorf("agent not reachable at %s: %w", addr, unwrapURLError(err))
 	}
 	defer func() { _ = resp.Body.Close() }()
@@ -39,10 +65,49 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return r, fmt.Errorf("agent at %s answered %s: %s", addr, resp.Status, strings.TrimSpace(string(body)))
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+	if resp.ContentLength > MaxStatusBytes {
+		return r, fmt.Errorf("agent at %s: status document of %d bytes is over the %d MiB limit; not reading it", addr, resp.ContentLength, MaxStatusBytes>>20)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxStatusBytes+1))
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return r, fmt.Errorf("agent at %s: status document not complete in time (%d bytes read): %w", addr, len(body), ctx.Err())
+	case err != nil:
+		return r, fmt.Errorf("agent at %s: reading the status document: %w", addr, err)
+	case len(body) > MaxStatusBytes:
+		return r, fmt.Errorf("agent at %s: status document over the %d MiB limit; stopped reading it", addr, MaxStatusBytes>>20)
+	}
+	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&r); err != nil {
 		return r, fmt.Errorf("agent at %s: bad status document: %w", addr, err)
 	}
 	return r, nil
+}
+
+// untrustedServerError is a socket served by a uid that is neither root
+// nor ours: anyone can create a socket at a path the agent is not using.
+type untrustedServerError struct{ uid, ours int }
+
+func (e *untrustedServerError) Error() string {
+	return fmt.Sprintf("served by uid %d, which is neither root nor this user (uid %d): not trusting its answer", e.uid, e.ours)
+}
+
+// checkServer accepts a server run by root or by our own uid.
+func checkServer(c *net.UnixConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	uid, ok, err := peerUID(raw)
+	if err != nil {
+		return fmt.Errorf("cannot tell which user serves the socket: %w", err)
+	}
+	if !ok { // no way to ask on this platform
+		return nil
+	}
+	if ours := os.Getuid(); uid != 0 && uid != ours {
+		return &untrustedServerError{uid: uid, ours: ours}
+	}
+	return nil
 }
 
 func unwrapURLError(err error) error {

@@ -9,4 +9,11 @@
 //
 // The endpoint listens on a unix socket created with mode 0600 before it
 // becomes visible, so only the agent's user (and root) can read it.
+// metrics_listen is reachable by every local user. Each listener holds a
+// bounded number of connections (MaxSocketConns, MaxMetricsConns) under
+// read, write and idle timeouts, so that FDs can be counted against the
+// agent's file descriptors; see capListener for who gives way at the cap.
+//
+// The client, Fetch, trusts only a socket served by root or its own uid
+// and reads at most MaxStatusBytes, within its context's deadline.
 package admin

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -93,7 +92,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	})
 	mux.Handle("GET /metrics", metrics)
-	listeners := []net.Listener{lis}
+	listeners := []*capListener{newCapListener(lis, "socket", MaxSocketConns, s.cfg.log)}
 	handlers := []http.Handler{mux}
 	if s.cfg.metricsListen != "" {
 		var lc net.ListenConfig
@@ -104,12 +103,14 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		onlyMetrics := http.NewServeMux()
 		onlyMetrics.Handle("GET /metrics", metrics)
-		listeners = append(listeners, tcp)
+		listeners = append(listeners, newCapListener(tcp, "metrics_listen", MaxMetricsConns, s.cfg.log))
 		handlers = append(handlers, onlyMetrics)
 	}
 	s.done = make(chan error, len(listeners))
 	for i, l := range listeners {
-		srv := &http.Server{Handler: handlers[i], ReadHeaderTimeout: 5 * time.Second,
+		srv := &http.Server{Handler: handlers[i], ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout: readTimeout, WriteTimeout: writeTimeout, IdleTimeout: idleTimeout,
+			MaxHeaderBytes: 16 << 10, ConnState: l.connState,
 			BaseContext: func(net.Listener) context.Context { return ctx }}
 		s.servers = append(s.servers, srv)
 		go func() {
@@ -120,7 +121,8 @@ func (s *Server) Start(ctx context.Context) error {
 			s.done <- err
 		}()
 	}
-	s.cfg.log.Info("admin endpoint listening", zap.String("socket", s.socket), zap.String("metrics_listen", s.cfg.metricsListen))
+	s.cfg.log.Info("admin endpoint listening", zap.String("socket", s.socket), zap.String("metrics_listen", s.cfg.metricsListen),
+		zap.Int("max_socket_conns", MaxSocketConns), zap.Int("max_metrics_conns", MaxMetricsConns))
 	return nil
 }
 

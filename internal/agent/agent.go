@@ -69,6 +69,10 @@ type Agent struct {
 	// sampler watches the Redis plaintext port during a transition.
 	sampler    *redistransition.Sampler
 	redisAdmin *redistransition.Admin
+
+	// fd splits RLIMIT_NOFILE between the reserve, the admin endpoint
+	// and the proxies (fdbudget.go).
+	fd fdBudget
 }
 
 // New builds every part from cfg without starting anything.
@@ -102,11 +106,13 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: outputs: %w", cfg.Path, err)
 	}
+	a.fd = newFDBudget(cfg)
+	shares := a.fd.shares(cfg.Proxies)
 	for i, pc := range cfg.Proxies {
 		pm := newProxyMetrics(a.registry, false)
 		p, err := NewProxy(pc, a.source,
 			tlsproxy.WithLogger(a.log.Named("proxy")),
-			tlsproxy.WithRegisterer(pm))
+			tlsproxy.WithRegisterer(pm), tlsproxy.WithFDBudget(shareOf(shares, i)))
 		if err != nil {
 			return nil, fmt.Errorf("%s: proxies[%d]: %w", cfg.Path, i, err)
 		}
@@ -185,6 +191,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	a.mu.Lock()
 	a.configState.AppliedAt = a.started
 	a.mu.Unlock()
+	a.fd.log(a.log, a.cfg.Proxies)
 	adm := admin.NewServer(a.cfg.Admin.Socket, a.Report, admin.WithMetricsListen(a.cfg.Admin.MetricsListen),
 		admin.WithGatherer(a.registry), admin.WithLogger(a.log.Named("admin")))
 	if err := adm.Start(parent); err != nil {

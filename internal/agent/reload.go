@@ -272,6 +272,12 @@ func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error
 			a.log.Error("proxy update refused", zap.String("proxy", u.proxy.Name()), zap.Error(err))
 		}
 	}
+	// The proxies kept share the descriptors again with those added and
+	// without those removed (pc.running is in next.Proxies' order).
+	shares := a.fd.shares(next.Proxies)
+	for i, p := range pc.running {
+		p.SetFDBudget(shareOf(shares, i))
+	}
 	a.mu.Lock()
 	for _, d := range pc.drain {
 		if pm := a.proxyMetrics[d.proxy]; pm != nil {
@@ -389,6 +395,7 @@ func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
 	}
 	seen := map[string]bool{}
 	var errs []error
+	shares := a.fd.shares(next.Proxies)
 	for i, np := range next.Proxies {
 		seen[np.Name] = true
 		op, had := curCfg[np.Name]
@@ -408,7 +415,7 @@ func (a *Agent) planProxies(cur, next *config.Config) (proxyChange, error) {
 			pc.changes = append(pc.changes, "proxy "+np.Name+": updated in place")
 			continue
 		}
-		q, pm, err := a.newProxy(np)
+		q, pm, err := a.newProxy(np, shareOf(shares, i))
 		if err != nil {
 			errs = append(errs, next.At(fmt.Sprintf("proxies[%d]", i), err))
 			continue
@@ -451,9 +458,10 @@ func inPlace(a, b config.Proxy) bool {
 // newProxy builds (does not start) the proxy pc describes.
 // Its metrics are deferred: they appear when the reload commits, after
 // those of the proxy it replaces are gone.
-func (a *Agent) newProxy(pc config.Proxy) (*tlsproxy.Proxy, *proxyMetrics, error) {
+func (a *Agent) newProxy(pc config.Proxy, fdShare int) (*tlsproxy.Proxy, *proxyMetrics, error) {
 	pm := newProxyMetrics(a.registry, true)
-	p, err := NewProxy(pc, a.source, tlsproxy.WithLogger(a.log.Named("proxy")), tlsproxy.WithRegisterer(pm))
+	p, err := NewProxy(pc, a.source, tlsproxy.WithLogger(a.log.Named("proxy")), tlsproxy.WithRegisterer(pm),
+		tlsproxy.WithFDBudget(fdShare))
 	return p, pm, err
 }
 

@@ -24,6 +24,7 @@ type options struct {
 	ln         net.Listener
 	listenUnix func(path string) (net.Listener, error)
 	fdLimit    func() (uint64, bool)
+	fdBudget   int // 0: fit to RLIMIT_NOFILE less fdReserve
 }
 
 // WithLogger sets the logger (default: no-op). Rejected connections are

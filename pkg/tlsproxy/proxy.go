@@ -243,24 +243,36 @@ func (p *Proxy) openListener(ctx context.Context) (net.Listener, error) {
 	}
 }
 
-// fitted returns rt with its limits lowered, if needed, to what
-// RLIMIT_NOFILE allows, logging the change once per generation.
+// fitted returns rt with its limits lowered, if needed, to what the
+// proxy's file descriptors allow (its WithFDBudget share, else
+// RLIMIT_NOFILE less fdReserve), logging the change once per generation.
 func (p *Proxy) fitted(rt *runtimeConfig) *runtimeConfig {
-	nofile, ok := p.opts.fdLimit()
-	if !ok {
-		return rt
-	}
 	perAuthed := 2
 	if rt.cfg.HTTP {
 		perAuthed = 3
 	}
 	want := limits{maxConns: rt.cfg.MaxConns, maxHandshakes: rt.cfg.MaxHandshakes, perSource: rt.cfg.MaxHandshakesPerSource}
-	got, lowered := fitLimits(want, nofile, perAuthed)
+	var got limits
+	var lowered bool
+	var why string
+	var field zap.Field
+	if b := p.opts.fdBudget; b > 0 {
+		got, lowered = fitInto(want, uint64(max(b-1, 0)), perAuthed) // the listener is one of them
+		why = "this proxy's share of the file descriptor limit (ulimit -n) is too low for its limits; lowered them to fit: raise LimitNOFILE (systemd) or NumberOfFiles (launchd), or lower max_conns/max_handshakes, to restore them"
+		field = zap.Int("fd_budget", b)
+	} else {
+		nofile, ok := p.opts.fdLimit()
+		if !ok {
+			return rt
+		}
+		got, lowered = fitLimits(want, nofile, perAuthed)
+		why = "file descriptor limit (ulimit -n) too low for this proxy's limits; lowered them to fit: raise LimitNOFILE (systemd) or NumberOfFiles (launchd) to restore them"
+		field = zap.Uint64("rlimit_nofile", nofile)
+	}
 	if !lowered {
 		return rt
 	}
-	p.log.Warn("file descriptor limit (ulimit -n) too low for this proxy's limits; lowered them to fit: raise LimitNOFILE (systemd) or NumberOfFiles (launchd) to restore them",
-		zap.Uint64("rlimit_nofile", nofile),
+	p.log.Warn(why, field,
 		zap.Int("max_conns", got.maxConns), zap.Int("configured_max_conns", want.maxConns),
 		zap.Int("max_handshakes", got.maxHandshakes), zap.Int("configured_max_handshakes", want.maxHandshakes))
 	out := *rt
