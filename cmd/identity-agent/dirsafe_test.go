@@ -96,3 +96,56 @@ func TestOutputDirOfAnotherUserRefused(t *testing.T) {
 	assert.Contains(t, res.stdout, strings.Replace(want, "outputs[0]", "outputs[1]", 1), "%+v", res)
 	unchanged()
 }
+
+// The running agent's guard, attacked as in the issue: the current version
+// directory swapped for a symlink to another directory (mode 0751) - the
+// target keeps its mode and contents; then a chmod flood on the key - at
+// most 3 quarantined versions stay, each 0700.
+func TestGuardAgainstSymlinkSwapAndChmodFlood(t *testing.T) {
+	dir := t.TempDir()
+	_, apiSock := startDevAPI(t, time.Hour)
+	logs := startAgent(t, writeConfig(t, dir, apiSock, ""))
+	out := filepath.Join(dir, "out")
+	keyPath := filepath.Join(out, "key.pem")
+	require.Eventually(t, func() bool { _, err := os.Stat(keyPath); return err == nil }, 30*time.Second, 20*time.Millisecond, "logs:\n%s", logs)
+	time.Sleep(300 * time.Millisecond) // let the first write and its guard check settle
+	key, err := os.ReadFile(keyPath)
+	require.NoError(t, err)
+	whole := func() bool {
+		k, err := os.ReadFile(keyPath)
+		fi, serr := os.Stat(keyPath)
+		return err == nil && serr == nil && string(k) == string(key) && fi.Mode().Perm() == 0o600
+	}
+
+	victim := filepath.Join(dir, "victim")
+	require.NoError(t, os.Mkdir(victim, 0o700))
+	require.NoError(t, os.Chmod(victim, 0o751))
+	require.NoError(t, os.WriteFile(filepath.Join(victim, "key.pem"), []byte("victim's"), 0o644))
+	ver, err := os.Readlink(filepath.Join(out, "..data"))
+	require.NoError(t, err)
+	require.NoError(t, os.Rename(filepath.Join(out, ver), filepath.Join(dir, "old-version")))
+	require.NoError(t, os.Symlink(victim, filepath.Join(out, ver)))
+	require.Eventually(t, func() bool {
+		_, err := os.Lstat(filepath.Join(out, ver))
+		return whole() && os.IsNotExist(err)
+	}, 20*time.Second, 20*time.Millisecond, "not restored; logs:\n%s", logs)
+	fi, err := os.Lstat(victim)
+	require.NoError(t, err)
+	assert.Equal(t, fs.ModeDir|0o751, fi.Mode(), "chmod-ed through the symlink")
+	b, err := os.ReadFile(filepath.Join(victim, "key.pem"))
+	require.NoError(t, err)
+	assert.Equal(t, "victim's", string(b))
+
+	for range 8 {
+		require.NoError(t, os.Chmod(keyPath, 0o644))
+		require.Eventually(t, whole, 20*time.Second, 20*time.Millisecond, "chmod not restored; logs:\n%s", logs)
+		require.LessOrEqual(t, len(quarantined(t, out, "")), 3)
+	}
+	require.Eventually(t, func() bool { return len(quarantined(t, out, "..20")) == 3 }, 20*time.Second, 20*time.Millisecond,
+		"%v", quarantined(t, out, ""))
+	for _, q := range quarantined(t, out, "") {
+		fi, err := os.Lstat(q)
+		require.NoError(t, err)
+		assert.Equal(t, fs.ModeDir|0o700, fi.Mode(), q)
+	}
+}

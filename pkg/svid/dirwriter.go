@@ -177,7 +177,7 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 	}
 	defer d.close()
 	changed, err = w.writeAt(d, files)
-	w.pruneQuarantine(d, time.Now())
+	w.pruneQuarantine(d, time.Now(), QuarantineKeep)
 	return changed, err
 }
 

@@ -121,7 +121,7 @@ func (w *DirWriter) Restore(files []File, now time.Time) (changed bool, moved []
 	}
 
 	changed, err = w.writeAt(d, files)
-	defer w.pruneQuarantine(d, now)
+	defer w.pruneQuarantine(d, now, QuarantineKeep)
 	if err != nil || stale == "" {
 		return changed, moved, err
 	}
@@ -163,8 +163,11 @@ func (w *DirWriter) Restore(files []File, now time.Time) (changed bool, moved []
 	return changed, append(moved, m), nil
 }
 
-// quarantine renames name in d to a fresh quarantine name beside it.
+// quarantine renames name in d to a fresh quarantine name beside it,
+// first pruning the quarantine to leave room for it: there are never more
+// than QuarantineKeep entries of the writer's, not even for a moment.
 func (w *DirWriter) quarantine(d *dirFD, name, what string, now time.Time) (Moved, error) {
+	w.pruneQuarantine(d, now, QuarantineKeep-1)
 	base := quarantinePfx + name + "-" + now.UTC().Format(quarantineTimeLayout)
 	to := base
 	for i := 1; ; i++ {
@@ -198,11 +201,11 @@ func quarantineTime(name string) (time.Time, bool) {
 	return t, err == nil
 }
 
-// pruneQuarantine keeps the newest QuarantineKeep quarantined entries not
-// older than QuarantineMaxAge and removes the others: a file or link is
+// pruneQuarantine keeps the newest keep quarantined entries not older
+// than QuarantineMaxAge and removes the others: a file or link is
 // unlinked, a directory of the writer's removed with what it holds; a
 // directory of someone else's stays (see Restore).
-func (w *DirWriter) pruneQuarantine(d *dirFD, now time.Time) {
+func (w *DirWriter) pruneQuarantine(d *dirFD, now time.Time, keep int) {
 	names, err := d.names()
 	if err != nil {
 		return
@@ -222,7 +225,7 @@ func (w *DirWriter) pruneQuarantine(d *dirFD, now time.Time) {
 	}
 	slices.SortFunc(q, func(a, b entry) int { return b.at.Compare(a.at) })
 	for i, e := range q {
-		if i < QuarantineKeep && now.Sub(e.at) <= QuarantineMaxAge {
+		if i < keep && now.Sub(e.at) <= QuarantineMaxAge {
 			continue
 		}
 		st, err := d.lstat(e.name)
