@@ -248,7 +248,9 @@ func checkOutputDirs(cfg *config.Config) error {
 // prepare` and the writer apply too, to each output directory that exists
 // today: a real directory (a symlinked one is refused here as by `run`),
 // owned by the user the agent runs as. A directory someone else owns would
-// let them swap what the agent later chmods or removes by name.
+// let them swap what the agent later chmods or removes by name. A path
+// this user cannot look at is not a finding about the directory: `run`
+// reports it when it gets there, as before.
 func checkOutputDirOwners(cfg *config.Config) error {
 	var errs []error
 	for i, o := range cfg.Outputs {

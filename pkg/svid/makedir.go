@@ -77,7 +77,8 @@ func (e *DirError) Error() string { return "directory " + e.Path + " " + e.Probl
 // is refused, because its owner could swap the version directories and
 // links the writer relies on, and whatever the writer then did by name
 // (chmod, remove) would land on what they point to. A missing path is
-// fine (MakeDir creates it); the error is a *DirError.
+// fine (MakeDir creates it); a refusal is a *DirError, and any other
+// error means the path could not be looked at.
 //
 // The agent applies it at `config validate`, `run` and reload (one check,
 // agent.NewPlan), at `service prepare`, and the DirWriter again on every
@@ -88,7 +89,9 @@ func CheckOutputDir(path string, uid int, who string) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
-		return &DirError{Path: path, Problem: "cannot be checked: " + errors.Unwrap(err).Error()}
+		// Not a verdict on the directory (e.g. a parent this user may not
+		// search): not a *DirError.
+		return fmt.Errorf("directory %s: %w", path, err)
 	case fi.Mode()&fs.ModeSymlink != 0:
 		return &DirError{Path: path, Problem: "is a symlink; configure the directory it points to"}
 	case !fi.IsDir():
