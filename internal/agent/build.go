@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -75,7 +76,7 @@ func NewPlan(cfg *config.Config) (*Plan, error) {
 		}
 		p.Outputs = append(p.Outputs, ro)
 	}
-	errs = append(errs, checkOutputDirs(cfg))
+	errs = append(errs, checkOutputDirs(cfg), checkOutputDirOwners(cfg))
 	for i, pc := range cfg.Proxies {
 		tc := ProxyConfig(pc)
 		if err := tc.Validate(); err != nil {
@@ -239,6 +240,28 @@ func checkOutputDirs(cfg *config.Config) error {
 			}
 		}
 		prev = append(prev, seen{i, real})
+	}
+	return config.Join(errs...)
+}
+
+// checkOutputDirOwners applies svid.CheckOutputDir, the rule `service
+// prepare` and the writer apply too, to each output directory that exists
+// today: a real directory (a symlinked one is refused here as by `run`),
+// owned by the user the agent runs as. A directory someone else owns would
+// let them swap what the agent later chmods or removes by name. A path
+// this user cannot look at is not a finding about the directory: `run`
+// reports it when it gets there, as before.
+func checkOutputDirOwners(cfg *config.Config) error {
+	var errs []error
+	for i, o := range cfg.Outputs {
+		if o.Dir == "" || !filepath.IsAbs(o.Dir) {
+			continue // reported by the file's own checks
+		}
+		err := svid.CheckOutputDir(filepath.Clean(o.Dir), os.Geteuid(), "the agent's user")
+		var de *svid.DirError
+		if errors.As(err, &de) {
+			errs = append(errs, cfg.Problemf(fmt.Sprintf("outputs[%d].dir", i), "%q %s", o.Dir, de.Problem))
+		}
 	}
 	return config.Join(errs...)
 }

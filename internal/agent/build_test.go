@@ -5,6 +5,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +41,9 @@ func px(name, listen string) string {
 // lines; TestConfigDocExamplesAreReal keeps the two in step.
 type rule struct {
 	name, yaml, want string
+	// doc is the line as docs/CONFIG.md shows it, when want names a path
+	// made by the test.
+	doc string
 }
 
 func rules(t *testing.T) []rule {
@@ -48,102 +52,129 @@ func rules(t *testing.T) []rule {
 	tmp := t.TempDir()
 	require.NoError(t, os.Mkdir(filepath.Join(tmp, "real"), 0o755))
 	require.NoError(t, os.Symlink(filepath.Join(tmp, "real"), filepath.Join(tmp, "link")))
-	return []rule{
+	return append(ownerRules(t), []rule{
+		{"dir is a symlink", head + "outputs:\n" + out("redis", filepath.Join(tmp, "link")),
+			`agent.yaml:4: outputs[0].dir: "` + filepath.Join(tmp, "link") + `" is a symlink; configure the directory it points to`,
+			`agent.yaml:4: outputs[0].dir: "/srv/tls" is a symlink; configure the directory it points to`},
+		{"dir is a file", head + "outputs:\n" + out("redis", "/etc/hosts"),
+			`agent.yaml:4: outputs[0].dir: "/etc/hosts" exists and is not a directory`, ""},
 		{"relative dir", head + "outputs:\n" + out("redis", "out/redis"),
-			`agent.yaml:4: outputs[0].dir: "out/redis" must be an absolute path`},
+			`agent.yaml:4: outputs[0].dir: "out/redis" must be an absolute path`, ""},
 		{"relative admin socket", head + "admin:\n  socket: run/admin.sock\n",
-			`agent.yaml:3: admin.socket: "run/admin.sock" must be an absolute path`},
+			`agent.yaml:3: admin.socket: "run/admin.sock" must be an absolute path`, ""},
 		{"relative pid file", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - signal: {pid_file: redis.pid}"),
-			`agent.yaml:8: outputs[0].reload[0].signal.pid_file: "redis.pid" must be an absolute path`},
+			`agent.yaml:8: outputs[0].reload[0].signal.pid_file: "redis.pid" must be an absolute path`, ""},
 		{"relative reload file", head + "outputs:\n" + out("traefik", "/etc/traefik/tls", "bundle_file: bundle.pem", "reload:", "  - traefik: {file: dynamic/spiffe.yaml}"),
-			`agent.yaml:9: outputs[0].reload[0].traefik.file: "dynamic/spiffe.yaml" must be an absolute path`},
+			`agent.yaml:9: outputs[0].reload[0].traefik.file: "dynamic/spiffe.yaml" must be an absolute path`, ""},
 		{"same dir, trailing slash", head + "outputs:\n" + out("a", "/srv/tls") + out("b", "/srv/tls/"),
-			`agent.yaml:8: outputs[1].dir: "/srv/tls/" is also the dir of outputs[0]; two outputs cannot share a directory`},
+			`agent.yaml:8: outputs[1].dir: "/srv/tls/" is also the dir of outputs[0]; two outputs cannot share a directory`, ""},
 		{"same dir, ./", head + "outputs:\n" + out("a", "/srv/tls") + out("b", "/srv/./tls"),
-			`agent.yaml:8: outputs[1].dir: "/srv/./tls" is also the dir of outputs[0]; two outputs cannot share a directory`},
+			`agent.yaml:8: outputs[1].dir: "/srv/./tls" is also the dir of outputs[0]; two outputs cannot share a directory`, ""},
 		{"same dir, symlink", head + "outputs:\n" + out("a", filepath.Join(tmp, "real", "x")) + out("b", filepath.Join(tmp, "link", "x")),
-			`agent.yaml:8: outputs[1].dir: "` + filepath.Join(tmp, "link", "x") + `" is also the dir of outputs[0] (both are ` + filepath.Join(resolved(t, tmp), "real", "x") + `); two outputs cannot share a directory`},
+			`agent.yaml:8: outputs[1].dir: "` + filepath.Join(tmp, "link", "x") + `" is also the dir of outputs[0] (both are ` + filepath.Join(resolved(t, tmp), "real", "x") + `); two outputs cannot share a directory`, ""},
 		{"nested dirs", head + "outputs:\n" + out("a", "/srv/tls") + out("b", "/srv/tls/b"),
-			`agent.yaml:8: outputs[1].dir: "/srv/tls/b" is inside outputs[0].dir "/srv/tls"; output directories must not nest`},
+			`agent.yaml:8: outputs[1].dir: "/srv/tls/b" is inside outputs[0].dir "/srv/tls"; output directories must not nest`, ""},
 		{"two proxies on one address", head + "proxies:\n" + px("a", "0.0.0.0:6701") + px("b", "127.0.0.1:6701"),
-			`agent.yaml:10: proxies[1].listen: "127.0.0.1:6701" is also the address of proxies[0]`},
+			`agent.yaml:10: proxies[1].listen: "127.0.0.1:6701" is also the address of proxies[0]`, ""},
 		{"proxy on metrics_listen", head + "admin: {metrics_listen: \"127.0.0.1:9100\"}\nproxies:\n" + px("a", "localhost:9100"),
-			`agent.yaml:6: proxies[0].listen: "localhost:9100" is also the address of admin.metrics_listen`},
+			`agent.yaml:6: proxies[0].listen: "localhost:9100" is also the address of admin.metrics_listen`, ""},
 		{"proxy listen", head + "proxies:\n" + px("a", "6701"),
-			`agent.yaml:5: proxies[0].listen: "6701": address 6701: missing port in address`},
+			`agent.yaml:5: proxies[0].listen: "6701": address 6701: missing port in address`, ""},
 		{"proxy target", head + "proxies:\n  - name: a\n    mode: server\n    listen: 0.0.0.0:6701\n    target: 10.0.0.5:11434\n    allow: [spiffe://example.org/traefik]\n",
-			`agent.yaml:6: proxies[0].target: "10.0.0.5:11434": plaintext target must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)`},
+			`agent.yaml:6: proxies[0].target: "10.0.0.5:11434": plaintext target must be a loopback IP, localhost or a unix socket (set unsafe_allow_non_loopback_plaintext to override)`, ""},
 		{"proxy allow entry", head + "proxies:\n  - name: a\n    mode: server\n    listen: 0.0.0.0:6701\n    target: 127.0.0.1:1\n    allow:\n      - spiffe://example.org/*/x\n",
-			`agent.yaml:8: proxies[0].allow[0]: "spiffe://example.org/*/x": "*" is only allowed as a final "/*" path segment`},
+			`agent.yaml:8: proxies[0].allow[0]: "spiffe://example.org/*/x": "*" is only allowed as a final "/*" path segment`, ""},
 		{"unknown owner user", head + "outputs:\n" + out("redis", "/etc/redis/tls", "owner:", "  user: no-such-user-x"),
-			`agent.yaml:8: outputs[0].owner.user: user "no-such-user-x" does not exist on this host`},
+			`agent.yaml:8: outputs[0].owner.user: user "no-such-user-x" does not exist on this host`, ""},
 		{"unknown owner group", head + "outputs:\n" + out("redis", "/etc/redis/tls", "owner:", "  group: no-such-group-x"),
-			`agent.yaml:8: outputs[0].owner.group: group "no-such-group-x" does not exist on this host`},
+			`agent.yaml:8: outputs[0].owner.group: group "no-such-group-x" does not exist on this host`, ""},
 		{"file names collide", head + "outputs:\n  - name: redis\n    dir: /etc/redis/tls\n    cert_file: redis.pem\n    key_file: redis.pem\n",
-			`agent.yaml:6: outputs[0].key_file: "redis.pem" is also used by cert_file`},
+			`agent.yaml:6: outputs[0].key_file: "redis.pem" is also used by cert_file`, ""},
 		{"file name with a path", head + "outputs:\n" + out("redis", "/etc/redis/tls", "bundle_file: ../ca.pem"),
-			`agent.yaml:7: outputs[0].bundle_file: "../ca.pem" must be a plain file name inside dir`},
+			`agent.yaml:7: outputs[0].bundle_file: "../ca.pem" must be a plain file name inside dir`, ""},
 		{"group-writable file", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "0664"`),
-			`agent.yaml:7: outputs[0].cert_mode: 0664 lets group or other write the file; use at most 0644`},
+			`agent.yaml:7: outputs[0].cert_mode: 0664 lets group or other write the file; use at most 0644`, ""},
 		{"world-writable key", head + "outputs:\n" + out("redis", "/etc/redis/tls", `key_mode: "0777"`),
-			`agent.yaml:7: outputs[0].key_mode: 0777 lets group or other write the file; use at most 0755`},
+			`agent.yaml:7: outputs[0].key_mode: 0777 lets group or other write the file; use at most 0755`, ""},
 		{"setuid", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "4644"`),
-			`agent.yaml:7: outputs[0].cert_mode: 4644 sets a setuid, setgid or sticky bit; identity files never need one`},
+			`agent.yaml:7: outputs[0].cert_mode: 4644 sets a setuid, setgid or sticky bit; identity files never need one`, ""},
 		{"world-readable key", head + "outputs:\n" + out("redis", "/etc/redis/tls", `key_mode: "0644"`),
-			`agent.yaml:7: outputs[0].key_mode: 0644 lets every user read a secret; use 0600 or 0640 (or set unsafe_world_readable_key: true)`},
+			`agent.yaml:7: outputs[0].key_mode: 0644 lets every user read a secret; use 0600 or 0640 (or set unsafe_world_readable_key: true)`, ""},
 		{"world-readable token", head + "outputs:\n  - name: api\n    dir: /run/api\n    jwt:\n      - {audience: [api], file: token.jwt, mode: \"0644\"}\n",
-			`agent.yaml:6: outputs[0].jwt[0].mode: 0644 lets every user read a secret; use 0600 or 0640 (or set unsafe_world_readable_key: true)`},
+			`agent.yaml:6: outputs[0].jwt[0].mode: 0644 lets every user read a secret; use 0600 or 0640 (or set unsafe_world_readable_key: true)`, ""},
 		{"unsupported signal", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - signal: {pid_file: /run/redis.pid, name: SIGKILL}"),
-			`agent.yaml:8: outputs[0].reload[0].signal.name: "SIGKILL" is not a supported signal (SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH)`},
+			`agent.yaml:8: outputs[0].reload[0].signal.name: "SIGKILL" is not a supported signal (SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH)`, ""},
 		{"systemd action", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - systemd: {unit: redis, action: stop}"),
-			`agent.yaml:8: outputs[0].reload[0]: systemd reload of "redis": unsupported action "stop" (want reload, restart, try-restart, reload-or-restart or try-reload-or-restart)`},
+			`agent.yaml:8: outputs[0].reload[0]: systemd reload of "redis": unsupported action "stop" (want reload, restart, try-restart, reload-or-restart or try-reload-or-restart)`, ""},
 		{"redis TLS admin without server_id", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - redis: {addr: \"rediss://127.0.0.1:6380\"}"),
-			`agent.yaml:8: outputs[0].reload[0].redis.server_id: is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)`},
+			`agent.yaml:8: outputs[0].reload[0].redis.server_id: is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)`, ""},
 		{"no Workload API", "outputs:\n" + out("redis", "/etc/redis/tls"),
-			`agent.yaml:1: workload_api.socket: no Workload API address: set it or export SPIFFE_ENDPOINT_SOCKET`},
+			`agent.yaml:1: workload_api.socket: no Workload API address: set it or export SPIFFE_ENDPOINT_SOCKET`, ""},
 		{"relative Workload API socket", "workload_api: {socket: \"unix://spire/agent.sock\"}\n",
-			`agent.yaml:1: workload_api.socket: "unix://spire/agent.sock" must name an absolute path (unix:///path)`},
+			`agent.yaml:1: workload_api.socket: "unix://spire/agent.sock" must name an absolute path (unix:///path)`, ""},
 		{"metrics on a public address", head + "admin: {metrics_listen: \"0.0.0.0:9100\"}\n",
-			`agent.yaml:2: admin.metrics_listen: "0.0.0.0:9100" must be a loopback address`},
+			`agent.yaml:2: admin.metrics_listen: "0.0.0.0:9100" must be a loopback address`, ""},
 		{"retry bounds", head + "rotation:\n  retry_min: 2m\n  retry_max: 1m\n",
-			`agent.yaml:3: rotation.retry_min: is larger than retry_max`},
+			`agent.yaml:3: rotation.retry_min: is larger than retry_max`, ""},
 		{"output name twice", head + "outputs:\n" + out("redis", "/a") + out("redis", "/b"),
-			`agent.yaml:7: outputs[1].name: "redis" is also the name of outputs[0]`},
+			`agent.yaml:7: outputs[1].name: "redis" is also the name of outputs[0]`, ""},
 		{"cert without key", head + "outputs:\n  - name: redis\n    dir: /etc/redis/tls\n    cert_file: svid.pem\n",
-			`agent.yaml:5: outputs[0].cert_file: needs key_file too: cert_file and key_file go together`},
+			`agent.yaml:5: outputs[0].cert_file: needs key_file too: cert_file and key_file go together`, ""},
 		{"nothing to write", head + "outputs:\n  - name: redis\n    dir: /etc/redis/tls\n",
-			`agent.yaml:3: outputs[0]: no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)`},
+			`agent.yaml:3: outputs[0]: no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)`, ""},
 		{"two actions in one reload entry", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - {exec: {command: [true]}, systemd: {unit: x}}"),
-			`agent.yaml:8: outputs[0].reload[0]: sets exec and systemd: one action per list entry`},
+			`agent.yaml:8: outputs[0].reload[0]: sets exec and systemd: one action per list entry`, ""},
 		{"traefik file readable by all", head + "outputs:\n" + out("traefik", "/etc/traefik/tls", "bundle_file: bundle.pem", "reload:", "  - traefik: {file: /etc/traefik/dynamic/spiffe.yml, mode: \"0644\"}"),
-			`agent.yaml:9: outputs[0].reload[0].traefik.mode: 0644 lets every user read the inline private key; use 0600 or 0640`},
+			`agent.yaml:9: outputs[0].reload[0].traefik.mode: 0644 lets every user read the inline private key; use 0600 or 0640`, ""},
 		{"negative limit", head + "proxies:\n" + px("a", "127.0.0.1:1") + "    max_handshakes_per_source: -1\n",
-			`agent.yaml:8: proxies[0].max_handshakes_per_source: -1: must not be negative`},
+			`agent.yaml:8: proxies[0].max_handshakes_per_source: -1: must not be negative`, ""},
 		{"connection lifetime below a second", head + "proxies:\n" + px("a", "127.0.0.1:1") + "    max_conn_lifetime: 100ms\n",
-			`agent.yaml:8: proxies[0].max_conn_lifetime: 100ms: must be 0 (no limit) or at least 1s`},
+			`agent.yaml:8: proxies[0].max_conn_lifetime: 100ms: must be 0 (no limit) or at least 1s`, ""},
 		{"traefik file extension", head + "outputs:\n" + out("traefik", "/etc/traefik/tls", "bundle_file: bundle.pem", "reload:", "  - traefik: {file: /etc/traefik/dynamic/spiffe.toml}"),
-			`agent.yaml:9: outputs[0].reload[0].traefik: dynamic file /etc/traefik/dynamic/spiffe.toml must end in .yml or .yaml (Traefik picks the format from the extension)`},
+			`agent.yaml:9: outputs[0].reload[0].traefik: dynamic file /etc/traefik/dynamic/spiffe.toml must end in .yml or .yaml (Traefik picks the format from the extension)`, ""},
 		{"socket path too long", head + "admin:\n  socket: /run/" + strings.Repeat("x", 120) + "/admin.sock\n",
-			`agent.yaml:3: admin.socket: "/run/` + strings.Repeat("x", 120) + `/admin.sock" is 136 bytes; a unix socket path holds at most ` + strconv.Itoa(unixsock.MaxPathLen()) + ` here`},
+			`agent.yaml:3: admin.socket: "/run/` + strings.Repeat("x", 120) + `/admin.sock" is 136 bytes; a unix socket path holds at most ` + strconv.Itoa(unixsock.MaxPathLen()) + ` here`, ""},
 		{"proxy name twice", head + "proxies:\n" + px("a", "127.0.0.1:1") + px("a", "127.0.0.1:2"),
-			`agent.yaml:8: proxies[1].name: "a" is also the name of proxies[0]`},
+			`agent.yaml:8: proxies[1].name: "a" is also the name of proxies[0]`, ""},
 		{"redis transition without state file", head + "redis:\n  transition:\n    admin: {addr: \"unix:///run/redis/redis.sock\"}\n",
-			`agent.yaml:3: redis.transition.state_file: is required (the plaintext-idle window must survive restarts)`},
+			`agent.yaml:3: redis.transition.state_file: is required (the plaintext-idle window must survive restarts)`, ""},
 		{"empty file", "",
-			`agent.yaml:1: config: the file is empty`},
+			`agent.yaml:1: config: the file is empty`, ""},
 		{"nothing to do", head + "admin:\n  socket: /run/identity-agent/admin.sock\n",
-			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`},
+			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`, ""},
 		{"nothing to do, empty lists", head + "outputs: []\nproxies: []\nallow_empty: false\n",
-			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`},
+			`agent.yaml:1: config: no outputs and no proxies: the agent would do nothing, and a reload of this file would stop everything it runs (set allow_empty: true if that is meant)`, ""},
 		{"unknown field", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mod: "0644"`),
-			`agent.yaml:7: outputs[0].cert_mod: unknown field in an output`},
+			`agent.yaml:7: outputs[0].cert_mod: unknown field in an output`, ""},
 		{"wrong type", head + "proxies:\n  - name: a\n    max_conns: many\n",
-			`agent.yaml:4: proxies[0].max_conns: "many" is not a whole number`},
+			`agent.yaml:4: proxies[0].max_conns: "many" is not a whole number`, ""},
 		{"bad duration", head + "rotation:\n  debounce: 10\n",
-			`agent.yaml:3: rotation.debounce: "10" is not a duration (use e.g. 30s, 10m, 24h)`},
+			`agent.yaml:3: rotation.debounce: "10" is not a duration (use e.g. 30s, 10m, 24h)`, ""},
 		{"bad indentation", head + "outputs:\n  - name: redis\n    dir: /etc/redis/tls\n   cert_file: svid.pem\n",
-			`agent.yaml:5: outputs[0].cert_file: this line is indented more than the one above, which opens no block`},
+			`agent.yaml:5: outputs[0].cert_file: this line is indented more than the one above, which opens no block`, ""},
+	}...)
+}
+
+// ownerDocLine is the line docs/CONFIG.md shows for an output directory of
+// another user's; only root can make one, so only root checks it.
+const ownerDocLine = `agent.yaml:4: outputs[0].dir: "/tmp/shared/tls" is owned by uid 65534, not the agent's user (uid 0): chown it to the agent's user or point the config at a directory of its own`
+
+// ownerRules: an output directory another user made (uid 65534, inside a
+// sticky 1777 directory as /tmp is) is refused; run as root only.
+func ownerRules(t *testing.T) []rule {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return nil
 	}
+	shared := filepath.Join(t.TempDir(), "shared")
+	require.NoError(t, os.Mkdir(shared, 0o700))
+	require.NoError(t, os.Chmod(shared, 0o777|os.ModeSticky))
+	dir := filepath.Join(shared, "tls")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	require.NoError(t, os.Chown(dir, 65534, 65534))
+	return []rule{{"dir of another user", head + "outputs:\n" + out("redis", dir),
+		`agent.yaml:4: outputs[0].dir: "` + dir + `" is owned by uid 65534, not the agent's user (uid 0): chown it to the agent's user or point the config at a directory of its own`,
+		ownerDocLine}}
 }
 
 func resolved(t *testing.T, p string) string {
@@ -199,9 +230,17 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	for _, r := range rules(t) {
 		_, err := agent.Parse("agent.yaml", []byte(r.yaml), noEnv)
 		require.Error(t, err)
-		for _, l := range strings.Split(err.Error(), "\n") {
+		lines := strings.Split(err.Error(), "\n")
+		for _, l := range lines {
 			produced[l] = true
 		}
+		if r.doc != "" && slices.Contains(lines, r.want) {
+			produced[r.doc] = true
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Log("not root: the line for an output directory of another user is not checked (it needs a chown)")
+		produced[ownerDocLine] = true
 	}
 	warn := head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "0600"`, `key_mode: "0640"`)
 	p, err := agent.Parse("agent.yaml", []byte(warn), noEnv)

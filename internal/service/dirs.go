@@ -33,12 +33,18 @@ type Dir struct {
 	// output's directory takes the group of the output's owner, as
 	// svid.MakeDir's rule says. Empty: the user's primary group.
 	Group string
+	// Exclusive: the agent writes the directory with svid's DirWriter, so
+	// an existing one must be a real directory of User's (the agent's user
+	// when User is empty): svid.CheckOutputDir, the rule `config validate`,
+	// `run` and reload apply too. Without it a directory of someone else's
+	// is used as it is when no User is asked for (a shared socket dir).
+	Exclusive bool
 }
 
 // OutputDir is the Dir for an output's `dir:`; group is the group of the
 // output's owner ("" when it has none).
 func OutputDir(path, owner, group string) Dir {
-	return Dir{Path: path, Mode: OutputDirMode, User: owner, Group: group}
+	return Dir{Path: path, Mode: OutputDirMode, User: owner, Group: group, Exclusive: true}
 }
 
 // SocketDir is the Dir holding a unix socket the agent listens on (admin
@@ -144,10 +150,21 @@ func ensureDir(d Dir) error {
 	if err != nil {
 		return fmt.Errorf("service: directory %s: %w", p, err)
 	}
-	return fixExisting(p, fi, d.Mode, o)
+	return fixExisting(p, fi, d, o)
 }
 
-func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
+func fixExisting(p string, fi fs.FileInfo, d Dir, o *owner) error {
+	mode := d.Mode
+	wantUID := os.Geteuid()
+	wantName := "the agent's user"
+	if o != nil {
+		wantUID, wantName = o.uid, o.name
+	}
+	if d.Exclusive {
+		if err := svid.CheckOutputDir(p, wantUID, wantName); err != nil {
+			return fmt.Errorf("service: %w", err)
+		}
+	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
 		return fmt.Errorf("service: directory %s is a symlink; configure the directory it points to", p)
 	}
@@ -161,11 +178,6 @@ func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
 	if !ok {
 		return fmt.Errorf("service: directory %s: no owner information", p)
 	}
-	wantUID := os.Geteuid()
-	wantName := "the agent's user"
-	if o != nil {
-		wantUID, wantName = o.uid, o.name
-	}
 	if int(st.Uid) != wantUID {
 		if o == nil {
 			// The caller did not ask for an owner: a directory of someone
@@ -178,11 +190,29 @@ func fixExisting(p string, fi fs.FileInfo, mode fs.FileMode, o *owner) error {
 	// Only ever tighten: an operator's 0750 stays 0750, a stray 0777
 	// loses what Mode does not allow.
 	if have := fi.Mode().Perm(); have&^mode != 0 {
-		if err := os.Chmod(p, have&mode); err != nil {
+		if err := narrow(p, have&mode, wantUID); err != nil {
 			return fmt.Errorf("service: directory %s: chmod %04o (was %04o): %w", p, have&mode, have, err)
 		}
 	}
 	return nil
+}
+
+// narrow chmods the directory at p on an opened handle: never through a
+// symlink swapped in since it was looked at, never one of someone else's.
+func narrow(p string, mode fs.FileMode, uid int) error {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
+		return errors.New("changed while being checked")
+	}
+	return f.Chmod(mode)
 }
 
 // Prepare creates what the agent needs before it starts: each output

@@ -153,3 +153,26 @@ func TestLayoutPrepareGivesOutputDirsTheOwnersGroup(t *testing.T) {
 	st, _ = mustStat(t, state)
 	assert.Equal(t, uint32(os.Getegid()), st.Gid, "not an output: the user's group")
 }
+
+// run's prepare step (no --user) refuses an output directory another user
+// made, as `config validate` does: the same rule (svid.CheckOutputDir).
+// Before, it was used as it was. A socket directory of someone else's is
+// still used as it is.
+func TestEnsureDirsRefusesAnOutputDirOfAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a directory owned by another user (uid 65534)")
+	}
+	shared := filepath.Join(t.TempDir(), "shared")
+	require.NoError(t, os.Mkdir(shared, 0o700))
+	require.NoError(t, os.Chmod(shared, 0o777|fs.ModeSticky))
+	d := filepath.Join(shared, "tls")
+	require.NoError(t, os.Mkdir(d, 0o700))
+	require.NoError(t, os.Chown(d, 65534, 65534))
+	require.NoError(t, os.Chmod(d, 0o777))
+
+	err := Layout{OutputDirs: []string{d}}.Prepare("")
+	require.EqualError(t, err, "service: directory "+d+" is owned by uid 65534, not the agent's user (uid 0): chown it to the agent's user or point the config at a directory of its own")
+	assert.Equal(t, fs.ModeDir|0o777, mode(t, d), "not chmod-ed")
+	require.NoError(t, EnsureDirs(SocketDir(filepath.Join(d, "proxy.sock"), "")))
+	assert.Equal(t, fs.ModeDir|0o777, mode(t, d))
+}

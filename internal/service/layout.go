@@ -157,7 +157,9 @@ func (l Layout) Prepare(user string) error {
 	}
 	for _, d := range l.WritableDirs {
 		if !seen[filepath.Clean(d)] {
-			dirs = append(dirs, OutputDir(d, user, ""))
+			// Not written by a DirWriter (traefik's, the transition's
+			// state): may be shared, as before.
+			dirs = append(dirs, Dir{Path: d, Mode: OutputDirMode, User: user})
 		}
 	}
 	for _, s := range l.ListenSockets {

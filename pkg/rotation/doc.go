@@ -29,7 +29,11 @@
 //
 //   - A fsnotify guard restores the set when something else deletes,
 //     replaces, edits or chmods a file or the ..data link. The agent's own
-//     writes pass DirWriter.Check and never trigger a rewrite.
+//     writes pass DirWriter.Check and never trigger a rewrite. What stands
+//     in the way is moved aside (DirWriter.Restore: never through a
+//     symlink, never changing what is not the writer's), into a quarantine
+//     bounded to svid.QuarantineKeep entries of at most
+//     svid.QuarantineMaxAge.
 //
 //   - An expiry watchdog fires when the SVID on disk becomes overdue for
 //     rotation (ExpiryOf: less than a third of its lifetime left by

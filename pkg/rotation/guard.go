@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,17 +208,20 @@ func (r *outputRunner) guardCheck(ctx context.Context) {
 
 // restore writes files back over whatever was done to them. What stands in
 // the way (a directory in place of ..data or of a file name, a plain file
-// in place of a link, a version directory with altered files) is not
-// deleted: DirWriter.Restore moves it aside under a .quarantine- name in
-// the output directory, narrowing nothing but an altered version of our
-// own, and each move is logged for the operator to inspect.
+// or someone else's link in place of a link, a version directory with
+// altered files or swapped for a link) is not deleted at once:
+// DirWriter.Restore moves it aside under a .quarantine- name in the output
+// directory, narrowing nothing but an altered version of our own, never
+// following a link, and each move is logged for the operator to inspect.
+// The quarantine keeps the newest svid.QuarantineKeep entries for at most
+// svid.QuarantineMaxAge, so a chmod flood cannot pile up copies of keys.
 func (r *outputRunner) restore(files []svid.File) (bool, error) {
 	if _, err := os.Lstat(r.out.Dir); errors.Is(err, fs.ErrNotExist) {
 		return r.write(files) // recreates the directory; nothing to move aside
 	}
 	changed, moved, err := r.writer.Restore(files, time.Now())
 	for _, m := range moved {
-		r.log.Warn("guard: moved aside what stood in the way of the output files; kept for inspection, not deleted",
+		r.log.Warn("guard: moved aside what stood in the way of the output files; kept for inspection (the newest 3, for at most 24h)",
 			zap.String("dir", r.out.Dir), zap.String("path", m.From), zap.String("found", m.What), zap.String("moved_to", m.To))
 	}
 	return changed, err
@@ -239,9 +243,20 @@ func (r *outputRunner) refreshWatchesLocked() {
 		return
 	}
 	dirs := map[string]bool{r.out.Dir: true}
+	// Only directories inside the output's own: a name someone pointed
+	// elsewhere is a difference to restore, not a place to watch.
+	real, err := filepath.EvalSymlinks(r.out.Dir)
+	if err != nil {
+		g.set(r, dirs)
+		return
+	}
 	for _, n := range r.names {
-		if p, err := filepath.EvalSymlinks(filepath.Join(r.out.Dir, n)); err == nil {
-			dirs[filepath.Dir(p)] = true
+		p, err := filepath.EvalSymlinks(filepath.Join(r.out.Dir, n))
+		if err != nil {
+			continue
+		}
+		if d := filepath.Dir(p); strings.HasPrefix(d, real+string(filepath.Separator)) {
+			dirs[d] = true
 		}
 	}
 	g.set(r, dirs)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
@@ -219,4 +221,67 @@ func waitSettled(t *testing.T, w *writes, output string) {
 		last = n
 		return same
 	}, waitFor, 300*time.Millisecond)
+}
+
+// The running guard never acts through a symlink planted in the output
+// directory: the current version directory swapped for a symlink to a
+// directory of someone else's (mode 0751; the attack turned a root
+// one into 0700) is moved aside and the files restored, and the target
+// keeps its mode and contents. A chmod flood on the key afterwards leaves
+// at most svid.QuarantineKeep quarantined versions, each 0700.
+func TestGuardNeverChmodsThroughASymlinkAndBoundsItsQuarantine(t *testing.T) {
+	e := newEnv(t, svidtest.Config{}, true)
+	dir := filepath.Join(t.TempDir(), "out")
+	w := newWrites()
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}}, withWriteHook(w.hook))
+	runManager(t, m)
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	waitSerial(t, certPath, currentSerial(e, ""))
+	waitSettled(t, w, "web")
+	key := mustRead(t, keyPath)
+	whole := func() bool {
+		got, err := os.ReadFile(keyPath)
+		fi, serr := os.Stat(keyPath)
+		return err == nil && serr == nil && bytes.Equal(got, key) && fi.Mode().Perm() == 0o600
+	}
+
+	victim := filepath.Join(t.TempDir(), "victim")
+	require.NoError(t, os.Mkdir(victim, 0o700))
+	require.NoError(t, os.Chmod(victim, 0o751))
+	require.NoError(t, os.WriteFile(filepath.Join(victim, "key.pem"), []byte("victim's"), 0o644))
+	ver, err := os.Readlink(filepath.Join(dir, "..data"))
+	require.NoError(t, err)
+	require.NoError(t, os.Rename(filepath.Join(dir, ver), filepath.Join(t.TempDir(), "gone")))
+	require.NoError(t, os.Symlink(victim, filepath.Join(dir, ver)))
+	require.Eventually(t, func() bool {
+		_, err := os.Lstat(filepath.Join(dir, ver))
+		return whole() && os.IsNotExist(err)
+	}, waitFor, tick, "not restored")
+	fi, err := os.Lstat(victim)
+	require.NoError(t, err)
+	require.Equal(t, os.ModeDir|0o751, fi.Mode(), "the guard chmod-ed through the symlink")
+	require.Equal(t, []byte("victim's"), mustRead(t, filepath.Join(victim, "key.pem")))
+
+	quarantined := func() []string {
+		ents, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		var q []string
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".quarantine-") {
+				q = append(q, e.Name())
+			}
+		}
+		return q
+	}
+	for range 6 {
+		require.NoError(t, os.Chmod(keyPath, 0o644))
+		require.Eventually(t, whole, waitFor, tick, "chmod not restored")
+		require.LessOrEqual(t, len(quarantined()), svid.QuarantineKeep, "%v", quarantined())
+	}
+	require.Eventually(t, func() bool { return len(quarantined()) == svid.QuarantineKeep }, waitFor, tick, "%v", quarantined())
+	for _, n := range quarantined() {
+		fi, err := os.Lstat(filepath.Join(dir, n))
+		require.NoError(t, err)
+		require.Equal(t, os.ModeDir|0o700, fi.Mode(), n)
+	}
 }

@@ -2,11 +2,14 @@ package svid
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -70,7 +73,10 @@ type DirWriter struct {
 }
 
 // NewDirWriter returns a writer for dir, creating it when missing with
-// MakeDir (the dir mode, the owner's group).
+// MakeDir (the dir mode, the owner's group). An existing dir must be a
+// real directory owned by the process's user (CheckOutputDir's rule):
+// someone else's directory, or a symlink to one, is refused here and on
+// every later write.
 func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 	if dir == "" {
 		return nil, errors.New("dir writer: directory is empty")
@@ -83,18 +89,13 @@ func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 	for _, o := range opts {
 		o(w)
 	}
-	fi, err := os.Stat(abs)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if err := MakeDir(abs, w.dirMode, -1, w.owner.GID); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("dir writer: %w", err)
-		}
-	case err != nil:
-		return nil, fmt.Errorf("dir writer %s: %w", abs, err)
-	case !fi.IsDir():
-		return nil, fmt.Errorf("dir writer %s: not a directory", abs)
-	case w.dirModeSet:
-		if err := w.prepareDir(abs); err != nil {
+	d, created, err := w.openOwnDir(true)
+	if err != nil {
+		return nil, fmt.Errorf("dir writer: %w", err)
+	}
+	defer d.close()
+	if w.dirModeSet && !created {
+		if err := w.prepareDir(d); err != nil {
 			return nil, fmt.Errorf("dir writer: %w", err)
 		}
 	}
@@ -104,18 +105,55 @@ func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 // Dir returns the absolute target directory.
 func (w *DirWriter) Dir() string { return w.dir }
 
-// prepareDir sets the mode first, while the directory is still the
-// agent's, then hands only its group to the owner. The agent keeps the
-// directory so that it can fill it and later prune it with CAP_CHOWN
-// alone, never needing CAP_FOWNER or CAP_DAC_OVERRIDE (which would let it
-// read every service's keys).
-func (w *DirWriter) prepareDir(path string) error {
-	if err := os.Chmod(path, w.dirMode); err != nil {
-		return fmt.Errorf("chmod %s to %04o: %w", path, w.dirMode, err)
+// ownerName names the user the writer's directory must belong to.
+const ownerName = "the writer's user"
+
+// openOwnDir opens the writer's directory without following a symlink
+// and checks it is a directory of the process's user; create makes it
+// first (MakeDir) when it is missing. Everything the writer does happens
+// through the returned handle.
+func (w *DirWriter) openOwnDir(create bool) (d *dirFD, created bool, err error) {
+	d, err = openDirPath(w.dir)
+	if create && errors.Is(err, fs.ErrNotExist) {
+		// Removed since NewDirWriter (an operator cleaning up, a tmpfs
+		// remounted): the guard's rewrite must recover.
+		if merr := MakeDir(w.dir, w.dirMode, -1, w.owner.GID); merr != nil && !errors.Is(merr, fs.ErrExist) {
+			return nil, false, fmt.Errorf("create directory: %w", merr)
+		}
+		created = true
+		d, err = openDirPath(w.dir)
+	}
+	if err != nil {
+		if cerr := CheckOutputDir(w.dir, os.Geteuid(), ownerName); cerr != nil {
+			return nil, false, cerr
+		}
+		return nil, false, err
+	}
+	st, err := d.stat()
+	if err == nil {
+		if p := ownerProblem(st.uid, os.Geteuid(), ownerName); p != "" {
+			err = &DirError{Path: w.dir, Problem: p}
+		}
+	}
+	if err != nil {
+		d.close()
+		return nil, false, err
+	}
+	return d, created, nil
+}
+
+// prepareDir sets the mode of an opened directory of ours first, while it
+// is still the agent's, then hands only its group to the owner. The agent
+// keeps the directory so that it can fill it and later prune it with
+// CAP_CHOWN alone, never needing CAP_FOWNER or CAP_DAC_OVERRIDE (which
+// would let it read every service's keys).
+func (w *DirWriter) prepareDir(d *dirFD) error {
+	if err := d.chmod(w.dirMode); err != nil {
+		return fmt.Errorf("chmod %s to %04o: %w", d.path, w.dirMode, err)
 	}
 	if w.owner.GID >= 0 {
-		if err := os.Lchown(path, -1, w.owner.GID); err != nil {
-			return fmt.Errorf("chgrp %s to %d: %w", path, w.owner.GID, err)
+		if err := d.chown(-1, w.owner.GID); err != nil {
+			return fmt.Errorf("chgrp %s to %d: %w", d.path, w.owner.GID, err)
 		}
 	}
 	return nil
@@ -133,98 +171,173 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.writeLocked(files)
+	d, _, err := w.openOwnDir(true)
+	if err != nil {
+		return false, fmt.Errorf("write %s: %w", w.dir, err)
+	}
+	defer d.close()
+	changed, err = w.writeAt(d, files)
+	w.pruneQuarantine(d, time.Now(), QuarantineKeep)
+	return changed, err
 }
 
-func (w *DirWriter) writeLocked(files []File) (changed bool, err error) {
-	// The directory may have been removed since NewDirWriter (an operator
-	// cleaning up, a tmpfs remounted); the guard's rewrite must recover.
-	if _, err := os.Lstat(w.dir); errors.Is(err, fs.ErrNotExist) {
-		if err := MakeDir(w.dir, w.dirMode, -1, w.owner.GID); err != nil && !errors.Is(err, fs.ErrExist) {
-			return false, fmt.Errorf("write %s: recreate directory: %w", w.dir, err)
-		}
-	}
-
+func (w *DirWriter) writeAt(d *dirFD, files []File) (changed bool, err error) {
 	// Refuse before touching anything when a stable name cannot become a
 	// link, so this failure too leaves the previous set intact.
 	tops := topNames(files)
 	for _, n := range tops {
-		fi, err := os.Lstat(filepath.Join(w.dir, n))
-		if err == nil && !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
-			return false, fmt.Errorf("write %s: %s exists and is not a file or symlink (%s)", w.dir, n, fi.Mode().Type())
+		st, err := d.lstat(n)
+		if err == nil && !st.mode.IsRegular() && st.mode&fs.ModeSymlink == 0 {
+			return false, fmt.Errorf("write %s: %s exists and is not a file or symlink (%s)", w.dir, n, st.mode.Type())
 		}
 	}
-	if diff, err := w.diff(files); err == nil && diff == "" {
+	if diff, err := w.diffAt(d, files); err == nil && diff == "" {
 		return false, nil
 	}
 
-	prev, _ := os.Readlink(filepath.Join(w.dir, dataLink))
-	tsDir, err := os.MkdirTemp(w.dir, ".."+time.Now().UTC().Format(tsLayout)+".")
+	prev, _ := d.readlink(dataLink)
+	ver, vd, err := w.makeVersionDir(d)
 	if err != nil {
 		return false, fmt.Errorf("write %s: create version directory: %w", w.dir, err)
 	}
 	committed := false
 	defer func() {
+		vd.close()
 		if !committed {
-			_ = os.RemoveAll(tsDir)
+			_ = w.removeOwnTree(d, ver, 2)
 		}
 	}()
-	if err := w.prepareDir(tsDir); err != nil {
-		return false, fmt.Errorf("write %s: %w", w.dir, err)
-	}
 	subs := subDirs(files)
+	parents := map[string]*dirFD{"": vd}
 	for _, sub := range subs {
-		p := filepath.Join(tsDir, sub)
-		if err := os.Mkdir(p, w.dirMode); err != nil {
+		sd, err := w.makeDir(vd, sub)
+		if err != nil {
 			return false, fmt.Errorf("write %s: create %s: %w", w.dir, sub, err)
 		}
-		if err := w.prepareDir(p); err != nil {
-			return false, fmt.Errorf("write %s: %w", w.dir, err)
-		}
+		defer sd.close()
+		parents[sub] = sd
 	}
 	for _, f := range files {
-		if err := createExact(filepath.Join(tsDir, f.Name), f.Data, f.Mode, w.owner); err != nil {
+		sub, base := splitName(f.Name)
+		fh, err := parents[sub].create(base)
+		if err == nil {
+			err = fillFile(fh, f.Data, f.Mode, w.owner)
+		}
+		if err != nil {
 			return false, fmt.Errorf("write %s: file %s: %w", w.dir, f.Name, err)
 		}
 	}
 	for _, sub := range subs {
-		if err := syncDir(filepath.Join(tsDir, sub)); err != nil {
+		if err := parents[sub].sync(); err != nil {
 			return false, fmt.Errorf("write %s: %w", w.dir, err)
 		}
 	}
-	if err := syncDir(tsDir); err != nil {
+	if err := vd.sync(); err != nil {
 		return false, fmt.Errorf("write %s: %w", w.dir, err)
 	}
 
-	tmpLink := filepath.Join(w.dir, dataTmpLink)
-	// A leftover from a crash between symlink and rename; os.Remove (not
-	// RemoveAll) so that anything but a stale link or file makes us stop.
-	if err := os.Remove(tmpLink); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, fmt.Errorf("write %s: remove stale %s: %w", w.dir, dataTmpLink, err)
+	// A leftover of ours from a crash between symlink and rename is
+	// removed; anything else in its place is not ours to delete (Restore
+	// moves it aside).
+	if st, err := d.lstat(dataTmpLink); err == nil {
+		if !w.ownLink(st) {
+			return false, fmt.Errorf("write %s: stale %s %s, not a link of the writer's; not removed", w.dir, dataTmpLink, st.describe())
+		}
+		if err := d.unlink(dataTmpLink); err != nil {
+			return false, fmt.Errorf("write %s: remove stale %s: %w", w.dir, dataTmpLink, err)
+		}
 	}
-	if err := os.Symlink(filepath.Base(tsDir), tmpLink); err != nil {
+	if err := d.symlink(ver, dataTmpLink); err != nil {
 		return false, fmt.Errorf("write %s: %w", w.dir, err)
 	}
-	if err := os.Rename(tmpLink, filepath.Join(w.dir, dataLink)); err != nil {
-		_ = os.Remove(tmpLink)
+	if err := d.rename(dataTmpLink, dataLink); err != nil {
+		_ = d.unlink(dataTmpLink)
 		return false, fmt.Errorf("write %s: swap %s: %w", w.dir, dataLink, err)
 	}
 	committed = true
 
-	if err := syncDir(w.dir); err != nil {
+	if err := d.sync(); err != nil {
 		return true, fmt.Errorf("write %s: new set is live: %w", w.dir, err)
 	}
 	for _, n := range tops {
-		if err := w.ensureLink(n); err != nil {
+		if err := w.ensureLink(d, n); err != nil {
 			return true, fmt.Errorf("write %s: new set is live but %s: %w", w.dir, n, err)
 		}
 	}
-	w.removeStaleLinks(prev, tops)
-	if err := syncDir(w.dir); err != nil {
+	w.removeStaleLinks(d, prev, tops)
+	if err := d.sync(); err != nil {
 		return true, fmt.Errorf("write %s: new set is live: %w", w.dir, err)
 	}
-	w.removeOldVersions(filepath.Base(tsDir), prev)
+	w.removeOldVersions(d, ver, prev)
 	return true, nil
+}
+
+// makeVersionDir creates a new, empty version directory
+// "..<timestamp>.<random>" in d and returns it opened, with the writer's
+// mode and group.
+func (w *DirWriter) makeVersionDir(d *dirFD) (string, *dirFD, error) {
+	pfx := ".." + time.Now().UTC().Format(tsLayout) + "."
+	for range 100 {
+		var rnd [4]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return "", nil, fmt.Errorf("random name: %w", err)
+		}
+		name := pfx + strconv.FormatUint(uint64(binary.BigEndian.Uint32(rnd[:])), 10)
+		vd, err := w.makeDir(d, name)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		return name, vd, nil
+	}
+	return "", nil, errors.New("too many name collisions")
+}
+
+// makeDir creates name in d and returns it opened and prepared: created
+// 0700, checked to be the one just made (a directory of ours), then given
+// the writer's mode and group through the handle.
+func (w *DirWriter) makeDir(d *dirFD, name string) (*dirFD, error) {
+	if err := d.mkdir(name); err != nil {
+		return nil, err
+	}
+	sd, err := d.openDir(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sd.stat()
+	if err == nil && st.uid != os.Geteuid() {
+		err = fmt.Errorf("%s was replaced while being created (owned by uid %d)", sd.path, st.uid)
+	}
+	if err == nil {
+		err = w.prepareDir(sd)
+	}
+	if err != nil {
+		sd.close()
+		return nil, err
+	}
+	return sd, nil
+}
+
+// ownLink reports whether st describes a symlink the writer made: links
+// are never chowned, so the writer's own have its uid.
+func (w *DirWriter) ownLink(st fileStat) bool {
+	return st.mode&fs.ModeSymlink != 0 && st.uid == os.Geteuid()
+}
+
+// ownDir reports whether st describes a real directory of the writer's.
+func ownDir(st fileStat) bool {
+	return st.mode.IsDir() && st.uid == os.Geteuid()
+}
+
+// splitName splits "sub/name" into its directory and base; "" for a file
+// at the top.
+func splitName(name string) (sub, base string) {
+	if s, b, ok := strings.Cut(name, "/"); ok {
+		return s, b
+	}
+	return "", name
 }
 
 // Check reports whether the set on disk, read through the stable names,
@@ -248,89 +361,109 @@ func (w *DirWriter) Diff(files []File) (string, error) {
 	// Serialized with Write so a guard never mistakes our own swap in
 	// progress for tampering.
 	w.mu.Lock()
-	d, err := w.diff(files)
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	d, _, err := w.openOwnDir(false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return dataLink + ": missing", nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("check %s: %w", w.dir, err)
 	}
-	return d, nil
+	defer d.close()
+	diff, err := w.diffAt(d, files)
+	if err != nil {
+		return "", fmt.Errorf("check %s: %w", w.dir, err)
+	}
+	return diff, nil
 }
 
-func (w *DirWriter) diff(files []File) (string, error) {
-	target, err := os.Readlink(filepath.Join(w.dir, dataLink))
+func (w *DirWriter) diffAt(d *dirFD, files []File) (string, error) {
+	target, err := d.readlink(dataLink)
 	if errors.Is(err, fs.ErrNotExist) {
 		return dataLink + ": missing", nil
 	}
 	if errors.Is(err, syscall.EINVAL) {
 		// A directory (or file) in its place: the stable names would
 		// resolve into whatever it holds.
-		return dataLink + ": " + notALink(filepath.Join(w.dir, dataLink)), nil
+		return dataLink + ": " + w.describeAt(d, dataLink), nil
 	}
 	if err != nil {
 		return "", err
 	}
-	if strings.ContainsRune(target, '/') || !strings.HasPrefix(target, "..") {
+	if !isVersionDir(target) {
 		return fmt.Sprintf("%s: points to %q, not a version directory", dataLink, target), nil
 	}
-	verDir := filepath.Join(w.dir, target)
-	if _, err := os.Stat(verDir); errors.Is(err, fs.ErrNotExist) {
+	vd, err := d.openDir(target)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Sprintf("%s: version directory %s missing", dataLink, target), nil
+	case err != nil && isSymlinkErr(err):
+		return fmt.Sprintf("%s: version directory %s %s", dataLink, target, w.describeAt(d, target)), nil
+	case err != nil:
+		return "", err
+	}
+	defer vd.close()
+	vst, err := vd.stat()
+	if err != nil {
+		return "", err
+	}
+	if vst.uid != os.Geteuid() {
+		return fmt.Sprintf("%s: version directory %s is owned by uid %d, not the writer's", dataLink, target, vst.uid), nil
 	}
 	for _, n := range topNames(files) {
-		link, err := os.Readlink(filepath.Join(w.dir, n))
+		link, err := d.readlink(n)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			return n + ": missing", nil
 		case errors.Is(err, syscall.EINVAL):
-			return n + ": " + notALink(filepath.Join(w.dir, n)) + ", not a symlink to " + dataLink, nil
+			return n + ": " + w.describeAt(d, n) + ", not a symlink to " + dataLink, nil
 		case err != nil:
 			return "", err
 		case link != dataLink+"/"+n:
 			return fmt.Sprintf("%s: points to %q", n, link), nil
 		}
 	}
-	return w.versionDiff(verDir, files)
+	return w.versionDiff(vd, vst, target, files)
 }
 
-// notALink describes what stands at p instead of a symlink.
-func notALink(p string) string {
-	fi, err := os.Lstat(p)
-	switch {
-	case err != nil:
+// describeAt says what stands at name in d instead of a symlink.
+func (w *DirWriter) describeAt(d *dirFD, name string) string {
+	st, err := d.lstat(name)
+	if err != nil {
 		return "unreadable"
-	case fi.IsDir():
-		return "is a directory"
-	case fi.Mode().IsRegular():
-		return "is a regular file"
-	default:
-		return "is a " + fi.Mode().Type().String() + " file"
 	}
+	return st.describe()
 }
 
-// versionDiff compares the files of one version directory with files:
-// entries, type, mode, owner and content.
-func (w *DirWriter) versionDiff(verDir string, files []File) (string, error) {
-	target := filepath.Base(verDir)
-	entries, err := os.ReadDir(verDir)
+// versionDiff compares the files of one opened version directory with
+// files: entries, type, mode, owner and content. Nothing is followed: a
+// symlink in place of a file or subdirectory is a difference.
+func (w *DirWriter) versionDiff(vd *dirFD, vst fileStat, target string, files []File) (string, error) {
+	entries, err := vd.names()
 	if err != nil {
 		return "", err
 	}
-	tops := topNames(files)
-	want := make(map[string]bool, len(files))
-	for _, n := range tops {
+	want := map[string]bool{}
+	for _, n := range topNames(files) {
 		want[n] = true
 	}
 	for _, e := range entries {
-		if !want[e.Name()] {
-			return fmt.Sprintf("%s: unexpected file %s", target, e.Name()), nil
+		if !want[e] {
+			return fmt.Sprintf("%s: unexpected file %s", target, e), nil
 		}
 	}
+	parents := map[string]*dirFD{"": vd}
 	for _, sub := range subDirs(files) {
-		fi, err := os.Lstat(filepath.Join(verDir, sub))
-		if err != nil || !fi.IsDir() {
-			return fmt.Sprintf("%s: %s is not a directory", target, sub), nil
+		sd, err := vd.openDir(sub)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || isSymlinkErr(err) {
+				return fmt.Sprintf("%s: %s is not a directory", target, sub), nil
+			}
+			return "", err
 		}
-		subEntries, err := os.ReadDir(filepath.Join(verDir, sub))
+		defer sd.close()
+		parents[sub] = sd
+		subEntries, err := sd.names()
 		if err != nil {
 			return "", err
 		}
@@ -341,40 +474,42 @@ func (w *DirWriter) versionDiff(verDir string, files []File) (string, error) {
 			}
 		}
 		for _, e := range subEntries {
-			if !inSub[e.Name()] {
-				return fmt.Sprintf("%s: unexpected file %s/%s", target, sub, e.Name()), nil
+			if !inSub[e] {
+				return fmt.Sprintf("%s: unexpected file %s/%s", target, sub, e), nil
 			}
 		}
 	}
-	uid, gid := w.expectedOwner(verDir)
+	uid, gid := w.expectedOwner(vst)
 	for _, f := range files {
-		p := filepath.Join(verDir, f.Name)
-		fi, err := os.Lstat(p)
+		sub, base := splitName(f.Name)
+		pd := parents[sub]
+		st, err := pd.lstat(base)
 		if errors.Is(err, fs.ErrNotExist) {
 			return f.Name + ": missing in " + target, nil
 		}
 		if err != nil {
 			return "", err
 		}
-		if !fi.Mode().IsRegular() {
+		if !st.mode.IsRegular() {
 			return f.Name + ": not a regular file", nil
 		}
-		if fi.Mode().Perm() != f.Mode.Perm() {
-			return fmt.Sprintf("%s: mode %04o, want %04o", f.Name, fi.Mode().Perm(), f.Mode.Perm()), nil
+		if st.mode.Perm() != f.Mode.Perm() || st.mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+			return fmt.Sprintf("%s: mode %04o, want %04o", f.Name, st.mode.Perm(), f.Mode.Perm()), nil
 		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			if uid >= 0 && int(st.Uid) != uid {
-				return fmt.Sprintf("%s: uid %d, want %d", f.Name, st.Uid, uid), nil
-			}
-			if gid >= 0 && int(st.Gid) != gid {
-				return fmt.Sprintf("%s: gid %d, want %d", f.Name, st.Gid, gid), nil
-			}
+		if uid >= 0 && st.uid != uid {
+			return fmt.Sprintf("%s: uid %d, want %d", f.Name, st.uid, uid), nil
 		}
-		if fi.Size() != int64(len(f.Data)) {
-			return fmt.Sprintf("%s: size %d, want %d", f.Name, fi.Size(), len(f.Data)), nil
+		if gid >= 0 && st.gid != gid {
+			return fmt.Sprintf("%s: gid %d, want %d", f.Name, st.gid, gid), nil
 		}
-		data, err := os.ReadFile(p)
+		if st.size != int64(len(f.Data)) {
+			return fmt.Sprintf("%s: size %d, want %d", f.Name, st.size, len(f.Data)), nil
+		}
+		data, err := pd.readFile(base, int64(len(f.Data))+1)
 		if err != nil {
+			if isSymlinkErr(err) {
+				return f.Name + ": not a regular file", nil
+			}
 			return "", err
 		}
 		if !bytes.Equal(data, f.Data) {
@@ -385,35 +520,45 @@ func (w *DirWriter) versionDiff(verDir string, files []File) (string, error) {
 }
 
 // ensureLink makes name a symlink to ..data/name, replacing a regular file
-// (a pre-existing plain file from before the agent) with one rename so the
-// name never disappears.
-func (w *DirWriter) ensureLink(name string) error {
-	p := filepath.Join(w.dir, name)
+// (a pre-existing plain file from before the agent) or a wrong link with
+// one rename so the name never disappears.
+func (w *DirWriter) ensureLink(d *dirFD, name string) error {
 	want := dataLink + "/" + name
-	if cur, err := os.Readlink(p); err == nil && cur == want {
+	if cur, err := d.readlink(name); err == nil && cur == want {
 		return nil
 	}
-	tmp := filepath.Join(w.dir, linkTmpPfx+name)
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove stale %s: %w", filepath.Base(tmp), err)
+	tmp := linkTmpPfx + name
+	if st, err := d.lstat(tmp); err == nil {
+		if !w.ownLink(st) {
+			return fmt.Errorf("stale %s %s, not a link of the writer's; not removed", tmp, st.describe())
+		}
+		if err := d.unlink(tmp); err != nil {
+			return fmt.Errorf("remove stale %s: %w", tmp, err)
+		}
 	}
-	if err := os.Symlink(want, tmp); err != nil {
+	if err := d.symlink(want, tmp); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, p); err != nil {
-		_ = os.Remove(tmp)
+	if err := d.rename(tmp, name); err != nil {
+		_ = d.unlink(tmp)
 		return err
 	}
 	return nil
 }
 
 // removeStaleLinks removes stable names that the previous set had and the
-// new one does not, but only links that are ours (pointing into ..data).
-func (w *DirWriter) removeStaleLinks(prev string, tops []string) {
-	if prev == "" || strings.ContainsRune(prev, '/') {
+// new one does not, but only links that are ours (made by the writer,
+// pointing into ..data).
+func (w *DirWriter) removeStaleLinks(d *dirFD, prev string, tops []string) {
+	if !isVersionDir(prev) {
 		return
 	}
-	entries, err := os.ReadDir(filepath.Join(w.dir, prev))
+	pd, err := d.openDir(prev)
+	if err != nil {
+		return
+	}
+	entries, err := pd.names()
+	pd.close()
 	if err != nil {
 		return
 	}
@@ -422,31 +567,81 @@ func (w *DirWriter) removeStaleLinks(prev string, tops []string) {
 		keep[n] = true
 	}
 	for _, e := range entries {
-		if keep[e.Name()] {
+		if keep[e] {
 			continue
 		}
-		p := filepath.Join(w.dir, e.Name())
-		if link, err := os.Readlink(p); err == nil && link == dataLink+"/"+e.Name() {
-			_ = os.Remove(p)
+		st, err := d.lstat(e)
+		if err != nil || !w.ownLink(st) {
+			continue
+		}
+		if link, err := d.readlink(e); err == nil && link == dataLink+"/"+e {
+			_ = d.unlink(e)
 		}
 	}
 }
 
 // removeOldVersions deletes version directories other than the current
-// and the previous one. Only names of the form ..<timestamp>.<random> are
-// considered, so nothing a user put into the directory is touched.
-func (w *DirWriter) removeOldVersions(current, prev string) {
-	entries, err := os.ReadDir(w.dir)
+// and the previous one. Only real directories of ours named
+// ..<timestamp>.<random> are considered, so nothing a user put into the
+// directory is touched, and a symlink under such a name is left alone.
+func (w *DirWriter) removeOldVersions(d *dirFD, current, prev string) {
+	entries, err := d.names()
 	if err != nil {
 		return
 	}
-	for _, e := range entries {
-		n := e.Name()
-		if n == current || n == prev || !e.IsDir() || !isVersionDir(n) {
+	for _, n := range entries {
+		if n == current || n == prev || !isVersionDir(n) {
 			continue
 		}
-		_ = os.RemoveAll(filepath.Join(w.dir, n))
+		if st, err := d.lstat(n); err == nil && ownDir(st) {
+			_ = w.removeOwnTree(d, n, 2)
+		}
 	}
+}
+
+// removeOwnTree removes the directory name from d and what it holds,
+// depth levels of directories deep, through handles and without following
+// a symlink. It descends only into directories of the writer's own (the
+// version directories and their subdirectories it made); files and links
+// inside them are unlinked, which changes the writer's directory, never
+// the file. A directory of someone else's, or one nested deeper than
+// depth, stops the removal with an error and stays.
+func (w *DirWriter) removeOwnTree(d *dirFD, name string, depth int) error {
+	sd, err := d.openDir(name)
+	if err != nil {
+		return err
+	}
+	defer sd.close()
+	st, err := sd.stat()
+	if err != nil {
+		return err
+	}
+	if !ownDir(st) {
+		return fmt.Errorf("%s is owned by uid %d, not the writer's; not removed", sd.path, st.uid)
+	}
+	entries, err := sd.names()
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		est, err := sd.lstat(e)
+		if err != nil {
+			return err
+		}
+		if est.mode.IsDir() {
+			if depth <= 0 {
+				return fmt.Errorf("%s: nested too deep; not removed", sd.join(e))
+			}
+			if err := w.removeOwnTree(sd, e, depth-1); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := sd.unlink(e); err != nil {
+			return err
+		}
+	}
+	return d.rmdir(name)
 }
 
 func isVersionDir(name string) bool {

@@ -268,7 +268,7 @@ func TestDirWriterFailureBeforeSwapKeepsPreviousSet(t *testing.T) {
 	changed, err := w.Write(fileSet("C2", "K2", "B2"))
 	require.Error(t, err)
 	assert.False(t, changed)
-	assert.Contains(t, err.Error(), "remove stale ..data_tmp")
+	assert.Contains(t, err.Error(), "stale ..data_tmp is a directory, not a link of the writer's; not removed")
 	assert.Contains(t, err.Error(), dir)
 
 	assert.Equal(t, before, entries(t, dir), "no new version directory left behind")
@@ -415,7 +415,7 @@ func TestDirWriterRejectsBadInput(t *testing.T) {
 	f := filepath.Join(dir, "plain")
 	require.NoError(t, os.WriteFile(f, nil, 0o644))
 	_, err = svid.NewDirWriter(f)
-	require.ErrorContains(t, err, f+": not a directory")
+	require.ErrorContains(t, err, f+" exists and is not a directory")
 }
 
 // A reader that resolves ..data once and reads cert and key below it never

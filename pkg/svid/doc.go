@@ -44,4 +44,12 @@
 // asked, a failed write leaves the previous set untouched, and writing an
 // identical set is a no-op. Readers that need a matching certificate and
 // key should resolve "..data" once and read both files below it.
+//
+// The writer only works inside a directory of its own user (MakeDir makes
+// one; CheckOutputDir refuses a symlink or someone else's), and only
+// through the opened directory (dirfd_unix.go): *at calls, O_NOFOLLOW,
+// fchmod and fchown on descriptors, so a symlink swapped in by someone who
+// can write there is never followed. Restore moves what stands in the way
+// aside to ".quarantine-NAME-TIME" (bounded: QuarantineKeep entries, none
+// older than QuarantineMaxAge).
 package svid
