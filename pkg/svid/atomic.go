@@ -90,16 +90,6 @@ func createPrivate(dir, prefix string) (*os.File, string, error) {
 	return nil, "", fmt.Errorf("create temp file in %s: too many name collisions", dir)
 }
 
-// createExact creates path (which must not exist) with mode 0000, then
-// fills it as fillFile does.
-func createExact(path string, data []byte, mode fs.FileMode, owner Owner) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	return fillFile(f, data, mode, owner)
-}
-
 // fillFile sets mode, then owner, then writes, fsyncs and closes f; f is
 // closed in all cases. The mode comes first because changing the mode of
 // a file another user owns needs CAP_FOWNER, and the agent runs with
