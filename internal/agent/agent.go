@@ -208,6 +208,10 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	defer func() { _ = a.source.Close() }()
 
 	var workers sync.WaitGroup
+	// The first write's reloads wait for READY=1 (released below): a
+	// `systemctl restart api.service` whose unit is ordered After= the
+	// agent waits for the agent's start job, which waits for READY=1.
+	a.manager.HoldReloads()
 	if err := a.manager.Start(ctx); err != nil {
 		a.closeRedisAdmin()
 		return fmt.Errorf("rotation: %w", err)
@@ -221,7 +225,8 @@ func (a *Agent) Run(parent context.Context) (err error) {
 		return nil // stopped before the first SVID
 	}
 	// One synchronous pass so READY means "files are on disk"; the rotation
-	// loop finds them identical and does not write or reload again.
+	// loop finds them identical and does not write again. Their reloads
+	// run once READY=1 is out.
 	if err := a.manager.WriteAll(ctx); err != nil {
 		a.log.Warn("first write incomplete; retrying in the background", zap.Error(err))
 	}
@@ -241,6 +246,9 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}
+	// In the outputs' loops, not here: a slow restart must not hold up
+	// config reloads; a unit that is not active is left alone.
+	a.manager.ReleaseReloads()
 	for {
 		select {
 		case <-ctx.Done():

@@ -151,6 +151,8 @@ type Manager struct {
 	cancel          context.CancelFunc
 	wg              sync.WaitGroup
 	running         atomic.Bool
+	// held: reloads wait for ReleaseReloads (see HoldReloads).
+	held atomic.Bool
 
 	guardMu sync.Mutex
 	guard   *guard
@@ -217,6 +219,35 @@ func (m *Manager) WriteAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// HoldReloads makes the outputs write their files but hold every reload
+// until ReleaseReloads. An agent under a service manager calls it before
+// Start and WriteAll, and releases once it has reported ready: a reload
+// such as `systemctl restart api.service`, for a unit ordered after the
+// agent, waits for the agent's own start to finish, so running it before
+// READY=1 deadlocks the start (and the boot).
+func (m *Manager) HoldReloads() {
+	m.held.Store(true)
+	for _, r := range m.runners() {
+		r.syncMu.Lock()
+		r.atStart = true
+		r.syncMu.Unlock()
+	}
+}
+
+// ReleaseReloads ends HoldReloads: each output's loop runs the reloads it
+// held, in the background (ReleaseReloads does not wait for them). Those
+// first reloads leave alone a service that is not running (StartReloader):
+// it reads the new files when it starts. Without Start, the next WriteAll
+// runs them.
+func (m *Manager) ReleaseReloads() {
+	if !m.held.Swap(false) {
+		return
+	}
+	for _, r := range m.runners() {
+		r.poke(r.releaseCh)
+	}
 }
 
 // waitJWTBundles returns once the Source has JWT bundles or ctx is done;

@@ -24,6 +24,21 @@ type Reloader interface {
 	Reload(ctx context.Context) error
 }
 
+// StartReloader is a Reloader that acts differently on the reloads an
+// agent held until it was ready (Manager.HoldReloads): those follow the
+// files written at start, when the service may not run yet, e.g. because
+// it is ordered after the agent and starts next with the new files.
+type StartReloader interface {
+	Reloader
+	// ReloadAtStart is Reload, except that it returns an error wrapping
+	// ErrNotRunning, having done nothing, when the service is not running.
+	ReloadAtStart(ctx context.Context) error
+}
+
+// ErrNotRunning says a service was not reloaded at start because it does
+// not run: it reads the files when it starts.
+var ErrNotRunning = errors.New("service not running")
+
 // validator is implemented by reloaders that can reject their configuration
 // up front, so NewManager fails at start instead of at the first rotation.
 type validator interface {
@@ -220,8 +235,18 @@ func runCommand(ctx context.Context, label string, argv []string, timeout time.D
 	if s := tail.String(); s != "" {
 		msg += fmt.Sprintf(": stderr: %q", s)
 	}
-	return errors.New(msg)
+	return &commandError{msg: msg, err: err}
 }
+
+// commandError is a failed command, its message naming it; it unwraps to
+// the *exec.ExitError when the command ran and exited.
+type commandError struct {
+	msg string
+	err error
+}
+
+func (e *commandError) Error() string { return e.msg }
+func (e *commandError) Unwrap() error { return e.err }
 
 // tailBuffer keeps the last max bytes written to it.
 type tailBuffer struct {
@@ -297,6 +322,43 @@ func (r *systemdReloader) Reload(ctx context.Context) error {
 		return err
 	}
 	return runCommand(ctx, "systemd reload", []string{r.cfg.path, r.action, r.unit}, r.cfg.timeout)
+}
+
+// ReloadAtStart runs the action only on an active unit, whatever the
+// action: `systemctl is-active UNIT` first. A unit that is starting
+// (activating, or waiting for its start job, typically because it is
+// ordered After= the agent) is not active, and starts with the files just
+// written; a stopped unit stays stopped. The check and the action are two
+// commands: a unit that stops in between is acted on as configured
+// (restart starts it), which is what the same reload does after a rotation.
+func (r *systemdReloader) ReloadAtStart(ctx context.Context) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	active, err := r.isActive(ctx)
+	if err != nil {
+		return err
+	}
+	if !active {
+		return fmt.Errorf("systemd unit %s is not active: %w", r.unit, ErrNotRunning)
+	}
+	return r.Reload(ctx)
+}
+
+// isActive asks `systemctl is-active --quiet UNIT`: exit 0 active (or
+// reloading), 3 anything else (LSB "not running"; also an unknown unit),
+// 4 no such unit on some versions. Another exit or no exit at all is an
+// error: systemctl could not answer.
+func (r *systemdReloader) isActive(ctx context.Context) (bool, error) {
+	err := runCommand(ctx, "systemd reload", []string{r.cfg.path, "is-active", "--quiet", r.unit}, r.cfg.timeout)
+	if err == nil {
+		return true, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && (ee.ExitCode() == 3 || ee.ExitCode() == 4) {
+		return false, nil
+	}
+	return false, err
 }
 
 // ---------------------------------------------------------------- launchd
