@@ -134,8 +134,9 @@ func newRunCmd() *cobra.Command {
 // reloadOnHUP answers SIGHUP, whose default action would kill the agent,
 // with a live reload of the configuration file. systemd hears of it
 // (RELOADING=1, then READY=1 whatever the outcome: a refused file leaves
-// the agent running as it was), so `systemctl reload` on a
-// Type=notify-reload unit returns once the file is applied or refused.
+// the agent running as it was); the verdict of `systemctl reload` is the
+// unit's ExecReload= (`reload --pid $MAINPID`), which reads it from the
+// admin socket, because READY=1 cannot say "refused".
 func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, path string, n *sdnotify.Notifier, log *zap.Logger) {
 	for {
 		select {
