@@ -105,10 +105,19 @@ func newRunCmd() *cobra.Command {
 				OnStopping: func() { _, _ = notifier.Stopping() },
 				LogLevel:   &level,
 				ConfigHash: plan.Hash,
+				ConfigPath: canonicalPath(cfgPath),
 			})
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
+			// How `reload --pid $MAINPID` (ExecReload=) and `status` find
+			// this agent after an edit of admin.socket (target.go).
+			forget, err := writeRunningRecord(cfgPath, cfg.Admin.Socket)
+			if err != nil {
+				log.Warn("cannot record the admin socket for reload/status; they fall back to the config's socket", zap.Error(err))
+				forget = func() {}
+			}
+			defer forget()
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			// Subscribed before Run, so a SIGHUP that arrives once the agent

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,10 @@ type Options struct {
 	// ConfigHash is the SHA-256 of the file cfg was read from (Plan.Hash),
 	// shown by status.
 	ConfigHash string
+	// ConfigPath, when set, is the config file as status reports it
+	// (default cfg.Path); run passes it absolute, so that clients can tell
+	// whether the agent runs the file they were given.
+	ConfigPath string
 }
 
 // Agent is one configured agent.
@@ -78,7 +83,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry(),
 		reloadCh: make(chan reloadRequest), stopped: make(chan struct{}), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
-		configState: admin.ConfigState{Path: cfg.Path, Hash: opts.ConfigHash}}
+		configState: admin.ConfigState{Path: cmp.Or(opts.ConfigPath, cfg.Path), Hash: opts.ConfigHash}}
 	a.drainsCtx, a.stopDrains = context.WithCancel(context.Background())
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)

@@ -40,7 +40,7 @@ type outputRunner struct {
 	reloadNext    int
 	// atStart: the pending reloads are those held since the Manager was
 	// built (HoldReloads); cleared once they ran or none was due.
-	atStart bool
+	atStart       bool
 	failures      int
 	guardRestores int
 	// Format and verify state (formats.go, verify.go).
