@@ -127,9 +127,15 @@ func newRunCmd() *cobra.Command {
 			defer signal.Stop(hup)
 			hupDone := make(chan struct{})
 			go func() { defer close(hupDone); reloadOnHUP(ctx, hup, a, cfgPath, notifier, log) }()
+			dogDone := make(chan struct{})
+			go func() {
+				defer close(dogDone)
+				feedWatchdog(ctx, notifier.WatchdogInterval()/2, a.Stalled, notifier.Watchdog, log)
+			}()
 			err = a.Run(ctx)
 			stop()
 			<-hupDone
+			<-dogDone
 			if err != nil {
 				return withCode(exitFailure, err)
 			}
@@ -163,6 +169,38 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, path
 			if _, err := n.Ready(status); err != nil {
 				log.Warn("sd_notify READY", zap.Error(err))
 			}
+		}
+	}
+}
+
+// feedWatchdog sends WATCHDOG=1 every interval (half the unit's
+// WatchdogSec=; 0: no watchdog, nothing to do) while no output's rotation
+// loop is stalled. A wedged loop stops the pings, and systemd restarts the
+// agent after WatchdogSec=; so does a wedged process.
+func feedWatchdog(ctx context.Context, interval time.Duration, stalled func() []string, ping func() (bool, error), log *zap.Logger) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	logged := false
+	for {
+		if s := stalled(); len(s) > 0 {
+			if !logged {
+				log.Error("rotation stalled past its own deadlines; no more watchdog pings, systemd will restart the agent",
+					zap.Strings("outputs", s))
+				logged = true
+			}
+		} else {
+			logged = false
+			if _, err := ping(); err != nil {
+				log.Warn("sd_notify WATCHDOG", zap.Error(err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -139,3 +139,19 @@ func TestStartSkipsReloadOfInactiveUnit(t *testing.T) {
 		30*time.Second, 20*time.Millisecond, "no restart after the rotation; agent logs:\n%s", logs)
 	assert.Equal(t, []string{"is-active --quiet api.service", "restart api.service", "restart after READY=1"}, readLines(log))
 }
+
+// TestAgentFeedsTheWatchdog: under a unit with WatchdogSec= ($WATCHDOG_USEC)
+// the agent sends WATCHDOG=1, from its start on (waiting for the Workload
+// API included), at half the interval.
+func TestAgentFeedsTheWatchdog(t *testing.T) {
+	dir := t.TempDir()
+	notify, sock := listenNotify(t, filepath.Join(dir, "ready"))
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "400000")
+	_, apiSock := startDevAPI(t, time.Hour)
+	cfg := writeConfig(t, dir, apiSock, "")
+	logs := startAgent(t, cfg)
+	require.Eventually(t, func() bool {
+		return strings.Count(strings.Join(notify.messages(), "\n"), "WATCHDOG=1") >= 3
+	}, 30*time.Second, 20*time.Millisecond, "agent logs:\n%s", logs)
+}

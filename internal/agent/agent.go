@@ -149,6 +149,10 @@ func (a *Agent) extraReloader(o config.Output, r config.Reload) (rotation.Reload
 	return nil, fmt.Errorf("reload kind %q is not supported", r.Kind())
 }
 
+// Stalled names the outputs whose rotation loop is wedged (see
+// rotation.Manager.Stalled); the systemd watchdog stops on them.
+func (a *Agent) Stalled() []string { return a.manager.Stalled() }
+
 // Registry is the agent's private metrics registry; other parts (the redis
 // sampler) register on it too.
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }

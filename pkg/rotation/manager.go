@@ -51,6 +51,7 @@ type config struct {
 	guard              bool
 	writeHook          func(writeEvent)
 	watchdogCheck      time.Duration
+	stepSlack          time.Duration
 }
 
 // WithLogger sets the logger (default zap.NewNop()).
@@ -131,6 +132,12 @@ func withWatchdogCheck(d time.Duration) Option {
 	return func(c *config) { c.watchdogCheck = d }
 }
 
+// withStepSlack overrides the minute Stalled allows a pass beyond its
+// steps' own deadlines.
+func withStepSlack(d time.Duration) Option {
+	return func(c *config) { c.stepSlack = d }
+}
+
 // Manager keeps every Output's files in step with the Workload API.
 type Manager struct {
 	src     Source
@@ -173,6 +180,7 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 		retryMax:     DefaultRetryMax,
 		expiryWindow: DefaultExpiryWindow,
 		guard:        true,
+		stepSlack:    time.Minute,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -248,6 +256,22 @@ func (m *Manager) ReleaseReloads() {
 	for _, r := range m.runners() {
 		r.poke(r.releaseCh)
 	}
+}
+
+// Stalled names the outputs whose loop has been in one pass longer than
+// that pass's own deadlines allow (each reload's timeout, the verify
+// timeout, the JWT fetches, plus a minute): such a loop is wedged and will
+// not rotate again. A service manager's watchdog asks this; a slow but
+// bounded reload is not a stall.
+func (m *Manager) Stalled() []string {
+	now := time.Now().UnixNano()
+	var names []string
+	for _, r := range m.runners() {
+		if until := r.busyUntil.Load(); until != 0 && now > until {
+			names = append(names, r.out.Name)
+		}
+	}
+	return names
 }
 
 // waitJWTBundles returns once the Source has JWT bundles or ctx is done;

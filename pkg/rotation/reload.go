@@ -189,6 +189,9 @@ func NewExecReloader(argv []string, timeout time.Duration) Reloader {
 
 func (r *execReloader) Kind() string { return r.kind }
 
+// Timeout bounds one run (Manager.Stalled counts on it).
+func (r *execReloader) Timeout() time.Duration { return r.timeout }
+
 func (r *execReloader) validate() error {
 	if len(r.argv) == 0 || r.argv[0] == "" {
 		return fmt.Errorf("%s: empty command", r.label)
@@ -306,6 +309,9 @@ func NewSystemdReloader(unit, action string, opts ...ReloaderOption) Reloader {
 
 func (r *systemdReloader) Kind() string { return "systemd" }
 
+// Timeout bounds one command; ReloadAtStart runs two.
+func (r *systemdReloader) Timeout() time.Duration { return 2 * r.cfg.timeout }
+
 func (r *systemdReloader) validate() error {
 	if !validSystemdAction(r.action) {
 		return fmt.Errorf("systemd reload of %q: unsupported action %q (want reload, restart, try-restart, reload-or-restart or try-reload-or-restart)", r.unit, r.action)
@@ -382,6 +388,9 @@ func NewLaunchdReloader(label string, restart bool, opts ...ReloaderOption) Relo
 }
 
 func (r *launchdReloader) Kind() string { return "launchd" }
+
+// Timeout bounds one run.
+func (r *launchdReloader) Timeout() time.Duration { return r.cfg.timeout }
 
 func (r *launchdReloader) validate() error {
 	if r.label == "" || strings.ContainsAny(r.label, "/ ") {

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -262,4 +263,36 @@ exit 3`)
 	require.Error(t, err)
 	require.NotErrorIs(t, err, ErrNotRunning)
 	require.ErrorContains(t, err, "Failed to connect to bus")
+}
+
+// wedgedReloader ignores its context and blocks until released: a reload
+// that its own deadline cannot end, i.e. a wedged loop.
+type wedgedReloader struct{ release chan struct{} }
+
+func (w wedgedReloader) Kind() string { return "wedged" }
+func (w wedgedReloader) Reload(context.Context) error {
+	<-w.release
+	return nil
+}
+func (w wedgedReloader) Timeout() time.Duration { return 50 * time.Millisecond }
+
+// TestStalledNamesAWedgedLoop: a loop stuck in a pass past the pass's own
+// deadlines is reported by Stalled (what the agent's systemd watchdog
+// asks before each WATCHDOG=1); a loop that waits or works within its
+// deadlines is not.
+func TestStalledNamesAWedgedLoop(t *testing.T) {
+	e := newEnv(t, svidtest.Config{}, true)
+	base := t.TempDir()
+	w := wedgedReloader{release: make(chan struct{})}
+	m := newTestManager(t, e, []Output{
+		{Name: "ok", Dir: filepath.Join(base, "ok"), CertFile: "cert.pem"},
+		{Name: "stuck", Dir: filepath.Join(base, "stuck"), CertFile: "cert.pem", Reloads: []Reloader{w}},
+	}, withStepSlack(100*time.Millisecond))
+	require.Empty(t, m.Stalled())
+	runManager(t, m)
+	waitSerial(t, filepath.Join(base, "ok", "cert.pem"), currentSerial(e, ""))
+	require.Eventually(t, func() bool { return slices.Equal(m.Stalled(), []string{"stuck"}) }, waitFor, tick)
+
+	close(w.release) // the loop moves on: no longer stalled
+	require.Eventually(t, func() bool { return len(m.Stalled()) == 0 }, waitFor, tick)
 }

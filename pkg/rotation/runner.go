@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -26,6 +27,10 @@ type outputRunner struct {
 	names  []string
 	writer *svid.DirWriter
 	log    *zap.Logger
+
+	// busyUntil is when the step the loop is in must have ended by its own
+	// deadlines (unix nanoseconds), 0 while the loop waits: Stalled.
+	busyUntil atomic.Int64
 
 	// Wake-ups for loop; buffer 1, sends never block.
 	pushCh, jwtCh, guardCh, watchdogCh, releaseCh chan struct{}
@@ -117,13 +122,18 @@ func (r *outputRunner) loop(ctx context.Context) {
 			continue
 		case <-guardT.C:
 			guardArmed = false
+			r.busy(r.syncBudget())
 			r.guardCheck(ctx)
+			r.busy(0)
 			continue
 		case <-r.watchdogCh:
 			r.watchdogTick()
 			continue
 		}
-		if err := r.sync(ctx, reason); err != nil && !errors.Is(err, errNotReady) && ctx.Err() == nil {
+		r.busy(r.syncBudget())
+		err := r.sync(ctx, reason)
+		r.busy(0)
+		if err != nil && !errors.Is(err, errNotReady) && ctx.Err() == nil {
 			r.syncMu.Lock()
 			d := r.m.backoff(r.failures)
 			r.syncMu.Unlock()
@@ -133,6 +143,33 @@ func (r *outputRunner) loop(ctx context.Context) {
 			retry.Stop()
 		}
 	}
+}
+
+// busy records that the loop starts a step that its own deadlines end
+// within d (0: the loop waits again).
+func (r *outputRunner) busy(d time.Duration) {
+	if d <= 0 {
+		r.busyUntil.Store(0)
+		return
+	}
+	r.busyUntil.Store(time.Now().Add(d).UnixNano())
+}
+
+// syncBudget is the longest one pass may take by its own deadlines: every
+// JWT-SVID fetch, every reload (its timeout, or defaultServiceTimeout when
+// the Reloader does not say), the verify probe, plus the slack for what
+// has no deadline of its own (building and writing the files, the guard's
+// checks).
+func (r *outputRunner) syncBudget() time.Duration {
+	d := r.m.cfg.stepSlack + time.Duration(len(r.out.JWT))*jwtFetchTimeout + r.out.VerifyTimeout
+	for _, rl := range r.out.Reloads {
+		t := defaultServiceTimeout
+		if tr, ok := rl.(interface{ Timeout() time.Duration }); ok && tr.Timeout() > 0 {
+			t = tr.Timeout()
+		}
+		d += t + waitDelay
+	}
+	return d
 }
 
 // sync builds the files from the current material, writes them and runs
