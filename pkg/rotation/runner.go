@@ -237,7 +237,10 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	if r.reloadPending && r.m.held.Load() {
 		// ReleaseReloads pokes the loop; verification follows the reloads.
 		r.log.Debug("files written; reloads held until the agent is ready")
-		return werr
+		if werr != nil {
+			return werr
+		}
+		return mat.jwtErr
 	}
 	reloading := r.reloadPending
 	if rerr := r.runReloads(ctx); rerr != nil {
