@@ -311,14 +311,16 @@ func TestUvicornExample(t *testing.T) {
 
 	// systemctl stand-in on the agent's PATH: `restart api.service` stops
 	// uvicorn (SIGTERM, as systemd's stop does) and the supervisor below
-	// starts it again (Restart=always). Before uvicorn's first start (the
-	// agent's first write also reloads) there is nothing to stop.
+	// starts it again (Restart=always). The agent's first write happens
+	// before uvicorn runs: `is-active` says so (exit 3) and the agent
+	// skips that restart, as it does at boot for a unit ordered after it.
 	shimDir := filepath.Join(dir, "shim")
 	require.NoError(t, os.Mkdir(shimDir, 0o755))
 	pidFile := filepath.Join(dir, "uvicorn.pid")
 	shimLog := filepath.Join(dir, "systemctl.log")
 	shim := fmt.Sprintf(`#!/bin/sh
 echo "$*" >> %[1]s
+if [ "$*" = "is-active --quiet api.service" ]; then [ -f %[2]s ] && exit 0; exit 3; fi
 [ "$1" = restart ] && [ "$2" = api.service ] || { echo "systemctl stand-in: unexpected: $*" >&2; exit 1; }
 [ -f %[2]s ] || exit 0
 exec kill -TERM "$(cat %[2]s)"

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +35,14 @@ func newReloadCmd() *cobra.Command {
 apply the difference (see docs/SERVICE.md for what applies live), then
 waits until the agent has applied or refused it and prints the outcome.
 
+Which agent: the one that runs FILE (compared after resolving symlinks)
+and, with --pid, is that process; never merely the one behind the socket
+the edited FILE names (admin.socket cannot change while the agent runs).
+It looks at the socket the agent recorded at start under systemd
+($RUNTIME_DIRECTORY or /run/identity-agent/agent.json), the one FILE
+names, $IDENTITY_AGENT_ADMIN and the default socket. A FILE that is not
+the running agent's is refused (exit 2).
+
 How it asks: with --pid, SIGHUP to that process (the systemd unit's
 ExecReload uses this); else through the service manager when it runs the
 agent ('systemctl reload identity-agent', or on macOS, where launchd has no
@@ -46,15 +55,12 @@ running configuration is unchanged), 1 the agent could not be asked or did
 not answer in time.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			target, err := reloadTarget(addr, cfgPath)
-			if err != nil {
-				return withCode(exitUsage, err)
-			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			before, err := admin.Fetch(ctx, target)
+			// The running agent, whatever socket the edited file names.
+			target, before, err := findAgent(ctx, addr, cfgPath, pid)
 			if err != nil {
-				return withCode(exitFailure, err)
+				return orCode(exitFailure, err)
 			}
 			how, err := askReload(ctx, pid, before.PID, target)
 			var mgrErr *managerError
@@ -79,20 +85,20 @@ not answer in time.`,
 			return printReload(cmd.OutOrStdout(), after)
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "read the admin socket from this agent configuration")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "the running agent's configuration file (refused when the agent runs another)")
 	cmd.Flags().StringVar(&addr, "admin", "", "the agent's admin socket (default: from --config, $"+EnvAdmin+", or the platform default)")
 	cmd.Flags().IntVar(&pid, "pid", 0, "send SIGHUP to this process instead of asking the service manager")
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the agent to apply the configuration")
 	return cmd
 }
 
-// reloadTarget is statusTarget, except that a file the reload will refuse
-// must still name the admin socket: only admin.socket is read from it.
-func reloadTarget(addr, cfgPath string) (string, error) {
-	if addr != "" || cfgPath == "" {
-		return statusTarget(addr, "")
+// orCode is withCode unless err already carries an exit code.
+func orCode(code int, err error) error {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err
 	}
-	return adminSocketOf(cfgPath)
+	return withCode(code, err)
 }
 
 // askReload delivers the request and says how.
@@ -103,7 +109,7 @@ func askReload(ctx context.Context, pid, reported int, target string) (string, e
 		}
 		return fmt.Sprintf("SIGHUP to pid %d", pid), nil
 	}
-	if argv := managerReload(ctx); argv != nil {
+	if argv := managerReload(ctx, reported); argv != nil {
 		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 		if err != nil {
 			return "", &managerError{fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))}
@@ -151,8 +157,9 @@ func adminServerPID(ctx context.Context, target string) (int, error) {
 }
 
 // managerReload is the service manager's way to reload the agent when the
-// manager runs it, or nil.
-func managerReload(ctx context.Context) []string {
+// manager runs it (on Linux: the unit is active and its main pid is the
+// agent found, not another agent on the host), or nil.
+func managerReload(ctx context.Context, agentPID int) []string {
 	switch runtime.GOOS {
 	case "darwin":
 		job := "system/" + service.LaunchdName
@@ -160,8 +167,13 @@ func managerReload(ctx context.Context) []string {
 			return []string{"launchctl", "kill", "SIGHUP", job}
 		}
 	case "linux":
-		if exec.CommandContext(ctx, "systemctl", "is-active", "--quiet", service.SystemdName+".service").Run() == nil {
-			return []string{"systemctl", "reload", service.SystemdName + ".service"}
+		unit := service.SystemdName + ".service"
+		if exec.CommandContext(ctx, "systemctl", "is-active", "--quiet", unit).Run() != nil {
+			return nil
+		}
+		out, err := exec.CommandContext(ctx, "systemctl", "show", "--property=MainPID", "--value", unit).Output()
+		if err == nil && strings.TrimSpace(string(out)) == strconv.Itoa(agentPID) {
+			return []string{"systemctl", "reload", unit}
 		}
 	}
 	return nil
@@ -241,7 +253,7 @@ func adminSocketFromYAML(path string, data []byte) (string, error) {
 		return "", fmt.Errorf("%s: admin.socket: cannot read the file: %w", path, err)
 	}
 	if doc.Admin.Socket != "" {
-		return statusTarget(doc.Admin.Socket, "")
+		return statusTarget(doc.Admin.Socket)
 	}
 	return config.AdminSocketFor(runtime.GOOS), nil
 }

@@ -279,6 +279,7 @@ func TestReloadThroughTheServiceManager(t *testing.T) {
 echo "$*" >> %[1]s
 case "$1" in
   is-active) exit 0 ;;
+  show) echo %[2]d; exit 0 ;;
   reload) kill -HUP %[2]d; sleep 1; echo "Job for identity-agent.service failed." >&2; exit 1 ;;
 esac
 exit 3
@@ -298,5 +299,5 @@ exit 3
 	require.ErrorAs(t, err, &ee, "stdout %s stderr %s", out.String(), errb.String())
 	require.Equal(t, 2, ee.ExitCode(), "stdout %s stderr %s", out.String(), errb.String())
 	require.Contains(t, out.String(), filepath.Base(cfg)+":14: outputs[0].no_such_field")
-	require.Equal(t, []string{"is-active --quiet identity-agent.service", "reload identity-agent.service"}, readLines(calls))
+	require.Equal(t, []string{"is-active --quiet identity-agent.service", "show --property=MainPID --value identity-agent.service", "reload identity-agent.service"}, readLines(calls))
 }

@@ -105,10 +105,19 @@ func newRunCmd() *cobra.Command {
 				OnStopping: func() { _, _ = notifier.Stopping() },
 				LogLevel:   &level,
 				ConfigHash: plan.Hash,
+				ConfigPath: canonicalPath(cfgPath),
 			})
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
+			// How `reload --pid $MAINPID` (ExecReload=) and `status` find
+			// this agent after an edit of admin.socket (target.go).
+			forget, err := writeRunningRecord(cfgPath, cfg.Admin.Socket)
+			if err != nil {
+				log.Warn("cannot record the admin socket for reload/status; they fall back to the config's socket", zap.Error(err))
+				forget = func() {}
+			}
+			defer forget()
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			// Subscribed before Run, so a SIGHUP that arrives once the agent
@@ -118,9 +127,15 @@ func newRunCmd() *cobra.Command {
 			defer signal.Stop(hup)
 			hupDone := make(chan struct{})
 			go func() { defer close(hupDone); reloadOnHUP(ctx, hup, a, cfgPath, notifier, log) }()
+			dogDone := make(chan struct{})
+			go func() {
+				defer close(dogDone)
+				feedWatchdog(ctx, notifier.WatchdogInterval()/2, a.Stalled, notifier.Watchdog, log)
+			}()
 			err = a.Run(ctx)
 			stop()
 			<-hupDone
+			<-dogDone
 			if err != nil {
 				return withCode(exitFailure, err)
 			}
@@ -134,8 +149,9 @@ func newRunCmd() *cobra.Command {
 // reloadOnHUP answers SIGHUP, whose default action would kill the agent,
 // with a live reload of the configuration file. systemd hears of it
 // (RELOADING=1, then READY=1 whatever the outcome: a refused file leaves
-// the agent running as it was), so `systemctl reload` on a
-// Type=notify-reload unit returns once the file is applied or refused.
+// the agent running as it was); the verdict of `systemctl reload` is the
+// unit's ExecReload= (`reload --pid $MAINPID`), which reads it from the
+// admin socket, because READY=1 cannot say "refused".
 func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, path string, n *sdnotify.Notifier, log *zap.Logger) {
 	for {
 		select {
@@ -153,6 +169,38 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, path
 			if _, err := n.Ready(status); err != nil {
 				log.Warn("sd_notify READY", zap.Error(err))
 			}
+		}
+	}
+}
+
+// feedWatchdog sends WATCHDOG=1 every interval (half the unit's
+// WatchdogSec=; 0: no watchdog, nothing to do) while no output's rotation
+// loop is stalled. A wedged loop stops the pings, and systemd restarts the
+// agent after WatchdogSec=; so does a wedged process.
+func feedWatchdog(ctx context.Context, interval time.Duration, stalled func() []string, ping func() (bool, error), log *zap.Logger) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	logged := false
+	for {
+		if s := stalled(); len(s) > 0 {
+			if !logged {
+				log.Error("rotation stalled past its own deadlines; no more watchdog pings, systemd will restart the agent",
+					zap.Strings("outputs", s))
+				logged = true
+			}
+		} else {
+			logged = false
+			if _, err := ping(); err != nil {
+				log.Warn("sd_notify WATCHDOG", zap.Error(err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -32,13 +32,10 @@ func newStatusCmd() *cobra.Command {
 		Short: "Report the running agent's health (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			target, err := statusTarget(addr, cfgPath)
-			var report admin.Report
-			if err == nil {
-				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-				defer cancel()
-				report, err = admin.Fetch(ctx, target)
-			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			// The agent running --config, not the socket an edit names.
+			_, report, err := findAgent(ctx, addr, cfgPath, 0)
 			if err != nil { // UNKNOWN on stdout, like every other grade
 				if asJSON {
 					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(verdict{admin.Unknown.String(), []string{err.Error()}})
@@ -68,7 +65,7 @@ func newStatusCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&addr, "admin", "", "the agent's admin unix socket (default: from --config, $"+EnvAdmin+", or "+config.AdminSocketFor(runtime.GOOS)+")")
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "read the admin socket from this agent configuration")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "report the agent that runs this configuration file")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the full report as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
 	return cmd
@@ -80,15 +77,11 @@ type verdict struct {
 	Reasons  []string `json:"reasons"`
 }
 
-func statusTarget(addr, cfgPath string) (string, error) {
+// statusTarget is addr, else $IDENTITY_AGENT_ADMIN, else the default
+// socket; with --config, findAgent chooses instead.
+func statusTarget(addr string) (string, error) {
 	switch {
 	case addr != "":
-	case cfgPath != "":
-		cfg, err := config.Load(cfgPath, os.Getenv)
-		if err != nil {
-			return "", err
-		}
-		addr = cfg.Admin.Socket
 	case os.Getenv(EnvAdmin) != "":
 		addr = os.Getenv(EnvAdmin)
 	default:

@@ -23,10 +23,12 @@ subst "$EX/uvicorn/agent.yaml" "$T/agent.yaml" \
   "group: api" "group: $(id -gn)"
 # The reload runs `systemctl restart api.service`: a stand-in on the agent's
 # PATH stops uvicorn as systemd's restart would; the loop below starts it again.
+# At start the agent asks `is-active` first and skips a unit that does not run.
 mkdir -p "$T/bin"
 cat >"$T/bin/systemctl" <<EOF
 #!/bin/sh
 echo "\$*" >>"$T/systemctl.calls"
+if [ "\$*" = "is-active --quiet api.service" ]; then [ -f "$T/uvicorn.pid" ] && exit 0; exit 3; fi
 [ "\$1 \$2" = "restart api.service" ] || { echo "systemctl stand-in: unexpected: \$*" >&2; exit 1; }
 [ -f "$T/uvicorn.pid" ] && kill -TERM "\$(cat "$T/uvicorn.pid")" 2>/dev/null
 exit 0

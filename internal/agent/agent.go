@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,10 @@ type Options struct {
 	// ConfigHash is the SHA-256 of the file cfg was read from (Plan.Hash),
 	// shown by status.
 	ConfigHash string
+	// ConfigPath, when set, is the config file as status reports it
+	// (default cfg.Path); run passes it absolute, so that clients can tell
+	// whether the agent runs the file they were given.
+	ConfigPath string
 }
 
 // Agent is one configured agent.
@@ -82,7 +87,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry(),
 		reloadCh: make(chan reloadRequest), stopped: make(chan struct{}), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
-		configState: admin.ConfigState{Path: cfg.Path, Hash: opts.ConfigHash}}
+		configState: admin.ConfigState{Path: cmp.Or(opts.ConfigPath, cfg.Path), Hash: opts.ConfigHash}}
 	a.drainsCtx, a.stopDrains = context.WithCancel(context.Background())
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)
@@ -150,6 +155,10 @@ func (a *Agent) extraReloader(o config.Output, r config.Reload) (rotation.Reload
 	return nil, fmt.Errorf("reload kind %q is not supported", r.Kind())
 }
 
+// Stalled names the outputs whose rotation loop is wedged (see
+// rotation.Manager.Stalled); the systemd watchdog stops on them.
+func (a *Agent) Stalled() []string { return a.manager.Stalled() }
+
 // Registry is the agent's private metrics registry; other parts (the redis
 // sampler) register on it too.
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
@@ -215,6 +224,10 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	defer func() { _ = a.source.Close() }()
 
 	var workers sync.WaitGroup
+	// The first write's reloads wait for READY=1 (released below): a
+	// `systemctl restart api.service` whose unit is ordered After= the
+	// agent waits for the agent's start job, which waits for READY=1.
+	a.manager.HoldReloads()
 	if err := a.manager.Start(ctx); err != nil {
 		a.closeRedisAdmin()
 		return fmt.Errorf("rotation: %w", err)
@@ -228,7 +241,8 @@ func (a *Agent) Run(parent context.Context) (err error) {
 		return nil // stopped before the first SVID
 	}
 	// One synchronous pass so READY means "files are on disk"; the rotation
-	// loop finds them identical and does not write or reload again.
+	// loop finds them identical and does not write again. Their reloads
+	// run once READY=1 is out.
 	if err := a.manager.WriteAll(ctx); err != nil {
 		a.log.Warn("first write incomplete; retrying in the background", zap.Error(err))
 	}
@@ -248,6 +262,9 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}
+	// In the outputs' loops, not here: a slow restart must not hold up
+	// config reloads; a unit that is not active is left alone.
+	a.manager.ReleaseReloads()
 	for {
 		select {
 		case <-ctx.Done():

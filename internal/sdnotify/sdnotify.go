@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -46,6 +47,21 @@ func (n *Notifier) Reloading(status string) (bool, error) {
 	}
 	usec := uint64(ts.Sec)*1_000_000 + uint64(ts.Nsec)/1_000
 	return n.send(daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatUint(usec, 10), status)
+}
+
+// Watchdog is the keep-alive ping of a unit with WatchdogSec=.
+func (n *Notifier) Watchdog() (bool, error) {
+	return n.send(daemon.SdNotifyWatchdog, "")
+}
+
+// WatchdogInterval is the unit's WatchdogSec= ($WATCHDOG_USEC, when
+// $WATCHDOG_PID is this process), or 0 when systemd expects no pings.
+func (n *Notifier) WatchdogInterval() time.Duration {
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		return 0
+	}
+	return d
 }
 
 // Stopping reports that the agent is shutting down.

@@ -2,6 +2,7 @@ package sdnotify
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -88,4 +89,25 @@ func TestReloadingCarriesMonotonicTime(t *testing.T) {
 	lo := uint64(before.Sec)*1_000_000 + uint64(before.Nsec)/1_000
 	require.GreaterOrEqual(t, usec, lo)
 	require.Less(t, usec, lo+60_000_000, "MONOTONIC_USEC must be monotonic time, not wall-clock")
+}
+
+// TestWatchdog: WATCHDOG=1 reaches the socket, and the interval is the
+// unit's WatchdogSec= ($WATCHDOG_USEC) only when $WATCHDOG_PID, if set, is
+// this process.
+func TestWatchdog(t *testing.T) {
+	c := listen(t)
+	n := New()
+	t.Setenv("WATCHDOG_USEC", "")
+	t.Setenv("WATCHDOG_PID", "")
+	require.Zero(t, n.WatchdogInterval())
+	t.Setenv("WATCHDOG_USEC", "60000000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	require.Equal(t, time.Minute, n.WatchdogInterval())
+	t.Setenv("WATCHDOG_PID", "1")
+	require.Zero(t, n.WatchdogInterval(), "another process's watchdog")
+
+	ok, err := n.Watchdog()
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "WATCHDOG=1", read(t, c))
 }

@@ -17,7 +17,7 @@ import (
 const fakeSystemctl = `#!/bin/sh
 echo "$*" >> "$IA_SYSTEMCTL_LOG"
 case "$1" in
---version) echo "systemd 252 (252-fake)";;
+--version) echo "systemd 254 (254.16-1~bpo12+1)";;
 is-active) cat "$IA_SYSTEMCTL_STATE";;
 list-unit-files) echo "identity-agent.service enabled";;
 esac
@@ -86,6 +86,9 @@ func installInNamespace(t *testing.T) {
 	got, err := os.ReadFile(SystemdUnitPath)
 	require.NoError(t, err)
 	require.Equal(t, string(want), string(got), "installed unit differs from the template rendering")
+	// On systemd 254 too, the reload's verdict is ExecReload='s exit status.
+	require.Contains(t, string(got), strings.ReplaceAll(reloadLines, "/etc/identity-agent/config.yaml", c.ConfigPath))
+	require.NotContains(t, string(got), "Type=notify-reload")
 	fi, err := os.Stat(SystemdUnitPath)
 	require.NoError(t, err)
 	require.Equal(t, fs.FileMode(0o644), fi.Mode().Perm())

@@ -71,10 +71,6 @@ type InstallConfig struct {
 	ExtraCapabilities []string
 	// CreateUser lets Install create a missing system user (Linux: useradd).
 	CreateUser bool
-	// SystemdVersion is the host's systemd version (systemctl --version);
-	// from NotifyReloadSystemdVersion on the unit is Type=notify-reload.
-	// 0 (unknown) renders the variant every systemd understands.
-	SystemdVersion int
 	// LogDir and StateDir are for launchd (macOS) only.
 	LogDir, StateDir string
 }
@@ -233,19 +229,15 @@ func (c *InstallConfig) socketBindDir() (string, error) {
 	return "", nil
 }
 
-// NotifyReloadSystemdVersion is the first systemd with Type=notify-reload.
-const NotifyReloadSystemdVersion = 253
-
 type renderData struct {
 	InstallConfig
 	Capabilities      []string
 	BindReadOnlyPaths []string
 	Label             string
-	NotifyReload      bool
 }
 
 func (c InstallConfig) data() (renderData, error) {
-	d := renderData{InstallConfig: c, Label: LaunchdName, NotifyReload: c.SystemdVersion >= NotifyReloadSystemdVersion}
+	d := renderData{InstallConfig: c, Label: LaunchdName}
 	d.Capabilities = append(slices.Clone(baseCapabilities), c.ExtraCapabilities...)
 	slices.Sort(d.Capabilities)
 	if c.WorkloadAPISocket != "" {

@@ -9,8 +9,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 
 	kservice "github.com/kardianos/service"
 )
@@ -115,9 +113,6 @@ func Install(c InstallConfig) (InstallResult, error) {
 		c.BinaryPath = exe
 	}
 	c.applyDefaults(runtime.GOOS)
-	if runtime.GOOS != "darwin" && c.SystemdVersion == 0 {
-		c.SystemdVersion = HostSystemdVersion()
-	}
 	var (
 		def  []byte
 		dest string
@@ -307,27 +302,4 @@ func WriteSystemdUnit(root string, c InstallConfig) (string, error) {
 		return "", fmt.Errorf("service: %w", err)
 	}
 	return dest, nil
-}
-
-// HostSystemdVersion is this host's systemd version from `systemctl
-// --version` ("systemd 252 (252.38-1~deb12u1)"), or 0 when it cannot be
-// told; 0 renders the unit every systemd version understands.
-func HostSystemdVersion() int {
-	out, err := exec.Command("systemctl", "--version").Output()
-	if err != nil {
-		return 0
-	}
-	return parseSystemdVersion(string(out))
-}
-
-func parseSystemdVersion(out string) int {
-	f := strings.Fields(out)
-	if len(f) < 2 || f[0] != "systemd" {
-		return 0
-	}
-	v, err := strconv.Atoi(f[1])
-	if err != nil {
-		return 0
-	}
-	return v
 }

@@ -262,3 +262,80 @@ func TestExampleInventoryRendersValidConfigs(t *testing.T) {
 		assert.Contains(t, string(cfg), "spiffe://example.org/", h)
 	}
 }
+
+// A reload the agent refuses (here a new Workload API socket, which only
+// a restart applies) fails the host, and so does every later run with the
+// same variables while the agent runs the old file: the role compares
+// status's config.hash with the file on disk (issue 19, bug 4). Reverting
+// the variables brings the host back to ok, changed=0 on the next run.
+func TestRoleKeepsFailingWhileTheAgentRunsAnotherConfig(t *testing.T) {
+	playbookBin := fleettest.NeedBinary(t, "ansible-playbook")
+	dir := t.TempDir()
+	_, apiSock := fleettest.DevAPI(t, agentBin, dir, time.Hour, "spiffe://example.org/svc")
+	root := filepath.Join(dir, "host1")
+	cfg := filepath.Join(root, "etc/identity-agent/config.yaml")
+	inv := func(name, apiSocket string) string {
+		inventory := map[string]any{"all": map[string]any{"children": map[string]any{"identity_agent": map[string]any{
+			"hosts": map[string]any{"host1": map[string]any{
+				"identity_agent_root":  root,
+				"identity_agent_admin": map[string]any{"socket": filepath.Join(root, "admin.sock")},
+				"identity_agent_outputs": []any{map[string]any{
+					"name": "svc", "spiffe_id": "spiffe://example.org/svc", "dir": filepath.Join(root, "certs/svc"),
+					"cert_file": "svid.pem", "key_file": "key.pem", "bundle_file": "bundle.pem",
+				}},
+			}},
+			"vars": map[string]any{
+				"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": false,
+				"identity_agent_binary_src":          agentBin,
+				"identity_agent_manage_service":      false,
+				"identity_agent_workload_api_socket": "unix://" + apiSocket,
+			},
+		}}}}
+		p := filepath.Join(dir, name+".json")
+		b, err := json.Marshal(inventory)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(p, b, 0o600))
+		return p
+	}
+	play := func(invFile string) (fleettest.Result, recap) {
+		t.Helper()
+		r := fleettest.Run(t, 3*time.Minute, ".", []string{"ANSIBLE_NOCOLOR=1", "ANSIBLE_LOCAL_TEMP=" + filepath.Join(dir, "ansible-tmp"),
+			"ANSIBLE_REMOTE_TEMP=" + filepath.Join(dir, "ansible-tmp"), "ANSIBLE_RETRY_FILES_ENABLED=0"},
+			playbookBin, "-i", invFile, "site.yml")
+		return r, recaps(r.Stdout)["host1"]
+	}
+
+	good := inv("good", apiSock)
+	r, rc := play(good)
+	require.Equal(t, 0, r.Code, r.String())
+	require.Zero(t, rc.failed)
+	agent := fleettest.Start(t, "identity-agent run", filepath.Join(root, "usr/local/bin/identity-agent"), "run", "--config", cfg)
+	fleettest.WaitFor(t, 30*time.Second, "the agent writes its files", func() (bool, string) {
+		_, err := os.Stat(filepath.Join(root, "certs/svc/bundle.pem"))
+		return err == nil, fmt.Sprint(err)
+	})
+	r, rc = play(good)
+	require.Equal(t, 0, r.Code, r.String())
+	require.Equal(t, recap{rc.ok, 0, 0}, rc, "second run changes nothing:\n%s", r.Stdout)
+
+	// workload_api.socket only applies on a restart: the reload is refused.
+	moved := inv("moved", apiSock+".new")
+	r, rc = play(moved)
+	assert.NotEqual(t, 0, r.Code, r.String())
+	assert.Equal(t, 1, rc.failed, r.Stdout)
+	assert.Contains(t, r.Stdout, "workload_api.socket: cannot change while the agent runs")
+	// Same variables again: nothing to render, but the agent still runs the
+	// old file, so the host fails again, saying why.
+	r, rc = play(moved)
+	assert.NotEqual(t, 0, r.Code, r.String())
+	assert.Equal(t, 1, rc.failed, "a re-run must not report success while the agent runs another config:\n%s", r.Stdout)
+	assert.Contains(t, r.Stdout, "the agent refused it")
+	assert.False(t, agent.Exited(), "the agent keeps running")
+
+	// Back to the running file: a reload that changes nothing, then ok.
+	r, rc = play(good)
+	require.Equal(t, 0, r.Code, r.String())
+	r, rc = play(good)
+	require.Equal(t, 0, r.Code, r.String())
+	assert.Equal(t, recap{rc.ok, 0, 0}, rc, r.Stdout)
+}

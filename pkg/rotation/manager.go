@@ -51,6 +51,7 @@ type config struct {
 	guard              bool
 	writeHook          func(writeEvent)
 	watchdogCheck      time.Duration
+	stepSlack          time.Duration
 }
 
 // WithLogger sets the logger (default zap.NewNop()).
@@ -131,6 +132,12 @@ func withWatchdogCheck(d time.Duration) Option {
 	return func(c *config) { c.watchdogCheck = d }
 }
 
+// withStepSlack overrides the minute Stalled allows a pass beyond its
+// steps' own deadlines.
+func withStepSlack(d time.Duration) Option {
+	return func(c *config) { c.stepSlack = d }
+}
+
 // Manager keeps every Output's files in step with the Workload API.
 type Manager struct {
 	src     Source
@@ -151,6 +158,8 @@ type Manager struct {
 	cancel          context.CancelFunc
 	wg              sync.WaitGroup
 	running         atomic.Bool
+	// held: reloads wait for ReleaseReloads (see HoldReloads).
+	held atomic.Bool
 
 	guardMu sync.Mutex
 	guard   *guard
@@ -171,6 +180,7 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 		retryMax:     DefaultRetryMax,
 		expiryWindow: DefaultExpiryWindow,
 		guard:        true,
+		stepSlack:    time.Minute,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -217,6 +227,51 @@ func (m *Manager) WriteAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// HoldReloads makes the outputs write their files but hold every reload
+// until ReleaseReloads. An agent under a service manager calls it before
+// Start and WriteAll, and releases once it has reported ready: a reload
+// such as `systemctl restart api.service`, for a unit ordered after the
+// agent, waits for the agent's own start to finish, so running it before
+// READY=1 deadlocks the start (and the boot).
+func (m *Manager) HoldReloads() {
+	m.held.Store(true)
+	for _, r := range m.runners() {
+		r.syncMu.Lock()
+		r.atStart = true
+		r.syncMu.Unlock()
+	}
+}
+
+// ReleaseReloads ends HoldReloads: each output's loop runs the reloads it
+// held, in the background (ReleaseReloads does not wait for them). Those
+// first reloads leave alone a service that is not running (StartReloader):
+// it reads the new files when it starts. Without Start, the next WriteAll
+// runs them.
+func (m *Manager) ReleaseReloads() {
+	if !m.held.Swap(false) {
+		return
+	}
+	for _, r := range m.runners() {
+		r.poke(r.releaseCh)
+	}
+}
+
+// Stalled names the outputs whose loop has been in one pass longer than
+// that pass's own deadlines allow (each reload's timeout, the verify
+// timeout, the JWT fetches, plus a minute): such a loop is wedged and will
+// not rotate again. A service manager's watchdog asks this; a slow but
+// bounded reload is not a stall.
+func (m *Manager) Stalled() []string {
+	now := time.Now().UnixNano()
+	var names []string
+	for _, r := range m.runners() {
+		if until := r.busyUntil.Load(); until != 0 && now > until {
+			names = append(names, r.out.Name)
+		}
+	}
+	return names
 }
 
 // waitJWTBundles returns once the Source has JWT bundles or ctx is done;

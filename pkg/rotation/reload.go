@@ -24,6 +24,21 @@ type Reloader interface {
 	Reload(ctx context.Context) error
 }
 
+// StartReloader is a Reloader that acts differently on the reloads an
+// agent held until it was ready (Manager.HoldReloads): those follow the
+// files written at start, when the service may not run yet, e.g. because
+// it is ordered after the agent and starts next with the new files.
+type StartReloader interface {
+	Reloader
+	// ReloadAtStart is Reload, except that it returns an error wrapping
+	// ErrNotRunning, having done nothing, when the service is not running.
+	ReloadAtStart(ctx context.Context) error
+}
+
+// ErrNotRunning says a service was not reloaded at start because it does
+// not run: it reads the files when it starts.
+var ErrNotRunning = errors.New("service not running")
+
 // validator is implemented by reloaders that can reject their configuration
 // up front, so NewManager fails at start instead of at the first rotation.
 type validator interface {
@@ -174,6 +189,9 @@ func NewExecReloader(argv []string, timeout time.Duration) Reloader {
 
 func (r *execReloader) Kind() string { return r.kind }
 
+// Timeout bounds one run (Manager.Stalled counts on it).
+func (r *execReloader) Timeout() time.Duration { return r.timeout }
+
 func (r *execReloader) validate() error {
 	if len(r.argv) == 0 || r.argv[0] == "" {
 		return fmt.Errorf("%s: empty command", r.label)
@@ -220,8 +238,18 @@ func runCommand(ctx context.Context, label string, argv []string, timeout time.D
 	if s := tail.String(); s != "" {
 		msg += fmt.Sprintf(": stderr: %q", s)
 	}
-	return errors.New(msg)
+	return &commandError{msg: msg, err: err}
 }
+
+// commandError is a failed command, its message naming it; it unwraps to
+// the *exec.ExitError when the command ran and exited.
+type commandError struct {
+	msg string
+	err error
+}
+
+func (e *commandError) Error() string { return e.msg }
+func (e *commandError) Unwrap() error { return e.err }
 
 // tailBuffer keeps the last max bytes written to it.
 type tailBuffer struct {
@@ -281,6 +309,9 @@ func NewSystemdReloader(unit, action string, opts ...ReloaderOption) Reloader {
 
 func (r *systemdReloader) Kind() string { return "systemd" }
 
+// Timeout bounds one command; ReloadAtStart runs two.
+func (r *systemdReloader) Timeout() time.Duration { return 2 * r.cfg.timeout }
+
 func (r *systemdReloader) validate() error {
 	if !validSystemdAction(r.action) {
 		return fmt.Errorf("systemd reload of %q: unsupported action %q (want reload, restart, try-restart, reload-or-restart or try-reload-or-restart)", r.unit, r.action)
@@ -297,6 +328,43 @@ func (r *systemdReloader) Reload(ctx context.Context) error {
 		return err
 	}
 	return runCommand(ctx, "systemd reload", []string{r.cfg.path, r.action, r.unit}, r.cfg.timeout)
+}
+
+// ReloadAtStart runs the action only on an active unit, whatever the
+// action: `systemctl is-active UNIT` first. A unit that is starting
+// (activating, or waiting for its start job, typically because it is
+// ordered After= the agent) is not active, and starts with the files just
+// written; a stopped unit stays stopped. The check and the action are two
+// commands: a unit that stops in between is acted on as configured
+// (restart starts it), which is what the same reload does after a rotation.
+func (r *systemdReloader) ReloadAtStart(ctx context.Context) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	active, err := r.isActive(ctx)
+	if err != nil {
+		return err
+	}
+	if !active {
+		return fmt.Errorf("systemd unit %s is not active: %w", r.unit, ErrNotRunning)
+	}
+	return r.Reload(ctx)
+}
+
+// isActive asks `systemctl is-active --quiet UNIT`: exit 0 active (or
+// reloading), 3 anything else (LSB "not running"; also an unknown unit),
+// 4 no such unit on some versions. Another exit or no exit at all is an
+// error: systemctl could not answer.
+func (r *systemdReloader) isActive(ctx context.Context) (bool, error) {
+	err := runCommand(ctx, "systemd reload", []string{r.cfg.path, "is-active", "--quiet", r.unit}, r.cfg.timeout)
+	if err == nil {
+		return true, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && (ee.ExitCode() == 3 || ee.ExitCode() == 4) {
+		return false, nil
+	}
+	return false, err
 }
 
 // ---------------------------------------------------------------- launchd
@@ -320,6 +388,9 @@ func NewLaunchdReloader(label string, restart bool, opts ...ReloaderOption) Relo
 }
 
 func (r *launchdReloader) Kind() string { return "launchd" }
+
+// Timeout bounds one run.
+func (r *launchdReloader) Timeout() time.Duration { return r.cfg.timeout }
 
 func (r *launchdReloader) validate() error {
 	if r.label == "" || strings.ContainsAny(r.label, "/ ") {

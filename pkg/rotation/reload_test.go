@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -205,4 +206,93 @@ func TestFailingReloadIsRetriedAndReported(t *testing.T) {
 	n := len(lines(attempts))
 	time.Sleep(time.Second)
 	require.Len(t, lines(attempts), n)
+}
+
+// TestHeldReloadsRunAfterRelease: with HoldReloads the files are written
+// (by WriteAll and by the loops) but no reload runs until ReleaseReloads,
+// which runs them in the background; that is what lets an agent send
+// READY=1 between its first write and the first reloads.
+func TestHeldReloadsRunAfterRelease(t *testing.T) {
+	e := newEnv(t, svidtest.Config{}, true)
+	base := t.TempDir()
+	script, log := recorder(t, base, "reload")
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), CertFile: "cert.pem",
+		Reloads: []Reloader{NewExecReloader([]string{script, "svc"}, 5*time.Second)}}})
+	m.HoldReloads()
+	runManager(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, e.src.WaitReady(ctx))
+	require.NoError(t, m.WriteAll(ctx))
+	waitSerial(t, filepath.Join(base, "out", "cert.pem"), currentSerial(e, ""))
+	time.Sleep(300 * time.Millisecond) // the loop's own first pass
+	require.Empty(t, lines(log), "a reload ran while held")
+
+	m.ReleaseReloads()
+	require.Eventually(t, func() bool { return len(lines(log)) == 1 }, waitFor, tick)
+	require.True(t, outputState(m, "svc").Healthy())
+	m.ReleaseReloads() // a second release changes nothing
+	time.Sleep(300 * time.Millisecond)
+	require.Len(t, lines(log), 1)
+}
+
+// TestSystemdReloadAtStartSkipsInactiveUnit: the reloads held at start
+// act only on active units (`systemctl is-active` exit 0), whatever the
+// action; exit 3 (inactive, activating, unknown) skips with ErrNotRunning,
+// and a systemctl that cannot answer is an error, not a skip.
+func TestSystemdReloadAtStartSkipsInactiveUnit(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	activeFile := filepath.Join(dir, "active")
+	log := filepath.Join(dir, "calls")
+	systemctl := writeScript(t, dir, "systemctl", `echo "$*" >> '`+log+`'
+[ "$1" = is-active ] || exit 0
+[ -f '`+activeFile+`' ] && exit 0
+exit 3`)
+	r := NewSystemdReloader("api.service", "restart", WithCommandPath(systemctl)).(StartReloader)
+	err := r.ReloadAtStart(ctx)
+	require.ErrorIs(t, err, ErrNotRunning)
+	require.Equal(t, []string{"is-active --quiet api.service"}, lines(log))
+
+	require.NoError(t, os.WriteFile(activeFile, nil, 0o600))
+	require.NoError(t, r.ReloadAtStart(ctx))
+	require.Equal(t, []string{"is-active --quiet api.service", "is-active --quiet api.service", "restart api.service"}, lines(log))
+
+	broken := writeScript(t, dir, "systemctl-broken", `echo "Failed to connect to bus" >&2; exit 1`)
+	err = NewSystemdReloader("api.service", "reload", WithCommandPath(broken)).(StartReloader).ReloadAtStart(ctx)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ErrNotRunning)
+	require.ErrorContains(t, err, "Failed to connect to bus")
+}
+
+// wedgedReloader ignores its context and blocks until released: a reload
+// that its own deadline cannot end, i.e. a wedged loop.
+type wedgedReloader struct{ release chan struct{} }
+
+func (w wedgedReloader) Kind() string { return "wedged" }
+func (w wedgedReloader) Reload(context.Context) error {
+	<-w.release
+	return nil
+}
+func (w wedgedReloader) Timeout() time.Duration { return 50 * time.Millisecond }
+
+// TestStalledNamesAWedgedLoop: a loop stuck in a pass past the pass's own
+// deadlines is reported by Stalled (what the agent's systemd watchdog
+// asks before each WATCHDOG=1); a loop that waits or works within its
+// deadlines is not.
+func TestStalledNamesAWedgedLoop(t *testing.T) {
+	e := newEnv(t, svidtest.Config{}, true)
+	base := t.TempDir()
+	w := wedgedReloader{release: make(chan struct{})}
+	m := newTestManager(t, e, []Output{
+		{Name: "ok", Dir: filepath.Join(base, "ok"), CertFile: "cert.pem"},
+		{Name: "stuck", Dir: filepath.Join(base, "stuck"), CertFile: "cert.pem", Reloads: []Reloader{w}},
+	}, withStepSlack(100*time.Millisecond))
+	require.Empty(t, m.Stalled())
+	runManager(t, m)
+	waitSerial(t, filepath.Join(base, "ok", "cert.pem"), currentSerial(e, ""))
+	require.Eventually(t, func() bool { return slices.Equal(m.Stalled(), []string{"stuck"}) }, waitFor, tick)
+
+	close(w.release) // the loop moves on: no longer stalled
+	require.Eventually(t, func() bool { return len(m.Stalled()) == 0 }, waitFor, tick)
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -27,8 +28,12 @@ type outputRunner struct {
 	writer *svid.DirWriter
 	log    *zap.Logger
 
+	// busyUntil is when the step the loop is in must have ended by its own
+	// deadlines (unix nanoseconds), 0 while the loop waits: Stalled.
+	busyUntil atomic.Int64
+
 	// Wake-ups for loop; buffer 1, sends never block.
-	pushCh, jwtCh, guardCh, watchdogCh chan struct{}
+	pushCh, jwtCh, guardCh, watchdogCh, releaseCh chan struct{}
 
 	// syncMu serializes every touch of the disk (the loop and WriteAll).
 	// The fields below it are guarded by it.
@@ -38,6 +43,9 @@ type outputRunner struct {
 	tokens        []tokenState
 	reloadPending bool
 	reloadNext    int
+	// atStart: the pending reloads are those held since the Manager was
+	// built (HoldReloads); cleared once they ran or none was due.
+	atStart       bool
 	failures      int
 	guardRestores int
 	// Format and verify state (formats.go, verify.go).
@@ -66,6 +74,7 @@ func newOutputRunner(m *Manager, o Output, w *svid.DirWriter) *outputRunner {
 		jwtCh:      make(chan struct{}, 1),
 		guardCh:    make(chan struct{}, 1),
 		watchdogCh: make(chan struct{}, 1),
+		releaseCh:  make(chan struct{}, 1),
 		tokens:     make([]tokenState, len(o.JWT)),
 		jwtTimers:  make([]*time.Timer, len(o.JWT)),
 		knownTB:    knownTrustBundles(o),
@@ -102,6 +111,8 @@ func (r *outputRunner) loop(ctx context.Context) {
 			reason = "jwt-refresh"
 		case <-retry.C:
 			reason = "retry"
+		case <-r.releaseCh:
+			reason = "ready"
 		case <-r.guardCh:
 			// Let a burst of events (ours or someone else's) settle.
 			if !guardArmed {
@@ -111,13 +122,18 @@ func (r *outputRunner) loop(ctx context.Context) {
 			continue
 		case <-guardT.C:
 			guardArmed = false
+			r.busy(r.syncBudget())
 			r.guardCheck(ctx)
+			r.busy(0)
 			continue
 		case <-r.watchdogCh:
 			r.watchdogTick()
 			continue
 		}
-		if err := r.sync(ctx, reason); err != nil && !errors.Is(err, errNotReady) && ctx.Err() == nil {
+		r.busy(r.syncBudget())
+		err := r.sync(ctx, reason)
+		r.busy(0)
+		if err != nil && !errors.Is(err, errNotReady) && ctx.Err() == nil {
 			r.syncMu.Lock()
 			d := r.m.backoff(r.failures)
 			r.syncMu.Unlock()
@@ -127,6 +143,33 @@ func (r *outputRunner) loop(ctx context.Context) {
 			retry.Stop()
 		}
 	}
+}
+
+// busy records that the loop starts a step that its own deadlines end
+// within d (0: the loop waits again).
+func (r *outputRunner) busy(d time.Duration) {
+	if d <= 0 {
+		r.busyUntil.Store(0)
+		return
+	}
+	r.busyUntil.Store(time.Now().Add(d).UnixNano())
+}
+
+// syncBudget is the longest one pass may take by its own deadlines: every
+// JWT-SVID fetch, every reload (its timeout, or defaultServiceTimeout when
+// the Reloader does not say), the verify probe, plus the slack for what
+// has no deadline of its own (building and writing the files, the guard's
+// checks).
+func (r *outputRunner) syncBudget() time.Duration {
+	d := r.m.cfg.stepSlack + time.Duration(len(r.out.JWT))*jwtFetchTimeout + r.out.VerifyTimeout
+	for _, rl := range r.out.Reloads {
+		t := defaultServiceTimeout
+		if tr, ok := rl.(interface{ Timeout() time.Duration }); ok && tr.Timeout() > 0 {
+			t = tr.Timeout()
+		}
+		d += t + waitDelay
+	}
+	return d
 }
 
 // sync builds the files from the current material, writes them and runs
@@ -191,6 +234,14 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 		r.log.Info("files written", fields...)
 	}
 	r.refreshWatchesLocked()
+	if r.reloadPending && r.m.held.Load() {
+		// ReleaseReloads pokes the loop; verification follows the reloads.
+		r.log.Debug("files written; reloads held until the agent is ready")
+		if werr != nil {
+			return werr
+		}
+		return mat.jwtErr
+	}
 	reloading := r.reloadPending
 	if rerr := r.runReloads(ctx); rerr != nil {
 		return errors.Join(werr, rerr)
@@ -235,6 +286,9 @@ func (r *outputRunner) write(files []svid.File) (bool, error) {
 // new files, and a restart must not be repeated for nothing.
 func (r *outputRunner) runReloads(ctx context.Context) error {
 	if !r.reloadPending {
+		if !r.m.held.Load() {
+			r.atStart = false // nothing was due at start
+		}
 		return nil
 	}
 	for r.reloadNext < len(r.out.Reloads) {
@@ -242,7 +296,14 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 		kind := rl.Kind()
 		r.m.metrics.reloads.WithLabelValues(r.out.Name, kind).Inc()
 		start := time.Now()
-		if err := rl.Reload(ctx); err != nil {
+		err := r.reloadOne(ctx, rl)
+		if errors.Is(err, ErrNotRunning) {
+			r.log.Info("reload skipped at start: the service is not running, it reads the new files when it starts",
+				zap.String("kind", kind), zap.String("detail", err.Error()))
+			r.reloadNext++
+			continue
+		}
+		if err != nil {
 			r.m.metrics.reloadFailures.WithLabelValues(r.out.Name, kind).Inc()
 			err = fmt.Errorf("reload %d/%d (%s): %w", r.reloadNext+1, len(r.out.Reloads), kind, err)
 			r.stMu.Lock()
@@ -256,7 +317,7 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 		r.log.Info("reloaded", zap.String("kind", kind), zap.Duration("took", time.Since(start)))
 		r.reloadNext++
 	}
-	r.reloadPending = false
+	r.reloadPending, r.atStart = false, false
 	if len(r.out.Reloads) > 0 {
 		r.stMu.Lock()
 		r.st.LastReload = time.Now()
@@ -268,6 +329,20 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 		r.stMu.Unlock()
 	}
 	return nil
+}
+
+// reloadOne runs one reload; the ones held at start go through
+// ReloadAtStart where the reloader has it.
+func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader) error {
+	if sr, ok := rl.(StartReloader); ok && r.atStart {
+		return sr.ReloadAtStart(ctx)
+	}
+	err := rl.Reload(ctx)
+	if errors.Is(err, ErrNotRunning) {
+		// Only ReloadAtStart may skip.
+		err = fmt.Errorf("%w (skipped only at start)", err)
+	}
+	return err
 }
 
 func (r *outputRunner) setWriteError(err error) {
