@@ -387,7 +387,7 @@ func (f *flavour) operations(t *testing.T) {
 		assert.Equal(t, "identity-agent", strings.TrimSpace(m.MustSh(t, "stat -c %U /proc/$(systemctl show -P MainPID identity-agent)")))
 		before := consumerServesCurrent(t, m, 1)
 		old := fileHash(t, m, apiDir+"/svid.pem")
-		m.MustSh(t, "systemctl kill --signal=USR1 spire-agent.service")
+		m.MustSh(t, "kill -USR1 $(systemctl show -P MainPID spire-agent.service)")
 		fleettest.WaitFor(t, 2*time.Minute, "the rotated certificate on disk", func() (bool, string) {
 			return fileHash(t, m, apiDir+"/svid.pem") != old, "svid.pem unchanged"
 		})
@@ -467,7 +467,7 @@ func (f *flavour) startDeadlock(t *testing.T) {
 				// serves: the restarted agent writes and reloads at start.
 				m.MustSh(t, "cp "+apiDir+"/svid.pem /root/old-svid.pem")
 				old := fileHash(t, m, apiDir+"/svid.pem")
-				m.MustSh(t, "systemctl kill --signal=USR1 spire-agent.service")
+				m.MustSh(t, "kill -USR1 $(systemctl show -P MainPID spire-agent.service)")
 				fleettest.WaitFor(t, 2*time.Minute, "the rotated certificate on disk", func() (bool, string) {
 					return fileHash(t, m, apiDir+"/svid.pem") != old, "unchanged"
 				})
@@ -477,7 +477,7 @@ func (f *flavour) startDeadlock(t *testing.T) {
 				m.MustSh(t, "systemctl start --no-block identity-agent.service")
 				settled(t, m, "start with a rotation pending")
 				n = consumerServesCurrent(t, m, n+1)
-				m.MustSh(t, "cp "+apiDir+"/svid.pem /root/old-svid.pem && systemctl kill --signal=USR1 spire-agent.service")
+				m.MustSh(t, "cp "+apiDir+"/svid.pem /root/old-svid.pem && kill -USR1 $(systemctl show -P MainPID spire-agent.service)")
 				fleettest.WaitFor(t, 2*time.Minute, "the rotated certificate on disk", func() (bool, string) {
 					return fileHash(t, m, apiDir+"/svid.pem") != fileHash(t, m, "/root/old-svid.pem"), "unchanged"
 				})
