@@ -25,7 +25,7 @@ test: deps
 # mirror (scripts/systemd-rootfs.sh, cached); see docs/SERVICE.md.
 # Narrow with IDENTITY_AGENT_SYSTEMD_FLAVOURS=bookworm,trixie.
 test-systemd:
-	$(GO) test -tags systemd -count=1 -timeout 40m $(TESTFLAGS) ./internal/systemdtest/
+	$(GO) test -tags systemd -count=1 -parallel 3 -timeout 40m $(TESTFLAGS) ./internal/systemdtest/
 
 # The first build on a fresh machine downloads the modules and compiles them
 # (minutes): say so, and let Go name what it downloads and builds.

@@ -50,6 +50,7 @@ type Machine struct {
 	cmd     *exec.Cmd // unshare; nspawn is PID 1 of its PID namespace
 	done    chan struct{}
 	console *os.File
+	nspawn  int // systemd-nspawn's host pid
 	init    int // the container's PID 1 as seen from the host
 }
 
@@ -130,14 +131,13 @@ func (m *Machine) start(t testing.TB) {
 
 	// unshare → nspawn (PID 1 of the new PID namespace) → the container's
 	// systemd. Their host pids are recorded for CleanLeftovers.
-	var nspawn int
 	m.waitFor(t, 2*time.Minute, "systemd-nspawn", func() (bool, string) {
-		nspawn = onlyChild(m.cmd.Process.Pid, "")
-		return nspawn > 0, "no child of unshare yet"
+		m.nspawn = onlyChild(m.cmd.Process.Pid, "")
+		return m.nspawn > 0, "no child of unshare yet"
 	})
-	m.record(nspawn)
+	m.record(m.nspawn)
 	m.waitFor(t, 2*time.Minute, "the container's systemd", func() (bool, string) {
-		m.init = onlyChild(nspawn, "systemd")
+		m.init = onlyChild(m.nspawn, "systemd")
 		return m.init > 0, "no systemd under systemd-nspawn yet"
 	})
 	m.record(m.init)
@@ -145,6 +145,24 @@ func (m *Machine) start(t testing.TB) {
 		r, err := m.exec(30*time.Second, "", "systemctl", "show", "--property=Version", "--value")
 		return err == nil && r.Code == 0 && strings.TrimSpace(r.Stdout) != "", fmt.Sprint(err, r)
 	})
+	// What nspawn leaves on the host when it is killed rather than
+	// stopped: its lock on the root directory (named after the overlay's
+	// device and inode) and its mount propagation directory.
+	if r, err := m.exec(30*time.Second, "", "stat", "-c", "%d:%i", "/"); err == nil && r.Code == 0 {
+		m.hostPath("/run/systemd/nspawn/locks/inode-" + strings.TrimSpace(r.Stdout))
+	}
+	m.hostPath("/run/systemd/nspawn/propagate/" + m.Name)
+}
+
+// hostPath records a host path nspawn may leave behind, removed with the
+// machine (and by CleanLeftovers).
+func (m *Machine) hostPath(p string) {
+	f, err := os.OpenFile(filepath.Join(m.dir, "paths"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	_, _ = f.WriteString(p + "\n")
+	_ = f.Close()
 }
 
 // record appends a process's identity to the machine's procs file, which
@@ -306,23 +324,46 @@ func (m *Machine) Reboot(t testing.TB) {
 	m.start(t)
 }
 
-// kill ends the machine at once: SIGKILL to unshare, whose --kill-child
-// kills nspawn, the PID 1 of the namespace every container process lives in.
+// kill ends the machine: SIGTERM to nspawn, which powers the container off
+// and removes what it made on the host; after 20 s SIGKILL to unshare,
+// whose --kill-child kills nspawn, the PID 1 of the namespace every
+// container process lives in. Then whatever nspawn left is removed.
 func (m *Machine) kill() {
-	if !m.running() {
-		return
+	if m.running() {
+		if m.nspawn > 0 {
+			_ = syscall.Kill(m.nspawn, syscall.SIGTERM)
+			select {
+			case <-m.done:
+			case <-time.After(20 * time.Second):
+			}
+		}
+		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-m.done:
+		case <-time.After(30 * time.Second):
+		}
 	}
-	_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-m.done:
-	case <-time.After(30 * time.Second):
+	removeRecorded(m.dir)
+	if m.console != nil {
+		_ = m.console.Close()
 	}
-	if b, err := os.ReadFile(filepath.Join(m.dir, "procs")); err == nil {
+}
+
+// removeRecorded kills the processes recorded in dir/procs and removes the
+// host paths recorded in dir/paths.
+func removeRecorded(dir string) {
+	if b, err := os.ReadFile(filepath.Join(dir, "procs")); err == nil {
 		for _, id := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 			killRecorded(id)
 		}
 	}
-	_ = m.console.Close()
+	if b, err := os.ReadFile(filepath.Join(dir, "paths")); err == nil {
+		for _, p := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if strings.HasPrefix(p, "/run/systemd/nspawn/") {
+				_ = os.RemoveAll(p)
+			}
+		}
+	}
 }
 
 // diagnose logs what a failed test needs to see of the machine.

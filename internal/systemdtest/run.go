@@ -152,12 +152,9 @@ func CleanLeftovers(tmp string, logf func(string, ...any)) {
 		if alive(strings.TrimSpace(string(owner))) {
 			continue
 		}
-		procs, _ := filepath.Glob(filepath.Join(dir, "*", "procs"))
-		for _, p := range procs {
-			b, _ := os.ReadFile(p)
-			for _, id := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-				killRecorded(id)
-			}
+		machines, _ := filepath.Glob(filepath.Join(dir, "*", "procs"))
+		for _, p := range machines {
+			removeRecorded(filepath.Dir(p))
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			logf("systemdtest: removing the leftovers of a killed run: %v", err)
