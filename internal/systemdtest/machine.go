@@ -21,9 +21,11 @@ import (
 
 // containerEnv is the whole environment of a command run in a machine: the
 // host's would leak its PATH, locale and pager settings in.
-var containerEnv = []string{
-	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	"HOME=/root", "LANG=C.UTF-8", "TERM=dumb", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "PAGER=cat",
+func containerEnv() []string {
+	return []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root", "LANG=C.UTF-8", "TERM=dumb", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "PAGER=cat",
+	}
 }
 
 // bootScript mounts the overlay in unshare's private mount namespace (it
@@ -231,7 +233,7 @@ func (m *Machine) running() bool {
 func (m *Machine) exec(timeout time.Duration, stdin string, argv ...string) (fleettest.Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args := append([]string{"-t", strconv.Itoa(m.init), "-a", "--", "env", "-i"}, containerEnv...)
+	args := append([]string{"-t", strconv.Itoa(m.init), "-a", "--", "env", "-i"}, containerEnv()...)
 	cmd := exec.CommandContext(ctx, "nsenter", append(args, argv...)...)
 	// nsenter forks into the PID namespace: when it is killed at the
 	// timeout its child may keep the output open; stop waiting for it.
