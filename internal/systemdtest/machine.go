@@ -30,9 +30,11 @@ func containerEnv() []string {
 
 // bootScript mounts the overlay in unshare's private mount namespace (it
 // disappears with the namespace: nothing to unmount on the host) and
-// becomes systemd-nspawn. The mount is retried: the previous boot's
+// becomes systemd-nspawn, in cgroups of its own ($IA_CGROUPS, see
+// ownCgroups). The mount is retried: the previous boot's
 // namespace may still hold upper/ for an instant after it ended.
-const bootScript = `i=0
+const bootScript = `for d in $IA_CGROUPS; do echo 0 >"$d/cgroup.procs" || exit 1; done
+i=0
 until mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"; do
   i=$((i+1)); [ $i -lt 20 ] || exit 1; sleep 0.5
 done
@@ -118,6 +120,11 @@ func (m *Machine) start(t testing.TB) {
 	m.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc",
 		"sh", "-c", bootScript, "sh", m.lower, m.upper, m.work, m.merged, m.Name, m.share)
 	m.cmd.Stdout, m.cmd.Stderr = console, console
+	cgroups, err := m.ownCgroups()
+	if err != nil {
+		t.Fatalf("boot %s: %v", m.Name, err)
+	}
+	m.cmd.Env = append(os.Environ(), "IA_CGROUPS="+strings.Join(cgroups, " "))
 	// Its own process group: a Ctrl-C in the terminal reaches the test
 	// binary, which kills the machines itself (Run.Guard).
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -154,6 +161,44 @@ func (m *Machine) start(t testing.TB) {
 		m.hostPath("/run/systemd/nspawn/locks/inode-" + strings.TrimSpace(r.Stdout))
 	}
 	m.hostPath("/run/systemd/nspawn/propagate/" + m.Name)
+}
+
+// ownCgroups creates a cgroup for the machine under the test process's
+// own in the hierarchies systemd manages (name=systemd and the unified
+// one). With --keep-unit nspawn leaves the container in the cgroup it was
+// started in; machines sharing one would create and remove each other's
+// unit cgroups ("Failed to attach to cgroup ...: No such file or directory").
+func (m *Machine) ownCgroups() ([]string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		var root string
+		switch {
+		case parts[1] == "name=systemd":
+			root = "/sys/fs/cgroup/systemd"
+		case parts[0] == "0" && parts[1] == "":
+			root = "/sys/fs/cgroup/unified"
+			if _, err := os.Stat(root + "/cgroup.procs"); err != nil {
+				root = "/sys/fs/cgroup" // a pure cgroup2 host
+			}
+		default:
+			continue
+		}
+		dir := filepath.Join(root, parts[2], "ia-nspawn-"+m.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("cgroup for %s: %w", m.Name, err)
+		}
+		m.hostPath(dir)
+		dirs = append(dirs, dir)
+	}
+	return dirs, nil
 }
 
 // hostPath records a host path nspawn may leave behind, removed with the
@@ -361,10 +406,35 @@ func removeRecorded(dir string) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "paths")); err == nil {
 		for _, p := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			if strings.HasPrefix(p, "/run/systemd/nspawn/") {
+			switch {
+			case strings.HasPrefix(p, "/run/systemd/nspawn/"):
 				_ = os.RemoveAll(p)
+			case strings.HasPrefix(p, "/sys/fs/cgroup/") && strings.Contains(p, "/ia-nspawn-"):
+				removeCgroup(p)
 			}
 		}
+	}
+}
+
+// removeCgroup removes a cgroup and those the container made under it,
+// deepest first (a cgroup directory goes with rmdir, its files with it).
+func removeCgroup(dir string) {
+	var dirs []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	// The last processes may take a moment to leave a cgroup (EBUSY).
+	for range 50 {
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(dirs[i])
+		}
+		if _, err := os.Stat(dir); err != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
