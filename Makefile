@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin/golangci-lint)
 
-.PHONY: build deps test test-systemd run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz reload-race
+.PHONY: build deps deps-systemd test test-systemd run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz reload-race
 
 build:
 	$(GO) build $(BUILDFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
@@ -14,6 +14,10 @@ build:
 # uvicorn, openssl, curl) and the CLI tests against the built binary.
 deps:
 	./scripts/deps.sh
+
+# What make test-systemd needs on the host (root): systemd-nspawn, debootstrap.
+deps-systemd:
+	./scripts/deps.sh systemd
 
 test: deps
 	$(GO) test -race -count=1 -timeout 15m ./...
@@ -30,7 +34,7 @@ reload-race:
 # root). The first run builds the three root file systems from the Debian
 # mirror (scripts/systemd-rootfs.sh, cached); see docs/SERVICE.md.
 # Narrow with IDENTITY_AGENT_SYSTEMD_FLAVOURS=bookworm,trixie.
-test-systemd:
+test-systemd: deps-systemd
 	$(GO) test -tags systemd -count=1 -parallel 3 -timeout 40m $(TESTFLAGS) ./internal/systemdtest/
 
 # The first build on a fresh machine downloads the modules and compiles them
