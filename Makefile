@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin/golangci-lint)
 
-.PHONY: build deps test run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz reload-race
+.PHONY: build deps test test-spire run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz reload-race
 
 build:
 	$(GO) build $(BUILDFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
@@ -23,6 +23,15 @@ test: deps
 RELOAD_RACE ?= 60s
 reload-race:
 	$(GO) test -race -count=1 -timeout 30m -run '^TestReloadAppliesOnlyCompleteFiles$$' -v ./cmd/identity-agent/ -args -reload-race=$(RELOAD_RACE)
+
+# The conformance suite (test/spire) against a real SPIRE server and agent
+# (v1.13.3, pinned in test/spire/tools), started on loopback in a temporary
+# directory. scripts/spire-build.sh builds SPIRE into a cache directory the
+# first time (about 12 minutes on 2 cores) and reuses it after.
+test-spire: deps
+	dir=$$(./scripts/spire-build.sh) && \
+	IDENTITY_AGENT_SPIRE_BIN="$$dir" IDENTITY_AGENT_REQUIRE_SPIRE=1 \
+	$(GO) test -race -count=1 -timeout 20m -run '^TestSPIRE' -v ./test/spire/
 
 # The first build on a fresh machine downloads the modules and compiles them
 # (minutes): say so, and let Go name what it downloads and builds.
