@@ -76,14 +76,14 @@ type Server struct {
 	jwtCache map[jwtKey]cachedJWT
 
 	jwtRequests atomic.Uint64 // FetchJWTSVID calls
-	cur      *published
-	grpcSrv  *grpc.Server
-	socket   string
-	timer    *time.Timer // next SVID rotation
-	caTimer  *time.Timer // next CA activation
-	activate []time.Time // when each prepared CA activates; oldest first
-	stopped  chan struct{}
-	serveErr chan error
+	cur         *published
+	grpcSrv     *grpc.Server
+	socket      string
+	timer       *time.Timer // next SVID rotation
+	caTimer     *time.Timer // next CA activation
+	activate    []time.Time // when each prepared CA activates; oldest first
+	stopped     chan struct{}
+	serveErr    chan error
 }
 
 // published is what every stream serves; it is replaced as a whole, so a
