@@ -179,6 +179,12 @@ func TestSPIRE(t *testing.T) {
 	bin := spireBin(t)
 	c := startCluster(t, bin, clusterOpts{})
 	runScenarios(t, func(t *testing.T) workloadAPI { return newSPIREAPI(t, c) })
+	for _, sc := range spireOnly {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			sc.run(t, bin, c)
+		})
+	}
 }
 
 // scenario is one behaviour checked against a Workload API.

@@ -55,7 +55,14 @@ outputs:
 func (a *agentRun) start(t testing.TB) {
 	t.Helper()
 	a.proc = fleettest.Start(t, "identity-agent run", agentBin, "run", "--config", a.cfg)
-	a.waitStatus(t, 0, 60*time.Second)
+	var last status
+	fleettest.WaitFor(t, 60*time.Second, "identity-agent run: status OK", func() (bool, string) {
+		if a.proc.Exited() {
+			t.Fatalf("identity-agent run exited:\n%s", a.proc.Logs)
+		}
+		last = a.status(t)
+		return last.code == 0, fmt.Sprintf("exit %d %s %v", last.code, last.Severity, last.Reasons)
+	})
 }
 
 // status is `identity-agent status --json`, decoded.
@@ -194,4 +201,23 @@ func mustID(t testing.TB, s string) spiffeid.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// svidFilesExpired reads a certificate and key that may have expired and
+// checks only that they belong together.
+func svidFilesExpired(t testing.TB, certPath, keyPath string) *x509.Certificate {
+	t.Helper()
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := x509svid.Parse(certPEM, keyPEM)
+	if err != nil {
+		t.Fatalf("%s + %s: %v", certPath, keyPath, err)
+	}
+	return sv.Certificates[0]
 }

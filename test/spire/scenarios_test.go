@@ -23,6 +23,9 @@ var scenarios = []scenario{
 	{"files", scenarioFiles},
 	{"rotation", scenarioRotation},
 	{"jwt", scenarioJWT},
+	{"entry-deleted", scenarioEntryDeleted},
+	{"proxies", scenarioProxies},
+	{"redis", scenarioRedis},
 }
 
 // scenarioFiles: selection by hint and by spiffe_id among several SVIDs,
@@ -229,4 +232,53 @@ func scenarioJWT(t *testing.T, api workloadAPI) {
 	if st := a.waitStatus(t, 0, 30*time.Second); st.Outputs[0].JWT[0].LastError != "" {
 		t.Fatalf("jwt last_error: %s", st.Outputs[0].JWT[0].LastError)
 	}
+}
+
+// scenarioEntryDeleted: the entry of an output's SVID is deleted while the
+// agent runs (its SVID leaves the Workload API response). The agent keeps
+// the last good files, never deletes them; status is WARNING naming the
+// output, then CRITICAL once the files on disk have expired; registering
+// the entry again recovers without a restart.
+func scenarioEntryDeleted(t *testing.T, api workloadAPI) {
+	e := entry{Path: "/deleted", Hint: "deleted"}
+	id := api.AddEntry(t, e)
+	a := writeAgentConfig(t, api, `  - name: gone
+    hint: deleted
+    dir: $DIR/out
+    cert_file: svid.pem
+    key_file: key.pem
+    bundle_file: bundle.pem
+`, "")
+	a.start(t)
+	out := filepath.Join(a.dir, "out")
+	leaf := svidFiles(t, id, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), filepath.Join(out, "bundle.pem"))
+
+	api.DeleteEntry(t, id)
+	st := a.waitStatus(t, 1, 30*time.Second)
+	if !anyContains(st.Reasons, "output gone") {
+		t.Fatalf("WARNING does not name the output: %v", st.Reasons)
+	}
+	t.Logf("%s: entry deleted: exit %d %v", api.Name(), st.code, st.Reasons)
+	// CRITICAL once the files expire (and not before they do).
+	st = a.waitStatus(t, 2, time.Until(leaf.NotAfter)+30*time.Second)
+	if time.Now().Before(leaf.NotAfter) {
+		t.Fatalf("CRITICAL at %v, before the files expired (%v): %v", time.Now(), leaf.NotAfter, st.Reasons)
+	}
+	t.Logf("%s: files expired: exit %d %v", api.Name(), st.code, st.Reasons)
+	// The last good files are still there, untouched.
+	if got := svidFilesExpired(t, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem")); got.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		t.Fatalf("files changed while the entry was gone: serial %s, want %s", got.SerialNumber, leaf.SerialNumber)
+	}
+	api.AddEntry(t, e)
+	a.waitStatus(t, 0, 60*time.Second)
+	svidFiles(t, id, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), filepath.Join(out, "bundle.pem"))
+}
+
+func anyContains(l []string, sub string) bool {
+	for _, s := range l {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
 }
