@@ -26,6 +26,8 @@ var spireOnly = []struct {
 	{"agent-restart", scenarioAgentRestart},
 	{"server-down", scenarioServerDown},
 	{"registration-example", scenarioRegistrationExample},
+	{"federation", scenarioFederation},
+	{"ca-rotation", scenarioCARotation},
 }
 
 // scenarioAgentRestart: the SPIRE agent is killed (SIGKILL) under a running
