@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -219,11 +220,14 @@ type cachedJWT struct {
 	issued, expiresAt time.Time
 }
 
-// jwtSVID returns the cached JWT-SVID for id and audience while less than
-// half of its lifetime has passed, else mints and caches a new one: SPIRE's
+// jwtSVID returns the cached JWT-SVID for id and audience while more than
+// half of its lifetime is left, else mints and caches a new one: SPIRE's
 // agent (manager.FetchJWTSVID, rotationutil.JWTSVIDExpiresSoon) answers
 // the same token until then, so a client that asks again early gets the
-// token it already has.
+// token it already has. "Half" is jittered by ±10% on every call, as
+// SPIRE 1.13's is (rotationutil.calculateJitteredHalfLife): a client that
+// asks at exactly half of the lifetime gets the old token about half of
+// the time.
 func (s *Server) jwtSVID(id spiffeid.ID, audience []string) (string, error) {
 	aud := append([]string(nil), audience...)
 	sort.Strings(aud)
@@ -232,7 +236,7 @@ func (s *Server) jwtSVID(id spiffeid.ID, audience []string) (string, error) {
 	s.mu.Lock()
 	c, ok := s.jwtCache[key]
 	s.mu.Unlock()
-	if ok && now.Before(c.expiresAt) && c.expiresAt.Sub(now) > c.expiresAt.Sub(c.issued)/2 {
+	if ok && now.Before(c.expiresAt) && c.expiresAt.Sub(now) > jitteredHalfLife(c.expiresAt.Sub(c.issued)) {
 		return c.token, nil
 	}
 	token, err := s.ca.IssueJWTSVID(id, audience, s.cfg.JWTTTL)
@@ -244,4 +248,14 @@ func (s *Server) jwtSVID(id spiffeid.ID, audience []string) (string, error) {
 	s.jwtCache[key] = cachedJWT{token: token, issued: now.Truncate(time.Second), expiresAt: now.Add(s.cfg.JWTTTL).Truncate(time.Second)}
 	s.mu.Unlock()
 	return token, nil
+}
+
+// jitteredHalfLife is half of lifetime ±10%, drawn anew on every call.
+func jitteredHalfLife(lifetime time.Duration) time.Duration {
+	half := lifetime / 2
+	delta := half / 10
+	if delta <= 0 {
+		return half
+	}
+	return half - delta + rand.N(2*delta) //nolint:gosec // jitter, not a secret
 }
