@@ -104,9 +104,6 @@ type clusterOpts struct {
 	// that a restarted server keeps its CA and a restarted agent its
 	// SVID; a "memory" agent could not re-attest with its used join token.
 	restartable bool
-	// federationPort, when set, serves the bundle endpoint
-	// (https_spiffe) on it.
-	federationPort int
 }
 
 // cluster is a SPIRE server and agent on loopback in a temporary directory.
@@ -165,15 +162,6 @@ func (c *cluster) writeServerConfig(t testing.TB) {
 	if c.opts.caTTL > 0 {
 		caTTL = fmt.Sprintf("ca_ttl = %q", c.opts.caTTL.String())
 	}
-	fed := ""
-	if c.opts.federationPort != 0 {
-		fed = fmt.Sprintf(`federation {
-    bundle_endpoint {
-      address = "127.0.0.1"
-      port = %d
-    }
-  }`, c.opts.federationPort)
-	}
 	cfg := fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
   bind_port = "%d"
@@ -183,7 +171,6 @@ func (c *cluster) writeServerConfig(t testing.TB) {
   log_level = "DEBUG"
   default_x509_svid_ttl = "1m"
   default_jwt_svid_ttl = "1m"
-  %s
   %s
 }
 plugins {
@@ -196,7 +183,7 @@ plugins {
   %s
   NodeAttestor "join_token" { plugin_data {} }
 }
-`, c.port, c.serverSock, c.td.Name(), filepath.Join(c.dir, "server-data"), caTTL, fed,
+`, c.port, c.serverSock, c.td.Name(), filepath.Join(c.dir, "server-data"), caTTL,
 		filepath.Join(c.dir, "datastore.sqlite3"), km)
 	if err := os.WriteFile(filepath.Join(c.dir, "server.conf"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -243,7 +230,7 @@ func (c *cluster) startAgent(t testing.TB) {
 	argv := []string{filepath.Join(c.bin, "spire-agent"), "run", "-config", filepath.Join(c.dir, "agent.conf")}
 	// A restarted agent with its SVID on disk needs no token (and its
 	// token is spent).
-	if _, err := os.Stat(filepath.Join(c.dir, "agent-data", "agent_svid.der")); err != nil {
+	if _, err := os.Stat(filepath.Join(c.dir, "agent-data", "agent-data.json")); err != nil {
 		argv = append(argv, "-joinToken", c.joinToken)
 	}
 	p := startProc(t, "spire-agent "+c.td.Name(), argv...)
