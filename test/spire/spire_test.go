@@ -171,6 +171,10 @@ func (c *cluster) writeServerConfig(t testing.TB) {
   log_level = "DEBUG"
   default_x509_svid_ttl = "1m"
   default_jwt_svid_ttl = "1m"
+  # The agent's own SVID: SPIRE's default (1h, the X.509 default's
+  # default), not 1m, or a server down for a minute expires it and the
+  # SPIRE agent exits ("current SVID has already expired").
+  agent_ttl = "1h"
   %s
 }
 plugins {
