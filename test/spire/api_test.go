@@ -84,6 +84,15 @@ func (d *devAPI) DeleteEntry(t testing.TB, id spiffeid.ID) {
 	waitServed(t, d, id, false)
 }
 
+// jwtRequests is how many JWT-SVIDs the dev API was asked for, -1 where
+// the API cannot tell (SPIRE).
+func jwtRequests(api workloadAPI) int64 {
+	if d, ok := api.(*devAPI); ok {
+		return int64(d.srv.JWTSVIDRequests())
+	}
+	return -1
+}
+
 // spireAPI is one scenario's view of a shared SPIRE cluster: entries it
 // adds are its own (distinct paths and hints), and are deleted when the
 // scenario ends.

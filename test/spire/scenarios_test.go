@@ -221,11 +221,15 @@ func scenarioJWT(t *testing.T, api workloadAPI) {
 		t.Fatalf("next fetch %v, want about half of the lifetime (%v; iat %v)", j[0].NextFetch, half, issued)
 	}
 	// The refresh: a new token before the old one expires.
+	asked := jwtRequests(api)
 	var next *jwtsvid.SVID
 	fleettest.WaitFor(t, lifetime, "JWT-SVID refreshed", func() (bool, string) {
 		next = read()
 		return next.Expiry.After(first.Expiry), next.Expiry.String()
 	})
+	if n := jwtRequests(api) - asked; asked >= 0 {
+		t.Logf("%s: %d JWT-SVID requests for one refresh", api.Name(), n)
+	}
 	if now := time.Now(); !now.Before(first.Expiry) {
 		t.Fatalf("token refreshed only at %v, after the old one expired (%v)", now, first.Expiry)
 	}
@@ -242,6 +246,10 @@ func scenarioJWT(t *testing.T, api workloadAPI) {
 func scenarioEntryDeleted(t *testing.T, api workloadAPI) {
 	e := entry{Path: "/deleted", Hint: "deleted"}
 	id := api.AddEntry(t, e)
+	// Another SVID for this uid stays registered throughout: with none
+	// left, SPIRE answers the whole stream PermissionDenied ("no identity
+	// issued"), and status reports the Workload API instead of the output.
+	api.AddEntry(t, entry{Path: "/deleted-keep", Hint: "deleted-keep"})
 	a := writeAgentConfig(t, api, `  - name: gone
     hint: deleted
     dir: $DIR/out
