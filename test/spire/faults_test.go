@@ -14,11 +14,19 @@ import (
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
-// spireOnly are the scenarios that stop SPIRE's own processes or need a
-// second server: each gets a cluster of its own. The dev API has no
-// separate server and agent processes to stop (svidtest's Stop/Start is
-// the agent restart, covered by pkg/svid's reconnect tests), and its
-// federated bundles come from in-process CAs, not from another server.
+// spireOnly are the scenarios the dev API cannot play, each on a cluster
+// of its own where it stops processes or needs its own settings:
+//
+//   - agent-restart, server-down: the dev API is one process; there is no
+//     SPIRE agent to kill apart from a server to stop (svidtest's
+//     Stop/Start, the agent restart, is covered by pkg/svid's reconnect
+//     tests and cmd/identity-agent's);
+//   - federation: needs a second server whose bundle is exchanged; the dev
+//     API's federated bundles come from in-process CAs;
+//   - ca-rotation: SPIRE's CA manager on its own schedule (ca_ttl); the
+//     dev API's RotateCA is exercised by pkg/svid/svidtest and the proxy
+//     tests;
+//   - registration-example: runs spire-server's CLI.
 var spireOnly = []struct {
 	name string
 	run  func(t *testing.T, bin string, shared *cluster)

@@ -56,8 +56,8 @@
 // federated bundle (SPIRE sends those its entries federate with). Two
 // identities with one hint are refused by New (SPIRE serves the oldest
 // entry and logs a warning). Every SVID is re-issued at once, at half of
-// the TTL (SPIRE's agent renews each on its own half-life, checked every
-// 5 seconds, so its pushes come up to 5 s later). The CA is
+// the TTL (SPIRE's agent renews each on its own half-life, jittered by
+// ±10% and checked every 5 seconds). The CA is
 // self-signed, with no upstream authority and no tainted-key revocation.
 // An X.509-SVID never outlives its root, as in SPIRE. ValidateJWTSVID
 // returns "aud" as a list, and keeps only "sub", "aud" and "exp" of a
