@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOLANGCI  ?= $(shell command -v golangci-lint 2>/dev/null || echo $(HOME)/go/bin/golangci-lint)
 
-.PHONY: build deps deps-systemd test test-systemd run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz reload-race
+.PHONY: build deps deps-systemd test test-spire test-systemd run bench lint clean try try-redis try-uvicorn try-traefik try-ollama fuzz reload-race
 
 build:
 	$(GO) build $(BUILDFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/identity-agent
@@ -27,6 +27,17 @@ test: deps
 RELOAD_RACE ?= 60s
 reload-race:
 	$(GO) test -race -count=1 -timeout 30m -run '^TestReloadAppliesOnlyCompleteFiles$$' -v ./cmd/identity-agent/ -args -reload-race=$(RELOAD_RACE)
+
+# The conformance suite (test/spire, build tag `conformance`: `make test`
+# neither builds nor runs it): the same scenarios against the dev Workload API
+# (TestDev) and a real SPIRE server and agent (TestSPIRE; v1.13.3, pinned in
+# test/spire/tools), started on loopback in a temporary directory.
+# scripts/spire-build.sh builds SPIRE into a cache directory the first time
+# (about 12 minutes of compile on 2 cores) and reuses it after.
+test-spire: deps
+	dir=$$(./scripts/spire-build.sh) && \
+	IDENTITY_AGENT_SPIRE_BIN="$$dir" IDENTITY_AGENT_REQUIRE_SPIRE=1 \
+	$(GO) test -tags conformance -race -count=1 -timeout 20m -run '^(TestDev|TestSPIRE)$$' -v ./test/spire/
 
 # The service path on a real systemd: Debian's 252, 254 (bookworm-backports)
 # and 257 (trixie), each booted as PID 1 of a systemd-nspawn container with the
@@ -72,6 +83,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
+	$(GO) vet -tags conformance,systemd ./test/... ./internal/systemdtest/
 	@# The model host is macOS on ARM64: keep that build (tests included) compiling.
 	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
 	$(GOLANGCI) run ./...

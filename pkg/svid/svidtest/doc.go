@@ -17,8 +17,15 @@
 //   - federated bundles arrive in the same X.509 response, keyed by
 //     "spiffe://<trust domain>";
 //   - the bundle streams send only when the bundles change;
-//   - JWT-SVIDs are minted on request and need an audience; JWT bundles are
-//     streamed; SVIDs carry their hints.
+//   - JWT-SVIDs need an audience; one per identity and audience set is
+//     cached and answered again until half of its lifetime has passed, as
+//     SPIRE's agent does; JWT bundles are streamed; SVIDs carry their hints;
+//   - AddIdentity and RemoveIdentity register and delete an identity while
+//     the server runs, as `spire-server entry create` and `entry delete`
+//     do: the X.509 response gains or loses that SVID, the others unchanged.
+//
+// The scenarios of test/spire run against this server and against a real
+// SPIRE server and agent, so that where they differ a test says so.
 //
 // Server.RotateSVIDs and Server.RotateCA let a test force rotations; Stop
 // and Start restart the server with its CAs kept, as a SPIRE agent keeps
@@ -48,8 +55,9 @@
 // There is no attestation: every caller gets every identity, and every
 // federated bundle (SPIRE sends those its entries federate with). Two
 // identities with one hint are refused by New (SPIRE serves the oldest
-// entry and logs a warning). JWT-SVIDs are minted on every call (SPIRE's
-// agent caches one per audience until half of its lifetime). The CA is
+// entry and logs a warning). Every SVID is re-issued at once, at half of
+// the TTL (SPIRE's agent renews each on its own half-life, jittered by
+// ±10% and checked every 5 seconds). The CA is
 // self-signed, with no upstream authority and no tainted-key revocation.
 // An X.509-SVID never outlives its root, as in SPIRE. ValidateJWTSVID
 // returns "aud" as a list, and keeps only "sub", "aud" and "exp" of a

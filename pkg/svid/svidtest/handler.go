@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"math/rand/v2"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -124,12 +127,13 @@ func (h *handler) FetchJWTSVID(_ context.Context, req *workload.JWTSVIDRequest) 
 			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
 		}
 	}
+	h.s.jwtRequests.Add(1)
 	resp := &workload.JWTSVIDResponse{}
-	for _, ident := range h.s.cfg.Identities {
+	for _, ident := range h.s.identities() {
 		if req.SpiffeId != "" && ident.ID.String() != req.SpiffeId {
 			continue
 		}
-		token, err := h.s.ca.IssueJWTSVID(ident.ID, req.Audience, h.s.cfg.JWTTTL)
+		token, err := h.s.jwtSVID(ident.ID, req.Audience)
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "could not fetch %q JWTSVID: %v", ident.ID, err)
 		}
@@ -202,4 +206,56 @@ func normalizeClaims(in map[string]any) map[string]any {
 		}
 	}
 	return out
+}
+
+// jwtKey names a cached JWT-SVID: one per identity and audience set, as
+// SPIRE's agent caches them (the audiences in any order).
+type jwtKey struct {
+	id       spiffeid.ID
+	audience string
+}
+
+type cachedJWT struct {
+	token             string
+	issued, expiresAt time.Time
+}
+
+// jwtSVID returns the cached JWT-SVID for id and audience while more than
+// half of its lifetime is left, else mints and caches a new one: SPIRE's
+// agent (manager.FetchJWTSVID, rotationutil.JWTSVIDExpiresSoon) answers
+// the same token until then, so a client that asks again early gets the
+// token it already has. "Half" is jittered by ±10% on every call, as
+// SPIRE 1.13's is (rotationutil.calculateJitteredHalfLife): a client that
+// asks at exactly half of the lifetime gets the old token about half of
+// the time.
+func (s *Server) jwtSVID(id spiffeid.ID, audience []string) (string, error) {
+	aud := append([]string(nil), audience...)
+	sort.Strings(aud)
+	key := jwtKey{id: id, audience: strings.Join(aud, "\x00")}
+	now := time.Now()
+	s.mu.Lock()
+	c, ok := s.jwtCache[key]
+	s.mu.Unlock()
+	if ok && now.Before(c.expiresAt) && c.expiresAt.Sub(now) > jitteredHalfLife(c.expiresAt.Sub(c.issued)) {
+		return c.token, nil
+	}
+	token, err := s.ca.IssueJWTSVID(id, audience, s.cfg.JWTTTL)
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	// Whole seconds, as the token's iat and exp are.
+	s.jwtCache[key] = cachedJWT{token: token, issued: now.Truncate(time.Second), expiresAt: now.Add(s.cfg.JWTTTL).Truncate(time.Second)}
+	s.mu.Unlock()
+	return token, nil
+}
+
+// jitteredHalfLife is half of lifetime ±10%, drawn anew on every call.
+func jitteredHalfLife(lifetime time.Duration) time.Duration {
+	half := lifetime / 2
+	delta := half / 10
+	if delta <= 0 {
+		return half
+	}
+	return half - delta + rand.N(2*delta) //nolint:gosec // jitter, not a secret
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -71,14 +72,18 @@ type Server struct {
 	rotMu sync.Mutex
 
 	mu       sync.Mutex
-	cur      *published
-	grpcSrv  *grpc.Server
-	socket   string
-	timer    *time.Timer // next SVID rotation
-	caTimer  *time.Timer // next CA activation
-	activate []time.Time // when each prepared CA activates; oldest first
-	stopped  chan struct{}
-	serveErr chan error
+	idents   []Identity // what is registered; AddIdentity and RemoveIdentity change it
+	jwtCache map[jwtKey]cachedJWT
+
+	jwtRequests atomic.Uint64 // FetchJWTSVID calls
+	cur         *published
+	grpcSrv     *grpc.Server
+	socket      string
+	timer       *time.Timer // next SVID rotation
+	caTimer     *time.Timer // next CA activation
+	activate    []time.Time // when each prepared CA activates; oldest first
+	stopped     chan struct{}
+	serveErr    chan error
 }
 
 // published is what every stream serves; it is replaced as a whole, so a
@@ -134,7 +139,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, ca: ca, federated: map[spiffeid.TrustDomain]*CA{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, ca: ca, federated: map[spiffeid.TrustDomain]*CA{},
+		idents: append([]Identity(nil), cfg.Identities...), jwtCache: map[jwtKey]cachedJWT{}}
 	for _, td := range cfg.Federated {
 		if td == cfg.TrustDomain {
 			return nil, fmt.Errorf("svidtest: cannot federate with own trust domain %s", td)
@@ -172,6 +178,10 @@ func (s *Server) SocketPath() string {
 	defer s.mu.Unlock()
 	return s.socket
 }
+
+// JWTSVIDRequests counts the FetchJWTSVID calls answered so far (a
+// cached token answers a call as a new one does).
+func (s *Server) JWTSVIDRequests() uint64 { return s.jwtRequests.Load() }
 
 // CurrentSVIDs returns the SVIDs being served now.
 func (s *Server) CurrentSVIDs() []*x509svid.SVID {
@@ -346,17 +356,13 @@ func (s *Server) renewIfStale() error {
 // SPIRE never issues an SVID that outlives its CA, so neither does this.
 func (s *Server) issue() error {
 	now := time.Now()
-	notAfter := now.Add(s.cfg.TTL)
-	if root := s.ca.Root(); root.NotAfter.Before(notAfter) {
-		notAfter = root.NotAfter
-	}
-	svids := make([]*x509svid.SVID, 0, len(s.cfg.Identities))
-	for _, ident := range s.cfg.Identities {
-		sv, err := s.ca.IssueX509SVID(ident.ID, now.Add(-backdate(s.cfg.TTL)), notAfter, ident.DNSNames...)
+	idents := s.identities()
+	svids := make([]*x509svid.SVID, 0, len(idents))
+	for _, ident := range idents {
+		sv, err := s.issueOne(ident, now)
 		if err != nil {
 			return err
 		}
-		sv.Hint = ident.Hint
 		svids = append(svids, sv)
 	}
 	if s.ca.Prune(now) {
@@ -365,8 +371,90 @@ func (s *Server) issue() error {
 	if err := s.publish(svids); err != nil {
 		return err
 	}
-	s.log.Info("dev Workload API issued X.509-SVIDs", zap.Int("count", len(svids)), zap.Time("not_after", notAfter))
+	s.log.Info("dev Workload API issued X.509-SVIDs", zap.Int("count", len(svids)))
 	return nil
+}
+
+// issueOne signs ident's SVID with the active CA; it never outlives the root.
+func (s *Server) issueOne(ident Identity, now time.Time) (*x509svid.SVID, error) {
+	notAfter := now.Add(s.cfg.TTL)
+	if root := s.ca.Root(); root.NotAfter.Before(notAfter) {
+		notAfter = root.NotAfter
+	}
+	sv, err := s.ca.IssueX509SVID(ident.ID, now.Add(-backdate(s.cfg.TTL)), notAfter, ident.DNSNames...)
+	if err != nil {
+		return nil, err
+	}
+	sv.Hint = ident.Hint
+	return sv, nil
+}
+
+// identities returns what is registered now.
+func (s *Server) identities() []Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Identity(nil), s.idents...)
+}
+
+// AddIdentity registers ident while the server runs, as `spire-server
+// entry create` does: its SVID is issued and pushed at once, with the
+// SVIDs already served unchanged (SPIRE's agent signs only the new
+// entry's). A second identity with ident's ID or hint is refused.
+func (s *Server) AddIdentity(ident Identity) error {
+	if ident.ID.TrustDomain() != s.cfg.TrustDomain {
+		return fmt.Errorf("svidtest: identity %s is not in trust domain %s", ident.ID, s.cfg.TrustDomain)
+	}
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	s.mu.Lock()
+	for _, have := range s.idents {
+		if have.ID == ident.ID || (ident.Hint != "" && have.Hint == ident.Hint) {
+			s.mu.Unlock()
+			return fmt.Errorf("svidtest: identity %s (hint %q) clashes with %s (hint %q)", ident.ID, ident.Hint, have.ID, have.Hint)
+		}
+	}
+	s.idents = append(s.idents, ident)
+	s.mu.Unlock()
+	sv, err := s.issueOne(ident, time.Now())
+	if err != nil {
+		return err
+	}
+	return s.publish(append(s.CurrentSVIDs(), sv))
+}
+
+// RemoveIdentity stops serving id, as `spire-server entry delete` does:
+// its SVID leaves the next X.509 response (the others stay as they are),
+// and no JWT-SVID is minted for it any more. With no identity left, the
+// streams answer PermissionDenied, as SPIRE's agent does to a workload
+// that matches no entry. It reports whether id was registered.
+func (s *Server) RemoveIdentity(id spiffeid.ID) (bool, error) {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	s.mu.Lock()
+	kept := s.idents[:0:0]
+	for _, have := range s.idents {
+		if have.ID != id {
+			kept = append(kept, have)
+		}
+	}
+	found := len(kept) != len(s.idents)
+	s.idents = kept
+	for k := range s.jwtCache {
+		if k.id == id {
+			delete(s.jwtCache, k)
+		}
+	}
+	s.mu.Unlock()
+	if !found {
+		return false, nil
+	}
+	var svids []*x509svid.SVID
+	for _, sv := range s.CurrentSVIDs() {
+		if sv.ID != id {
+			svids = append(svids, sv)
+		}
+	}
+	return true, s.publish(svids)
 }
 
 // publish replaces what the streams serve and wakes them.

@@ -216,3 +216,62 @@ func TestStartRenewsStaleSVIDs(t *testing.T) {
 	require.NoError(t, srv.Start(srv.SocketPath()))
 	assert.NotEqual(t, kept, srv.CurrentSVIDs()[0].Certificates[0].SerialNumber, "stale SVIDs are renewed")
 }
+
+// An entry registered or deleted while the server runs changes only its
+// own SVID in the response, as on SPIRE; with none left the stream is
+// PermissionDenied.
+func TestAddAndRemoveIdentityLikeEntries(t *testing.T) {
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, Identities: []svidtest.Identity{{ID: idA, Hint: "a"}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fetch := func() map[string]string {
+		x, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(srv.Addr()))
+		require.NoError(t, err)
+		out := map[string]string{}
+		for _, sv := range x.SVIDs {
+			out[sv.ID.String()+"#"+sv.Hint] = sv.Certificates[0].SerialNumber.String()
+		}
+		return out
+	}
+	before := fetch()
+	require.NoError(t, srv.AddIdentity(svidtest.Identity{ID: idB, Hint: "b"}))
+	after := fetch()
+	require.Len(t, after, 2)
+	assert.Equal(t, before[idA.String()+"#a"], after[idA.String()+"#a"], "adding an entry must not re-issue the others")
+	require.Error(t, srv.AddIdentity(svidtest.Identity{ID: spiffeid.RequireFromString("spiffe://example.org/c"), Hint: "b"}), "a hint twice")
+
+	ok, err := srv.RemoveIdentity(idA)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, map[string]string{idB.String() + "#b": after[idB.String()+"#b"]}, fetch())
+	_, err = workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "x", Subject: idA}, workloadapi.WithAddr(srv.Addr()))
+	require.Error(t, err, "no JWT-SVID for a deleted entry")
+
+	ok, err = srv.RemoveIdentity(idB)
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, err = workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
+}
+
+// SPIRE's agent answers the same JWT-SVID for an identity and audience set
+// until half of its lifetime has passed, then a new one.
+func TestJWTSVIDCachedUntilHalfLifetime(t *testing.T) {
+	srv := svidtest.Start(t, svidtest.Config{TrustDomain: td, JWTTTL: 4 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.NoError(t, err)
+	defer client.Close()
+	get := func(aud string, more ...string) string {
+		sv, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud, ExtraAudiences: more})
+		require.NoError(t, err)
+		return sv.Marshal()
+	}
+	first := get("a", "b")
+	assert.Equal(t, first, get("b", "a"), "same audiences in another order: the cached token")
+	assert.NotEqual(t, first, get("c"), "another audience: another token")
+	require.Eventually(t, func() bool { return get("a", "b") != first }, 5*time.Second, 100*time.Millisecond,
+		"a new token once half of the lifetime has passed")
+	assert.GreaterOrEqual(t, srv.JWTSVIDRequests(), uint64(4), "every call is counted, cached or not")
+}
