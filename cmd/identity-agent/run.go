@@ -50,6 +50,14 @@ func loadConfigAs(path string, as agent.RunAs) (*config.Config, error) {
 	return p.Config, nil
 }
 
+// loadSettings is loadConfig for commands that read the config's settings
+// and write no output dir (`redis config`, `redis transition`): root runs
+// them next to a service whose user owns the output dirs, so the owner rule,
+// a rule for whoever writes the dirs, is not theirs to apply.
+func loadSettings(path string) (*config.Config, error) {
+	return loadConfigAs(path, agent.RunAs{SettingsOnly: true})
+}
+
 // runAs is whom a command checks the config for: the user --user names
 // (looked up as `install --user` and `service prepare --user` do; an
 // unknown one is a usage error), or this process's user when name is "".

@@ -96,3 +96,32 @@ func TestServicePrepareChecksForItsUser(t *testing.T) {
 	assert.Equal(t, 2, r.code, "%+v", r)
 	assert.Equal(t, 1, strings.Count(strings.TrimSpace(r.stderr), "\n")+1, "%q", r.stderr)
 }
+
+// `redis config --config` and `redis transition` read the config for its
+// settings, and root runs them (the Redis example, the Ansible role) next
+// to a service whose user owns the output dirs: they refused that config
+// with the owner rule, a rule for whoever writes the dirs, not for them.
+func TestRedisCommandsReadAServiceConfigAsRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make directories owned by another user (uid 65534)")
+	}
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs/redis")
+	require.NoError(t, os.MkdirAll(certs, 0o755))
+	require.NoError(t, os.Chown(certs, 65534, 65534))
+	pass := filepath.Join(dir, "redis.pass")
+	require.NoError(t, os.WriteFile(pass, []byte("s3cret\n"), 0o600))
+	b, err := os.ReadFile(filepath.Join(examplesDir, "redis/agent.yaml"))
+	require.NoError(t, err)
+	cfg := strings.NewReplacer("/etc/identity-agent/certs/redis", certs, "/etc/identity-agent/redis-admin.pass", pass,
+		"/run/identity-agent/admin.sock", filepath.Join(dir, "admin.sock"), "/var/lib/identity-agent/", dir+"/").Replace(string(b))
+	require.Contains(t, cfg, "dir: "+certs, "examples/redis/agent.yaml changed: update this test")
+	p := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
+
+	r := runCLI(t, "redis", "config", "--phase", "B", "--config", p)
+	assert.Equal(t, 0, r.code, "%+v", r)
+	assert.Contains(t, r.stdout, "tls-cert-file "+certs+"/svid.pem")
+	// The same file is still judged for root by config validate.
+	assert.Equal(t, 2, runCLI(t, "config", "validate", p).code)
+}
