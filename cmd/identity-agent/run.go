@@ -38,9 +38,6 @@ func loadPlanAs(path string, as agent.RunAs) (*agent.Plan, error) {
 	return p, nil
 }
 
-// loadConfig is loadPlan for commands that need only the config.
-func loadConfig(path string) (*config.Config, error) { return loadConfigAs(path, agent.Self()) }
-
 // loadConfigAs is loadPlanAs for commands that need only the config.
 func loadConfigAs(path string, as agent.RunAs) (*config.Config, error) {
 	p, err := loadPlanAs(path, as)
