@@ -47,7 +47,7 @@ func loadConfigAs(path string, as agent.RunAs) (*config.Config, error) {
 	return p.Config, nil
 }
 
-// loadSettings is loadConfig for commands that read the config's settings
+// loadSettings is loadConfigAs for commands that read the config's settings
 // and write no output dir (`redis config`, `redis transition`): root runs
 // them next to a service whose user owns the output dirs, so the owner rule,
 // a rule for whoever writes the dirs, is not theirs to apply.
