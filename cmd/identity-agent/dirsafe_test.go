@@ -3,6 +3,7 @@ package main_test
 import (
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,14 +15,18 @@ import (
 
 // refusedAlike runs `config validate` and `run` on cfg and checks that both
 // refuse it with the same exit code and the same one line naming the
-// output's dir.
-func refusedAlike(t *testing.T, cfg, want string) {
+// output's dir (validate's followed by hint, its advice to root).
+func refusedAlike(t *testing.T, cfg, want, hint string) {
 	t.Helper()
 	v := runCLI(t, "config", "validate", cfg)
 	r := runCLI(t, "run", "--config", cfg)
 	assert.Equal(t, 2, v.code, "config validate: %+v", v)
 	assert.Equal(t, v.code, r.code, "run gives the same answer as config validate: %+v", r)
 	for name, out := range map[string]string{"config validate": v.stderr, "run": r.stderr} {
+		want := want
+		if name == "config validate" {
+			want += hint
+		}
 		var lines []string
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			if strings.Contains(l, "outputs[0].dir") {
@@ -44,7 +49,7 @@ func TestSymlinkedOutputDirOneAnswer(t *testing.T) {
 	require.NoError(t, os.Mkdir(real, 0o700))
 	require.NoError(t, os.Symlink(real, filepath.Join(dir, "out")))
 
-	refusedAlike(t, cfg, `: outputs[0].dir: "`+filepath.Join(dir, "out")+`" is a symlink; configure the directory it points to`)
+	refusedAlike(t, cfg, `: outputs[0].dir: "`+filepath.Join(dir, "out")+`" is a symlink; configure the directory it points to`, "")
 	ents, err := os.ReadDir(real)
 	require.NoError(t, err)
 	assert.Empty(t, ents, "nothing written through the link")
@@ -82,7 +87,7 @@ func TestOutputDirOfAnotherUserRefused(t *testing.T) {
 	good, err := os.ReadFile(cfg)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(cfg, []byte(strings.Replace(string(good), "dir: "+dir+"/out", "dir: "+foreign, 1)), 0o600))
-	refusedAlike(t, cfg, want)
+	refusedAlike(t, cfg, want, "; validating as root: pass --user "+nobodyName(t)+" to check as the service's user")
 	unchanged()
 
 	// A running agent asked to add it.
@@ -95,6 +100,15 @@ func TestOutputDirOfAnotherUserRefused(t *testing.T) {
 	assert.Equal(t, 2, res.code, "%+v", res)
 	assert.Contains(t, res.stdout, strings.Replace(want, "outputs[0]", "outputs[1]", 1), "%+v", res)
 	unchanged()
+}
+
+func nobodyName(t *testing.T) string {
+	t.Helper()
+	u, err := user.LookupId("65534")
+	if err != nil {
+		t.Skip("needs a user with uid 65534 (nobody) in the user database")
+	}
+	return u.Username
 }
 
 // The running agent's guard, attacked as in the issue: the current version

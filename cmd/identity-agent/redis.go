@@ -39,7 +39,7 @@ func newRedisConfigCmd() *cobra.Command {
 			opts := redistransition.ServerConfigOptions{PlainPort: plainPort, TLSPort: tlsPort,
 				TLSFiles: redistransition.TLSFiles{CertFile: certFile, KeyFile: keyFile, CAFile: caCertFile}}
 			if cfgPath != "" {
-				cfg, err := loadConfig(cfgPath)
+				cfg, err := loadSettings(cfgPath)
 				if err != nil {
 					return err
 				}
@@ -92,7 +92,7 @@ them. A refused step exits 1 and names each failing gate.`,
 			if action != "status" && action != "advance" && action != "rollback" {
 				return withCode(exitUsage, fmt.Errorf("unknown action %q: use status, advance or rollback", action))
 			}
-			cfg, err := loadConfig(cfgPath)
+			cfg, err := loadSettings(cfgPath)
 			if err != nil {
 				return err
 			}

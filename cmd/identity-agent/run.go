@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -23,24 +24,49 @@ import (
 // before it starts (agent.Load, no side effects); a bad file is a usage
 // error (exit 2) whose message is one "FILE:LINE: field: problem" line per
 // problem, all of them at once.
-func loadPlan(path string) (*agent.Plan, error) {
+func loadPlan(path string) (*agent.Plan, error) { return loadPlanAs(path, agent.Self()) }
+
+// loadPlanAs is loadPlan checked for the agent running as as (see runAs).
+func loadPlanAs(path string, as agent.RunAs) (*agent.Plan, error) {
 	if path == "" {
 		return nil, withCode(exitUsage, errors.New("--config is required"))
 	}
-	p, err := agent.Load(path, os.Getenv)
+	p, err := agent.LoadAs(path, os.Getenv, as)
 	if err != nil {
 		return nil, withCode(exitUsage, err)
 	}
 	return p, nil
 }
 
-// loadConfig is loadPlan for commands that need only the config.
-func loadConfig(path string) (*config.Config, error) {
-	p, err := loadPlan(path)
+// loadConfigAs is loadPlanAs for commands that need only the config.
+func loadConfigAs(path string, as agent.RunAs) (*config.Config, error) {
+	p, err := loadPlanAs(path, as)
 	if err != nil {
 		return nil, err
 	}
 	return p.Config, nil
+}
+
+// loadSettings is loadConfigAs for commands that read the config's settings
+// and write no output dir (`redis config`, `redis transition`): root runs
+// them next to a service whose user owns the output dirs, so the owner rule,
+// a rule for whoever writes the dirs, is not theirs to apply.
+func loadSettings(path string) (*config.Config, error) {
+	return loadConfigAs(path, agent.RunAs{SettingsOnly: true})
+}
+
+// runAs is whom a command checks the config for: the user --user names
+// (looked up as `install --user` and `service prepare --user` do; an
+// unknown one is a usage error), or this process's user when name is "".
+func runAs(name string) (agent.RunAs, error) {
+	if name == "" {
+		return agent.Self(), nil
+	}
+	uid, err := service.LookupUID(name)
+	if err != nil {
+		return agent.RunAs{}, withCode(exitUsage, fmt.Errorf("--user: %w", err))
+	}
+	return agent.RunAs{UID: uid, Name: name}, nil
 }
 
 // loadConfigAndLogger is the common start of run and fetch.

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/spf13/cobra"
 
+	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/service"
 )
 
@@ -26,7 +28,18 @@ user when --user is not given (identity-agent), and registers the service.
 It does not start it: run 'identity-agent start'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cfgPath)
+			// Checked for the service's user, who will own and write the
+			// output dirs (a re-install finds them theirs); until install
+			// creates that user, no dir can be theirs yet.
+			svcUser := user
+			if svcUser == "" {
+				svcUser = service.ReferenceConfig(runtime.GOOS).User
+			}
+			as, err := runAs(svcUser)
+			if err != nil {
+				as = agent.Self()
+			}
+			cfg, err := loadConfigAs(cfgPath, as)
 			if err != nil {
 				return err
 			}
@@ -68,7 +81,13 @@ It does not start it: run 'identity-agent start'.`,
 		Short: "Create output and socket directories with the right owner (the unit's ExecStartPre, as root)",
 		Args:  cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(prepCfg)
+			// Checked for the user who will own the dirs and run the agent,
+			// not for root who runs this step.
+			as, err := runAs(prepUser)
+			if err != nil {
+				return err
+			}
+			cfg, err := loadConfigAs(prepCfg, as)
 			if err != nil {
 				return err
 			}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"go.uber.org/zap"
 
@@ -54,11 +55,50 @@ type Plan struct {
 // identical reads; see readSettled), so `run`, `config validate` and a
 // reload all read it by one rule.
 func Load(path string, getenv func(string) string) (*Plan, error) {
-	return load(context.Background(), path, getenv)
+	return load(context.Background(), path, getenv, Self())
 }
 
-// NewPlan converts and checks cfg (see Plan). The error is config.Problems.
-func NewPlan(cfg *config.Config) (*Plan, error) {
+// LoadAs is Load checked for the agent running as as instead of as this
+// process's user: `config validate --user NAME`, and the root steps of a
+// service (`service prepare`, `install`) that check for the service's user.
+// Like Load, it only reads.
+func LoadAs(path string, getenv func(string) string, as RunAs) (*Plan, error) {
+	return load(context.Background(), path, getenv, as)
+}
+
+// RunAs is the user a plan is checked for: the one the agent runs as, whose
+// every existing output directory must be (svid.CheckOutputDir).
+type RunAs struct {
+	UID int
+	// Name names the user in messages; "" = "the agent's user".
+	Name string
+	// Hint, when set, is called for an output directory refused because
+	// uid owner owns it; what it returns ("" = nothing) is appended to
+	// that one line (e.g. how to check as the service's user instead).
+	Hint func(owner int) string
+	// SettingsOnly leaves the owner rule out: for a command that reads the
+	// config for its settings and writes no output dir (`redis
+	// transition`), which root runs next to a service whose user owns the
+	// dirs. Not for anything that runs the agent or judges its config.
+	SettingsOnly bool
+}
+
+// Self is RunAs for this process's effective user: what `run` and a
+// reload check.
+func Self() RunAs { return RunAs{UID: os.Geteuid()} }
+
+func (r RunAs) who() string {
+	if r.Name == "" {
+		return "the agent's user"
+	}
+	return r.Name
+}
+
+// NewPlan converts and checks cfg (see Plan) for this process's user. The
+// error is config.Problems.
+func NewPlan(cfg *config.Config) (*Plan, error) { return newPlan(cfg, Self()) }
+
+func newPlan(cfg *config.Config, as RunAs) (*Plan, error) {
 	p := &Plan{Config: cfg}
 	var errs, warns []error
 	for i, o := range cfg.Outputs {
@@ -76,7 +116,7 @@ func NewPlan(cfg *config.Config) (*Plan, error) {
 		}
 		p.Outputs = append(p.Outputs, ro)
 	}
-	errs = append(errs, checkOutputDirs(cfg), checkOutputDirOwners(cfg))
+	errs = append(errs, checkOutputDirs(cfg), checkOutputDirOwners(cfg, as))
 	for i, pc := range cfg.Proxies {
 		tc := ProxyConfig(pc)
 		if err := tc.Validate(); err != nil {
@@ -247,23 +287,45 @@ func checkOutputDirs(cfg *config.Config) error {
 // checkOutputDirOwners applies svid.CheckOutputDir, the rule `service
 // prepare` and the writer apply too, to each output directory that exists
 // today: a real directory (a symlinked one is refused here as by `run`),
-// owned by the user the agent runs as. A directory someone else owns would
-// let them swap what the agent later chmods or removes by name. A path
-// this user cannot look at is not a finding about the directory: `run`
-// reports it when it gets there, as before.
-func checkOutputDirOwners(cfg *config.Config) error {
+// owned by the user the agent runs as (as). A directory someone else owns
+// would let them swap what the agent later chmods or removes by name. A
+// path this user cannot look at is not a finding about the directory:
+// `run` reports it when it gets there, as before.
+func checkOutputDirOwners(cfg *config.Config, as RunAs) error {
+	if as.SettingsOnly {
+		return nil
+	}
 	var errs []error
 	for i, o := range cfg.Outputs {
 		if o.Dir == "" || !filepath.IsAbs(o.Dir) {
 			continue // reported by the file's own checks
 		}
-		err := svid.CheckOutputDir(filepath.Clean(o.Dir), os.Geteuid(), "the agent's user")
+		dir := filepath.Clean(o.Dir)
+		err := svid.CheckOutputDir(dir, as.UID, as.who())
 		var de *svid.DirError
 		if errors.As(err, &de) {
-			errs = append(errs, cfg.Problemf(fmt.Sprintf("outputs[%d].dir", i), "%q %s", o.Dir, de.Problem))
+			errs = append(errs, cfg.Problemf(fmt.Sprintf("outputs[%d].dir", i), "%q %s%s", o.Dir, de.Problem, ownerHint(dir, as)))
 		}
 	}
 	return config.Join(errs...)
+}
+
+// ownerHint is as.Hint's text for dir when dir is a directory refused for
+// its owner ("" otherwise). It looks again: the refusal does not carry the
+// owner, and a hint needs no more than a fresh look.
+func ownerHint(dir string, as RunAs) string {
+	if as.Hint == nil {
+		return ""
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) == as.UID {
+		return ""
+	}
+	return as.Hint(int(st.Uid))
 }
 
 func via(dir, real string) string {
@@ -450,11 +512,15 @@ func checkRedisAdmin(r config.RedisReload) error {
 
 // Parse is Load for bytes already read; path is used in messages.
 func Parse(path string, data []byte, getenv func(string) string) (*Plan, error) {
+	return parse(path, data, getenv, Self())
+}
+
+func parse(path string, data []byte, getenv func(string) string, as RunAs) (*Plan, error) {
 	cfg, err := config.Parse(path, data, getenv)
 	if cfg == nil {
 		return nil, err
 	}
-	p, perr := NewPlan(cfg)
+	p, perr := newPlan(cfg, as)
 	if all := config.Join(err, perr); all != nil {
 		return nil, all
 	}

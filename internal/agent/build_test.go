@@ -293,3 +293,36 @@ func TestPlanAllowEmpty(t *testing.T) {
 	_, err = agent.Parse("agent.yaml", []byte(head+"allow_empty: false\nproxies:\n"+px("a", "127.0.0.1:1")), noEnv)
 	require.NoError(t, err, "one proxy is something to do")
 }
+
+// LoadAs judges the owner rule for the user it is given (`config validate
+// --user`), adds the caller's hint to that line only, and leaves the rule
+// out for a settings-only read; Load keeps judging for this process.
+func TestLoadAsJudgesOwnersForItsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a directory owned by another user (uid 65534)")
+	}
+	base := t.TempDir()
+	dir := filepath.Join(base, "tls")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	require.NoError(t, os.Chown(dir, 65534, 65534))
+	p := filepath.Join(base, "agent.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(head+"outputs:\n"+out("redis", dir)), 0o600))
+
+	_, err := agent.LoadAs(p, noEnv, agent.RunAs{UID: 65534, Name: "nobody"})
+	require.NoError(t, err)
+	_, err = agent.LoadAs(p, noEnv, agent.RunAs{SettingsOnly: true})
+	require.NoError(t, err)
+
+	hinted := 0
+	_, err = agent.LoadAs(p, noEnv, agent.RunAs{UID: 0, Hint: func(owner int) string { hinted = owner; return "; HINT" }})
+	require.Error(t, err)
+	assert.Equal(t, p+`:4: outputs[0].dir: "`+dir+`" is owned by uid 65534, not the agent's user (uid 0): chown it to the agent's user or point the config at a directory of its own; HINT`, err.Error())
+	assert.Equal(t, 65534, hinted)
+
+	_, err = agent.LoadAs(p, noEnv, agent.RunAs{UID: 1000, Name: "alice"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `is owned by uid 65534, not alice (uid 1000): chown it to alice or`)
+
+	_, err = agent.Load(p, noEnv)
+	require.Error(t, err, "Load judges for this process (root)")
+}

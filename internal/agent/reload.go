@@ -71,7 +71,7 @@ func (a *Agent) reload(ctx context.Context, path string) ReloadResult {
 	// refuse is refused here, with the same lines.
 	// Read only once the file holds still: an editor rewriting it in
 	// place passes through shorter files that may well be valid.
-	plan, err := load(ctx, path, os.Getenv)
+	plan, err := load(ctx, path, os.Getenv, Self())
 	if err != nil {
 		return a.recordReload(ReloadResult{Err: err})
 	}

@@ -103,6 +103,20 @@ func lookupOwner(name string) (*owner, error) {
 	return &owner{name: name, uid: uid, gid: gid}, nil
 }
 
+// LookupUID is the user lookup of `install --user` and `service prepare
+// --user`, for a command that checks on behalf of that user (`config
+// validate --user`): name's uid, or an error naming the user.
+func LookupUID(name string) (int, error) {
+	o, err := lookupOwner(name)
+	if err != nil {
+		return 0, err
+	}
+	if o == nil {
+		return 0, errors.New("user: empty name")
+	}
+	return o.uid, nil
+}
+
 func lookupGID(group string) (int, error) {
 	if n, err := strconv.Atoi(group); err == nil {
 		return n, nil

@@ -339,3 +339,49 @@ func TestRoleKeepsFailingWhileTheAgentRunsAnotherConfig(t *testing.T) {
 	require.Equal(t, 0, r.Code, r.String())
 	assert.Equal(t, recap{rc.ok, 0, 0}, rc, r.Stdout)
 }
+
+// The role validates the config as root, and the agent runs as the
+// service's user, who owns the output dirs after the first install: the
+// role's `config validate` checked for root and so refused them on every
+// later run. It checks for identity_agent_user now (`--user`).
+func TestRoleValidatesForTheServiceUser(t *testing.T) {
+	playbookBin := fleettest.NeedBinary(t, "ansible-playbook")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make an output dir owned by another user (uid 65534)")
+	}
+	u, err := user.LookupId("65534")
+	if err != nil {
+		t.Skip("needs a user with uid 65534 (nobody) in the user database")
+	}
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	certs := filepath.Join(dir, "certs")
+	require.NoError(t, os.Mkdir(certs, 0o755))
+	require.NoError(t, os.Chown(certs, 65534, 65534))
+	inv := map[string]any{"all": map[string]any{"children": map[string]any{"identity_agent": map[string]any{
+		"hosts": map[string]any{"host1": map[string]any{
+			"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": false,
+			"identity_agent_binary_src":     agentBin,
+			"identity_agent_root":           root,
+			"identity_agent_manage_service": false,
+			"identity_agent_user":           u.Username,
+			"identity_agent_admin":          map[string]any{"socket": filepath.Join(dir, "admin.sock")},
+			"identity_agent_outputs": []any{map[string]any{
+				"name": "svc", "spiffe_id": "spiffe://example.org/svc", "dir": certs,
+				"cert_file": "svid.pem", "key_file": "key.pem",
+			}},
+		}},
+	}}}}
+	invFile := filepath.Join(dir, "inventory.json")
+	b, err := json.Marshal(inv)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(invFile, b, 0o600))
+	r := fleettest.Run(t, 3*time.Minute, ".", []string{"ANSIBLE_NOCOLOR=1", "ANSIBLE_LOCAL_TEMP=" + filepath.Join(dir, "tmp"),
+		"ANSIBLE_REMOTE_TEMP=" + filepath.Join(dir, "tmp"), "ANSIBLE_RETRY_FILES_ENABLED=0"},
+		playbookBin, "-i", invFile, "site.yml")
+	require.Equal(t, 0, r.Code, r.String())
+	assert.Zero(t, recaps(r.Stdout)["host1"].failed, r.Stdout)
+	cfg, err := os.ReadFile(filepath.Join(root, "etc/identity-agent/config.yaml"))
+	require.NoError(t, err)
+	assert.Contains(t, string(cfg), certs)
+}
