@@ -26,9 +26,10 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/identity-agent/nspawn
 
 # What the tests need inside: systemd as PID 1 with D-Bus and polkit (a
 # consumer restarted by the agent's user), python3 and ansible-core (the
-# Ansible role applied with connection: local). debootstrap resolves no
+# Ansible role applied with connection: local), Debian's uvicorn and openssl
+# (examples/uvicorn's setup, checked with s_client). debootstrap resolves no
 # virtual packages, so python3-cryptography's cffi backend is named.
-packages=systemd,systemd-sysv,dbus,libpam-systemd,polkitd,python3,python3-cffi-backend,ansible-core
+packages=systemd,systemd-sysv,dbus,libpam-systemd,polkitd,python3,python3-cffi-backend,ansible-core,python3-uvicorn,openssl
 # bookworm-backports' systemd and the libraries that must match it.
 backports=(systemd systemd-sysv libpam-systemd libsystemd0 libsystemd-shared libudev1)
 
