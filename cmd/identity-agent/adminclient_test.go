@@ -130,8 +130,58 @@ outputs:
 
 	r := runCLI(t, "status", "--admin", sock)
 	assert.Equal(t, 3, r.code, "%+v", r)
-	assert.Equal(t, fmt.Sprintf("UNKNOWN: admin socket %s: served by uid 65534, which is neither root nor this user (uid 0): not trusting its answer\n", sock), r.stdout)
+	assert.Equal(t, fmt.Sprintf("UNKNOWN: admin socket %s: served by uid 65534, which is neither root nor this user (uid 0) and does not own the socket's directory: not trusting its answer\n", sock), r.stdout)
 	r = runCLI(t, "reload", "--admin", sock, "--pid", sleeperPID(t))
 	assert.Equal(t, 1, r.code, "%+v", r)
 	assert.Contains(t, r.stderr, "served by uid 65534")
+}
+
+// TestStatusTrustsTheServiceUserInItsOwnDir: root's `status` reaches an
+// agent run as another user (as the shipped units run it) when the socket
+// lives in that user's own directory on a path only root can change, the
+// /run/identity-agent layout; the same agent's socket in a directory that
+// others can write is refused (TestStatusTrustsOnlyRootOrItsOwnUser).
+func TestStatusTrustsTheServiceUserInItsOwnDir(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run an agent as another user")
+	}
+	require.NoError(t, os.Chmod(filepath.Dir(agentBin), 0o755))
+	// Root-owned, 0755, not under /tmp's sticky bit alone: like /run.
+	base, err := os.MkdirTemp("/var/lib", "ia-svcdir-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(base) })
+	require.NoError(t, os.Chmod(base, 0o755))
+	run := filepath.Join(base, "run")
+	require.NoError(t, os.Mkdir(run, 0o755))
+	require.NoError(t, os.Chown(run, 65534, 65534))
+	sock := filepath.Join(run, "admin.sock")
+	cfg := filepath.Join(base, "agent.yaml")
+	// No Workload API needed: status answers (CRITICAL, no SVID yet) all the same.
+	apiSock := filepath.Join(base, "no-api.sock")
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api:
+  socket: unix://%[1]s
+admin:
+  socket: %[2]s
+allow_empty: true
+`, apiSock, sock)), 0o644))
+	cmd := exec.Command(agentBin, "run", "--config", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	waitFor(t, 30*time.Second, "the agent run as nobody listens", func() (bool, string) {
+		_, err := os.Stat(sock)
+		return err == nil, logs.String()
+	})
+
+	r := runCLI(t, "status", "--admin", sock)
+	assert.NotEqual(t, 3, r.code, "root's status must reach the service user's agent: %+v", r)
+	assert.NotContains(t, r.stdout, "not trusting")
+
+	// The same directory made writable by others: no longer its own.
+	require.NoError(t, os.Chmod(run, 0o777))
+	r = runCLI(t, "status", "--admin", sock)
+	assert.Equal(t, 3, r.code, "%+v", r)
+	assert.Contains(t, r.stdout, "not trusting its answer")
 }

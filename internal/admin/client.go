@@ -23,7 +23,9 @@ const maxHeaderBytes = 64 << 10
 
 // Fetch reads /status from the agent at addr, its admin unix socket (a path
 // or unix:///path). Whatever serves that path is checked and bounded: the
-// kernel must report root or this process's own uid at the other end, the
+// kernel must report root, this process's own uid, or the uid whose own
+// directory holds the socket (a service user's /run/identity-agent) at the
+// other end, the
 // document may not exceed MaxStatusBytes, and ctx bounds the whole
 // exchange, body included.
 func Fetch(ctx context.Context, addr string) (Report, error) {
@@ -39,7 +41,7 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := checkServer(c.(*net.UnixConn)); err != nil {
+			if err := checkServer(c.(*net.UnixConn), sock); err != nil {
 				_ = c.Close()
 				return nil, err
 			}
@@ -84,15 +86,18 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 }
 
 // untrustedServerError is a socket served by a uid that is neither root
-// nor ours: anyone can create a socket at a path the agent is not using.
+// nor ours, from a directory that is not its own: anyone can create a
+// socket at a path the agent is not using.
 type untrustedServerError struct{ uid, ours int }
 
 func (e *untrustedServerError) Error() string {
-	return fmt.Sprintf("served by uid %d, which is neither root nor this user (uid %d): not trusting its answer", e.uid, e.ours)
+	return fmt.Sprintf("served by uid %d, which is neither root nor this user (uid %d) and does not own the socket's directory: not trusting its answer", e.uid, e.ours)
 }
 
-// checkServer accepts a server run by root or by our own uid.
-func checkServer(c *net.UnixConn) error {
+// checkServer accepts a server run by root or by our own uid, or by the
+// user whose own directory holds the socket (root asking a service run as
+// its own user, the way the shipped units run the agent).
+func checkServer(c *net.UnixConn, sock string) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -104,7 +109,7 @@ func checkServer(c *net.UnixConn) error {
 	if !ok { // no way to ask on this platform
 		return nil
 	}
-	if ours := os.Getuid(); uid != 0 && uid != ours {
+	if ours := os.Getuid(); uid != 0 && uid != ours && !servedFromItsOwnDir(sock, uid) {
 		return &untrustedServerError{uid: uid, ours: ours}
 	}
 	return nil
