@@ -103,7 +103,10 @@ func printStatus(w io.Writer, r admin.Report, sev admin.Severity, reasons []stri
 	fmt.Fprintln(w, head)
 	api := r.WorkloadAPI
 	conn := "connected"
-	if !api.Connected {
+	switch {
+	case api.NoIdentity:
+		conn = "reachable, NO identity issued"
+	case !api.Connected:
 		conn = "NOT connected"
 	}
 	fmt.Fprintf(w, "agent %s, up %s; Workload API %s %s (reconnects %d)\n",

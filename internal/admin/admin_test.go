@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +43,17 @@ func TestEvaluate(t *testing.T) {
 		{"no svid", func(r *admin.Report) { r.SVIDs = nil; r.Outputs = nil }, admin.Critical, "no X.509-SVID received from the Workload API yet"},
 		{"disconnected", func(r *admin.Report) { r.WorkloadAPI.Connected = false; r.WorkloadAPI.LastError = "connection refused" },
 			admin.Warning, "Workload API unix:///s unreachable: connection refused"},
+		{"no identity issued", func(r *admin.Report) {
+			r.WorkloadAPI.Connected, r.WorkloadAPI.NoIdentity = false, true
+			r.WorkloadAPI.Reason = "no identity issued to this workload (uid 7): registration entries deleted or not yet propagated"
+			r.WorkloadAPI.LastError = "rpc error: code = PermissionDenied desc = no identity issued"
+			r.Outputs[0].SpiffeID = "spiffe://example.org/a"
+		}, admin.Warning, "output redis: SVID spiffe://example.org/a no longer issued: no identity issued to this workload (uid 7): " +
+			"registration entries deleted or not yet propagated (Workload API unix:///s); files kept, valid until 2026-11-23T13:00:00Z"},
+		{"no identity issued, expired on disk", func(r *admin.Report) {
+			r.WorkloadAPI.Connected, r.WorkloadAPI.NoIdentity = false, true
+			r.Outputs[0].NotAfter, r.Outputs[0].Expiry = now.Add(-5*time.Second), rotation.ExpiryExpired
+		}, admin.Critical, "output redis on disk expired 5s ago"},
 		{"overdue", func(r *admin.Report) {
 			r.SVIDs[0].NotAfter, r.SVIDs[0].Expiry = now.Add(30*time.Second), rotation.ExpiryOverdue
 		},
@@ -130,4 +142,24 @@ func TestStaleSocketIsReplacedButRegularFileIsNot(t *testing.T) {
 	require.ErrorContains(t, srv.Start(context.Background()), "is not a socket")
 	b, _ := os.ReadFile(plain)
 	assert.Equal(t, "keep me", string(b))
+}
+
+// A Workload API that answers PermissionDenied is not "unreachable": the
+// reasons name every output instead, and nothing else.
+func TestEvaluateNoIdentityNamesEachOutput(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	r := healthyReport(now)
+	r.Outputs = append(r.Outputs, rotation.OutputState{Name: "jwt-only"})
+	r.WorkloadAPI.Connected, r.WorkloadAPI.NoIdentity = false, true
+	r.WorkloadAPI.Reason = "no identity issued to this workload (uid 7): registration entries deleted or not yet propagated"
+	r.WorkloadAPI.LastError = "rpc error: code = PermissionDenied desc = no identity issued"
+	sev, reasons := admin.Evaluate(r)
+	assert.Equal(t, admin.Warning, sev)
+	require.Len(t, reasons, 2, "%q", reasons)
+	assert.True(t, strings.HasPrefix(reasons[0], "output jwt-only: SVID no longer issued: no identity issued to this workload (uid 7)"), reasons[0])
+	assert.True(t, strings.HasPrefix(reasons[1], "output redis: SVID "), reasons[1])
+	assert.Contains(t, reasons[1], "no identity issued to this workload (uid 7)")
+	for _, s := range reasons {
+		assert.NotContains(t, s, "unreachable")
+	}
 }

@@ -89,9 +89,11 @@ func (s Severity) String() string {
 
 // Evaluate grades a report; it is the only place health is graded.
 // CRITICAL: no SVID yet, or an SVID (held or on disk) has expired.
-// WARNING: the Workload API is unreachable, an SVID is overdue for
-// rotation (rotation.ExpiryOf decided that in the agent), or an output's
-// last write or reload failed. Reasons are sorted, one per problem.
+// WARNING: the Workload API is unreachable, or reachable but issuing this
+// workload no identity any more (one reason per output, naming it: its
+// files are kept), an SVID is overdue for rotation (rotation.ExpiryOf
+// decided that in the agent), or an output's last write or reload failed.
+// Reasons are sorted, one per problem.
 func Evaluate(r Report) (Severity, []string) {
 	sev := OK
 	var reasons []string
@@ -108,7 +110,21 @@ func Evaluate(r Report) (Severity, []string) {
 	if len(r.SVIDs) == 0 {
 		raise(Critical, "no X.509-SVID received from the Workload API yet")
 	}
-	if api := r.WorkloadAPI; !api.Connected {
+	switch api := r.WorkloadAPI; {
+	case api.NoIdentity && len(r.Outputs) > 0:
+		// The Workload API answers, but with PermissionDenied: what an
+		// operator must know is which outputs are now stale.
+		for _, o := range r.Outputs {
+			msg := fmt.Sprintf("output %s: SVID no longer issued: %s (Workload API %s)", o.Name, api.Reason, api.Addr)
+			if !o.NotAfter.IsZero() {
+				msg = fmt.Sprintf("output %s: SVID %s no longer issued: %s (Workload API %s); files kept, valid until %s",
+					o.Name, o.SpiffeID, api.Reason, api.Addr, o.NotAfter.UTC().Format(time.RFC3339))
+			}
+			raise(Warning, "%s", msg)
+		}
+	case api.NoIdentity:
+		raise(Warning, "Workload API %s: %s", api.Addr, api.Reason)
+	case !api.Connected:
 		msg := "Workload API " + api.Addr + " unreachable"
 		if api.LastError != "" {
 			msg += ": " + api.LastError

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.uber.org/zap"
 )
 
 // tokenState is the cached JWT-SVID of one Output.JWT entry.
@@ -48,9 +49,16 @@ func (r *outputRunner) fetchJWT(ctx context.Context, i int) {
 		t.err = err
 		// The retry backoff drives the next attempt.
 	} else {
+		same := t.svid != nil && t.svid.Marshal() == sv.Marshal()
 		t.svid, t.err = sv, nil
-		t.refreshAt = halfLife(sv, fetched)
+		var cached bool
+		t.refreshAt, cached = jwtRefreshAt(sv, fetched, r.m.cfg.expiryWindow, r.m.cfg.minJWTRefresh)
 		refreshAt = t.refreshAt
+		if cached {
+			r.log.Debug("the Workload API answered a JWT-SVID past half its lifetime (its cache renews with jitter); asking again later",
+				zap.String("file", jf.File), zap.Bool("same_token", same),
+				zap.Time("expiry", sv.Expiry), zap.Time("next_fetch", refreshAt))
+		}
 	}
 
 	r.stMu.Lock()
@@ -68,19 +76,37 @@ func (r *outputRunner) fetchJWT(ctx context.Context, i int) {
 	r.jwtTimers[i] = time.AfterFunc(time.Until(refreshAt), func() { r.poke(r.jwtCh) })
 }
 
-// halfLife is when a token should be replaced: at half of its lifetime
-// (iat..exp), like SPIRE does for SVIDs, so a fetch failure leaves the
-// other half to recover in.
-func halfLife(sv *jwtsvid.SVID, fetched time.Time) time.Time {
+// jwtRefreshAt is when the token sv, fetched at fetched, should be
+// replaced: at half of its lifetime (iat..exp), like SPIRE does for SVIDs,
+// so a fetch failure leaves the other half to recover in.
+//
+// A token already past half its lifetime (cached) is one SPIRE's agent
+// still serves from its cache: it renews a JWT-SVID only once less than
+// half its lifetime ±10% jitter is left, so asking at exactly half gets
+// the held token back about half of the time. Asking again every floor
+// (a second) until it renews would be up to 180 requests for a 1h token;
+// asking every fortieth of the lifetime covers the ±5% jitter window in
+// at most three requests, whatever the lifetime. The retry is never
+// later than the moment the held token becomes overdue (ExpiryOf with
+// window), so a renewal is always sought before status would warn.
+func jwtRefreshAt(sv *jwtsvid.SVID, fetched time.Time, window, floor time.Duration) (at time.Time, cached bool) {
 	start := fetched
 	if iat, ok := numericClaim(sv.Claims["iat"]); ok && iat.Before(sv.Expiry) && iat.Before(fetched.Add(time.Minute)) {
 		start = iat
 	}
-	at := start.Add(sv.Expiry.Sub(start) / 2)
-	// at is wall-clock; re-anchor it on fetched so the timer uses the
-	// monotonic clock.
-	d := max(at.Sub(fetched), minJWTRefresh)
-	return fetched.Add(d)
+	lifetime := sv.Expiry.Sub(start)
+	// Wall-clock instants are turned into durations from fetched so the
+	// timer runs on the monotonic clock.
+	d := start.Add(lifetime / 2).Sub(fetched)
+	if d <= 0 {
+		cached = true
+		d = lifetime / 40
+		overdue := sv.Expiry.Add(-effectiveWindow(start, sv.Expiry, window)).Sub(fetched)
+		if overdue > 0 && overdue < d {
+			d = overdue
+		}
+	}
+	return fetched.Add(max(d, floor)), cached
 }
 
 func numericClaim(v any) (time.Time, bool) {

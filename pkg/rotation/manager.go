@@ -35,7 +35,7 @@ const (
 	// jwtFetchTimeout bounds one JWT-SVID request.
 	jwtFetchTimeout = 30 * time.Second
 	// minJWTRefresh stops a token with a tiny lifetime from refetching in a
-	// tight loop.
+	// tight loop (withMinJWTRefresh overrides it in tests).
 	minJWTRefresh = time.Second
 )
 
@@ -52,6 +52,7 @@ type config struct {
 	writeHook          func(writeEvent)
 	watchdogCheck      time.Duration
 	stepSlack          time.Duration
+	minJWTRefresh      time.Duration
 }
 
 // WithLogger sets the logger (default zap.NewNop()).
@@ -138,6 +139,12 @@ func withStepSlack(d time.Duration) Option {
 	return func(c *config) { c.stepSlack = d }
 }
 
+// withMinJWTRefresh overrides the second a JWT-SVID refetch waits at
+// least, so tests can scale a token's lifetime down.
+func withMinJWTRefresh(d time.Duration) Option {
+	return func(c *config) { c.minJWTRefresh = d }
+}
+
 // Manager keeps every Output's files in step with the Workload API.
 type Manager struct {
 	src     Source
@@ -174,13 +181,14 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 		return nil, errors.New("rotation: source is nil")
 	}
 	cfg := config{
-		log:          zap.NewNop(),
-		debounce:     DefaultDebounce,
-		retryMin:     DefaultRetryMin,
-		retryMax:     DefaultRetryMax,
-		expiryWindow: DefaultExpiryWindow,
-		guard:        true,
-		stepSlack:    time.Minute,
+		log:           zap.NewNop(),
+		debounce:      DefaultDebounce,
+		retryMin:      DefaultRetryMin,
+		retryMax:      DefaultRetryMax,
+		expiryWindow:  DefaultExpiryWindow,
+		guard:         true,
+		stepSlack:     time.Minute,
+		minJWTRefresh: minJWTRefresh,
 	}
 	for _, o := range opts {
 		o(&cfg)

@@ -53,6 +53,9 @@ func (r *outputRunner) watchdogTick() {
 	if alarm != r.alarm {
 		fields := []zap.Field{zap.String("spiffe_id", r.st.SpiffeID), zap.String("serial", r.st.Serial),
 			zap.Time("not_after", notAfter)}
+		if st.NoIdentity {
+			fields = append(fields, zap.String("reason", st.Reason))
+		}
 		switch alarm {
 		case ExpiryOverdue:
 			r.log.Warn("Workload API unreachable and the SVID on disk expires soon",

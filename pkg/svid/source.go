@@ -26,6 +26,15 @@ type ConnStatus struct {
 	// Connected is true while the X.509 stream is delivering; it turns false
 	// on a stream/connection error and true again on the next update.
 	Connected bool `json:"connected"`
+	// NoIdentity is set while the Workload API answers the X.509 stream
+	// PermissionDenied: it is reachable but issues this workload no
+	// identity (SPIRE: every registration entry matching it was deleted,
+	// or none has reached its agent yet). Connected is false meanwhile;
+	// the last X.509 context is kept, so files already written stay and
+	// the proxies serve on until it expires. Cleared by the next update.
+	NoIdentity bool `json:"no_identity,omitempty"`
+	// Reason says what NoIdentity means, in the operator's words.
+	Reason string `json:"reason,omitempty"`
 	// LastUpdate is when the last X.509 context or JWT bundle set arrived.
 	LastUpdate time.Time `json:"last_update"`
 	// LastError is the most recent error, kept after recovery so a flapping

@@ -292,3 +292,37 @@ func TestSourceStartErrors(t *testing.T) {
 	_, err = src.FetchJWTSVID(context.Background(), svid.Selector{}, []string{"x"})
 	require.ErrorContains(t, err, "closed")
 }
+
+// With the workload's last identity deleted the Workload API answers
+// PermissionDenied: the Source says so in its status (not just
+// "disconnected"), keeps the last X.509 context, and recovers on its own
+// once an identity is issued again.
+func TestSourceReportsNoIdentityIssued(t *testing.T) {
+	leakCheck(t)
+	srv := svidtest.Start(t, svidtest.Config{TTL: time.Hour, Identities: []svidtest.Identity{{ID: idA, Hint: "a"}}})
+	src := startSource(t, srv.Addr())
+	waitReady(t, src)
+	held := serial(srv.CurrentSVIDs()[0])
+
+	ok, err := srv.RemoveIdentity(idA)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Eventually(t, func() bool { return src.Status().NoIdentity }, waitFor, 10*time.Millisecond)
+	st := src.Status()
+	assert.False(t, st.Connected)
+	assert.Contains(t, st.Reason, "no identity issued to this workload (uid ")
+	assert.Contains(t, st.Reason, "registration entries deleted or not yet propagated")
+	assert.Contains(t, st.LastError, "PermissionDenied")
+	sv, err := src.GetX509SVID()
+	require.NoError(t, err, "the last good SVID stays available")
+	assert.Equal(t, held, serial(sv))
+
+	require.NoError(t, srv.AddIdentity(svidtest.Identity{ID: idA, Hint: "a"}))
+	require.Eventually(t, func() bool {
+		st := src.Status()
+		return st.Connected && !st.NoIdentity && st.Reason == ""
+	}, waitFor, 10*time.Millisecond)
+	sv, err = src.GetX509SVID()
+	require.NoError(t, err)
+	assert.NotEqual(t, held, serial(sv), "the re-issued SVID replaces the held one")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -21,6 +22,7 @@ func (w x509Watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
 	s.x509ctx = c
 	s.status.X509Updates++
 	s.status.LastUpdate = time.Now()
+	s.status.NoIdentity, s.status.Reason = false, ""
 	reconnected := false
 	if !s.status.Connected {
 		if s.everUp {
@@ -53,8 +55,28 @@ func (w x509Watcher) OnX509ContextWatchError(err error) {
 	}
 	// A gRPC status means the stream or connection failed; anything else is
 	// a response that did not parse while the stream itself is still up.
-	_, isStatus := status.FromError(err)
+	st, isStatus := status.FromError(err)
+	reason := ""
+	if isStatus && st.Code() == codes.PermissionDenied {
+		reason = noIdentityReason(os.Getuid())
+	}
+	if isStatus {
+		s := w.s
+		s.mu.Lock()
+		s.status.NoIdentity, s.status.Reason = reason != "", reason
+		s.mu.Unlock()
+	}
+	if reason != "" {
+		err = fmt.Errorf("%s: %w", reason, err)
+	}
 	w.s.recordError(fmt.Errorf("X.509 context stream from %s: %w", w.s.cfg.addr, err), isStatus)
+}
+
+// noIdentityReason is what a PermissionDenied X.509 stream means. SPIRE's
+// agent answers it to a caller that no registration entry matches; the
+// agent is attested by its uid (and whatever else the entries select).
+func noIdentityReason(uid int) string {
+	return fmt.Sprintf("no identity issued to this workload (uid %d): registration entries deleted or not yet propagated", uid)
 }
 
 type jwtWatcher struct{ s *Source }

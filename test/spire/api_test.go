@@ -12,6 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/identity-agent/identity-agent/internal/fleettest"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
@@ -86,6 +88,18 @@ func (d *devAPI) DeleteEntry(t testing.TB, id spiffeid.ID) {
 	waitServed(t, d, id, false)
 }
 
+// dropDefaultIdentity removes the dev API's default identity
+// (spiffe://<td>/workload), so that the entries a scenario adds are the
+// only ones issued, as on a SPIRE cluster of the scenario's own.
+func dropDefaultIdentity(t testing.TB, api workloadAPI) {
+	t.Helper()
+	if d, ok := api.(*devAPI); ok {
+		if _, err := d.srv.RemoveIdentity(spiffeid.RequireFromPath(d.TrustDomain(), "/workload")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // jwtRequests is how many JWT-SVIDs the dev API was asked for, -1 where
 // the API cannot tell (SPIRE).
 func jwtRequests(api workloadAPI) int64 {
@@ -157,6 +171,9 @@ func waitServed(t testing.TB, api workloadAPI, id spiffeid.ID, want bool) {
 		if err == nil && slices.Contains(ids, id.String()) == want {
 			return
 		}
+		if !want && grpcstatus.Code(err) == codes.PermissionDenied {
+			return // the last identity is gone: "no identity issued"
+		}
 		last = fmt.Sprint(ids, err)
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -179,7 +196,7 @@ func servedIDs(sock string) ([]string, error) {
 
 // TestDev runs every scenario against the development Workload API.
 func TestDev(t *testing.T) {
-	runScenarios(t, func(t *testing.T) workloadAPI { return newDevAPI(t) })
+	runScenarios(t, append(scenarios, soleScenarios...), func(t *testing.T) workloadAPI { return newDevAPI(t) })
 }
 
 // TestSPIRE runs every scenario against one real SPIRE server and agent
@@ -189,11 +206,17 @@ func TestDev(t *testing.T) {
 func TestSPIRE(t *testing.T) {
 	bin := spireBin(t)
 	c := startCluster(t, bin, clusterOpts{})
-	runScenarios(t, func(t *testing.T) workloadAPI { return newSPIREAPI(t, c) })
+	runScenarios(t, scenarios, func(t *testing.T) workloadAPI { return newSPIREAPI(t, c) })
 	for _, sc := range spireOnly {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			sc.run(t, bin, c)
+		})
+	}
+	for _, sc := range soleScenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			sc.run(t, newSPIREAPI(t, startCluster(t, bin, clusterOpts{})))
 		})
 	}
 }
@@ -204,8 +227,8 @@ type scenario struct {
 	run  func(t *testing.T, api workloadAPI)
 }
 
-func runScenarios(t *testing.T, newAPI func(t *testing.T) workloadAPI) {
-	for _, sc := range scenarios {
+func runScenarios(t *testing.T, list []scenario, newAPI func(t *testing.T) workloadAPI) {
+	for _, sc := range list {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			sc.run(t, newAPI(t))

@@ -250,7 +250,7 @@ func scenarioEntryDeleted(t *testing.T, api workloadAPI) {
 	id := api.AddEntry(t, e)
 	// Another SVID for this uid stays registered throughout: with none
 	// left, SPIRE answers the whole stream PermissionDenied ("no identity
-	// issued"), and status reports the Workload API instead of the output.
+	// issued"), which scenarioLastEntryDeleted covers.
 	api.AddEntry(t, entry{Path: "/deleted-keep", Hint: "deleted-keep"})
 	a := writeAgentConfig(t, api, `  - name: gone
     hint: deleted
@@ -281,6 +281,69 @@ func scenarioEntryDeleted(t *testing.T, api workloadAPI) {
 	}
 	api.AddEntry(t, e)
 	a.waitStatus(t, 0, 60*time.Second)
+	svidFiles(t, id, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), filepath.Join(out, "bundle.pem"))
+}
+
+// soleScenarios need every entry of the uid to themselves, so they cannot
+// share a SPIRE agent with the others: TestDev runs them like the rest
+// (each scenario has a dev API of its own), TestSPIRE each on a cluster of
+// its own (spireOnly).
+var soleScenarios = []scenario{
+	{"last-entry-deleted", scenarioLastEntryDeleted},
+}
+
+// scenarioLastEntryDeleted: the last entry matching the agent's uid is
+// deleted while it runs. SPIRE then answers the X.509 stream (and the
+// bundle streams) PermissionDenied, "no identity issued": status must say
+// that, naming each output (not "Workload API unreachable"), WARNING, then
+// CRITICAL once the files on disk expire; the files are kept untouched;
+// registering the entry again recovers without a restart.
+func scenarioLastEntryDeleted(t *testing.T, api workloadAPI) {
+	e := entry{Path: "/last", Hint: "last"}
+	id := api.AddEntry(t, e)
+	dropDefaultIdentity(t, api)
+	a := writeAgentConfig(t, api, `  - name: only
+    hint: last
+    dir: $DIR/out
+    cert_file: svid.pem
+    key_file: key.pem
+    bundle_file: bundle.pem
+  - name: also
+    spiffe_id: `+id.String()+`
+    dir: $DIR/also
+    cert_file: svid.pem
+    key_file: key.pem
+`, "")
+	a.start(t)
+	out := filepath.Join(a.dir, "out")
+	leaf := svidFiles(t, id, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), filepath.Join(out, "bundle.pem"))
+	a.waitStatus(t, 0, 30*time.Second)
+
+	api.DeleteEntry(t, id)
+	st := a.waitStatus(t, 1, 60*time.Second)
+	t.Logf("%s: last entry deleted: exit %d %v", api.Name(), st.code, st.Reasons)
+	for _, name := range []string{"only", "also"} {
+		if !anyContains(st.Reasons, "output "+name+": SVID "+id.String()+" no longer issued: no identity issued to this workload (uid ") {
+			t.Fatalf("WARNING does not name output %s as no longer issued: %v", name, st.Reasons)
+		}
+	}
+	if anyContains(st.Reasons, "unreachable") {
+		t.Fatalf("a Workload API that answers PermissionDenied reported as unreachable: %v", st.Reasons)
+	}
+	// CRITICAL once the files expire (and not before they do).
+	st = a.waitStatus(t, 2, time.Until(leaf.NotAfter)+30*time.Second)
+	if time.Now().Before(leaf.NotAfter) {
+		t.Fatalf("CRITICAL at %v, before the files expired (%v): %v", time.Now(), leaf.NotAfter, st.Reasons)
+	}
+	t.Logf("%s: files expired: exit %d %v", api.Name(), st.code, st.Reasons)
+	if got := svidFilesExpired(t, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem")); got.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		t.Fatalf("files changed while no identity was issued: serial %s, want %s", got.SerialNumber, leaf.SerialNumber)
+	}
+	if _, err := os.Stat(filepath.Join(a.dir, "also", "svid.pem")); err != nil {
+		t.Fatalf("the other output's file: %v", err)
+	}
+	api.AddEntry(t, e)
+	a.waitStatus(t, 0, 90*time.Second)
 	svidFiles(t, id, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), filepath.Join(out, "bundle.pem"))
 }
 

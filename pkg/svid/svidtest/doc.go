@@ -13,7 +13,8 @@
 //   - every call must carry the "workload.spiffe.io: true" metadata header
 //     (InvalidArgument otherwise);
 //   - X.509-SVIDs and bundles are pushed on streams, a new SVID at half of
-//     its lifetime; a caller with no identity gets PermissionDenied;
+//     its lifetime; a caller with no identity gets PermissionDenied, on
+//     the bundle streams too;
 //   - federated bundles arrive in the same X.509 response, keyed by
 //     "spiffe://<trust domain>";
 //   - the bundle streams send only when the bundles change;

@@ -93,10 +93,15 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 
 // FetchX509Bundles and FetchJWTBundles send only when the bundles differ
 // from the last response on the stream, as SPIRE's agent does: an SVID
-// rotation alone does not produce a bundle message.
+// rotation alone does not produce a bundle message. With no identity left
+// they answer PermissionDenied too, as SPIRE's agent does unless
+// allow_unauthenticated_verifiers is set.
 func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
 	var prev *workload.X509BundlesResponse
 	return h.stream(stream.Context(), func(p *published) error {
+		if len(p.svids) == 0 {
+			return status.Error(codes.PermissionDenied, "no identity issued")
+		}
 		resp := &workload.X509BundlesResponse{Bundles: p.x509}
 		if prev != nil && proto.Equal(prev, resp) {
 			return nil
@@ -109,6 +114,9 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream worklo
 func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
 	var prev *workload.JWTBundlesResponse
 	return h.stream(stream.Context(), func(p *published) error {
+		if len(p.svids) == 0 {
+			return status.Error(codes.PermissionDenied, "no identity issued")
+		}
 		resp := &workload.JWTBundlesResponse{Bundles: p.jwt}
 		if prev != nil && proto.Equal(prev, resp) {
 			return nil

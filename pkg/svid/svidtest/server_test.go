@@ -252,6 +252,12 @@ func TestAddAndRemoveIdentityLikeEntries(t *testing.T) {
 	require.True(t, ok)
 	_, err = workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(srv.Addr()))
 	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
+	// SPIRE's agent denies the bundle streams too (unless
+	// allow_unauthenticated_verifiers is set).
+	_, err = workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
+	_, err = workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(srv.Addr()))
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 }
 
 // SPIRE's agent answers the same JWT-SVID for an identity and audience set
