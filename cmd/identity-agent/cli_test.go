@@ -29,6 +29,9 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(floodHelperEnv); spec != "" {
+		os.Exit(runFloodHelper(spec))
+	}
 	dir, err := os.MkdirTemp("", "ia-cli-")
 	if err != nil {
 		panic(err)

@@ -2,11 +2,12 @@ package main_test
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -14,8 +15,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/identity-agent/identity-agent/internal/fleettest"
 )
 
 var floodClientID = spiffeid.RequireFromString("spiffe://example.org/client")
@@ -49,9 +48,10 @@ func authorizedRequests(t *testing.T, dial func(string) (*mtlsConn, error), addr
 	t.Helper()
 	ok := 0
 	for i := range n {
+		start := time.Now()
 		c, err := dial(addr)
 		if err != nil {
-			t.Logf("request %d: dial: %v", i, err)
+			t.Logf("request %d: dial (after %v): %v", i, time.Since(start).Round(time.Millisecond), err)
 			continue
 		}
 		msg := fmt.Sprintf("ping %d", i)
@@ -98,22 +98,11 @@ proxies:
 	client := func(addr string) (*mtlsConn, error) { return dialProxy(srv, addr, floodClientID) }
 	require.Equal(t, 5, authorizedRequests(t, client, proxyAddr, 5), "unattacked")
 
-	d := net.Dialer{Timeout: 5 * time.Second}
-	floods := []*fleettest.IdleFlood{
-		fleettest.StartIdleFlood(attackers, func() (net.Conn, error) { return d.Dial("tcp", metrics) }),
-		fleettest.StartIdleFlood(attackers, func() (net.Conn, error) { return d.Dial("unix", filepath.Join(dir, "admin.sock")) }),
-		fleettest.StartIdleFlood(attackers, func() (net.Conn, error) { return d.Dial("tcp", proxyAddr) }),
-	}
-	defer func() {
-		for _, f := range floods {
-			f.Stop()
-		}
-	}()
+	// The attacker is another process, as another local user would be.
+	flood := startFloodProcess(t, attackers, "tcp:"+metrics, "unix:"+filepath.Join(dir, "admin.sock"), "tcp:"+proxyAddr)
+	defer flood.Stop()
 	waitFor(t, 60*time.Second, "every attacker connected", func() (bool, string) {
-		var dials []int64
-		for _, f := range floods {
-			dials = append(dials, f.Dials())
-		}
+		dials := flood.Dials()
 		return dials[0] >= attackers && dials[1] >= attackers && dials[2] >= attackers, fmt.Sprint(dials)
 	})
 
@@ -146,17 +135,33 @@ proxies:
 			_ = c.conn.Close()
 		}
 	}()
-	for i := 0; i < maxConns; i++ {
-		c, err := client(proxyAddr)
-		if err == nil {
-			_, err = c.roundTrip("hold")
-		}
-		if err != nil {
-			t.Logf("authenticated connection %d: %v", i, err)
-			break
-		}
-		held = append(held, c)
+	// Several at once: each waits its turn in the accept queue behind the
+	// flood, and one after another that is most of the test's time.
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		next atomic.Int64
+	)
+	for range 8 {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(maxConns); i = next.Add(1) - 1 {
+				c, err := client(proxyAddr)
+				if err == nil {
+					if _, err = c.roundTrip("hold"); err != nil {
+						_ = c.conn.Close()
+					}
+				}
+				if err != nil {
+					t.Logf("authenticated connection %d: %v", i, err)
+					continue
+				}
+				mu.Lock()
+				held = append(held, c)
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	assert.GreaterOrEqual(t, len(held), maxConns-1, "authenticated pool filled")
 	rotated("rotation written with every listener at its cap")
 	waitStatus(t, cfg, 0)

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // MaxStatusBytes bounds the status document a client reads. A real one is
@@ -27,7 +29,9 @@ const maxHeaderBytes = 64 << 10
 // directory holds the socket (a service user's /run/identity-agent) at the
 // other end, the
 // document may not exceed MaxStatusBytes, and ctx bounds the whole
-// exchange, body included.
+// exchange, body included. A connection the agent closed before answering
+// (at its connection cap, under a flood) is retried on a new one within
+// ctx (see doRetrying); a missing or refused socket fails at once.
 func Fetch(ctx context.Context, addr string) (Report, error) {
 	var r Report
 	sock := strings.TrimPrefix(addr, "unix://")
@@ -54,7 +58,7 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 	if err != nil {
 		return r, fmt.Errorf("admin %s: %w", addr, err)
 	}
-	resp, err := client.Do(req)
+	resp, err := doRetrying(ctx, client, req)
 	if err != nil {
 		var untrusted *untrustedServerError
 		if errors.As(err, &untrusted) {
@@ -83,6 +87,42 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 		return r, fmt.Errorf("agent at %s: bad status document: %w", addr, err)
 	}
 	return r, nil
+}
+
+// fetchAttempts bounds how often Fetch sends its request on a new
+// connection when the agent closed the previous one before answering.
+const fetchAttempts = 8
+
+// doRetrying sends req, and sends it again on a new connection, while ctx
+// allows and at most fetchAttempts times, when the agent closed the
+// connection before answering (EPIPE, ECONNRESET, EOF). At its connection
+// cap the admin socket closes a connection whose request has not arrived
+// yet (see capListener): a client descheduled between connect and write
+// under a flood of idle connections meets exactly that, and the agent read
+// nothing of its request. GET /status has no side effects, so repeating
+// it is safe even where the agent did read it. A refused or missing
+// socket (no agent) fails at once.
+func doRetrying(ctx context.Context, client *http.Client, req *http.Request) (*http.Response, error) {
+	backoff := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		resp, err := client.Do(req)
+		if err == nil || attempt >= fetchAttempts || !closedUnanswered(err) {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// closedUnanswered reports whether err says the server closed the
+// connection before any response arrived.
+func closedUnanswered(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // untrustedServerError is a socket served by a uid that is neither root

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // Admission in two stages. A connection is first "handshaking": accepted,
@@ -30,6 +31,21 @@ import (
 // would read a real client's ClientHello may not have run yet, and
 // judging by our own reads alone shed authorized clients arriving from an
 // attacker's address (issue 18, 28% of them on a loaded 2-core box).
+//
+// No connection is shed before it is shedGrace old: when making room
+// would close a younger one, the accept loop holds the newcomer and waits
+// until the victim has had its grace (see admitWait). A flood that
+// replaces each connection at once would otherwise churn a source's share
+// as fast as the loop accepts, and shed a real client from the same
+// address (every local user is 127.0.0.1) before it was scheduled to send
+// its ClientHello (issue 18: 17 of 20 authorized connections reset at
+// connect on a loaded 2-core box). The wait costs no descriptor beyond
+// the newcomer's: the connections behind it wait in the kernel's accept
+// queue, where a real client's ClientHello arrives meanwhile, so it is
+// not idle when accepted. Idle attackers stay bounded: the pool plus one
+// descriptors, each held at most HandshakeTimeout, and at least
+// shedGrace only because the loop accepts at most a pool's worth of them
+// per shedGrace.
 // Client mode accepts local callers only, which may legitimately wait for
 // the server to speak, so there all handshakes count as idle and the
 // oldest goes first.
@@ -67,6 +83,7 @@ type limits struct {
 type pending struct {
 	t      *tracked
 	src    netip.Addr // zero: no per-source accounting
+	at     time.Time  // admitted
 	elem   *list.Element
 	selem  *list.Element
 	level  progress
@@ -135,7 +152,7 @@ func (a *admission) admit(t *tracked, src netip.Addr) (*pending, []*pending) {
 	for a.pending >= a.lim.maxHandshakes {
 		victims = append(victims, a.shedLocked(a.leastOfPool(), shedPoolFull))
 	}
-	pc := &pending{t: t, src: src}
+	pc := &pending{t: t, src: src, at: time.Now()}
 	pc.elem = a.levels[progIdle].PushBack(pc)
 	a.pending++
 	if src.IsValid() {
@@ -147,6 +164,38 @@ func (a *admission) admit(t *tracked, src netip.Addr) (*pending, []*pending) {
 		pc.selem = l.PushBack(pc)
 	}
 	return pc, victims
+}
+
+// shedGrace is the least time a handshaking connection has to send its
+// first bytes before it may be shed to make room: ample for a client
+// that is merely descheduled, and short enough that a churning flood
+// still moves a source's share (256 by default) 2,560 times a second.
+const shedGrace = 100 * time.Millisecond
+
+// admitWait reports how long the accept loop must hold a newcomer from
+// src before admit may shed for it: until the connection admit would close
+// is shedGrace old. Zero when nothing younger would be shed.
+func (a *admission) admitWait(src netip.Addr, now time.Time) time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.authed >= a.lim.maxConns {
+		return 0 // refused without shedding
+	}
+	var wait time.Duration
+	young := func(pc *pending) {
+		if d := shedGrace - now.Sub(pc.at); d > wait {
+			wait = d
+		}
+	}
+	if src.IsValid() && a.lim.perSource > 0 {
+		if l := a.sources[src]; l != nil && l.Len() >= a.lim.perSource {
+			young(a.leastOfSource(l))
+		}
+	}
+	if a.pending >= a.lim.maxHandshakes && a.pending > 0 {
+		young(a.leastOfPool())
+	}
+	return wait
 }
 
 // reallyIdle reports whether pc has sent nothing, asking the kernel when

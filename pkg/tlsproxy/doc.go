@@ -34,7 +34,8 @@
 // least progressed connection, oldest first (sent nothing, as the
 // kernel's receive queue confirms; else sent bytes not yet answered; else
 // answered), rather than refusing the newcomer, so idle sockets cannot
-// lock authorized clients out, even from their own address. Authenticated connections count against MaxConns; while it is
+// lock authorized clients out, even from their own address; no
+// connection is shed before it is 100 ms old (the newcomer waits instead). Authenticated connections count against MaxConns; while it is
 // reached new connections are reset at once. The limits are fitted to
 // RLIMIT_NOFILE at Start. IdleTimeout (no byte in either direction),
 // ConnectTimeout and a graceful Shutdown bounded by DrainTimeout complete

@@ -325,6 +325,14 @@ func (p *Proxy) acceptLoop(ln net.Listener) {
 		if p.mode == ModeServer {
 			src = sourceKey(c.RemoteAddr())
 		}
+		// Shed nothing younger than shedGrace: hold the newcomer meanwhile.
+		for {
+			d := p.adm.admitWait(src, time.Now())
+			if d <= 0 {
+				break
+			}
+			time.Sleep(d)
+		}
 		pc, victims := p.adm.admit(t, src)
 		if pc == nil {
 			p.refuse(c, rt)
