@@ -515,6 +515,15 @@ func (p *Proxy) handshake(t *tracked, tc *tls.Conn, raw net.Conn, retry bool) (C
 	return cause, err
 }
 
+// rejectedAfterHandshake logs and counts a server's refusal of our
+// certificate that arrived after our side of the handshake was done (TLS
+// 1.3): the caller's connection is already relayed, so it is not retried.
+func (p *Proxy) rejectedAfterHandshake(up net.Conn, server spiffeid.ID, err error) {
+	p.stats.handshake[causeIndex(CausePeerRejected)].Add(1)
+	p.log.Warn("connection rejected", zap.String("peer_addr", up.RemoteAddr().String()),
+		zap.String("cause", string(CausePeerRejected)), zap.String("peer_id", server.String()), zap.Error(err))
+}
+
 // authenticated moves a handshaken connection to the authenticated pool
 // and returns the peer's ID; false if it was shed meanwhile or max_conns
 // filled up during its handshake (then refused and counted).
@@ -583,7 +592,7 @@ func (p *Proxy) serveServer(t *tracked) {
 		return
 	}
 	defer func() { _ = up.Close() }()
-	p.pipe(tc, up, bc, t.rt.cfg.IdleTimeout)
+	p.pipe(tc, up, bc, t.rt.cfg.IdleTimeout, nil)
 	_ = tc.Close()
 }
 
@@ -613,8 +622,10 @@ func (p *Proxy) serveClient(t *tracked) {
 		// of the peers costs a quarter second instead of a request.
 		cause, err := p.handshake(t, tc, up, attempt == 0)
 		if err == nil {
-			if _, ok := p.authenticated(t, tc, up); ok {
-				p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout)
+			if server, ok := p.authenticated(t, tc, up); ok {
+				p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout, func(err error) {
+					p.rejectedAfterHandshake(up, server, err)
+				})
 			}
 			_ = tc.Close()
 			return

@@ -1,0 +1,67 @@
+package main_test
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A client-mode proxy whose certificate the server refuses logs that at
+// WARN with cause=peer_rejected (docs/PROXY.md). Under TLS 1.3 the
+// client's side of the handshake is done before the server checks the
+// client's certificate, so the refusal arrives as the first read of the
+// relayed connection; it used to be dropped without a word. The server
+// here is the same agent's server-mode proxy, allowing another ID only.
+func TestClientProxyLogsPeerRejected(t *testing.T) {
+	dir := t.TempDir()
+	_, apiSock := startDevAPI(t, time.Hour)
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); b := make([]byte, 64); n, _ := c.Read(b); _, _ = c.Write(b[:n]) }()
+		}
+	}()
+	srvAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cliAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api:
+  socket: unix://%[1]s
+admin:
+  socket: %[2]s/admin.sock
+log: {level: info}
+proxies:
+  - {name: srv, mode: server, listen: %[3]q, target: %[4]q, allow: [spiffe://example.org/nobody]}
+  - {name: cli, mode: client, listen: %[5]q, target: %[3]q, allow: [spiffe://example.org/svc]}
+`, apiSock, dir, srvAddr, echo.Addr().String(), cliAddr)), 0o600))
+	logs := startAgent(t, cfg)
+	waitStatus(t, cfg, 0)
+	waitFor(t, 30*time.Second, "cli logs peer_rejected", func() (bool, string) {
+		c, err := net.DialTimeout("tcp", cliAddr, 5*time.Second)
+		if err == nil {
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = c.Write([]byte("ping"))
+			_, _ = c.Read(make([]byte, 8))
+			_ = c.Close()
+		}
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `"proxy":"cli"`) && strings.Contains(l, `"cause":"peer_rejected"`) &&
+				strings.Contains(l, `"level":"warn"`) && strings.Contains(l, `"peer_id":"spiffe://example.org/svc"`) {
+				return true, l
+			}
+		}
+		return false, logs.String()
+	})
+}
+
