@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -65,3 +66,51 @@ proxies:
 	})
 }
 
+// Every file-mode problem `config validate` reports suggests a mode that
+// `config validate` then accepts (issue 22: key_mode "0666" suggested
+// 0644, which the next check refused as "lets every user read a secret").
+func TestModeSuggestionsPass(t *testing.T) {
+	suggestion := regexp.MustCompile(`use (?:at most )?(\d{4})(?: or (\d{4}))?`)
+	for _, c := range []struct{ field, mode, extra string }{
+		{"key_mode", "0666", ""},
+		{"key_mode", "0777", ""},
+		{"key_mode", "0664", ""},
+		{"key_mode", "0644", ""},
+		{"key_mode", "0666", "unsafe_world_readable_key: true"},
+		{"cert_mode", "0666", ""},
+		{"cert_mode", "0022", ""},
+		{"cert_mode", "0020", ""},
+	} {
+		t.Run(c.field+"="+c.mode+c.extra, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := filepath.Join(dir, "agent.yaml")
+			write := func(mode string) {
+				extra := ""
+				if c.extra != "" {
+					extra = "\n    " + c.extra
+				}
+				require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api: {socket: "unix:///run/spire/agent.sock"}
+outputs:
+  - name: svc
+    dir: %s/out
+    cert_file: svid.pem
+    key_file: key.pem
+    %s: "%s"%s
+`, dir, c.field, mode, extra)), 0o600))
+			}
+			write(c.mode)
+			r := runCLI(t, "config", "validate", cfg)
+			require.Equal(t, 2, r.code, "%+v", r)
+			m := suggestion.FindStringSubmatch(r.stderr)
+			require.NotNil(t, m, "no suggested mode in %q", r.stderr)
+			for _, s := range m[1:] {
+				if s == "" {
+					continue
+				}
+				write(s)
+				r := runCLI(t, "config", "validate", cfg)
+				require.Equal(t, 0, r.code, "suggested %s=%s is refused: %+v", c.field, s, r)
+			}
+		})
+	}
+}

@@ -95,7 +95,7 @@ func rules(t *testing.T) []rule {
 		{"group-writable file", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "0664"`),
 			`agent.yaml:7: outputs[0].cert_mode: 0664 lets group or other write the file; use at most 0644`, ""},
 		{"world-writable key", head + "outputs:\n" + out("redis", "/etc/redis/tls", `key_mode: "0777"`),
-			`agent.yaml:7: outputs[0].key_mode: 0777 lets group or other write the file; use at most 0755`, ""},
+			`agent.yaml:7: outputs[0].key_mode: 0777 lets group or other write the file; use 0600 or 0640`, ""},
 		{"setuid", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "4644"`),
 			`agent.yaml:7: outputs[0].cert_mode: 4644 sets a setuid, setgid or sticky bit; identity files never need one`, ""},
 		{"world-readable key", head + "outputs:\n" + out("redis", "/etc/redis/tls", `key_mode: "0644"`),
