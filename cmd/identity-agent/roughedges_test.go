@@ -114,3 +114,32 @@ outputs:
 		})
 	}
 }
+
+// An allow entry whose trust domain the file names nowhere else is most
+// likely a typo: `config validate` warns with its line and still exits 0.
+func TestValidateWarnsUnknownAllowTrustDomain(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.yaml")
+	write := func(allow string) {
+		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api: {socket: "unix:///run/spire/agent.sock"}
+outputs:
+  - {name: svc, dir: %s/out, spiffe_id: spiffe://example.org/svc, cert_file: c.pem, key_file: k.pem}
+proxies:
+  - name: p
+    mode: server
+    listen: 127.0.0.1:6701
+    target: 127.0.0.1:1
+    allow:
+      - spiffe://example.org/ok
+      - %s
+`, dir, allow)), 0o600))
+	}
+	write("spiffe://exmaple.org/traefik")
+	r := runCLI(t, "config", "validate", cfg)
+	require.Equal(t, 0, r.code, "%+v", r)
+	require.Contains(t, r.stderr, "warning: "+cfg+`:11: proxies[0].allow[1]: "spiffe://exmaple.org/traefik": trust domain "exmaple.org" is named nowhere else in this file`)
+	write("spiffe://example.org/traefik")
+	r = runCLI(t, "config", "validate", cfg)
+	require.Equal(t, 0, r.code, "%+v", r)
+	require.NotContains(t, r.stderr, "warning")
+}

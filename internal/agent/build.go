@@ -125,6 +125,7 @@ func newPlan(cfg *config.Config, as RunAs) (*Plan, error) {
 		p.Proxies = append(p.Proxies, tc)
 	}
 	errs = append(errs, checkListeners(cfg, p.Proxies))
+	warns = append(warns, cfg.AllowTrustDomainWarnings()...)
 	if t := redisTransition(cfg); t != nil {
 		errs = append(errs, cfg.At("redis.transition.admin", checkRedisAdmin(t.Admin)))
 	}

@@ -247,6 +247,12 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	require.NoError(t, err)
 	require.Error(t, p.Warnings)
 	produced[p.Warnings.Error()] = true
+	typo := head + "outputs:\n" + out("redis", "/etc/redis/tls", "spiffe_id: spiffe://example.org/redis") +
+		"proxies:\n  - name: a\n    mode: server\n    listen: 127.0.0.1:6701\n    target: 127.0.0.1:1\n    allow:\n      - spiffe://exmaple.org/traefik\n"
+	p, err = agent.Parse("agent.yaml", []byte(typo), noEnv)
+	require.NoError(t, err)
+	require.Error(t, p.Warnings)
+	produced[p.Warnings.Error()] = true
 	produced[changingLine(t)] = true
 	examples := lineRE.FindAllStringSubmatch(string(doc), -1)
 	require.NotEmpty(t, examples)
