@@ -143,3 +143,47 @@ proxies:
 	require.Equal(t, 0, r.code, "%+v", r)
 	require.NotContains(t, r.stderr, "warning")
 }
+
+// A proxy whose address is taken stops `run` before any side effect (no
+// file written, no admin socket) with one line naming the file's line of
+// that proxy's listen field, no repeated prefix, exit 1.
+func TestRunPortInUseBeforeSideEffects(t *testing.T) {
+	dir := t.TempDir()
+	_, apiSock := startDevAPI(t, time.Hour)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = taken.Close() })
+	free := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api:
+  socket: unix://%[1]s
+admin:
+  socket: %[2]s/admin.sock
+outputs:
+  - {name: svc, dir: %[2]s/out, cert_file: svid.pem, key_file: key.pem}
+proxies:
+  - name: ok
+    mode: server
+    listen: %[4]q
+    target: 127.0.0.1:1
+    allow: [spiffe://example.org/x]
+  - name: p
+    mode: server
+    listen: %[3]q
+    target: 127.0.0.1:1
+    allow: [spiffe://example.org/x]
+`, apiSock, dir, taken.Addr().String(), free)), 0o600))
+	r := runCLI(t, "run", "--config", cfg)
+	require.Equal(t, 1, r.code, "%+v", r)
+	want := fmt.Sprintf("%s:15: proxies[1].listen: %q: listen tcp %s: bind: address already in use", cfg, taken.Addr().String(), taken.Addr().String())
+	require.Contains(t, r.stderr, want+"\n", "%+v", r)
+	require.NotContains(t, r.stderr, "identity-agent: ")
+	_, err = os.Stat(filepath.Join(dir, "out", "svid.pem"))
+	require.ErrorIs(t, err, os.ErrNotExist, "a file was written before the agent exited")
+	_, err = os.Stat(filepath.Join(dir, "admin.sock"))
+	require.ErrorIs(t, err, os.ErrNotExist, "the admin socket was created before the agent exited")
+	// The other proxy's listener, opened first, was released.
+	l, err := net.Listen("tcp", free)
+	require.NoError(t, err)
+	_ = l.Close()
+}

@@ -201,6 +201,21 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	a.configState.AppliedAt = a.started
 	a.mu.Unlock()
 	a.fd.log(a.log, a.cfg.Proxies)
+	// A taken address stops the agent before it has done anything else:
+	// no admin socket, no files written, no reloads run.
+	if err := a.listenProxies(parent); err != nil {
+		a.closeRedisAdmin()
+		return err
+	}
+	// Until shutdown owns them, a way out closes the listeners opened.
+	proxiesOwned := false
+	defer func() {
+		if !proxiesOwned {
+			for _, p := range a.proxies {
+				_ = p.Close()
+			}
+		}
+	}()
 	adm := admin.NewServer(a.cfg.Admin.Socket, a.Report, admin.WithMetricsListen(a.cfg.Admin.MetricsListen),
 		admin.WithGatherer(a.registry), admin.WithLogger(a.log.Named("admin")))
 	if err := adm.Start(parent); err != nil {
@@ -232,6 +247,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 		a.closeRedisAdmin()
 		return fmt.Errorf("rotation: %w", err)
 	}
+	proxiesOwned = true
 	defer func() {
 		err = errors.Join(err, a.shutdown(cancel, &workers))
 	}()
@@ -284,6 +300,21 @@ func (a *Agent) Run(parent context.Context) (err error) {
 }
 
 var errStopped = errors.New("agent stopped")
+
+// listenProxies opens every proxy's listener (served once the first SVIDs
+// are there); a failure names the file's line of that proxy's listen and
+// closes the listeners already opened.
+func (a *Agent) listenProxies(ctx context.Context) error {
+	for i, p := range a.proxies {
+		if err := p.Listen(ctx); err != nil {
+			for _, q := range a.proxies[:i] {
+				_ = q.Close()
+			}
+			return a.cfg.At(fmt.Sprintf("proxies[%d].listen", i), fmt.Errorf("%q: %w", a.cfg.Proxies[i].Listen, err))
+		}
+	}
+	return nil
+}
 
 // refuseReloads makes every Reload from now on return errStopped.
 func (a *Agent) refuseReloads() { a.stopOnce.Do(func() { close(a.stopped) }) }

@@ -50,6 +50,7 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	ln       net.Listener
+	reserved net.Listener          // opened by Listen, served by Start
 	conns    map[*tracked]struct{} // open connections, for force-close
 	running  bool
 	draining bool
@@ -205,9 +206,13 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.running || p.stopped {
 		return fmt.Errorf("proxy %q: already started or shut down", p.name)
 	}
-	ln, err := p.openListener(ctx)
-	if err != nil {
-		return fmt.Errorf("proxy %q: listen: %w", p.name, err)
+	ln := p.reserved
+	p.reserved = nil
+	if ln == nil {
+		var err error
+		if ln, err = p.openListener(ctx); err != nil {
+			return fmt.Errorf("proxy %q: listen: %w", p.name, err)
+		}
 	}
 	p.updMu.Lock()
 	rt := p.fitted(p.rt.Load())
@@ -225,6 +230,25 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", rt.target.String()),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes),
 		zap.Int("max_handshakes_per_source", rt.lim.perSource))
+	return nil
+}
+
+// Listen opens the listening socket now, for Start to serve later: a
+// program that runs several parts can learn that an address is taken
+// before it does anything else (writes files, starts other listeners).
+// Until Start, connections wait in the socket's backlog. The error is the
+// listener's own, without the proxy's name.
+func (p *Proxy) Listen(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running || p.stopped || p.reserved != nil {
+		return fmt.Errorf("proxy %q: already listening, started or shut down", p.name)
+	}
+	ln, err := p.openListener(ctx)
+	if err != nil {
+		return err
+	}
+	p.reserved = ln
 	return nil
 }
 
