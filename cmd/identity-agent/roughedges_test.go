@@ -187,3 +187,34 @@ proxies:
 	require.NoError(t, err)
 	_ = l.Close()
 }
+
+// Small rough edges of `config validate` (issue 22, 2.9): one mistake is
+// one line, and a tcp:// Workload API address without a port is refused
+// here instead of at every connection attempt.
+func TestValidateSmallEdges(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.yaml")
+	write := func(socket, reload string) {
+		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api: {socket: %q}
+outputs:
+  - name: svc
+    dir: %s/out
+    cert_file: c.pem
+    key_file: k.pem
+    reload:
+      - %s
+`, socket, dir, reload)), 0o600))
+	}
+	write("unix:///run/spire/agent.sock", `exec: {command: "systemctl reload x"}`)
+	r := runCLI(t, "config", "validate", cfg)
+	require.Equal(t, 2, r.code, "%+v", r)
+	require.Equal(t, cfg+`:8: outputs[0].reload[0].exec: "systemc..." is not a list (use [a, b] or one "- item" per line)`+"\n", r.stderr)
+
+	write("tcp://127.0.0.1", `exec: {command: [systemctl, reload, x]}`)
+	r = runCLI(t, "config", "validate", cfg)
+	require.Equal(t, 2, r.code, "%+v", r)
+	require.Equal(t, cfg+`:1: workload_api.socket: "tcp://127.0.0.1" must be tcp://IP:port: address 127.0.0.1: missing port in address`+"\n", r.stderr)
+	write("tcp://127.0.0.1:8081", `exec: {command: [systemctl, reload, x]}`)
+	r = runCLI(t, "config", "validate", cfg)
+	require.Equal(t, 0, r.code, "%+v", r)
+}

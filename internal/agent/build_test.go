@@ -60,6 +60,8 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:4: outputs[0].dir: "/etc/hosts" exists and is not a directory`, ""},
 		{"relative dir", head + "outputs:\n" + out("redis", "out/redis"),
 			`agent.yaml:4: outputs[0].dir: "out/redis" must be an absolute path`, ""},
+		{"tcp workload API without a port", "workload_api: {socket: \"tcp://127.0.0.1\"}\n",
+			`agent.yaml:1: workload_api.socket: "tcp://127.0.0.1" must be tcp://IP:port: address 127.0.0.1: missing port in address`, ""},
 		{"relative admin socket", head + "admin:\n  socket: run/admin.sock\n",
 			`agent.yaml:3: admin.socket: "run/admin.sock" must be an absolute path`, ""},
 		{"relative pid file", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - signal: {pid_file: redis.pid}"),
