@@ -218,3 +218,12 @@ outputs:
 	r = runCLI(t, "config", "validate", cfg)
 	require.Equal(t, 0, r.code, "%+v", r)
 }
+
+// `dev` says its errors in the command's words, not the library's package
+// name (issue 22: "identity-agent: svidtest: hint "a" used twice").
+func TestDevErrorsNameNoPackage(t *testing.T) {
+	r := runCLI(t, "dev", "--socket", filepath.Join(t.TempDir(), "s.sock"),
+		"--spiffe-id", "spiffe://example.org/x#a", "--spiffe-id", "spiffe://example.org/y#a")
+	require.Equal(t, 2, r.code, "%+v", r)
+	require.Equal(t, "identity-agent: dev: hint \"a\" used twice\n", r.stderr)
+}
