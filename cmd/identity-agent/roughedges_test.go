@@ -227,3 +227,32 @@ func TestDevErrorsNameNoPackage(t *testing.T) {
 	require.Equal(t, 2, r.code, "%+v", r)
 	require.Equal(t, "identity-agent: dev: hint \"a\" used twice\n", r.stderr)
 }
+
+// A JWT-only output is written once at start (issue 22: demo-jwt was
+// written twice when the JWT bundles arrived before the first X.509
+// context: that arrival minted a new token). The streams race, so the
+// agent is started several times, each on a fresh directory.
+func TestJWTOutputWrittenOnceAtStart(t *testing.T) {
+	_, apiSock := startDevAPI(t, time.Hour)
+	for i := range 6 {
+		dir := t.TempDir()
+		cfg := filepath.Join(dir, "agent.yaml")
+		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api: {socket: "unix://%s"}
+admin: {socket: %s/admin.sock}
+outputs:
+  - name: demo-jwt
+    dir: %s/demo-jwt
+    jwt:
+      - audience: [demo]
+        file: token.jwt
+    jwt_bundle_file: jwks.json
+`, apiSock, dir, dir)), 0o600))
+		proc, logs := startAgentProcess(t, cfg)
+		waitFor(t, 30*time.Second, "agent ready", func() (bool, string) {
+			return strings.Contains(logs.String(), `"agent ready"`), logs.String()
+		})
+		time.Sleep(time.Second) // a second write, if any, follows within ms
+		require.Equal(t, 1, strings.Count(logs.String(), `"files written","output":"demo-jwt"`), "start %d:\n%s", i, logs)
+		_ = proc.Signal(os.Interrupt)
+	}
+}
