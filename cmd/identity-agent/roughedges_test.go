@@ -205,10 +205,10 @@ outputs:
       - %s
 `, socket, dir, reload)), 0o600))
 	}
-	write("unix:///run/spire/agent.sock", `exec: {command: "systemctl reload x"}`)
+	write("unix:///run/spire/agent.sock", `exec: {command: "/usr/bin/reload x"}`)
 	r := runCLI(t, "config", "validate", cfg)
 	require.Equal(t, 2, r.code, "%+v", r)
-	require.Equal(t, cfg+`:8: outputs[0].reload[0].exec: "systemc..." is not a list (use [a, b] or one "- item" per line)`+"\n", r.stderr)
+	require.Equal(t, cfg+`:8: outputs[0].reload[0].exec: "/usr/bi..." is not a list (use [a, b] or one "- item" per line)`+"\n", r.stderr)
 
 	write("tcp://127.0.0.1", `exec: {command: [systemctl, reload, x]}`)
 	r = runCLI(t, "config", "validate", cfg)
