@@ -256,3 +256,24 @@ outputs:
 		_ = proc.Signal(os.Interrupt)
 	}
 }
+
+// Once the bundles are known, `run` logs a proxy allow entry whose trust
+// domain is neither ours nor federated (issue 22: exmaple.org passed run
+// silently); one of a trust domain we hold a bundle for is not logged.
+func TestRunWarnsUnknownAllowTrustDomain(t *testing.T) {
+	dir := t.TempDir()
+	_, apiSock := startDevAPI(t, time.Hour)
+	cfg := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`workload_api:
+  socket: unix://%[1]s
+admin:
+  socket: %[2]s/admin.sock
+proxies:
+  - {name: p, mode: server, listen: "127.0.0.1:%[3]d", target: 127.0.0.1:1, allow: [spiffe://exmaple.org/traefik, spiffe://example.org/ok]}
+`, apiSock, dir, freePort(t))), 0o600))
+	logs := startAgent(t, cfg)
+	waitFor(t, 30*time.Second, "the warning", func() (bool, string) {
+		return strings.Contains(logs.String(), `"allow":"spiffe://exmaple.org/traefik","trust_domain":"exmaple.org","bundles":["example.org"]`), logs.String()
+	})
+	require.NotContains(t, logs.String(), `"allow":"spiffe://example.org/ok"`)
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/admin"
@@ -256,6 +257,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if err := a.source.WaitReady(ctx); err != nil {
 		return nil // stopped before the first SVID
 	}
+	a.warnUnknownAllowTrustDomains()
 	// One synchronous pass so READY means "files are on disk"; the rotation
 	// loop finds them identical and does not write again. Their reloads
 	// run once READY=1 is out.
@@ -300,6 +302,31 @@ func (a *Agent) Run(parent context.Context) (err error) {
 }
 
 var errStopped = errors.New("agent stopped")
+
+// warnUnknownAllowTrustDomains logs each proxy allow entry whose trust
+// domain is neither ours nor federated, once the bundles are known: no
+// peer of it can ever connect, and `spiffe://exmaple.org/x` would
+// otherwise pass silently.
+func (a *Agent) warnUnknownAllowTrustDomains() {
+	x := a.source.X509Context()
+	if x == nil || x.Bundles == nil {
+		return
+	}
+	var known []string
+	for _, b := range x.Bundles.Bundles() {
+		known = append(known, b.TrustDomain().String())
+	}
+	for _, pc := range a.cfg.Proxies {
+		for _, e := range pc.Allow {
+			td, err := spiffeid.TrustDomainFromString(config.TrustDomainOf(e))
+			if err != nil || x.Bundles.Has(td) {
+				continue
+			}
+			a.log.Warn("proxy allow entry names a trust domain the agent has no bundle for: no peer of it can connect (a typo, or a federation not set up?)",
+				zap.String("proxy", pc.Name), zap.String("allow", e), zap.String("trust_domain", td.String()), zap.Strings("bundles", known))
+		}
+	}
+}
 
 // listenProxies opens every proxy's listener (served once the first SVIDs
 // are there); a failure names the file's line of that proxy's listen and
