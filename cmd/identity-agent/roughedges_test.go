@@ -276,4 +276,9 @@ proxies:
 		return strings.Contains(logs.String(), `"allow":"spiffe://exmaple.org/traefik","trust_domain":"exmaple.org","bundles":["example.org"]`), logs.String()
 	})
 	require.NotContains(t, logs.String(), `"allow":"spiffe://example.org/ok"`)
+	// status says it too: WARNING, naming the proxy, the entry and the
+	// trust domains the agent holds.
+	r := waitStatus(t, cfg, 1)
+	require.Contains(t, r.stdout, "WARNING: proxy p: allow entry spiffe://exmaple.org/traefik: no bundle for trust domain exmaple.org (have example.org): no peer of it can connect")
+	require.NotContains(t, r.stdout, "spiffe://example.org/ok")
 }

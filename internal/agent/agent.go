@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/admin"
@@ -306,26 +307,35 @@ var errStopped = errors.New("agent stopped")
 // warnUnknownAllowTrustDomains logs each proxy allow entry whose trust
 // domain is neither ours nor federated, once the bundles are known: no
 // peer of it can ever connect, and `spiffe://exmaple.org/x` would
-// otherwise pass silently.
+// otherwise pass silently. `status` reports the same (Report).
 func (a *Agent) warnUnknownAllowTrustDomains() {
-	x := a.source.X509Context()
-	if x == nil || x.Bundles == nil {
-		return
+	for _, u := range unknownAllowTrustDomains(a.cfg, a.source.X509Context()) {
+		a.log.Warn("proxy allow entry names a trust domain the agent has no bundle for: no peer of it can connect (a typo, or a federation not set up?)",
+			zap.String("proxy", u.Proxy), zap.String("allow", u.Allow), zap.String("trust_domain", u.TrustDomain), zap.Strings("bundles", u.Bundles))
+	}
+}
+
+// unknownAllowTrustDomains lists the allow entries of cfg's proxies whose
+// trust domain has no bundle in x; nil before the first X.509 context.
+func unknownAllowTrustDomains(cfg *config.Config, x *workloadapi.X509Context) []admin.UnknownTrustDomain {
+	if cfg == nil || x == nil || x.Bundles == nil {
+		return nil
 	}
 	var known []string
 	for _, b := range x.Bundles.Bundles() {
 		known = append(known, b.TrustDomain().String())
 	}
-	for _, pc := range a.cfg.Proxies {
+	var out []admin.UnknownTrustDomain
+	for _, pc := range cfg.Proxies {
 		for _, e := range pc.Allow {
 			td, err := spiffeid.TrustDomainFromString(config.TrustDomainOf(e))
 			if err != nil || x.Bundles.Has(td) {
 				continue
 			}
-			a.log.Warn("proxy allow entry names a trust domain the agent has no bundle for: no peer of it can connect (a typo, or a federation not set up?)",
-				zap.String("proxy", pc.Name), zap.String("allow", e), zap.String("trust_domain", td.String()), zap.Strings("bundles", known))
+			out = append(out, admin.UnknownTrustDomain{Proxy: pc.Name, Allow: e, TrustDomain: td.String(), Bundles: known})
 		}
 	}
+	return out
 }
 
 // listenProxies opens every proxy's listener (served once the first SVIDs
@@ -421,6 +431,7 @@ func (a *Agent) Report() admin.Report {
 		Ready:     a.source.X509Context() != nil,
 		State:     a.manager.Snapshot(),
 	}
+	r.UnknownAllowTrustDomains = unknownAllowTrustDomains(a.currentConfig(), a.source.X509Context())
 	a.mu.Lock()
 	r.Config = a.configState
 	proxies := slices.Clone(a.proxies)
