@@ -57,7 +57,12 @@ run:
 
 # Each example on this machine, unprivileged, against the dev Workload API,
 # with the example's own files (examples/*/try.sh; `make test` runs them too).
-try: try-redis try-uvicorn try-traefik try-ollama
+# `make try` runs all four even when one fails (a missing program is named
+# with its package; `make deps` installs them all) and lists what failed.
+try: build
+	@failed=""; for e in redis uvicorn traefik ollama-macos; do \
+	  ./examples/$$e/try.sh || failed="$$failed examples/$$e/try.sh"; done; \
+	if [ -n "$$failed" ]; then echo "make try: failed:$$failed" >&2; exit 1; fi
 try-redis: build
 	./examples/redis/try.sh
 try-uvicorn: build

@@ -26,6 +26,20 @@ die() {
   exit 1
 }
 
+# need BIN...: stop at once, naming the Debian/Ubuntu package to install,
+# when a program the try-out runs is missing (`make deps` installs them all).
+need() {
+  local b
+  for b in "$@"; do
+    command -v "$b" >/dev/null && continue
+    local pkg=$b
+    case $b in
+      redis-cli) pkg=redis-tools ;;
+    esac
+    die "$b is not installed: apt-get install $pkg (or \`make deps\`, which installs everything the examples and tests use)"
+  done
+}
+
 # try_init NAME: the temporary directory $T, the binary, the cleanup.
 try_init() {
   if [ ! -x "$IA" ]; then

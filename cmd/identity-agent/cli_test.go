@@ -317,6 +317,8 @@ func TestDevCommandServesAndRotatesCAOnSIGHUP(t *testing.T) {
 	}, 10*time.Second, 100*time.Millisecond, "the new root never signed; logs:\n%s", &logs)
 	assert.Contains(t, logs.String(), "prepared the next CA")
 	assert.Contains(t, logs.String(), "activated the next CA")
+	// A duration in the log carries its unit (issue 22: it was 0.5).
+	assert.Contains(t, logs.String(), `"activates_in": "500ms"`)
 }
 
 // `dev` refuses lifetimes that cannot work instead of silently using the

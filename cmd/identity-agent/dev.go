@@ -82,10 +82,10 @@ received the new root yet reject the new SVIDs. For hostile tests only.`,
 			srv, err := svidtest.New(svidtest.Config{TrustDomain: td, Identities: idents, TTL: ttl, JWTTTL: jwtTTL,
 				CAActivationDelay: caDelay, UnsafeImmediateCASwitch: immediateCA, Federated: feds, Logger: log})
 			if err != nil {
-				return withCode(exitUsage, err)
+				return withCode(exitUsage, devError(err))
 			}
 			if err := srv.Start(socket); err != nil {
-				return withCode(exitFailure, err)
+				return withCode(exitFailure, devError(err))
 			}
 			defer srv.Stop()
 			log.Info("export " + config.EnvEndpointSocket + "=" + srv.Addr())
@@ -142,4 +142,10 @@ func parseIdentities(flags, dns []string) ([]svidtest.Identity, error) {
 		return nil, errors.New("--dns needs at least one --spiffe-id")
 	}
 	return out, nil
+}
+
+// devError says an error of the dev Workload API in the command's words:
+// "dev: ...", not the library's package name ("svidtest: ...").
+func devError(err error) error {
+	return fmt.Errorf("dev: %s", strings.TrimPrefix(err.Error(), "svidtest: "))
 }

@@ -26,6 +26,8 @@ func newLeveledLogger(c config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, 
 	level := zap.NewAtomicLevelAt(lvl)
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	// "250ms", not 0.25: a duration field carries its unit.
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
 	var enc zapcore.Encoder
 	if c.Format == "console" {
 		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,4 +63,37 @@ func errString(err error) string {
 		return "alive"
 	}
 	return err.Error()
+}
+
+// A try-out on a machine without one of its programs stops at once and
+// names the package that provides it (issue 22: `make try` on a fresh box
+// said only "redis-server is not installed").
+func TestTryNamesMissingPackage(t *testing.T) {
+	for _, c := range []struct{ dir, missing, pkg string }{
+		{"redis", "redis-server", "apt-get install redis-server"},
+		{"redis", "redis-cli", "apt-get install redis-tools"},
+		{"uvicorn", "curl", "apt-get install curl"},
+		{"traefik", "openssl", "apt-get install openssl"},
+		{"ollama-macos", "curl", "apt-get install curl"},
+	} {
+		t.Run(c.dir+"/"+c.missing, func(t *testing.T) {
+			// A PATH holding every program of the real one except the missing.
+			bin := t.TempDir()
+			for _, d := range filepath.SplitList(os.Getenv("PATH")) {
+				ents, _ := os.ReadDir(d)
+				for _, e := range ents {
+					if e.Name() == c.missing {
+						continue
+					}
+					_ = os.Symlink(filepath.Join(d, e.Name()), filepath.Join(bin, e.Name())) // first one wins
+				}
+			}
+			cmd := exec.Command("bash", "../../examples/"+c.dir+"/try.sh")
+			cmd.Env = append(os.Environ(), "IDENTITY_AGENT="+agentBin, "KEEP=", "PATH="+bin)
+			out, err := cmd.CombinedOutput()
+			require.Error(t, err, "%s", out)
+			assert.Contains(t, string(out), c.missing+" is not installed: "+c.pkg)
+			assert.Contains(t, string(out), "make deps")
+		})
+	}
 }

@@ -9,7 +9,7 @@
 # shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init ollama
-for b in curl python3; do command -v $b >/dev/null || die "$b is not installed"; done
+need curl python3
 
 step "the dev Workload API: the model server's identity, Traefik's and another workload's"
 dev_start --spiffe-id spiffe://example.org/model-server --spiffe-id spiffe://example.org/traefik \

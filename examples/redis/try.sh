@@ -9,7 +9,7 @@
 # shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init redis
-for b in redis-server redis-cli openssl; do command -v $b >/dev/null || die "$b is not installed"; done
+need redis-server redis-cli openssl
 
 step "the dev Workload API: Redis's identity"
 dev_start --spiffe-id spiffe://example.org/redis

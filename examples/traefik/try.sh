@@ -10,7 +10,7 @@
 # shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init traefik
-for b in openssl curl python3; do command -v $b >/dev/null || die "$b is not installed"; done
+need openssl curl python3
 
 step "the dev Workload API: Traefik's identity, and the model server's (for the check)"
 dev_start --spiffe-id spiffe://example.org/traefik --spiffe-id spiffe://example.org/model-server --dns localhost

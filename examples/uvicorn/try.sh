@@ -9,7 +9,7 @@
 # shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init uvicorn
-command -v curl >/dev/null || die "curl is not installed"
+need curl
 
 step "the dev Workload API: the API's identity (a DNS name for curl) and a caller's"
 dev_start --spiffe-id spiffe://example.org/api --spiffe-id spiffe://example.org/traefik --dns localhost
@@ -46,7 +46,7 @@ subst "$EX/uvicorn/api.service" "$T/api.service" \
 # ExecStart= with its continuation lines.
 read -r -a ARGV <<<"$(sed -n '/^ExecStart=/,/[^\\]$/p' "$T/api.service" | sed 's/^ExecStart=//; s/\\$//' | tr '\n' ' ')"
 say "${ARGV[*]}"
-"${ARGV[0]}" -c 'import uvicorn' 2>/dev/null || die "uvicorn is not installed for ${ARGV[0]} (Debian: python3-uvicorn)"
+"${ARGV[0]}" -c 'import uvicorn' 2>/dev/null || die "uvicorn is not installed for ${ARGV[0]}: apt-get install python3-uvicorn (or \`make deps\`)"
 mkdir -p "$T/srv-api"
 cp "$EX/uvicorn/app.py" "$T/srv-api/app.py"
 supervise() { # Restart=always, RestartSec shortened

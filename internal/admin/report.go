@@ -3,6 +3,7 @@ package admin
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/identity-agent/identity-agent/internal/redistransition"
@@ -29,6 +30,17 @@ type Report struct {
 	Redis *Redis `json:"redis,omitempty"`
 	// Config is the configuration file the agent runs with and its reloads.
 	Config ConfigState `json:"config"`
+	// UnknownAllowTrustDomains are proxy allow entries whose trust domain
+	// has no bundle (neither ours nor federated): a WARNING.
+	UnknownAllowTrustDomains []UnknownTrustDomain `json:"unknown_allow_trust_domains,omitempty"`
+}
+
+// UnknownTrustDomain is one proxy allow entry no peer can ever match.
+type UnknownTrustDomain struct {
+	Proxy       string   `json:"proxy"`
+	Allow       string   `json:"allow"`
+	TrustDomain string   `json:"trust_domain"`
+	Bundles     []string `json:"bundles"`
 }
 
 // ConfigState is the configuration the agent runs and how its reloads went.
@@ -109,6 +121,9 @@ func Evaluate(r Report) (Severity, []string) {
 	}
 	if len(r.SVIDs) == 0 {
 		raise(Critical, "no X.509-SVID received from the Workload API yet")
+	}
+	for _, u := range r.UnknownAllowTrustDomains {
+		raise(Warning, "proxy %s: allow entry %s: no bundle for trust domain %s (have %s): no peer of it can connect", u.Proxy, u.Allow, u.TrustDomain, strings.Join(u.Bundles, ", "))
 	}
 	switch api := r.WorkloadAPI; {
 	case api.NoIdentity && len(r.Outputs) > 0:

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/admin"
@@ -201,6 +203,21 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	a.configState.AppliedAt = a.started
 	a.mu.Unlock()
 	a.fd.log(a.log, a.cfg.Proxies)
+	// A taken address stops the agent before it has done anything else:
+	// no admin socket, no files written, no reloads run.
+	if err := a.listenProxies(parent); err != nil {
+		a.closeRedisAdmin()
+		return err
+	}
+	// Until shutdown owns them, a way out closes the listeners opened.
+	proxiesOwned := false
+	defer func() {
+		if !proxiesOwned {
+			for _, p := range a.proxies {
+				_ = p.Close()
+			}
+		}
+	}()
 	adm := admin.NewServer(a.cfg.Admin.Socket, a.Report, admin.WithMetricsListen(a.cfg.Admin.MetricsListen),
 		admin.WithGatherer(a.registry), admin.WithLogger(a.log.Named("admin")))
 	if err := adm.Start(parent); err != nil {
@@ -232,6 +249,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 		a.closeRedisAdmin()
 		return fmt.Errorf("rotation: %w", err)
 	}
+	proxiesOwned = true
 	defer func() {
 		err = errors.Join(err, a.shutdown(cancel, &workers))
 	}()
@@ -240,6 +258,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if err := a.source.WaitReady(ctx); err != nil {
 		return nil // stopped before the first SVID
 	}
+	a.warnUnknownAllowTrustDomains()
 	// One synchronous pass so READY means "files are on disk"; the rotation
 	// loop finds them identical and does not write again. Their reloads
 	// run once READY=1 is out.
@@ -284,6 +303,55 @@ func (a *Agent) Run(parent context.Context) (err error) {
 }
 
 var errStopped = errors.New("agent stopped")
+
+// warnUnknownAllowTrustDomains logs each proxy allow entry whose trust
+// domain is neither ours nor federated, once the bundles are known: no
+// peer of it can ever connect, and `spiffe://exmaple.org/x` would
+// otherwise pass silently. `status` reports the same (Report).
+func (a *Agent) warnUnknownAllowTrustDomains() {
+	for _, u := range unknownAllowTrustDomains(a.cfg, a.source.X509Context()) {
+		a.log.Warn("proxy allow entry names a trust domain the agent has no bundle for: no peer of it can connect (a typo, or a federation not set up?)",
+			zap.String("proxy", u.Proxy), zap.String("allow", u.Allow), zap.String("trust_domain", u.TrustDomain), zap.Strings("bundles", u.Bundles))
+	}
+}
+
+// unknownAllowTrustDomains lists the allow entries of cfg's proxies whose
+// trust domain has no bundle in x; nil before the first X.509 context.
+func unknownAllowTrustDomains(cfg *config.Config, x *workloadapi.X509Context) []admin.UnknownTrustDomain {
+	if cfg == nil || x == nil || x.Bundles == nil {
+		return nil
+	}
+	var known []string
+	for _, b := range x.Bundles.Bundles() {
+		known = append(known, b.TrustDomain().String())
+	}
+	var out []admin.UnknownTrustDomain
+	for _, pc := range cfg.Proxies {
+		for _, e := range pc.Allow {
+			td, err := spiffeid.TrustDomainFromString(config.TrustDomainOf(e))
+			if err != nil || x.Bundles.Has(td) {
+				continue
+			}
+			out = append(out, admin.UnknownTrustDomain{Proxy: pc.Name, Allow: e, TrustDomain: td.String(), Bundles: known})
+		}
+	}
+	return out
+}
+
+// listenProxies opens every proxy's listener (served once the first SVIDs
+// are there); a failure names the file's line of that proxy's listen and
+// closes the listeners already opened.
+func (a *Agent) listenProxies(ctx context.Context) error {
+	for i, p := range a.proxies {
+		if err := p.Listen(ctx); err != nil {
+			for _, q := range a.proxies[:i] {
+				_ = q.Close()
+			}
+			return a.cfg.At(fmt.Sprintf("proxies[%d].listen", i), fmt.Errorf("%q: %w", a.cfg.Proxies[i].Listen, err))
+		}
+	}
+	return nil
+}
 
 // refuseReloads makes every Reload from now on return errStopped.
 func (a *Agent) refuseReloads() { a.stopOnce.Do(func() { close(a.stopped) }) }
@@ -363,6 +431,7 @@ func (a *Agent) Report() admin.Report {
 		Ready:     a.source.X509Context() != nil,
 		State:     a.manager.Snapshot(),
 	}
+	r.UnknownAllowTrustDomains = unknownAllowTrustDomains(a.currentConfig(), a.source.X509Context())
 	a.mu.Lock()
 	r.Config = a.configState
 	proxies := slices.Clone(a.proxies)

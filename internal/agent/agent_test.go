@@ -39,8 +39,9 @@ proxies:
 	return cfg, dir
 }
 
-// A proxy that cannot listen ends Run with its error, promptly, and every
-// goroutine the agent started is stopped (goleak in TestMain).
+// A proxy that cannot listen ends Run with its error, at once and before
+// anything else, and every goroutine the agent started is stopped (goleak
+// in TestMain).
 func TestRunStopsEverythingWhenAProxyCannotListen(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -54,14 +55,15 @@ func TestRunStopsEverythingWhenAProxyCannotListen(t *testing.T) {
 	select {
 	case err := <-done:
 		require.Error(t, err)
-		assert.Contains(t, err.Error(), `proxy p: proxy "p": listen`)
+		assert.Contains(t, err.Error(), `agent.yaml:6: proxies[0].listen: "`+taken.Addr().String()+`": listen tcp`)
 	case <-time.After(30 * time.Second):
 		t.Fatal("Run did not return after a proxy failed to start")
 	}
+	// The listeners are opened before any side effect (issue 22).
 	_, err = os.Stat(filepath.Join(dir, "out", "svid.pem"))
-	assert.NoError(t, err, "files were written before the proxies started")
+	assert.ErrorIs(t, err, os.ErrNotExist, "files were written before the agent found the address taken")
 	_, err = os.Stat(filepath.Join(dir, "admin.sock"))
-	assert.ErrorIs(t, err, os.ErrNotExist, "the admin socket is removed on the way out")
+	assert.ErrorIs(t, err, os.ErrNotExist, "the admin socket is never created")
 }
 
 // startAgent runs an agent on cfg until the test ends and returns once it

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -125,6 +126,7 @@ func newPlan(cfg *config.Config, as RunAs) (*Plan, error) {
 		p.Proxies = append(p.Proxies, tc)
 	}
 	errs = append(errs, checkListeners(cfg, p.Proxies))
+	warns = append(warns, cfg.AllowTrustDomainWarnings()...)
 	if t := redisTransition(cfg); t != nil {
 		errs = append(errs, cfg.At("redis.transition.admin", checkRedisAdmin(t.Admin)))
 	}
@@ -521,10 +523,31 @@ func parse(path string, data []byte, getenv func(string) string, as RunAs) (*Pla
 		return nil, err
 	}
 	p, perr := newPlan(cfg, as)
-	if all := config.Join(err, perr); all != nil {
+	if all := config.Join(err, withoutEchoes(perr, err)); all != nil {
 		return nil, all
 	}
 	sum := sha256.Sum256(data)
 	p.Hash = hex.EncodeToString(sum[:])
 	return p, nil
+}
+
+// withoutEchoes drops the plan's problems with a field that a problem of
+// the file's decoding names too, or inside or around it: one mistake
+// (`exec: {command: "a string"}`) is one line, not also "empty command"
+// for the value the decoder could not take.
+func withoutEchoes(plan, decode error) error {
+	var ps, ds config.Problems
+	if !errors.As(plan, &ps) || !errors.As(decode, &ds) {
+		return plan
+	}
+	related := func(a, b string) bool {
+		return a == b || strings.HasPrefix(a, b+".") || strings.HasPrefix(b, a+".")
+	}
+	var keep []error
+	for _, p := range ps {
+		if !slices.ContainsFunc(ds, func(d *config.Problem) bool { return related(p.Field, d.Field) }) {
+			keep = append(keep, p)
+		}
+	}
+	return config.Join(keep...)
 }

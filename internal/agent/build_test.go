@@ -60,6 +60,8 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:4: outputs[0].dir: "/etc/hosts" exists and is not a directory`, ""},
 		{"relative dir", head + "outputs:\n" + out("redis", "out/redis"),
 			`agent.yaml:4: outputs[0].dir: "out/redis" must be an absolute path`, ""},
+		{"tcp workload API without a port", "workload_api: {socket: \"tcp://127.0.0.1\"}\n",
+			`agent.yaml:1: workload_api.socket: "tcp://127.0.0.1" must be tcp://IP:port: address 127.0.0.1: missing port in address`, ""},
 		{"relative admin socket", head + "admin:\n  socket: run/admin.sock\n",
 			`agent.yaml:3: admin.socket: "run/admin.sock" must be an absolute path`, ""},
 		{"relative pid file", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - signal: {pid_file: redis.pid}"),
@@ -95,7 +97,7 @@ func rules(t *testing.T) []rule {
 		{"group-writable file", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "0664"`),
 			`agent.yaml:7: outputs[0].cert_mode: 0664 lets group or other write the file; use at most 0644`, ""},
 		{"world-writable key", head + "outputs:\n" + out("redis", "/etc/redis/tls", `key_mode: "0777"`),
-			`agent.yaml:7: outputs[0].key_mode: 0777 lets group or other write the file; use at most 0755`, ""},
+			`agent.yaml:7: outputs[0].key_mode: 0777 lets group or other write the file; use 0600 or 0640`, ""},
 		{"setuid", head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "4644"`),
 			`agent.yaml:7: outputs[0].cert_mode: 4644 sets a setuid, setgid or sticky bit; identity files never need one`, ""},
 		{"world-readable key", head + "outputs:\n" + out("redis", "/etc/redis/tls", `key_mode: "0644"`),
@@ -244,6 +246,12 @@ func TestConfigDocExamplesAreReal(t *testing.T) {
 	}
 	warn := head + "outputs:\n" + out("redis", "/etc/redis/tls", `cert_mode: "0600"`, `key_mode: "0640"`)
 	p, err := agent.Parse("agent.yaml", []byte(warn), noEnv)
+	require.NoError(t, err)
+	require.Error(t, p.Warnings)
+	produced[p.Warnings.Error()] = true
+	typo := head + "outputs:\n" + out("redis", "/etc/redis/tls", "spiffe_id: spiffe://example.org/redis") +
+		"proxies:\n  - name: a\n    mode: server\n    listen: 127.0.0.1:6701\n    target: 127.0.0.1:1\n    allow:\n      - spiffe://exmaple.org/traefik\n"
+	p, err = agent.Parse("agent.yaml", []byte(typo), noEnv)
 	require.NoError(t, err)
 	require.Error(t, p.Warnings)
 	produced[p.Warnings.Error()] = true

@@ -1,10 +1,12 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -117,7 +119,20 @@ func (c *Config) validate(v *validator) {
 		if !filepath.IsAbs(rest) {
 			v.errorf(path("workload_api", "socket"), "%q must name an absolute path (unix:///path)", c.WorkloadAPI.Socket)
 		}
-	} else if !strings.HasPrefix(c.WorkloadAPI.Socket, "tcp://") {
+	} else if hp, ok := strings.CutPrefix(c.WorkloadAPI.Socket, "tcp://"); ok {
+		// go-spiffe dials only an IP and a port; anything else fails at
+		// every connection attempt instead of here.
+		host, port, err := net.SplitHostPort(hp)
+		if err == nil && net.ParseIP(host) == nil {
+			err = fmt.Errorf("%q is not an IP address", host)
+		}
+		if n, perr := strconv.Atoi(port); err == nil && (perr != nil || n < 1 || n > 65535) {
+			err = fmt.Errorf("port %q is not 1-65535", port)
+		}
+		if err != nil {
+			v.errorf(path("workload_api", "socket"), "%q must be tcp://IP:port: %v", c.WorkloadAPI.Socket, err)
+		}
+	} else {
 		v.errorf(path("workload_api", "socket"), "%q must start with unix:// (or tcp://)", c.WorkloadAPI.Socket)
 	}
 	if err := svid.ValidateRetryMax(c.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)); err != nil {

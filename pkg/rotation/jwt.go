@@ -26,7 +26,12 @@ func (r *outputRunner) refreshTokens(ctx context.Context, x *workloadapi.X509Con
 	if r.out.wantsX509() && x == nil {
 		return // the build waits for the Workload API anyway
 	}
-	x509Pushed := x != r.lastX509
+	// Only a change of a context the tokens were fetched under is a
+	// reason to mint new ones: a JWT-only output's first write may come
+	// before the first X.509 context arrives (the streams race), and that
+	// arrival, or a push repeating the same context, would otherwise
+	// rewrite fresh tokens for nothing.
+	x509Pushed := r.lastX509 != nil && x != r.lastX509 && !sameX509(x, r.lastX509)
 	now := time.Now()
 	for i := range r.out.JWT {
 		t := &r.tokens[i]
@@ -125,4 +130,27 @@ func numericClaim(v any) (time.Time, bool) {
 		return time.Unix(int64(f), 0), true
 	}
 	return time.Time{}, false
+}
+
+// sameX509 reports whether a and b hold the same SVIDs (ID and
+// certificate) and the same bundles: the things whose change means a
+// token may be minted differently now (a new registration, a new CA).
+func sameX509(a, b *workloadapi.X509Context) bool {
+	if a == nil || b == nil || len(a.SVIDs) != len(b.SVIDs) || a.Bundles.Len() != b.Bundles.Len() {
+		return false
+	}
+	for i := range a.SVIDs {
+		sa, sb := a.SVIDs[i], b.SVIDs[i]
+		if sa.ID != sb.ID || sa.Hint != sb.Hint || len(sa.Certificates) == 0 || len(sb.Certificates) == 0 ||
+			!sa.Certificates[0].Equal(sb.Certificates[0]) {
+			return false
+		}
+	}
+	for _, ba := range a.Bundles.Bundles() {
+		bb, ok := b.Bundles.Get(ba.TrustDomain())
+		if !ok || !ba.Equal(bb) {
+			return false
+		}
+	}
+	return true
 }

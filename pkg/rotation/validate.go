@@ -83,7 +83,16 @@ func CheckMode(m fs.FileMode, secret, worldReadable bool) error {
 		return fmt.Errorf("%s sets a setuid, setgid or sticky bit; identity files never need one", octal(m))
 	}
 	if m&0o022 != 0 {
-		return fmt.Errorf("%s lets group or other write the file; use at most %s", octal(m), octal(m&^0o022))
+		// Suggest only what the checks below accept: a secret loses
+		// other's read too, and a mode nobody can read is no suggestion.
+		if secret && !worldReadable {
+			return fmt.Errorf("%s lets group or other write the file; use 0600 or 0640", octal(m))
+		}
+		fix := m &^ 0o022
+		if fix&0o444 == 0 {
+			fix |= 0o400
+		}
+		return fmt.Errorf("%s lets group or other write the file; use at most %s", octal(m), octal(fix))
 	}
 	if secret && m&0o004 != 0 && !worldReadable {
 		return fmt.Errorf("%s lets every user read a secret; use 0600 or 0640 (or set unsafe_world_readable_key: true)", octal(m))

@@ -20,7 +20,12 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		// Never started: nothing to drain, but free the metric names and
 		// a listener handed to us.
 		p.stopped = true
+		reserved := p.reserved
+		p.reserved = nil
 		p.mu.Unlock()
+		if reserved != nil && reserved != p.opts.ln {
+			_ = reserved.Close()
+		}
 		if p.opts.ln != nil {
 			_ = p.opts.ln.Close()
 		}

@@ -33,7 +33,11 @@ func (a *activity) touch(now time.Time) { a.last.Store(now.UnixNano()) }
 // side still get their answer.
 //
 // tlsRaw is the batchConn under whichever side is the tls.Conn.
-func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn, idle time.Duration) {
+//
+// rejected, in client mode, is called when the server's first answer is a
+// TLS alert: under TLS 1.3 our handshake completes before the server has
+// checked our certificate, so its refusal arrives here, not in Handshake.
+func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn, idle time.Duration, rejected func(error)) {
 	var act activity
 	act.touch(time.Now())
 	downEnd, upEnd := end{c: down}, end{c: up}
@@ -41,6 +45,7 @@ func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn, idle time.Duration) {
 		downEnd.raw = tlsRaw
 	} else {
 		upEnd.raw = tlsRaw
+		upEnd.rejected = rejected
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -54,8 +59,9 @@ func (p *Proxy) pipe(down, up net.Conn, tlsRaw *batchConn, idle time.Duration) {
 
 // end is one side of a pipe; raw is set when c is a tls.Conn over it.
 type end struct {
-	c   net.Conn
-	raw *batchConn
+	c        net.Conn
+	raw      *batchConn
+	rejected func(error) // a TLS alert before any data was read from c
 }
 
 // halfPipe copies src to dst. On a clean EOF it half-closes dst; on any
@@ -80,6 +86,7 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 	if rawSrc == nil {
 		small = make([]byte, smallBufSize)
 	}
+	relayed := false // anything read from src yet
 	for {
 		var (
 			n    int
@@ -107,6 +114,7 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 			}
 		}
 		if n > 0 {
+			relayed = true
 			now := time.Now()
 			act.touch(now)
 			// A peer that stops reading must not pin us forever: bound each
@@ -153,6 +161,9 @@ func (p *Proxy) halfPipe(dstEnd, srcEnd end, act *activity, counter *atomic.Uint
 		if errors.Is(err, io.EOF) {
 			closeWrite(dst)
 			return
+		}
+		if !relayed && srcEnd.rejected != nil && isRemoteAlert(err) {
+			srcEnd.rejected(err)
 		}
 		closeBoth(dst, src)
 		return

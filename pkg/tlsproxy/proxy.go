@@ -50,6 +50,7 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	ln       net.Listener
+	reserved net.Listener          // opened by Listen, served by Start
 	conns    map[*tracked]struct{} // open connections, for force-close
 	running  bool
 	draining bool
@@ -205,9 +206,13 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.running || p.stopped {
 		return fmt.Errorf("proxy %q: already started or shut down", p.name)
 	}
-	ln, err := p.openListener(ctx)
-	if err != nil {
-		return fmt.Errorf("proxy %q: listen: %w", p.name, err)
+	ln := p.reserved
+	p.reserved = nil
+	if ln == nil {
+		var err error
+		if ln, err = p.openListener(ctx); err != nil {
+			return fmt.Errorf("proxy %q: listen: %w", p.name, err)
+		}
 	}
 	p.updMu.Lock()
 	rt := p.fitted(p.rt.Load())
@@ -225,6 +230,25 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", rt.target.String()),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes),
 		zap.Int("max_handshakes_per_source", rt.lim.perSource))
+	return nil
+}
+
+// Listen opens the listening socket now, for Start to serve later: a
+// program that runs several parts can learn that an address is taken
+// before it does anything else (writes files, starts other listeners).
+// Until Start, connections wait in the socket's backlog. The error is the
+// listener's own, without the proxy's name.
+func (p *Proxy) Listen(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running || p.stopped || p.reserved != nil {
+		return fmt.Errorf("proxy %q: already listening, started or shut down", p.name)
+	}
+	ln, err := p.openListener(ctx)
+	if err != nil {
+		return err
+	}
+	p.reserved = ln
 	return nil
 }
 
@@ -523,6 +547,15 @@ func (p *Proxy) handshake(t *tracked, tc *tls.Conn, raw net.Conn, retry bool) (C
 	return cause, err
 }
 
+// rejectedAfterHandshake logs and counts a server's refusal of our
+// certificate that arrived after our side of the handshake was done (TLS
+// 1.3): the caller's connection is already relayed, so it is not retried.
+func (p *Proxy) rejectedAfterHandshake(up net.Conn, server spiffeid.ID, err error) {
+	p.stats.handshake[causeIndex(CausePeerRejected)].Add(1)
+	p.log.Warn("connection rejected", zap.String("peer_addr", up.RemoteAddr().String()),
+		zap.String("cause", string(CausePeerRejected)), zap.String("peer_id", server.String()), zap.Error(err))
+}
+
 // authenticated moves a handshaken connection to the authenticated pool
 // and returns the peer's ID; false if it was shed meanwhile or max_conns
 // filled up during its handshake (then refused and counted).
@@ -591,7 +624,7 @@ func (p *Proxy) serveServer(t *tracked) {
 		return
 	}
 	defer func() { _ = up.Close() }()
-	p.pipe(tc, up, bc, t.rt.cfg.IdleTimeout)
+	p.pipe(tc, up, bc, t.rt.cfg.IdleTimeout, nil)
 	_ = tc.Close()
 }
 
@@ -621,8 +654,10 @@ func (p *Proxy) serveClient(t *tracked) {
 		// of the peers costs a quarter second instead of a request.
 		cause, err := p.handshake(t, tc, up, attempt == 0)
 		if err == nil {
-			if _, ok := p.authenticated(t, tc, up); ok {
-				p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout)
+			if server, ok := p.authenticated(t, tc, up); ok {
+				p.pipe(t.raw, tc, bc, t.rt.cfg.IdleTimeout, func(err error) {
+					p.rejectedAfterHandshake(up, server, err)
+				})
 			}
 			_ = tc.Close()
 			return
