@@ -119,10 +119,14 @@ func doRetrying(ctx context.Context, client *http.Client, req *http.Request) (*h
 }
 
 // closedUnanswered reports whether err says the server closed the
-// connection before any response arrived.
+// connection before any response arrived. net/http reports a close it
+// sees before it has handed the request to its read loop as its
+// unexported errServerClosedIdle, even on a fresh connection (a race with
+// the close): only its text can tell.
 func closedUnanswered(err error) bool {
 	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.Contains(err.Error(), "http: server closed idle connection")
 }
 
 // untrustedServerError is a socket served by a uid that is neither root
