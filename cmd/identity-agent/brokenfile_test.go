@@ -1,7 +1,9 @@
 package main_test
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -62,4 +64,40 @@ func TestStatusAndReloadWithAConfigThatIsNotYAML(t *testing.T) {
 	require.Equal(t, 0, st.code, "%+v", st)
 	assert.True(t, strings.HasPrefix(st.stdout, "OK"), "%+v", st)
 	assert.NotContains(t, st.stdout, "reload", "no reload was asked of the agent")
+}
+
+// TestStatusAndExecReloadWithABrokenAdminBlock: under systemd the agent's
+// runtime record finds it even when the syntax error is in FILE's admin:
+// block itself; status still says the file is broken (it said OK before),
+// and the unit's ExecReload= (`reload --config FILE --pid PID`) is refused
+// with the validate line without a SIGHUP reaching the agent.
+func TestStatusAndExecReloadWithABrokenAdminBlock(t *testing.T) {
+	dir := t.TempDir()
+	runDir := filepath.Join(dir, "run")
+	require.NoError(t, os.Mkdir(runDir, 0o755))
+	t.Setenv("RUNTIME_DIRECTORY", runDir)
+	_, apiSock := startDevAPI(t, time.Hour)
+	cfg := writeConfig(t, dir, apiSock, "")
+	proc, logs := startAgentProcess(t, cfg)
+	waitStatus(t, cfg, 0)
+
+	good, err := os.ReadFile(cfg)
+	require.NoError(t, err)
+	sock := "  socket: " + dir + "/admin.sock\n"
+	broken := strings.Replace(string(good), sock, sock+"  other: [unclosed\n", 1)
+	require.NotEqual(t, string(good), broken)
+	require.NoError(t, os.WriteFile(cfg, []byte(broken), 0o600))
+	val := runCLI(t, "config", "validate", cfg)
+	require.Equal(t, 2, val.code, "%+v", val)
+	line := strings.TrimSpace(val.stderr)
+
+	st := runCLI(t, "status", "--config", cfg)
+	require.Equal(t, 1, st.code, "%+v\nagent logs:\n%s", st, logs)
+	assert.True(t, strings.HasPrefix(st.stdout, "WARNING: config "+line+" (not applied; the agent runs the previous version)\n"), "%+v", st)
+
+	res := runCLI(t, "reload", "--config", cfg, "--pid", fmt.Sprint(proc.Pid), "--timeout", "10s")
+	require.Equal(t, 2, res.code, "%+v", res)
+	assert.Equal(t, line+"\n", res.stderr)
+	rep := statusJSON(t, cfg)
+	assert.EqualValues(t, 0, rep["config"].(map[string]any)["reloads"], "no SIGHUP reached the agent")
 }
