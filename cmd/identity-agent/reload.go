@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -41,7 +42,8 @@ the edited FILE names (admin.socket cannot change while the agent runs).
 It looks at the socket the agent recorded at start under systemd
 ($RUNTIME_DIRECTORY or /run/identity-agent/agent.json), the one FILE
 names, $IDENTITY_AGENT_ADMIN and the default socket. A FILE that is not
-the running agent's is refused (exit 2).
+the running agent's is refused (exit 2), and so is a FILE that is not
+YAML, before the agent is asked (the line 'config validate' prints).
 
 How it asks: with --pid, SIGHUP to that process (the systemd unit's
 ExecReload uses this); else through the service manager when it runs the
@@ -57,6 +59,13 @@ not answer in time.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
+			// A file that is not YAML is refused here, with the line
+			// `config validate` prints; the agent is not asked.
+			if addr == "" && cfgPath != "" {
+				if perr := unparsableConfig(cfgPath); perr != nil {
+					return withCode(exitUsage, perr)
+				}
+			}
 			// The running agent, whatever socket the edited file names.
 			target, before, err := findAgent(ctx, addr, cfgPath, pid)
 			if err != nil {
@@ -250,10 +259,32 @@ func adminSocketFromYAML(path string, data []byte) (string, error) {
 	// Not strict: unknown keys and the rest of the file are the reload's
 	// business, and the agent reports them.
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return "", fmt.Errorf("%s: admin.socket: cannot read the file: %w", path, err)
+		// Not YAML: the admin block alone may still be, and it names the
+		// socket the running agent was most likely started with.
+		if yaml.Unmarshal(adminBlock(data), &doc) != nil || doc.Admin.Socket == "" {
+			return "", fmt.Errorf("%s: not YAML, and no admin.socket could be read from it: %w", path, err)
+		}
 	}
 	if doc.Admin.Socket != "" {
 		return statusTarget(doc.Admin.Socket)
 	}
 	return config.AdminSocketFor(runtime.GOOS), nil
+}
+
+// adminBlock is the top-level "admin:" block of a config file, cut out by
+// indentation: what can still be read of admin.socket when a mistake
+// elsewhere makes the file as a whole not YAML.
+func adminBlock(data []byte) []byte {
+	var out []byte
+	in := false
+	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
+		top := len(line) > 0 && line[0] != ' ' && line[0] != '\t' && line[0] != '#' && len(bytes.TrimSpace(line)) > 0
+		if top {
+			in = bytes.HasPrefix(line, []byte("admin:"))
+		}
+		if in {
+			out = append(out, line...)
+		}
+	}
+	return out
 }

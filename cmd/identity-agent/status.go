@@ -36,15 +36,31 @@ func newStatusCmd() *cobra.Command {
 			defer cancel()
 			// The agent running --config, not the socket an edit names.
 			_, report, err := findAgent(ctx, addr, cfgPath, 0)
+			// An edit that is not YAML is the file's problem, not the
+			// agent's: the agent runs the version it applied before.
+			var fileProblem string
+			if addr == "" && cfgPath != "" {
+				if perr := unparsableConfig(cfgPath); perr != nil {
+					fileProblem = "config " + strings.ReplaceAll(perr.Error(), "\n", "; ") + " (not applied; the agent runs the previous version)"
+				}
+			}
 			if err != nil { // UNKNOWN on stdout, like every other grade
+				reasons := []string{err.Error()}
+				if fileProblem != "" {
+					reasons = append(reasons, fileProblem)
+				}
 				if asJSON {
-					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(verdict{admin.Unknown.String(), []string{err.Error()}})
+					_ = json.NewEncoder(cmd.OutOrStdout()).Encode(verdict{admin.Unknown.String(), reasons})
 				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "UNKNOWN: %v\n", err)
+					fmt.Fprintf(cmd.OutOrStdout(), "UNKNOWN: %s\n", strings.Join(reasons, "; "))
 				}
 				return withCode(int(admin.Unknown), errors.New(""))
 			}
 			sev, reasons := admin.Evaluate(report)
+			if fileProblem != "" {
+				sev = max(sev, admin.Warning)
+				reasons = append(reasons, fileProblem)
+			}
 			if asJSON {
 				out := struct {
 					verdict

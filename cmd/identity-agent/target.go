@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/identity-agent/identity-agent/internal/admin"
 	"github.com/identity-agent/identity-agent/internal/config"
 )
@@ -224,4 +226,22 @@ func pickAgent(ctx context.Context, cands []string, file string, pid int) (strin
 		err = fmt.Errorf("%w (tried %s)", firstErr, strings.Join(tried, ", "))
 	}
 	return "", admin.Report{}, err
+}
+
+// unparsableConfig is the problem ("FILE:LINE: field: problem", as
+// `config validate` prints it) of a config file that is not YAML at all,
+// or nil. Such a file cannot be what the agent runs: the agent keeps the
+// version it applied before the edit, and is still to be found (findAgent
+// reads admin.socket leniently for that).
+func unparsableConfig(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil // findAgent reports an unreadable file
+	}
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) == nil {
+		return nil
+	}
+	_, err = config.Parse(path, data, os.Getenv)
+	return err
 }
