@@ -117,16 +117,7 @@ admin:
 outputs:
   - {name: svc, dir: %[1]s/out, cert_file: svid.pem, key_file: key.pem}
 `, dir)), 0o644))
-	cmd := exec.Command(agentBin, "run", "--config", cfg)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(t, 30*time.Second, "the agent run as nobody listens", func() (bool, string) {
-		_, err := os.Stat(sock)
-		return err == nil, logs.String()
-	})
+	runAgentAsNobody(t, cfg, sock)
 
 	r := runCLI(t, "status", "--admin", sock)
 	assert.Equal(t, 3, r.code, "%+v", r)
@@ -164,16 +155,7 @@ admin:
   socket: %[2]s
 allow_empty: true
 `, apiSock, sock)), 0o644))
-	cmd := exec.Command(agentBin, "run", "--config", cfg)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(t, 30*time.Second, "the agent run as nobody listens", func() (bool, string) {
-		_, err := os.Stat(sock)
-		return err == nil, logs.String()
-	})
+	runAgentAsNobody(t, cfg, sock)
 
 	r := runCLI(t, "status", "--admin", sock)
 	assert.NotEqual(t, 3, r.code, "root's status must reach the service user's agent: %+v", r)
@@ -184,4 +166,20 @@ allow_empty: true
 	r = runCLI(t, "status", "--admin", sock)
 	assert.Equal(t, 3, r.code, "%+v", r)
 	assert.Contains(t, r.stdout, "not trusting its answer")
+}
+
+// runAgentAsNobody runs `identity-agent run --config cfg` as uid 65534 and
+// waits until its admin socket sock exists; the agent is killed at cleanup.
+func runAgentAsNobody(t *testing.T, cfg, sock string) {
+	t.Helper()
+	cmd := exec.Command(agentBin, "run", "--config", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	waitFor(t, 30*time.Second, "the agent run as nobody listens", func() (bool, string) {
+		_, err := os.Stat(sock)
+		return err == nil, logs.String()
+	})
 }
