@@ -145,7 +145,12 @@ func scenarioFederation(t *testing.T, bin string, _ *cluster) {
 		body, err := get(fmt.Sprintf("127.0.0.1:%d", pCliAllow))
 		return err != nil, fmt.Sprint(body, err)
 	})
-	agentA.waitStatus(t, 0, 30*time.Second)
+	// What remains wrong is exactly the allow entry no peer can satisfy any
+	// more: status names it (WARNING), and nothing else.
+	st := agentA.waitStatus(t, 1, 30*time.Second)
+	if len(st.Reasons) != 1 || !strings.Contains(st.Reasons[0], "proxy allows-partner: allow entry "+cliID.String()+": no bundle for trust domain partner.test") {
+		t.Fatalf("status after de-federating: want one reason naming allows-partner's partner.test entry, got %q", st.Reasons)
+	}
 }
 
 // pemOf is a cluster's X.509 roots in PEM.
