@@ -3,7 +3,6 @@ package main_test
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,17 +71,9 @@ func TestStatusAndReloadWithAConfigThatIsNotYAML(t *testing.T) {
 // and the unit's ExecReload= (`reload --config FILE --pid PID`) is refused
 // with the validate line without a SIGHUP reaching the agent.
 func TestStatusAndExecReloadWithABrokenAdminBlock(t *testing.T) {
-	dir := t.TempDir()
-	runDir := filepath.Join(dir, "run")
-	require.NoError(t, os.Mkdir(runDir, 0o755))
-	t.Setenv("RUNTIME_DIRECTORY", runDir)
-	_, apiSock := startDevAPI(t, time.Hour)
-	cfg := writeConfig(t, dir, apiSock, "")
+	dir, _, cfg, good := recordedAgentSetup(t)
 	proc, logs := startAgentProcess(t, cfg)
 	waitStatus(t, cfg, 0)
-
-	good, err := os.ReadFile(cfg)
-	require.NoError(t, err)
 	sock := "  socket: " + dir + "/admin.sock\n"
 	broken := strings.Replace(string(good), sock, sock+"  other: [unclosed\n", 1)
 	require.NotEqual(t, string(good), broken)

@@ -20,17 +20,9 @@ import (
 // refusal "admin.socket: cannot change while the agent runs" instead of
 // "agent not reachable" (issue 19, bug 3).
 func TestReloadAndStatusReachTheRunningAgentAfterAdminSocketEdit(t *testing.T) {
-	dir := t.TempDir()
-	runDir := filepath.Join(dir, "run")
-	require.NoError(t, os.Mkdir(runDir, 0o755))
-	t.Setenv("RUNTIME_DIRECTORY", runDir)
-	_, apiSock := startDevAPI(t, time.Hour)
-	cfg := writeConfig(t, dir, apiSock, "")
+	dir, runDir, cfg, good := recordedAgentSetup(t)
 	proc, logs := startAgentProcess(t, cfg)
 	waitStatus(t, cfg, 0)
-
-	good, err := os.ReadFile(cfg)
-	require.NoError(t, err)
 	moved := strings.Replace(string(good), "socket: "+dir+"/admin.sock", "socket: "+dir+"/moved.sock", 1)
 	require.NotEqual(t, string(good), moved)
 	require.NoError(t, os.WriteFile(cfg, []byte(moved), 0o600))
@@ -80,4 +72,21 @@ func TestReloadRefusesAnotherAgentsConfig(t *testing.T) {
 	res = runCLI(t, "reload", "--config", link, "--timeout", "20s")
 	require.Equal(t, 0, res.code, "%+v", res)
 	assert.Contains(t, res.stdout, "nothing changed")
+}
+
+// recordedAgentSetup prepares what the agent under systemd has: a
+// $RUNTIME_DIRECTORY for its record (set for the agent and the CLI alike),
+// a dev Workload API and a healthy config; it returns the test directory,
+// the runtime directory, the config path and the config's bytes.
+func recordedAgentSetup(t *testing.T) (dir, runDir, cfg string, good []byte) {
+	t.Helper()
+	dir = t.TempDir()
+	runDir = filepath.Join(dir, "run")
+	require.NoError(t, os.Mkdir(runDir, 0o755))
+	t.Setenv("RUNTIME_DIRECTORY", runDir)
+	_, apiSock := startDevAPI(t, time.Hour)
+	cfg = writeConfig(t, dir, apiSock, "")
+	good, err := os.ReadFile(cfg)
+	require.NoError(t, err)
+	return dir, runDir, cfg, good
 }
