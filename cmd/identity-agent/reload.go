@@ -162,7 +162,7 @@ func adminServerPID(ctx context.Context, target string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return peerPID(raw)
+	return admin.PeerPID(raw)
 }
 
 // managerReload is the service manager's way to reload the agent when the
