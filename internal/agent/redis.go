@@ -42,8 +42,11 @@ func serverAuthorizer(id string) (tlsconfig.Authorizer, error) {
 	return redisclient.ServerAuthorizer(id, "")
 }
 
-func (a *Agent) redisReloader(o config.Output, r *config.RedisReload) (rotation.Reloader, error) {
-	ac, err := redisAdminConfig(a.source, *r, svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint})
+// redisReloader builds output o's CONFIG SET reload with env's source (a
+// TLS admin connection presents o's SVID), logger and registry; it
+// connects only when it runs.
+func redisReloader(env Env, o config.Output, r *config.RedisReload) (rotation.Reloader, error) {
+	ac, err := redisAdminConfig(env.Source, *r, svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint})
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +55,19 @@ func (a *Agent) redisReloader(o config.Output, r *config.RedisReload) (rotation.
 		ca = filepath.Join(o.Dir, o.BundleFile)
 	}
 	files := redistransition.TLSFiles{CertFile: filepath.Join(o.Dir, o.CertFile), KeyFile: filepath.Join(o.Dir, o.KeyFile), CAFile: ca}
-	return redistransition.NewConfigSetReloader(ac, files, redistransition.WithLogger(a.log.Named("redis")), redistransition.WithRegisterer(a.registry))
+	rl, err := redistransition.NewConfigSetReloader(ac, files, redistransition.WithLogger(env.logger().Named("redis")),
+		redistransition.WithRegisterer(env.registerer()))
+	if err != nil {
+		return nil, err
+	}
+	return keyed[redisKey]{rl, redisKey{*r, svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint}, files}}, nil
+}
+
+// redisKey is what a redis reloader is built from.
+type redisKey struct {
+	r     config.RedisReload
+	sel   svid.Selector
+	files redistransition.TLSFiles
 }
 
 // RedisTransition builds the admin connection and the transition of

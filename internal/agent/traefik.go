@@ -8,17 +8,37 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
+	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/traefik"
 )
 
 // traefikReloader regenerates Traefik's dynamic file from the output's
 // files, which the rotation manager has written before reloads run.
-func (a *Agent) traefikReloader(o config.Output, t *config.TraefikReload) (rotation.Reloader, error) {
-	return newTraefikReloader(o, t, a.log.Named("traefik"))
+// Building it touches nothing.
+func traefikReloader(env Env, o config.Output, t *config.TraefikReload) (rotation.Reloader, error) {
+	r, err := newTraefikReloader(o, t, env.logger().Named("traefik"))
+	if err != nil {
+		return nil, err
+	}
+	owner, _ := resolveOwner(o.Owner) // newTraefikReloader resolved it already
+	return keyed[traefikKey]{r, traefikKey{*t, traefikFiles(o), owner}}, nil
 }
 
-// newTraefikReloader builds the reloader; it touches nothing, so NewPlan
-// builds it too, for the checks only the traefik package knows.
+// traefikKey is what a traefik reloader is built from.
+type traefikKey struct {
+	t     config.TraefikReload
+	files traefik.Files
+	owner svid.Owner
+}
+
+func traefikFiles(o config.Output) traefik.Files {
+	return traefik.Files{
+		Cert:   filepath.Join(o.Dir, o.CertFile),
+		Key:    filepath.Join(o.Dir, o.KeyFile),
+		Bundle: filepath.Join(o.Dir, o.BundleFile),
+	}
+}
+
 func newTraefikReloader(o config.Output, t *config.TraefikReload, log *zap.Logger) (*traefik.Reloader, error) {
 	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(config.DefaultKeyMode)), traefik.WithLogger(log)}
 	if t.TransportName != "" {
@@ -44,10 +64,5 @@ func newTraefikReloader(o config.Output, t *config.TraefikReload, log *zap.Logge
 	if owner.UID >= 0 || owner.GID >= 0 {
 		opts = append(opts, traefik.WithOwner(owner.UID, owner.GID))
 	}
-	files := traefik.Files{
-		Cert:   filepath.Join(o.Dir, o.CertFile),
-		Key:    filepath.Join(o.Dir, o.KeyFile),
-		Bundle: filepath.Join(o.Dir, o.BundleFile),
-	}
-	return traefik.NewReloader(t.File, files, opts...)
+	return traefik.NewReloader(t.File, traefikFiles(o), opts...)
 }
