@@ -20,13 +20,10 @@ import (
 	"github.com/identity-agent/identity-agent/internal/service"
 )
 
-// loadPlan reads the config and checks it with every rule `run` applies
-// before it starts (agent.Load, no side effects); a bad file is a usage
-// error (exit 2) whose message is one "FILE:LINE: field: problem" line per
-// problem, all of them at once.
-func loadPlan(path string) (*agent.Plan, error) { return loadPlanAs(path, agent.Self()) }
-
-// loadPlanAs is loadPlan checked for the agent running as as (see runAs).
+// loadPlanAs reads the config and checks it with every rule `run` applies
+// before it starts (agent.LoadAs, no side effects), for the agent running
+// as as (see runAs); a bad file is a usage error (exit 2) whose message is
+// one "FILE:LINE: field: problem" line per problem, all of them at once.
 func loadPlanAs(path string, as agent.RunAs) (*agent.Plan, error) {
 	if path == "" {
 		return nil, withCode(exitUsage, errors.New("--config is required"))
@@ -70,7 +67,7 @@ func runAs(name string) (agent.RunAs, error) {
 }
 
 // loadToRun is the common start of run and fetch: the config read,
-// checked as loadPlan does and planned once, with the agent's logger (made
+// checked as loadPlanAs does and planned once, with the agent's logger (made
 // from the file's log settings; its level is what a reload sets), an
 // unstarted Workload API source and a registry (agent.NewEnv). The plan's
 // warnings go to the log, one entry each.
