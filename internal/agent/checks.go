@@ -11,12 +11,12 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/redistransition"
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // checkOutputDirs refuses two outputs whose directories are one (after
 // cleaning and following the symlinks that exist today) or where one lies
-// inside the other: each DirWriter owns its directory's links and prunes
+// inside the other: each atomicdir.Writer owns its directory's links and prunes
 // what it does not know.
 func checkOutputDirs(cfg *config.Config) error {
 	type seen struct {
@@ -46,7 +46,7 @@ func checkOutputDirs(cfg *config.Config) error {
 	return config.Join(errs...)
 }
 
-// checkOutputDirOwners applies svid.CheckOutputDir, the rule `service
+// checkOutputDirOwners applies atomicdir.CheckDir, the rule `service
 // prepare` and the writer apply too, to each output directory that exists
 // today: a real directory (a symlinked one is refused here as by `run`),
 // owned by the user the agent runs as (as). A directory someone else owns
@@ -63,8 +63,8 @@ func checkOutputDirOwners(cfg *config.Config, as RunAs) error {
 			continue // reported by the file's own checks
 		}
 		dir := filepath.Clean(o.Dir)
-		err := svid.CheckOutputDir(dir, as.UID, as.who())
-		var de *svid.DirError
+		err := atomicdir.CheckDir(dir, as.UID, as.who())
+		var de *atomicdir.DirError
 		if errors.As(err, &de) {
 			errs = append(errs, cfg.Problemf(fmt.Sprintf("outputs[%d].dir", i), "%q %s%s", o.Dir, de.Problem, ownerHint(dir, as)))
 		}

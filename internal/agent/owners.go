@@ -7,7 +7,7 @@ import (
 	"strconv"
 
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // ownerError is an owner user or group that does not resolve; field is
@@ -23,8 +23,8 @@ func (e *ownerError) FieldName() string { return e.field }
 
 // resolveOwner turns user/group names (or numeric ids) into ids; empty
 // means "leave as the agent's user".
-func resolveOwner(o config.Owner) (svid.Owner, error) {
-	owner := svid.Owner{UID: -1, GID: -1}
+func resolveOwner(o config.Owner) (atomicdir.Owner, error) {
+	owner := atomicdir.Owner{UID: -1, GID: -1}
 	var errs []error
 	if o.User != "" {
 		u, err := lookupUser(o.User)

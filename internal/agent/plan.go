@@ -169,7 +169,7 @@ func checkOnly(as RunAs) EnvFunc {
 }
 
 // RunAs is the user a plan is checked for: the one the agent runs as, whose
-// every existing output directory must be (svid.CheckOutputDir).
+// every existing output directory must be (atomicdir.CheckDir).
 type RunAs struct {
 	UID int
 	// Name names the user in messages; "" = "the agent's user".

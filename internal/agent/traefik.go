@@ -7,8 +7,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
-	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/traefik"
 )
 
@@ -28,7 +28,7 @@ func traefikReloader(env Env, o config.Output, t *config.TraefikReload) (rotatio
 type traefikKey struct {
 	t     config.TraefikReload
 	files traefik.Files
-	owner svid.Owner
+	owner atomicdir.Owner
 }
 
 func traefikFiles(o config.Output) traefik.Files {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsprobe"
@@ -22,7 +23,7 @@ func TestOutputEqual(t *testing.T) {
 		probe, err := tlsprobe.New("tcp://127.0.0.1:6380", tlsprobe.WithServerName("redis"))
 		require.NoError(t, err)
 		return rotation.Output{Name: "o", Selector: svid.Selector{Hint: "h"}, Dir: "/srv/o", CertFile: "c", KeyFile: "k", BundleFile: "b",
-			CertMode: 0o644, KeyMode: 0o600, BundleMode: 0o644, Owner: svid.Owner{UID: 1, GID: 2},
+			CertMode: 0o644, KeyMode: 0o600, BundleMode: 0o644, Owner: atomicdir.Owner{UID: 1, GID: 2},
 			JWT:           []rotation.JWTFile{{Audience: []string{"a"}, File: "t", Mode: 0o600}},
 			JWTBundleFile: "jb", JWTBundleMode: 0o644,
 			Reloads: []rotation.Reloader{rotation.NewExecReloader([]string{"true"}, time.Second),
