@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -53,6 +54,9 @@ func redisReloader(env Env, o config.Output, r *config.RedisReload) (rotation.Re
 	ca := r.CACertFile
 	if ca == "" && o.BundleFile != "" {
 		ca = filepath.Join(o.Dir, o.BundleFile)
+	}
+	if ca == "" {
+		return nil, &fieldError{field: "ca_cert_file", err: errors.New("is required when the output writes no bundle_file: Redis is given its certificate, key and CA files together")}
 	}
 	files := redistransition.TLSFiles{CertFile: filepath.Join(o.Dir, o.CertFile), KeyFile: filepath.Join(o.Dir, o.KeyFile), CAFile: ca}
 	rl, err := redistransition.NewConfigSetReloader(ac, files, redistransition.WithLogger(env.logger().Named("redis")),
