@@ -78,7 +78,7 @@ try-ollama: build
 FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseAllow$$' -fuzztime $(FUZZTIME) ./pkg/tlsproxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAllow$$' -fuzztime $(FUZZTIME) ./pkg/mtls/
 
 # Benchmarks; results go to docs/BENCHMARKS.md (see scripts/bench.sh).
 bench: build
