@@ -70,7 +70,8 @@ type Config struct {
 	Allow []string
 	// HTTP turns a server-mode proxy into an HTTP/1.1 reverse proxy that
 	// passes the verified peer identity to the target in the
-	// X-Forwarded-Client-Cert header and strips any incoming copy.
+	// X-Forwarded-Client-Cert header and strips any incoming copy; the
+	// target reads it with package xfcc.
 	HTTP bool
 	// RewriteHost (HTTP mode) sends the target's address as the Host
 	// header, keeping the caller's in X-Forwarded-Host: for backends that
