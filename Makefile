@@ -73,8 +73,9 @@ try-ollama: build
 	./examples/ollama-macos/try.sh
 
 # A short fuzz run of the config decoder, the SPIFFE ID allow-list parser
-# and the X-Forwarded-Client-Cert parser (CI runs it; longer: make fuzz FUZZTIME=10m). The seed corpus is in the
-# tests and testdata/fuzz; plain `go test` replays it.
+# and the X-Forwarded-Client-Cert parser (CI runs it; longer: make fuzz
+# FUZZTIME=10m). The seed corpus is in the tests and testdata/fuzz; plain
+# `go test` replays it.
 FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
