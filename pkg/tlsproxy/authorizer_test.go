@@ -127,12 +127,20 @@ func TestAuthorizerDecidesAndUpdateReRunsIt(t *testing.T) {
 	defer c.Close()
 	r := bufio.NewReader(c)
 	roundTrip(t, c, r, "the policy admits the client")
+	assert.Equal(t, "policy /etc/authz.rego", srv.Stats().Authorizer)
+	assert.Equal(t, "allow "+serverID.String(), cli.Stats().Authorizer)
+	listening := srv.logs.FilterMessage("proxy listening").All()
+	require.Len(t, listening, 1)
+	assert.Equal(t, "policy /etc/authz.rego", fieldString(listening[0], "authorizer"))
 
 	cfg := tlsproxy.Config{Name: "srv", Mode: tlsproxy.ModeServer, Listen: srv.Addr().String(), Target: srv.Stats().Target,
 		Authorizer: filePolicy{content: "allow other", allowed: otherID}}
 	require.NoError(t, srv.Update(cfg))
 	requireClosed(t, c, r, 15*time.Second)
 	assert.Equal(t, uint64(1), srv.Stats().ConnectionsRevoked)
+	updated := srv.logs.FilterMessage("proxy updated").All()
+	require.Len(t, updated, 1)
+	assert.Equal(t, "policy /etc/authz.rego", fieldString(updated[0], "authorizer"))
 
 	// New connections are judged by the new content too.
 	err = oneRequest(cli.Addr().String(), "refused now")

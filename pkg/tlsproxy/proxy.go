@@ -230,6 +230,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.wg.Add(1)
 	go p.acceptLoop(ln)
 	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", rt.target.String()),
+		zap.String("authorizer", rt.authz.String()),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes),
 		zap.Int("max_handshakes_per_source", rt.lim.perSource))
 	return nil

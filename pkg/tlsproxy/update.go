@@ -75,7 +75,7 @@ func (p *Proxy) Update(cfg Config) error {
 		p.rearmLifetimes()
 	}
 	p.log.Info("proxy updated", zap.Strings("changed", changedFields(old.cfg, rt.cfg)), zap.Int("revoked_connections", revoked),
-		zap.String("target", rt.target.String()), zap.Stringer("authorizer", rt.authz),
+		zap.String("target", rt.target.String()), zap.String("authorizer", rt.authz.String()),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes))
 	return nil
 }
