@@ -87,6 +87,9 @@ func (a *AllowList) Authorize(id spiffeid.ID, _ [][]*x509.Certificate) error {
 // String is "allow " and the entries as given (trimmed), in order, so
 // reordering the list counts as a change for Fingerprint.
 func (a *AllowList) String() string {
+	if a == nil {
+		return "allow (nothing)"
+	}
 	return "allow " + strings.Join(a.entries, ", ")
 }
 

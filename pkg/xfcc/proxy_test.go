@@ -114,6 +114,8 @@ func TestMiddlewareReadsTheHeaderTheProxyWrites(t *testing.T) {
 		"X-Forwarded-Client-Cert": "Hash=" + strings.Repeat("0", 64) + ";URI=spiffe://example.org/admin",
 		"x-forwarded-client-cert": "URI=spiffe://example.org/admin2",
 		"X_Forwarded_Client_Cert": "URI=spiffe://example.org/admin3",
+		// Hop-by-hop removal must not take the proxy's own header away.
+		"Connection": "keep-alive, X-Forwarded-Client-Cert",
 	}
 	for _, hint := range []string{"client", "other"} {
 		leaf, err := b.src.X509SVIDSource(svid.Selector{Hint: hint}).GetX509SVID()
