@@ -11,14 +11,14 @@ import (
 // from now on use cfg's allow list (or Authorizer), limits, timeouts and
 // target. Established connections keep their target and timeouts, but not
 // their authorization: when the policy changes (its mtls.Fingerprint), the
-// new one is re-run on
-// the certificate each established peer handshook with, and those no
-// longer allowed are closed (TCP mode at once; HTTP mode after the request
-// in flight, within DrainTimeout). A changed MaxConnLifetime applies to
-// established connections too, counted from their handshake. Lowered
-// limits apply to admission only: nothing open is closed to meet them.
-// Session tickets issued before the update are not resumed, so every
-// peer is verified against the new allow list with a full handshake.
+// new one is re-run on the certificate each established peer handshook
+// with, and those no longer allowed are closed (TCP mode at once; HTTP
+// mode after the request in flight, within DrainTimeout). A changed
+// MaxConnLifetime applies to established connections too, counted from
+// their handshake. Lowered limits apply to admission only: nothing open
+// is closed to meet them. Session tickets issued before the update are not
+// resumed, so every peer is verified against the new policy with a full
+// handshake.
 //
 // In HTTP mode each request (not connection) goes to the target in force
 // when it arrives.
