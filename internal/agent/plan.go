@@ -58,10 +58,11 @@ type ProxyPlan struct {
 	Config tlsproxy.Config
 	// Selector picks the SVID the proxy presents.
 	Selector svid.Selector
-	// PolicyHash is the SHA-256 of the content of the proxy's
-	// authorization policy (today its allow entries; tomorrow a policy
-	// file's bytes): a reload that finds it changed updates the proxy even
-	// when no setting in the agent's own file changed.
+	// PolicyHash is the fingerprint of the content of the proxy's
+	// authorization policy (its allow entries; a policy file's bytes once
+	// config builds such authorizers), taken when the plan was made: a
+	// reload that finds it changed updates the proxy in place even when no
+	// setting in the agent's own file changed.
 	PolicyHash string
 }
 
@@ -243,17 +244,11 @@ func proxyPlan(pc config.Proxy) ProxyPlan {
 	return ProxyPlan{Config: tc, Selector: svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}, PolicyHash: policyHash(tc)}
 }
 
-// policyHash hashes the content that decides who may connect: the allow
-// entries, in order, one per line. A policy read from a file hashes the
-// file's bytes here too, so an edit of that file alone is noticed.
-func policyHash(tc tlsproxy.Config) string {
-	h := sha256.New()
-	for _, e := range tc.Allow {
-		h.Write([]byte(e))
-		h.Write([]byte{'\n'})
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
+// policyHash is the fingerprint of the content that decides who may
+// connect (tlsproxy.Config.PolicyFingerprint: the allow entries, or a
+// policy's String and Content), taken when the plan is made: a policy
+// that reads a file is compared by the bytes each plan saw.
+func policyHash(tc tlsproxy.Config) string { return tc.PolicyFingerprint() }
 
 func settingsOf(cfg *config.Config) Settings {
 	return Settings{
