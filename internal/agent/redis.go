@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -47,11 +46,12 @@ func (a *Agent) redisReloader(o config.Output, r *config.RedisReload) (rotation.
 	if err != nil {
 		return nil, err
 	}
+	// The output's names: each reload is told where they were written.
 	ca := r.CACertFile
-	if ca == "" && o.BundleFile != "" {
-		ca = filepath.Join(o.Dir, o.BundleFile)
+	if ca == "" {
+		ca = o.BundleFile
 	}
-	files := redistransition.TLSFiles{CertFile: filepath.Join(o.Dir, o.CertFile), KeyFile: filepath.Join(o.Dir, o.KeyFile), CAFile: ca}
+	files := redistransition.TLSFiles{CertFile: o.CertFile, KeyFile: o.KeyFile, CAFile: ca}
 	return redistransition.NewConfigSetReloader(ac, files, redistransition.WithLogger(a.log.Named("redis")), redistransition.WithRegisterer(a.registry))
 }
 

@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"path/filepath"
-
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
@@ -44,10 +42,7 @@ func newTraefikReloader(o config.Output, t *config.TraefikReload, log *zap.Logge
 	if owner.UID >= 0 || owner.GID >= 0 {
 		opts = append(opts, traefik.WithOwner(owner.UID, owner.GID))
 	}
-	files := traefik.Files{
-		Cert:   filepath.Join(o.Dir, o.CertFile),
-		Key:    filepath.Join(o.Dir, o.KeyFile),
-		Bundle: filepath.Join(o.Dir, o.BundleFile),
-	}
+	// The output's names: each reload is told where they were written.
+	files := traefik.Files{Cert: o.CertFile, Key: o.KeyFile, Bundle: o.BundleFile}
 	return traefik.NewReloader(t.File, files, opts...)
 }
