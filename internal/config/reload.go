@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -53,8 +54,8 @@ type ReloadSpec interface {
 type ReloadEnv struct {
 	// Output is the output the reload follows (its file names, selector).
 	Output Output
-	// Owner is the output's owner, resolved; svid.KeepOwner() for none.
-	Owner svid.Owner
+	// Owner is the output's owner, resolved; atomicdir.KeepOwner() for none.
+	Owner atomicdir.Owner
 	// Source is the agent's Workload API source; nil when the reloader is
 	// only checked.
 	Source *svid.Source
