@@ -110,8 +110,6 @@ func rules(t *testing.T) []rule {
 			`agent.yaml:8: outputs[0].reload[0]: systemd reload of "redis": unsupported action "stop" (want reload, restart, try-restart, reload-or-restart or try-reload-or-restart)`, ""},
 		{"redis TLS admin without server_id", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - redis: {addr: \"rediss://127.0.0.1:6380\"}"),
 			`agent.yaml:8: outputs[0].reload[0].redis.server_id: is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)`, ""},
-		{"redis reload without a CA file", head + "outputs:\n" + out("redis", "/etc/redis/tls", "reload:", "  - redis: {addr: \"unix:///run/redis/redis.sock\"}"),
-			`agent.yaml:8: outputs[0].reload[0].redis.ca_cert_file: is required when the output writes no bundle_file: Redis is given its certificate, key and CA files together`, ""},
 		{"no Workload API", "outputs:\n" + out("redis", "/etc/redis/tls"),
 			`agent.yaml:1: workload_api.socket: no Workload API address: set it or export SPIFFE_ENDPOINT_SOCKET`, ""},
 		{"relative Workload API socket", "workload_api: {socket: \"unix://spire/agent.sock\"}\n",

@@ -10,7 +10,6 @@ import (
 	"syscall"
 
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/internal/redistransition"
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
@@ -174,28 +173,6 @@ func sameListener(a, b string) bool {
 	}
 	ha, hb = norm(ha), norm(hb)
 	return ha == hb || ha == "" || hb == ""
-}
-
-// checkRedisAdmin is every rule for a Redis admin connection that can be
-// checked without connecting: the address, and the server_id a TLS
-// address needs.
-func checkRedisAdmin(r config.RedisReload) error {
-	if r.Addr == "" {
-		return nil // required-ness is the file's rule, reported with its line
-	}
-	isTLS, err := redistransition.ValidateAdminAddr(r.Addr)
-	if err != nil {
-		return &fieldError{field: "addr", err: errors.New(strings.TrimPrefix(err.Error(), "redis admin: "))}
-	}
-	if isTLS && r.ServerID == "" {
-		return &fieldError{field: "server_id", err: errors.New("is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)")}
-	}
-	if r.ServerID != "" {
-		if _, err := serverAuthorizer(r.ServerID); err != nil {
-			return &fieldError{field: "server_id", err: err}
-		}
-	}
-	return nil
 }
 
 // fieldError is a problem with the field below the value being checked

@@ -4,10 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path/filepath"
-	"strings"
 
 	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -44,71 +43,46 @@ func convertOutput(cfg *config.Config, env Env, at string, o config.Output) (rot
 		errs = append(errs, cfg.At(at, err))
 	}
 	for j, r := range o.Reload {
-		field := fmt.Sprintf("%s.reload[%d]", at, j)
-		rl, sub, err := buildReloader(env, o, r)
-		if sub != "" {
-			field += "." + sub
-		}
+		rl, err := buildReloader(env, o, owner, r)
 		if err != nil {
-			errs = append(errs, cfg.At(field, err))
+			errs = append(errs, cfg.At(fmt.Sprintf("%s.reload[%d]", at, j), err))
 		}
 		ro.Reloads = append(ro.Reloads, rl)
 	}
 	return ro, config.Join(errs...)
 }
 
-// buildReloader builds the reloader r of output o with env, and checks it
-// by the rules only its package knows. The problem, if any, is at field
-// sub (below the reload's own line) when sub is not "". It is the one
-// place a reload kind becomes a rotation.Reloader.
-func buildReloader(env Env, o config.Output, r config.Reload) (rl rotation.Reloader, sub string, err error) {
-	switch {
-	case r.Redis != nil:
-		rl, err = redisReloader(env, o, r.Redis)
-		return rl, "redis", err
-	case r.Traefik != nil:
-		t := r.Traefik
-		rl, err = traefikReloader(env, o, t)
-		var oe *ownerError // reported once, at owner
-		// What the traefik package checks beyond the file's rules (an
-		// absolute file, a mode with nothing for other), which report
-		// those first.
-		if err != nil && (errors.As(err, &oe) || !filepath.IsAbs(t.File) || t.Mode&0o007 != 0) {
-			return nil, "", nil
-		}
-		if err != nil {
-			return nil, "traefik", errors.New(strings.TrimPrefix(err.Error(), "traefik: "))
-		}
-		return rl, "", nil
+// buildReloader builds reload entry r of output o with env, through the
+// config's table of reload kinds (config.Reload.Build): the one place a
+// reload kind becomes a rotation.Reloader. With no env.Source (config
+// validate, status) the reloader is only checked, never run. The error
+// names its field below the entry.
+func buildReloader(env Env, o config.Output, owner atomicdir.Owner, r config.Reload) (rotation.Reloader, error) {
+	rl, err := r.Build(config.ReloadEnv{Output: o, Owner: owner, Source: env.Source, Logger: env.Logger, Registerer: env.registerer()})
+	if err != nil || rl == nil {
+		return rl, err
 	}
-	rl, err = basicReloader(r)
-	if err == nil && rl != nil {
-		err = rotation.ValidateReloader(rl)
-	}
-	if err == nil && rl == nil {
-		err = fmt.Errorf("reload kind %q is not supported", r.Kind())
-	}
-	return rl, "", err
+	return withEqual(rl, r.Spec()), nil
 }
 
-// basicReloader builds the reload kinds pkg/rotation implements; nil, nil
-// for the others.
-func basicReloader(r config.Reload) (rotation.Reloader, error) {
-	switch {
-	case r.Signal != nil:
-		sig, err := rotation.ParseSignal(r.Signal.Name)
-		if err != nil {
-			return nil, &fieldError{field: "signal.name", err: err}
-		}
-		return rotation.NewSignalReloader(r.Signal.PidFile, r.Signal.Pid, sig), nil
-	case r.Exec != nil:
-		return rotation.NewExecReloader(r.Exec.Command, r.Exec.Timeout.D(config.DefaultExecTimeout)), nil
-	case r.Systemd != nil:
-		return rotation.NewSystemdReloader(r.Systemd.Unit, r.Systemd.Action), nil
-	case r.Launchd != nil:
-		return rotation.NewLaunchdReloader(r.Launchd.Label, r.Launchd.Restart == nil || *r.Launchd.Restart), nil
+// withEqual makes rl comparable by rotation.Output.Equal (the reload diff)
+// when it cannot compare itself: the redis reloader (its server
+// authorizer is a func) and the traefik one are keyed by the settings
+// they were built from (the output's own settings, which they also use,
+// are compared by Output.Equal). A kind whose reloader has neither an
+// Equal(any) bool nor a line here equals only itself: its output is
+// replaced on every reload, which is safe but says "changed".
+func withEqual(rl rotation.Reloader, spec config.ReloadSpec) rotation.Reloader {
+	if _, ok := rl.(interface{ Equal(other any) bool }); ok {
+		return rl
 	}
-	return nil, nil
+	switch s := spec.(type) {
+	case *config.RedisReload:
+		return keyed[config.RedisReload]{rl, *s}
+	case *config.TraefikReload:
+		return keyed[config.TraefikReload]{rl, *s}
+	}
+	return rl
 }
 
 // outputProblem points an error of rotation's at the output's line in

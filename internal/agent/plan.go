@@ -229,7 +229,7 @@ func NewPlan(cfg *config.Config, env Env) (*Plan, error) {
 	errs = append(errs, checkListeners(cfg, p.Proxies))
 	warns = append(warns, cfg.AllowTrustDomainWarnings()...)
 	if t := redisTransition(cfg); t != nil {
-		errs = append(errs, cfg.At("redis.transition.admin", checkRedisAdmin(t.Admin)))
+		errs = append(errs, cfg.At("redis.transition.admin", t.Admin.CheckAdmin()))
 	}
 	if err := config.Join(errs...); err != nil {
 		return nil, err
