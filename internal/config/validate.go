@@ -66,6 +66,7 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 		for j := range o.JWT {
 			o.JWT[j].Mode = FileMode(o.JWT[j].Mode.Or(DefaultJWTMode))
 		}
+		defaultFormats(o)
 		for j := range o.Reload {
 			rl := &o.Reload[j]
 			if rl.Signal != nil && rl.Signal.Name == "" {
