@@ -14,7 +14,9 @@ import (
 func applyFormats(ro *rotation.Output, o config.Output) error {
 	formats, err := o.RotationFormats()
 	errs := []error{err}
-	ro.Formats = formats
+	// The traefik reload entries' dynamic files are formats too
+	// (traefik.go).
+	ro.Formats = append(formats, traefikFormats(o)...)
 	if v := o.Formats.Verify; v != nil && v.Address != "" {
 		var opts []tlsprobe.Option
 		if v.ServerName != "" {
