@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -28,7 +29,7 @@ type buildInput struct {
 	jwtBundles *jwtbundle.Set
 	tokens     []tokenState // one per Output.jwtFiles entry, already refreshed
 	now        time.Time
-	previous   []svid.File // the set as last written, nil before
+	previous   []atomicdir.File // the set as last written, nil before
 }
 
 // material is what one build produced besides the files.
@@ -43,9 +44,9 @@ type material struct {
 // order of o.Formats. It does no network and no clock; everything it
 // reads is in o and in, and in the formats' own state (a format may read
 // a file of its own, like the PKCS#12 password).
-func build(o Output, in buildInput) ([]svid.File, material, error) {
+func build(o Output, in buildInput) ([]atomicdir.File, material, error) {
 	p := &buildPass{sel: o.Selector, x509: in.x509, now: in.now, validate: o.holdsKey(), tokens: in.tokens}
-	var files []svid.File
+	var files []atomicdir.File
 	next := 0
 	for _, f := range o.Formats {
 		fin := FormatInput{

@@ -4,7 +4,7 @@ import (
 	"reflect"
 	"slices"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // Equal reports whether o and other are the same output: the same name,
@@ -26,9 +26,9 @@ func (o Output) Equal(other Output) bool {
 		equalChecker(a.Verify, b.Verify)
 }
 
-func ownerOrKeep(w svid.Owner) svid.Owner {
-	if w == (svid.Owner{}) {
-		return svid.Owner{UID: -1, GID: -1}
+func ownerOrKeep(w atomicdir.Owner) atomicdir.Owner {
+	if w == (atomicdir.Owner{}) {
+		return atomicdir.Owner{UID: -1, GID: -1}
 	}
 	return w
 }

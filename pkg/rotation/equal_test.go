@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -39,14 +40,14 @@ func TestOutputEqual(t *testing.T) {
 	assert.True(t, a.Equal(mk()))
 	// The zero Owner is "leave as is".
 	b := mk()
-	b.Owner = svid.Owner{UID: -1, GID: -1}
+	b.Owner = atomicdir.Owner{UID: -1, GID: -1}
 	assert.True(t, mk().Equal(b))
 
 	for name, change := range map[string]func(*Output){
 		"name":         func(o *Output) { o.Name = "api" },
 		"selector":     func(o *Output) { o.Selector.Hint = "other" },
 		"federated":    func(o *Output) { o.IncludeFederated = true },
-		"owner":        func(o *Output) { o.Owner = svid.Owner{UID: 5, GID: -1} },
+		"owner":        func(o *Output) { o.Owner = atomicdir.Owner{UID: 5, GID: -1} },
 		"key mode":     func(o *Output) { o.Formats[0].(*PEM).KeyMode = 0o640 },
 		"order":        func(o *Output) { o.Formats[1].(*Combined).Order = svid.ChainFirst },
 		"fs mode":      func(o *Output) { o.Formats[2].(*FSDelivery).BundleMode = 0o640 },

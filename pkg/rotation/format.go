@@ -12,7 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // Format is one way of writing an output's identity to files: the PEM
@@ -43,7 +43,7 @@ type Format interface {
 	// Build returns the format's files for in. An error keeps the last
 	// good files; one wrapping ErrNotReady means "wait for the next push",
 	// not a failure.
-	Build(in FormatInput) ([]svid.File, error)
+	Build(in FormatInput) ([]atomicdir.File, error)
 }
 
 // FormatFile is one base name a Format owns, and the configuration key
@@ -104,7 +104,7 @@ type FormatInput struct {
 	IncludeFederated bool
 	// Previous is the output's set as last written by this Manager (all
 	// formats' files), nil before the first write.
-	Previous []svid.File
+	Previous []atomicdir.File
 
 	pass   *buildPass
 	tokens []tokenRef // a TokenFormat's tokens, in Tokens order

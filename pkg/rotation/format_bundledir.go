@@ -6,6 +6,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -34,7 +35,7 @@ func (f *BundleDir) Check(c FormatCheck) error {
 }
 
 // Build implements Format.
-func (f *BundleDir) Build(in FormatInput) ([]svid.File, error) {
+func (f *BundleDir) Build(in FormatInput) ([]atomicdir.File, error) {
 	if f.Dir == "" {
 		return nil, nil
 	}
@@ -47,9 +48,9 @@ func (f *BundleDir) Build(in FormatInput) ([]svid.File, error) {
 	if !hasTrustDomain(bundles, td) {
 		return nil, fmt.Errorf("bundle_dir %s: no X.509 bundle for trust domain %s", f.Dir, td)
 	}
-	files := make([]svid.File, 0, len(bundles))
+	files := make([]atomicdir.File, 0, len(bundles))
 	for _, b := range bundles {
-		files = append(files, svid.File{Name: f.Dir + "/" + svid.BundleDirFileName(b.TrustDomain), Data: svid.EncodeCertsPEM(b.Certs), Mode: orMode(f.Mode, DefaultBundleMode)})
+		files = append(files, atomicdir.File{Name: f.Dir + "/" + svid.BundleDirFileName(b.TrustDomain), Data: svid.EncodeCertsPEM(b.Certs), Mode: orMode(f.Mode, DefaultBundleMode)})
 	}
 	return files, nil
 }

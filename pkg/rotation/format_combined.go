@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -38,7 +39,7 @@ func (f *Combined) Check(c FormatCheck) error {
 }
 
 // Build implements Format.
-func (f *Combined) Build(in FormatInput) ([]svid.File, error) {
+func (f *Combined) Build(in FormatInput) ([]atomicdir.File, error) {
 	if f.File == "" {
 		return nil, nil
 	}
@@ -50,7 +51,7 @@ func (f *Combined) Build(in FormatInput) ([]svid.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("combined_file %s: %w", f.File, err)
 	}
-	return []svid.File{{Name: f.File, Data: data, Mode: orMode(f.Mode, DefaultKeyMode)}}, nil
+	return []atomicdir.File{{Name: f.File, Data: data, Mode: orMode(f.Mode, DefaultKeyMode)}}, nil
 }
 
 // Equal reports whether g is a Combined with the same settings.

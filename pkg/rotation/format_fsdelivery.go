@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -52,7 +53,7 @@ func (f *FSDelivery) Check(c FormatCheck) error {
 }
 
 // Build implements Format.
-func (f *FSDelivery) Build(in FormatInput) ([]svid.File, error) {
+func (f *FSDelivery) Build(in FormatInput) ([]atomicdir.File, error) {
 	picked, err := in.SVID()
 	if err != nil {
 		return nil, err
@@ -62,7 +63,7 @@ func (f *FSDelivery) Build(in FormatInput) ([]svid.File, error) {
 		return nil, fmt.Errorf("layout %s: %w", LayoutSPIFFEFSDelivery, err)
 	}
 	bundleMode := orMode(f.BundleMode, DefaultBundleMode)
-	files := []svid.File{{Name: svid.FSDeliveryCredentialBundle, Data: cred, Mode: orMode(f.KeyMode, DefaultKeyMode)}}
+	files := []atomicdir.File{{Name: svid.FSDeliveryCredentialBundle, Data: cred, Mode: orMode(f.KeyMode, DefaultKeyMode)}}
 	td := picked.ID.TrustDomain()
 	bundles := svid.TrustDomainBundles(in.X509, td, true)
 	if !hasTrustDomain(bundles, td) {
@@ -73,7 +74,7 @@ func (f *FSDelivery) Build(in FormatInput) ([]svid.File, error) {
 	for _, b := range bundles {
 		name := svid.FSDeliveryTrustBundleName(b.TrustDomain)
 		current[name] = true
-		files = append(files, svid.File{Name: name, Data: svid.EncodeCertsPEM(b.Certs), Mode: bundleMode})
+		files = append(files, atomicdir.File{Name: name, Data: svid.EncodeCertsPEM(b.Certs), Mode: bundleMode})
 	}
 	// Draft §2.3: withdraw a trust domain with an empty file rather than
 	// by removing it, which a reader could take for a remount.
@@ -85,7 +86,7 @@ func (f *FSDelivery) Build(in FormatInput) ([]svid.File, error) {
 	}
 	sort.Strings(redacted)
 	for _, name := range redacted {
-		files = append(files, svid.File{Name: name, Data: nil, Mode: bundleMode})
+		files = append(files, atomicdir.File{Name: name, Data: nil, Mode: bundleMode})
 	}
 	return files, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -64,21 +65,21 @@ func (f *JWT) Check(c FormatCheck) error {
 }
 
 // Build implements Format.
-func (f *JWT) Build(in FormatInput) ([]svid.File, error) {
-	var files []svid.File
+func (f *JWT) Build(in FormatInput) ([]atomicdir.File, error) {
+	var files []atomicdir.File
 	for i, jf := range f.Tokens {
 		t, err := in.Token(i)
 		if err != nil {
 			return nil, err
 		}
-		files = append(files, svid.File{Name: jf.File, Data: []byte(t.Marshal() + "\n"), Mode: orMode(jf.Mode, DefaultJWTMode)})
+		files = append(files, atomicdir.File{Name: jf.File, Data: []byte(t.Marshal() + "\n"), Mode: orMode(jf.Mode, DefaultJWTMode)})
 	}
 	if f.BundleFile != "" {
 		data, err := f.jwks(in)
 		if err != nil {
 			return nil, err
 		}
-		files = append(files, svid.File{Name: f.BundleFile, Data: data, Mode: orMode(f.BundleMode, DefaultJWTBundleMode)})
+		files = append(files, atomicdir.File{Name: f.BundleFile, Data: data, Mode: orMode(f.BundleMode, DefaultJWTBundleMode)})
 	}
 	return files, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -51,7 +52,7 @@ func (f *PEM) Warnings() []error {
 }
 
 // Build implements Format.
-func (f *PEM) Build(in FormatInput) ([]svid.File, error) {
+func (f *PEM) Build(in FormatInput) ([]atomicdir.File, error) {
 	if len(f.Files()) == 0 {
 		return nil, nil
 	}
@@ -59,23 +60,23 @@ func (f *PEM) Build(in FormatInput) ([]svid.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	var files []svid.File
+	var files []atomicdir.File
 	if f.CertFile != "" {
-		files = append(files, svid.File{Name: f.CertFile, Data: svid.EncodeCertsPEM(picked.Certificates), Mode: orMode(f.CertMode, DefaultCertMode)})
+		files = append(files, atomicdir.File{Name: f.CertFile, Data: svid.EncodeCertsPEM(picked.Certificates), Mode: orMode(f.CertMode, DefaultCertMode)})
 	}
 	if f.KeyFile != "" {
 		key, err := svid.EncodeKeyPEM(picked.PrivateKey)
 		if err != nil {
 			return nil, fmt.Errorf("encode key of %s: %w", picked.ID, err)
 		}
-		files = append(files, svid.File{Name: f.KeyFile, Data: key, Mode: orMode(f.KeyMode, DefaultKeyMode)})
+		files = append(files, atomicdir.File{Name: f.KeyFile, Data: key, Mode: orMode(f.KeyMode, DefaultKeyMode)})
 	}
 	if f.BundleFile != "" {
 		certs := svid.BundleCerts(in.X509, picked.ID.TrustDomain(), in.IncludeFederated, f.IntermediatesInBundle)
 		if len(certs) == 0 {
 			return nil, fmt.Errorf("no X.509 bundle for trust domain %s", picked.ID.TrustDomain())
 		}
-		files = append(files, svid.File{Name: f.BundleFile, Data: svid.EncodeCertsPEM(certs), Mode: orMode(f.BundleMode, DefaultBundleMode)})
+		files = append(files, atomicdir.File{Name: f.BundleFile, Data: svid.EncodeCertsPEM(certs), Mode: orMode(f.BundleMode, DefaultBundleMode)})
 	}
 	return files, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -89,7 +90,7 @@ func readPKCS12Password(path string) (string, error) {
 }
 
 // Build implements Format. The password file is read at every build.
-func (f *PKCS12) Build(in FormatInput) ([]svid.File, error) {
+func (f *PKCS12) Build(in FormatInput) ([]atomicdir.File, error) {
 	if !f.wanted() {
 		return nil, nil
 	}
@@ -103,7 +104,7 @@ func (f *PKCS12) Build(in FormatInput) ([]svid.File, error) {
 	}
 	prev := f.cache
 	f.cache = map[string]p12Entry{}
-	var files []svid.File
+	var files []atomicdir.File
 	encode := func(name string, fp string, enc func() ([]byte, error)) ([]byte, error) {
 		if e, ok := prev[name]; ok && e.fingerprint == fp {
 			f.cache[name] = e
@@ -129,7 +130,7 @@ func (f *PKCS12) Build(in FormatInput) ([]svid.File, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pkcs12.keystore_file %s: %w", name, err)
 		}
-		files = append(files, svid.File{Name: name, Data: data, Mode: orMode(f.KeyMode, DefaultKeyMode)})
+		files = append(files, atomicdir.File{Name: name, Data: data, Mode: orMode(f.KeyMode, DefaultKeyMode)})
 	}
 	if name := f.TruststoreFile; name != "" {
 		td := picked.ID.TrustDomain()
@@ -148,7 +149,7 @@ func (f *PKCS12) Build(in FormatInput) ([]svid.File, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pkcs12.truststore_file %s: %w", name, err)
 		}
-		files = append(files, svid.File{Name: name, Data: data, Mode: orMode(f.BundleMode, DefaultBundleMode)})
+		files = append(files, atomicdir.File{Name: name, Data: data, Mode: orMode(f.BundleMode, DefaultBundleMode)})
 	}
 	return files, nil
 }

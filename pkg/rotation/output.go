@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -43,7 +44,7 @@ type Output struct {
 	IncludeFederated bool
 	// Owner of the files. The zero value {0,0} is treated as {-1,-1}
 	// ("leave as is"): an unset field must not mean "chown to root".
-	Owner svid.Owner
+	Owner atomicdir.Owner
 	// Reloads run in order after the files changed on disk.
 	Reloads []Reloader
 
@@ -107,8 +108,8 @@ func (o Output) normalize() (Output, error) {
 		return o, fmt.Errorf("output %q: dir %q: %w", o.Name, o.Dir, err)
 	}
 	o.Dir = abs
-	if o.Owner == (svid.Owner{}) {
-		o.Owner = svid.Owner{UID: -1, GID: -1}
+	if o.Owner == (atomicdir.Owner{}) {
+		o.Owner = atomicdir.Owner{UID: -1, GID: -1}
 	}
 	o.Formats = slices.Clone(o.Formats)
 	o.Reloads = append([]Reloader(nil), o.Reloads...)

@@ -14,7 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // outputRunner owns one Output: its writer, its cached JWT-SVIDs, its
@@ -26,7 +26,7 @@ type outputRunner struct {
 	out    Output
 	jwt    []JWTFile // the JWT-SVIDs the formats ask for (Output.jwtFiles)
 	names  []string
-	writer *svid.DirWriter
+	writer *atomicdir.Writer
 	log    *zap.Logger
 
 	// busyUntil is when the step the loop is in must have ended by its own
@@ -40,7 +40,7 @@ type outputRunner struct {
 	// The fields below it are guarded by it.
 	syncMu        sync.Mutex
 	lastX509      *workloadapi.X509Context
-	lastFiles     []svid.File
+	lastFiles     []atomicdir.File
 	tokens        []tokenState
 	reloadPending bool
 	reloadNext    int
@@ -62,7 +62,7 @@ type outputRunner struct {
 	jwtTimers     []*time.Timer
 }
 
-func newOutputRunner(m *Manager, o Output, w *svid.DirWriter) *outputRunner {
+func newOutputRunner(m *Manager, o Output, w *atomicdir.Writer) *outputRunner {
 	r := &outputRunner{
 		m:          m,
 		out:        o,
@@ -206,7 +206,7 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	changed, werr := r.write(files)
 	r.hook(writeEvent{Output: r.out.Name, Changed: changed, Serial: serialOf(mat.svid), Err: werr, At: time.Now()})
 	if werr != nil && !changed {
-		// DirWriter errors name the directory already.
+		// atomicdir errors name the directory already.
 		r.writeFailed("write failed; keeping the last good files", reason, werr)
 		return werr
 	}
@@ -264,10 +264,10 @@ func (r *outputRunner) writeFailed(msg, reason string, err error) {
 }
 
 // write writes the set, first recreating the output directory if someone
-// removed it (the DirWriter only creates it when constructed).
-func (r *outputRunner) write(files []svid.File) (bool, error) {
+// removed it (the atomicdir.Writer only creates it when constructed).
+func (r *outputRunner) write(files []atomicdir.File) (bool, error) {
 	if _, err := os.Stat(r.out.Dir); errors.Is(err, fs.ErrNotExist) {
-		w, err := svid.NewDirWriter(r.out.Dir, svid.WithOwner(r.out.Owner))
+		w, err := atomicdir.NewWriter(r.out.Dir, atomicdir.WithOwner(r.out.Owner))
 		if err != nil {
 			return false, err
 		}
@@ -345,7 +345,7 @@ func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader) error {
 // after a guard restore) and the file names for State and the guard
 // (bundle_dir and the Filesystem Delivery layout name files after trust
 // domains, so they change). Called with syncMu held.
-func (r *outputRunner) remember(files []svid.File, mat material) {
+func (r *outputRunner) remember(files []atomicdir.File, mat material) {
 	r.lastSVID = mat.svid
 	names := make([]string, 0, len(files))
 	for _, f := range files {

@@ -19,34 +19,6 @@ import (
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
-func ExampleParseAllow() {
-	authz, err := tlsproxy.ParseAllow([]string{
-		"spiffe://example.org/traefik", // exactly this workload
-		"spiffe://example.org/batch/*", // /batch and everything below it
-		"spiffe://partner.org",         // any workload of a federated trust domain
-	})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	for _, id := range []string{
-		"spiffe://example.org/traefik",
-		"spiffe://example.org/batch/nightly",
-		"spiffe://partner.org/etl",
-		"spiffe://example.org/web",
-	} {
-		fmt.Println(id, authz(spiffeid.RequireFromString(id), nil) == nil)
-	}
-	_, err = tlsproxy.ParseAllow(nil)
-	fmt.Println(err)
-	// Output:
-	// spiffe://example.org/traefik true
-	// spiffe://example.org/batch/nightly true
-	// spiffe://partner.org/etl true
-	// spiffe://example.org/web false
-	// at least one allowed SPIFFE ID is required (there is no allow-anyone)
-}
-
 // ExampleNew runs the issue's Ollama layout on loopback: a plaintext
 // service, a server-mode proxy in front of it, and a client-mode proxy
 // that a plaintext client talks to. Identities come from the dev Workload

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -116,7 +117,7 @@ func (f *Format) Check(c rotation.FormatCheck) error {
 }
 
 // Build implements rotation.Format.
-func (f *Format) Build(in rotation.FormatInput) ([]svid.File, error) {
+func (f *Format) Build(in rotation.FormatInput) ([]atomicdir.File, error) {
 	picked, err := in.SVID()
 	if err != nil {
 		return nil, err
@@ -141,7 +142,7 @@ func (f *Format) Build(in rotation.FormatInput) ([]svid.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []svid.File{{Name: f.File, Data: data, Mode: f.mode()}}, nil
+	return []atomicdir.File{{Name: f.File, Data: data, Mode: f.mode()}}, nil
 }
 
 // Equal reports whether g is a Format with the same settings (for
