@@ -17,7 +17,7 @@ func applyFormats(ro *rotation.Output, o config.Output) error {
 	// The traefik reload entries' dynamic files are formats too
 	// (traefik.go).
 	ro.Formats = append(formats, traefikFormats(o)...)
-	if v := o.Formats.Verify; v != nil && v.Address != "" {
+	if v := o.Verify; v != nil && v.Address != "" {
 		var opts []tlsprobe.Option
 		if v.ServerName != "" {
 			opts = append(opts, tlsprobe.WithServerName(v.ServerName))

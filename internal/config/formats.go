@@ -67,7 +67,7 @@ func (f *Formats) keys() []formatKeys {
 // allFormats is every format's keys of o in output order: the PEM trio,
 // the Formats, the JWT files.
 func (o *Output) allFormats() []formatKeys {
-	return append(append([]formatKeys{pemKeys{}}, o.Formats.keys()...), jwtKeys{})
+	return append(append([]formatKeys{pemKeys{}}, o.keys()...), jwtKeys{})
 }
 
 // RotationFormats converts o's format keys into the rotation.Formats the
@@ -135,7 +135,7 @@ func validateFormats(v *validator, p func(...any) []any, o Output) {
 	for _, k := range o.allFormats() {
 		k.check(v, p, &o)
 	}
-	if vf := o.Formats.Verify; vf != nil {
+	if vf := o.Verify; vf != nil {
 		if vf.Address == "" {
 			v.errorf(p("verify", "address"), "is required (tcp://host:port or unix:///path)")
 		}
