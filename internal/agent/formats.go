@@ -14,9 +14,7 @@ import (
 func applyFormats(ro *rotation.Output, o config.Output) error {
 	formats, err := o.RotationFormats()
 	errs := []error{err}
-	// The traefik reload entries' dynamic files are formats too
-	// (traefik.go).
-	ro.Formats = append(formats, traefikFormats(o)...)
+	ro.Formats = formats
 	if v := o.Verify; v != nil && v.Address != "" {
 		var opts []tlsprobe.Option
 		if v.ServerName != "" {

@@ -86,7 +86,9 @@ func (o *Output) RotationFormats() ([]rotation.Format, error) {
 			out = append(out, f)
 		}
 	}
-	return out, errors.Join(errs...)
+	// The traefik reload entries' dynamic files are formats too
+	// (format_traefik.go).
+	return append(out, traefikFormats(o)...), errors.Join(errs...)
 }
 
 // pemKeys are cert_file, key_file, bundle_file and the three modes: keys

@@ -154,10 +154,10 @@ func (f *Format) Equal(g rotation.Format) bool {
 
 // Linker makes Traefik's file provider see a rotation: after every write
 // of the output's set it re-points Link, a symlink in the directory
-// Traefik watches, at Target, the Format's file in the output's directory
-// (a new link renamed over the old one). The rename is an event named
-// like Link in the watched directory, which Traefik's provider reloads on
-// with `filename: LINK` and with `directory: DIR` alike; it then reads the
+// Traefik watches, at the Format's file File as written (a new link
+// renamed over the old one). The rename is an event named like Link in
+// the watched directory, which Traefik's provider reloads on with
+// `filename: LINK` and with `directory: DIR` alike; it then reads the
 // current set through the link. The link holds no key: the file's bytes
 // live in the set only, with its mode and owner. It is a
 // rotation.Reloader (kind "traefik").
@@ -165,25 +165,28 @@ type Linker struct {
 	// Link is the absolute path Traefik's file provider reads (.yml or
 	// .yaml, in the directory it watches).
 	Link string
-	// Target is the absolute path of the Format's file in the output's
-	// directory.
-	Target string
+	// File is the Format's file name in the output's set.
+	File string
 }
 
 // Kind implements rotation.Reloader.
 func (l *Linker) Kind() string { return Kind }
 
-// Reload implements rotation.Reloader: re-point Link at Target. A regular
-// file at Link (the dynamic file an older version wrote there) is
-// replaced; a directory is not.
-func (l *Linker) Reload(ctx context.Context) error {
+// Reload implements rotation.Reloader: re-point Link at the written File.
+// A regular file at Link (the dynamic file an older version wrote there)
+// is replaced; a directory is not.
+func (l *Linker) Reload(ctx context.Context, w rotation.Written) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !filepath.IsAbs(l.Link) || !filepath.IsAbs(l.Target) {
-		return fmt.Errorf("traefik: link %s -> %s: both must be absolute paths", l.Link, l.Target)
+	target, err := w.Path(l.File)
+	if err != nil {
+		return fmt.Errorf("traefik: link %s: %w", l.Link, err)
 	}
-	if filepath.Clean(l.Link) == filepath.Clean(l.Target) {
+	if !filepath.IsAbs(l.Link) {
+		return fmt.Errorf("traefik: link %s must be an absolute path", l.Link)
+	}
+	if filepath.Clean(l.Link) == filepath.Clean(target) {
 		return fmt.Errorf("traefik: link %s is the dynamic file itself", l.Link)
 	}
 	var rnd [8]byte
@@ -193,7 +196,7 @@ func (l *Linker) Reload(ctx context.Context) error {
 	dir := filepath.Dir(l.Link)
 	// Not .yml: Traefik's directory provider skips it.
 	tmp := filepath.Join(dir, "."+filepath.Base(l.Link)+".link-"+hex.EncodeToString(rnd[:]))
-	if err := os.Symlink(l.Target, tmp); err != nil {
+	if err := os.Symlink(target, tmp); err != nil {
 		return fmt.Errorf("traefik: link %s: %w", l.Link, err)
 	}
 	if err := os.Rename(tmp, l.Link); err != nil {

@@ -101,7 +101,7 @@ func TestFormatWithLinkerWakesTraefikOnEveryRotation(t *testing.T) {
 	m, err := rotation.NewManager(src, []rotation.Output{{
 		Name: "traefik", Selector: svid.Selector{Hint: "traefik"}, Dir: outDir,
 		Formats: []rotation.Format{&rotation.PEM{CertFile: "svid.pem", KeyFile: "key.pem", BundleFile: "bundle.pem"}, f},
-		Reloads: []rotation.Reloader{&Linker{Link: link, Target: filepath.Join(outDir, "identity-agent.yml")}},
+		Reloads: []rotation.Reloader{&Linker{Link: link, File: "identity-agent.yml"}},
 	}}, rotation.WithLogger(zap.NewNop()))
 	require.NoError(t, err)
 	require.NoError(t, m.WriteAll(ctx))

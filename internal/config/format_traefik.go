@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"errors"
@@ -7,50 +7,38 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.uber.org/zap"
 
-	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/traefik"
 )
 
-// A `reload: - traefik: {file: F, ...}` entry is the Traefik dynamic file
-// as a format of the output (traefik.Format: base name of F in the
-// output's dir, written with the set) plus the reload that re-points F, a
-// symlink in Traefik's watched directory, at it (traefik.Linker).
+// A `reload: - traefik: {file: F, ...}` entry (reload_traefik.go) is the
+// Traefik dynamic file as a format of the output (traefik.Format: the base
+// name of F in the output's dir, written with the set) plus the reload
+// that re-points F, a symlink in Traefik's watched directory, at it
+// (traefik.Linker). Traefik's file provider reloads only on an event named
+// like its file, which the set's swap never produces (docs/SERVICE.md).
 
-// traefikReloader is the reload of a traefik entry: the Linker.
-func (a *Agent) traefikReloader(o config.Output, t *config.TraefikReload) (rotation.Reloader, error) {
-	_, l, err := traefikParts(o, -1, t)
-	return l, err
-}
-
-// newTraefikReloader checks what the traefik package checks beyond the
-// file's rules, as NewPlan reports it (the messages name F).
-func newTraefikReloader(o config.Output, t *config.TraefikReload, _ *zap.Logger) (*traefik.Linker, error) {
-	_, l, err := traefikParts(o, -1, t)
-	return l, err
-}
-
-// traefikFormats are the Traefik formats of o's traefik reload entries,
-// in order, each added only when its entry is valid (NewPlan reports the
-// others at the entry).
-func traefikFormats(o config.Output) []rotation.Format {
+// traefikFormats are the Traefik formats of o's traefik reload entries, in
+// order, each only when its entry is valid (the entry reports the others).
+func traefikFormats(o *Output) []rotation.Format {
 	var out []rotation.Format
 	for j, r := range o.Reload {
-		if r.Traefik == nil {
+		t, ok := r.Spec().(*TraefikReload)
+		if !ok {
 			continue
 		}
-		if f, _, err := traefikParts(o, j, r.Traefik); err == nil {
+		if f, _, err := t.parts(o, j); err == nil {
 			out = append(out, f)
 		}
 	}
 	return out
 }
 
-// traefikParts converts one traefik entry (index j of o's reloads, for
-// messages; -1 when unknown) into its format and its linker.
-func traefikParts(o config.Output, j int, t *config.TraefikReload) (*traefik.Format, *traefik.Linker, error) {
+// parts converts the entry (index j of o's reloads, for messages; -1 when
+// unknown) into its format and its linker. The errors are the entry's,
+// prefixed "traefik: ".
+func (t *TraefikReload) parts(o *Output, j int) (*traefik.Format, *traefik.Linker, error) {
 	switch ext := filepath.Ext(t.File); {
 	case !filepath.IsAbs(t.File):
 		return nil, nil, fmt.Errorf("traefik: dynamic file %q must be an absolute path", t.File)
@@ -65,7 +53,7 @@ func traefikParts(o config.Output, j int, t *config.TraefikReload) (*traefik.For
 		ServerName:           t.ServerName,
 		TCP:                  t.TCP,
 		IntermediatesInRoots: o.IntermediatesInBundle,
-		Mode:                 t.Mode.Or(config.DefaultKeyMode),
+		Mode:                 t.Mode.Or(DefaultKeyMode),
 		Field:                "traefik",
 	}
 	if j >= 0 {
@@ -79,8 +67,8 @@ func traefikParts(o config.Output, j int, t *config.TraefikReload) (*traefik.For
 		f.PeerSPIFFEID = id
 	}
 	// The rules of the file itself live in the format. Its mode is also a
-	// rule of the config file, reported there at its line; the others are
-	// reported at the entry, without the format's field.
+	// rule of the config file, reported at its line (check); the others
+	// are reported at the entry, without the format's field.
 	if err := f.Check(rotation.FormatCheck{UnsafeWorldReadableKey: o.UnsafeWorldReadableKey}); err != nil {
 		var msgs []error
 		for _, e := range unjoin(err) {
@@ -97,7 +85,7 @@ func traefikParts(o config.Output, j int, t *config.TraefikReload) (*traefik.For
 			return nil, nil, fmt.Errorf("traefik: %w", errors.Join(msgs...))
 		}
 	}
-	return f, &traefik.Linker{Link: t.File, Target: filepath.Join(o.Dir, f.File)}, nil
+	return f, &traefik.Linker{Link: t.File, File: f.File}, nil
 }
 
 func unjoin(err error) []error {
