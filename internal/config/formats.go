@@ -31,7 +31,7 @@ type Formats struct {
 type PKCS12 struct {
 	KeystoreFile   string `yaml:"keystore_file"`   // key + chain; mode key_mode
 	TruststoreFile string `yaml:"truststore_file"` // roots (federated with include_federated); mode bundle_mode
-	// PasswordFile holds the password (one trailing newline is ignored);
+	// PasswordFile holds the password (trailing line breaks are ignored);
 	// read at every write, never logged.
 	PasswordFile string `yaml:"password_file"`
 }

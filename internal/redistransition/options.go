@@ -3,10 +3,9 @@ package redistransition
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
+	"github.com/identity-agent/identity-agent/internal/secretfile"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -89,15 +88,12 @@ func boolGauge(b bool) float64 {
 }
 
 // readPasswordFile reads a password file on every use so a rotated password
-// needs no restart. One trailing newline is not part of the password.
+// needs no restart; trailing line breaks are not part of the password
+// (internal/secretfile holds the rule).
 func readPasswordFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	pw, err := secretfile.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("password_file: %w", err)
-	}
-	pw := strings.TrimRight(string(b), "\r\n")
-	if pw == "" {
-		return "", fmt.Errorf("password_file %s: empty", path)
 	}
 	return pw, nil
 }

@@ -84,7 +84,8 @@ func WithPlaintext(addr string) Option {
 
 // WithPasswordFile names the file that holds the requirepass / ACL
 // password. It is read on every new connection, so a rotated password
-// needs no restart. Required in disabled and dual_auth. In tls_only it is
+// needs no restart; its trailing line breaks ("\n", "\r\n") are not part
+// of the password, as with "$(cat FILE)" in a shell. Required in disabled and dual_auth. In tls_only it is
 // optional: when set the password is sent too (and ignored if the server
 // has none), so a tls_only client survives a rollback from phase D to C.
 func WithPasswordFile(path string) Option {
