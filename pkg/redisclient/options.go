@@ -1,7 +1,6 @@
 package redisclient
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -168,21 +167,4 @@ func WithRedisOptions(f func(*redis.Options)) Option {
 			c.redisOpts = append(c.redisOpts, f)
 		}
 	}
-}
-
-// register registers c, or returns the collector already registered under
-// the same descriptor so several clients can share one registry.
-func register[T prometheus.Collector](r prometheus.Registerer, c T) T {
-	if r == nil {
-		return c
-	}
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }
