@@ -20,6 +20,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/redistransition"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
@@ -68,7 +69,7 @@ func LoadAs(path string, getenv func(string) string, as RunAs) (*Plan, error) {
 }
 
 // RunAs is the user a plan is checked for: the one the agent runs as, whose
-// every existing output directory must be (svid.CheckOutputDir).
+// every existing output directory must be (atomicdir.CheckDir).
 type RunAs struct {
 	UID int
 	// Name names the user in messages; "" = "the agent's user".
@@ -256,7 +257,7 @@ func redisTransition(cfg *config.Config) *config.RedisTransition {
 
 // checkOutputDirs refuses two outputs whose directories are one (after
 // cleaning and following the symlinks that exist today) or where one lies
-// inside the other: each DirWriter owns its directory's links and prunes
+// inside the other: each atomicdir.Writer owns its directory's links and prunes
 // what it does not know.
 func checkOutputDirs(cfg *config.Config) error {
 	type seen struct {
@@ -286,7 +287,7 @@ func checkOutputDirs(cfg *config.Config) error {
 	return config.Join(errs...)
 }
 
-// checkOutputDirOwners applies svid.CheckOutputDir, the rule `service
+// checkOutputDirOwners applies atomicdir.CheckDir, the rule `service
 // prepare` and the writer apply too, to each output directory that exists
 // today: a real directory (a symlinked one is refused here as by `run`),
 // owned by the user the agent runs as (as). A directory someone else owns
@@ -303,8 +304,8 @@ func checkOutputDirOwners(cfg *config.Config, as RunAs) error {
 			continue // reported by the file's own checks
 		}
 		dir := filepath.Clean(o.Dir)
-		err := svid.CheckOutputDir(dir, as.UID, as.who())
-		var de *svid.DirError
+		err := atomicdir.CheckDir(dir, as.UID, as.who())
+		var de *atomicdir.DirError
 		if errors.As(err, &de) {
 			errs = append(errs, cfg.Problemf(fmt.Sprintf("outputs[%d].dir", i), "%q %s%s", o.Dir, de.Problem, ownerHint(dir, as)))
 		}
@@ -439,8 +440,8 @@ func (e *ownerError) FieldName() string { return e.field }
 
 // resolveOwner turns user/group names (or numeric ids) into ids; empty
 // means "leave as the agent's user".
-func resolveOwner(o config.Owner) (svid.Owner, error) {
-	owner := svid.Owner{UID: -1, GID: -1}
+func resolveOwner(o config.Owner) (atomicdir.Owner, error) {
+	owner := atomicdir.Owner{UID: -1, GID: -1}
 	var errs []error
 	if o.User != "" {
 		u, err := lookupUser(o.User)

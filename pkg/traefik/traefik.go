@@ -17,11 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
-
-	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // Kind is what Reloader.Kind returns: the reload kind in configs, logs and
@@ -64,7 +63,7 @@ func WithFileMode(m fs.FileMode) Option { return func(r *Reloader) { r.mode = m 
 // WithOwner gives the dynamic file to uid:gid (-1 keeps either), e.g. the
 // user Traefik runs as.
 func WithOwner(uid, gid int) Option {
-	return func(r *Reloader) { r.owner = svid.Owner{UID: uid, GID: gid} }
+	return func(r *Reloader) { r.owner = atomicdir.Owner{UID: uid, GID: gid} }
 }
 
 // WithLogger sets the logger (default: none).
@@ -80,7 +79,7 @@ type Reloader struct {
 	serverName string
 	tcp        bool
 	mode       fs.FileMode
-	owner      svid.Owner
+	owner      atomicdir.Owner
 	log        *zap.Logger
 
 	mu sync.Mutex
@@ -97,7 +96,7 @@ func NewReloader(dynamicFile string, files Files, opts ...Option) (*Reloader, er
 		files: files,
 		name:  DefaultTransportName,
 		mode:  0o600,
-		owner: svid.KeepOwner(),
+		owner: atomicdir.KeepOwner(),
 		log:   zap.NewNop(),
 	}
 	for _, o := range opts {
@@ -157,7 +156,7 @@ func (r *Reloader) Reload(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("traefik: %s: %w", r.path, err)
 	}
-	if err := svid.WriteFileAtomic(r.path, data, r.mode, r.owner); err != nil {
+	if err := atomicdir.WriteFile(r.path, data, r.mode, r.owner); err != nil {
 		return fmt.Errorf("traefik: %w", err)
 	}
 	r.log.Info("traefik dynamic configuration written", zap.String("file", r.path),

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
@@ -36,11 +37,11 @@ var (
 )
 
 // output mimics what pkg/rotation writes for an output: cert, key and
-// bundle swapped together by svid.DirWriter.
+// bundle swapped together by atomicdir.Writer.
 type output struct {
 	t     *testing.T
 	ca    *svidtest.CA
-	w     *svid.DirWriter
+	w     *atomicdir.Writer
 	dir   string
 	files Files
 }
@@ -49,7 +50,7 @@ func newOutput(t *testing.T, ca *svidtest.CA) *output {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "traefik")
 	require.NoError(t, os.Mkdir(dir, 0o755))
-	w, err := svid.NewDirWriter(dir)
+	w, err := atomicdir.NewWriter(dir)
 	require.NoError(t, err)
 	return &output{t: t, ca: ca, w: w, dir: dir, files: Files{
 		Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "key.pem"), Bundle: filepath.Join(dir, "bundle.pem"),
@@ -63,7 +64,7 @@ func (o *output) rotate(id spiffeid.ID) *x509svid.SVID {
 	require.NoError(o.t, err)
 	key, err := svid.EncodeKeyPEM(s.PrivateKey)
 	require.NoError(o.t, err)
-	_, err = o.w.Write([]svid.File{
+	_, err = o.w.Write([]atomicdir.File{
 		{Name: "svid.pem", Data: svid.EncodeCertsPEM(s.Certificates), Mode: 0o644},
 		{Name: "key.pem", Data: key, Mode: 0o600},
 		{Name: "bundle.pem", Data: svid.EncodeCertsPEM(o.ca.X509Bundle().X509Authorities()), Mode: 0o644},
