@@ -239,7 +239,7 @@ func basicReloader(r config.Reload) (rotation.Reloader, error) {
 		}
 		return rotation.NewSignalReloader(r.Signal.PidFile, r.Signal.Pid, sig), nil
 	case r.Exec != nil:
-		return rotation.NewExecReloader(r.Exec.Command, r.Exec.Timeout.D(config.DefaultExecTimeout)), nil
+		return rotation.NewExecReloader(r.Exec.Command, r.Exec.Timeout.D(rotation.DefaultExecTimeout)), nil
 	case r.Systemd != nil:
 		return rotation.NewSystemdReloader(r.Systemd.Unit, r.Systemd.Action), nil
 	case r.Launchd != nil:

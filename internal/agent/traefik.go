@@ -20,7 +20,7 @@ func (a *Agent) traefikReloader(o config.Output, t *config.TraefikReload) (rotat
 // newTraefikReloader builds the reloader; it touches nothing, so NewPlan
 // builds it too, for the checks only the traefik package knows.
 func newTraefikReloader(o config.Output, t *config.TraefikReload, log *zap.Logger) (*traefik.Reloader, error) {
-	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(config.DefaultKeyMode)), traefik.WithLogger(log)}
+	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(rotation.DefaultKeyMode)), traefik.WithLogger(log)}
 	if t.TransportName != "" {
 		opts = append(opts, traefik.WithTransportName(t.TransportName))
 	}

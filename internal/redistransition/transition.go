@@ -76,12 +76,7 @@ func NewTransition(admin *Admin, cfg TransitionConfig, o ...Option) (*Transition
 	if cfg.StateFile == "" {
 		return nil, fmt.Errorf("redis transition: state_file is required")
 	}
-	if cfg.PlainPort == 0 {
-		cfg.PlainPort = DefaultPlainPort
-	}
-	if cfg.TLSPort == 0 {
-		cfg.TLSPort = DefaultTLSPort
-	}
+	cfg.PlainPort, cfg.TLSPort = portsOrDefault(cfg.PlainPort, cfg.TLSPort)
 	if cfg.Window <= 0 {
 		cfg.Window = DefaultWindow
 	}

@@ -96,9 +96,6 @@ func (o *Output) normalizeFormats(check func(field, name string) error) error {
 	if o.Verify != nil && !o.wantsKey() {
 		return fail("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file")
 	}
-	if o.VerifyTimeout <= 0 {
-		o.VerifyTimeout = DefaultVerifyTimeout
-	}
 	return nil
 }
 
