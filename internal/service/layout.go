@@ -64,11 +64,13 @@ func LayoutFromConfig(c *config.Config) Layout {
 			}
 		}
 		for _, r := range o.Reload {
-			if r.Traefik != nil {
-				writable(filepath.Dir(r.Traefik.File))
+			// What a kind needs is the kind's to say (config.ServiceNeeds).
+			needs := r.ServiceNeeds()
+			for _, d := range needs.WritableDirs {
+				writable(d)
 			}
-			if r.Signal != nil {
-				caps["CAP_KILL"] = true
+			for _, cp := range needs.Capabilities {
+				caps[cp] = true
 			}
 		}
 	}

@@ -22,7 +22,9 @@
 //   - Reloads run in order only when the atomicdir.Writer reports a change. A
 //     failed write or reload is retried with exponential backoff (1s..1m)
 //     until it succeeds or newer material supersedes it; a retry resumes
-//     at the reload that failed.
+//     at the reload that failed. Each reload is told what was written
+//     (Written: the dir, each file's path by its name, the SVID), so a
+//     reloader that hands paths to its service joins nothing itself.
 //
 //   - JWT-SVIDs are not pushed: each token file is refreshed at half the
 //     token's lifetime (one timer per token) and on every X.509 push.

@@ -290,12 +290,13 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 		}
 		return nil
 	}
+	w := r.written()
 	for r.reloadNext < len(r.out.Reloads) {
 		rl := r.out.Reloads[r.reloadNext]
 		kind := rl.Kind()
 		r.m.metrics.reloads.WithLabelValues(r.out.Name, kind).Inc()
 		start := time.Now()
-		err := r.reloadOne(ctx, rl)
+		err := r.reloadOne(ctx, rl, w)
 		if errors.Is(err, ErrNotRunning) {
 			r.log.Info("reload skipped at start: the service is not running, it reads the new files when it starts",
 				zap.String("kind", kind), zap.String("detail", err.Error()))
@@ -332,11 +333,11 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 
 // reloadOne runs one reload; the ones held at start go through
 // ReloadAtStart where the reloader has it.
-func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader) error {
+func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader, w Written) error {
 	if sr, ok := rl.(StartReloader); ok && r.atStart {
-		return sr.ReloadAtStart(ctx)
+		return sr.ReloadAtStart(ctx, w)
 	}
-	err := rl.Reload(ctx)
+	err := rl.Reload(ctx, w)
 	if errors.Is(err, ErrNotRunning) {
 		// Only ReloadAtStart may skip.
 		err = fmt.Errorf("%w (skipped only at start)", err)

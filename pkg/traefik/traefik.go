@@ -17,10 +17,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
 // Kind is what Reloader.Kind returns: the reload kind in configs, logs and
@@ -32,7 +34,10 @@ const Kind = "traefik"
 const DefaultTransportName = "spiffe"
 
 // Files names the PEM files an output writes; the Reloader reads them on
-// every Reload.
+// every Reload. An entry that is not an absolute path is the name of a
+// file of the output's set ("svid.pem", as rotation.Output names it), read
+// at the path the reload is told (rotation.Written); an absolute path is
+// read as is.
 type Files struct {
 	Cert   string // leaf first, then intermediates
 	Key    string // PKCS#8 private key
@@ -139,10 +144,14 @@ func (r *Reloader) Path() string { return r.path }
 // directory, fsync, mode/owner, rename, directory fsync). Traefik's file
 // provider sees the rename and applies the new transport. Material that does
 // not validate (key not matching the certificate, no root CA) is not written.
-func (r *Reloader) Reload(ctx context.Context) error {
+func (r *Reloader) Reload(ctx context.Context, w rotation.Written) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	m, err := r.read(ctx)
+	files, err := r.files.in(w)
+	if err != nil {
+		return fmt.Errorf("traefik: %s: %w", r.path, err)
+	}
+	m, err := r.read(ctx, files)
 	if err != nil {
 		return err
 	}
@@ -173,7 +182,7 @@ type material struct {
 // read loads the three files. The output writer swaps them as one set, but
 // three reads can still straddle a swap; a key that does not match the
 // certificate is read again a few times before it counts as an error.
-func (r *Reloader) read(ctx context.Context) (material, error) {
+func (r *Reloader) read(ctx context.Context, files Files) (material, error) {
 	var lastErr error
 	for attempt := range 5 {
 		if attempt > 0 {
@@ -183,7 +192,7 @@ func (r *Reloader) read(ctx context.Context) (material, error) {
 			case <-time.After(time.Duration(attempt) * 20 * time.Millisecond):
 			}
 		}
-		m, err := r.readOnce()
+		m, err := r.readOnce(files)
 		if err == nil {
 			return m, nil
 		}
@@ -197,26 +206,41 @@ func (r *Reloader) read(ctx context.Context) (material, error) {
 
 var errMismatch = errors.New("key does not match certificate")
 
-func (r *Reloader) readOnce() (material, error) {
+// in resolves the names of files of the written set to their paths.
+func (f Files) in(w rotation.Written) (Files, error) {
+	for _, p := range []*string{&f.Cert, &f.Key, &f.Bundle} {
+		if filepath.IsAbs(*p) {
+			continue
+		}
+		abs, err := w.Path(*p)
+		if err != nil {
+			return f, err
+		}
+		*p = abs
+	}
+	return f, nil
+}
+
+func (r *Reloader) readOnce(files Files) (material, error) {
 	var m material
 	var err error
-	if m.cert, err = os.ReadFile(r.files.Cert); err != nil {
+	if m.cert, err = os.ReadFile(files.Cert); err != nil {
 		return m, fmt.Errorf("traefik: %s: cert: %w", r.path, err)
 	}
-	if m.key, err = os.ReadFile(r.files.Key); err != nil {
+	if m.key, err = os.ReadFile(files.Key); err != nil {
 		return m, fmt.Errorf("traefik: %s: key: %w", r.path, err)
 	}
-	if m.bundle, err = os.ReadFile(r.files.Bundle); err != nil {
+	if m.bundle, err = os.ReadFile(files.Bundle); err != nil {
 		return m, fmt.Errorf("traefik: %s: bundle: %w", r.path, err)
 	}
 	pair, err := tls.X509KeyPair(m.cert, m.key)
 	if err != nil {
-		return m, fmt.Errorf("traefik: %s: %s and %s: %w: %w", r.path, r.files.Cert, r.files.Key, errMismatch, err)
+		return m, fmt.Errorf("traefik: %s: %s and %s: %w: %w", r.path, files.Cert, files.Key, errMismatch, err)
 	}
 	m.leaf = pair.Leaf
 	if m.leaf == nil {
 		if m.leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return m, fmt.Errorf("traefik: %s: %s: %w", r.path, r.files.Cert, err)
+			return m, fmt.Errorf("traefik: %s: %s: %w", r.path, files.Cert, err)
 		}
 	}
 	n := 0
@@ -230,12 +254,12 @@ func (r *Reloader) readOnce() (material, error) {
 			continue
 		}
 		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return m, fmt.Errorf("traefik: %s: bundle %s: %w", r.path, r.files.Bundle, err)
+			return m, fmt.Errorf("traefik: %s: bundle %s: %w", r.path, files.Bundle, err)
 		}
 		n++
 	}
 	if n == 0 {
-		return m, fmt.Errorf("traefik: %s: bundle %s holds no certificate", r.path, r.files.Bundle)
+		return m, fmt.Errorf("traefik: %s: bundle %s holds no certificate", r.path, files.Bundle)
 	}
 	return m, nil
 }

@@ -26,6 +26,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
@@ -112,7 +113,7 @@ func TestReloadWritesServersTransport(t *testing.T) {
 	r, err := NewReloader(dyn, out.files, WithPeerSPIFFEID(modelID), WithServerName("model.internal"))
 	require.NoError(t, err)
 	require.Equal(t, "traefik", r.Kind())
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 
 	data := read(t, dyn)
 	// Generic walk of the exact key path Traefik reads.
@@ -149,7 +150,7 @@ func TestReloadFollowsRotationAndSkipsNoops(t *testing.T) {
 	dyn := dynPath(t)
 	r, err := NewReloader(dyn, out.files, WithTCP(), WithFileMode(0o640), WithTransportName("model-mtls"))
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	first := read(t, dyn)
 	c := parseStrict(t, first)
 	require.Equal(t, c.HTTP.ServersTransports["model-mtls"], c.TCP.ServersTransports["model-mtls"].TLS)
@@ -159,20 +160,20 @@ func TestReloadFollowsRotationAndSkipsNoops(t *testing.T) {
 	// Nothing changed: the file is not rewritten, so Traefik sees no event.
 	before, err := os.Stat(dyn)
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	after, err := os.Stat(dyn)
 	require.NoError(t, err)
 	require.Equal(t, before.Sys().(*syscall.Stat_t).Ino, after.Sys().(*syscall.Stat_t).Ino)
 
 	// SVID rotation, then CA rotation: each changes the parsed config.
 	s2 := out.rotate(traefikID)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	second := read(t, dyn)
 	require.NotEqual(t, parseStrict(t, first), parseStrict(t, second))
 	require.Contains(t, string(second), s2.Certificates[0].SerialNumber.Text(16))
 	require.NoError(t, ca.Rotate())
 	out.rotate(traefikID)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	third := parseStrict(t, read(t, dyn))
 	require.Equal(t, string(read(t, out.files.Bundle)), third.HTTP.ServersTransports["model-mtls"].RootCAs[0])
 	require.Equal(t, 2, strings.Count(third.HTTP.ServersTransports["model-mtls"].RootCAs[0], "BEGIN CERTIFICATE"), "old and new root during CA rotation")
@@ -188,7 +189,7 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	dyn := dynPath(t)
 	r, err := NewReloader(dyn, out.files)
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	good := read(t, dyn)
 
 	// A key from another SVID: never written.
@@ -201,7 +202,7 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(bad.Key, otherKey, 0o600))
 	rb, err := NewReloader(dyn, bad)
 	require.NoError(t, err)
-	err = rb.Reload(context.Background())
+	err = rb.Reload(context.Background(), rotation.Written{})
 	require.ErrorContains(t, err, "key.pem")
 	require.ErrorContains(t, err, "key does not match certificate")
 	require.Equal(t, good, read(t, dyn))
@@ -210,13 +211,13 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(empty.Bundle, []byte("not pem\n"), 0o644))
 	re, err := NewReloader(dyn, empty)
 	require.NoError(t, err)
-	require.ErrorContains(t, re.Reload(context.Background()), "holds no certificate")
+	require.ErrorContains(t, re.Reload(context.Background(), rotation.Written{}), "holds no certificate")
 	require.Equal(t, good, read(t, dyn))
 
 	missing := Files{Cert: filepath.Join(badDir, "nope.pem"), Key: out.files.Key, Bundle: out.files.Bundle}
 	rm, err := NewReloader(dyn, missing)
 	require.NoError(t, err)
-	err = rm.Reload(context.Background())
+	err = rm.Reload(context.Background(), rotation.Written{})
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	require.ErrorContains(t, err, "nope.pem")
 	require.Equal(t, good, read(t, dyn))
@@ -224,6 +225,29 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	entries, err := os.ReadDir(filepath.Dir(dyn))
 	require.NoError(t, err)
 	require.Len(t, entries, 1)
+}
+
+// TestFilesByNameFromWritten: names of the output's files are read where
+// the reload is told they were written; a name the set lacks is one error
+// naming it, and the dynamic file is left alone.
+func TestFilesByNameFromWritten(t *testing.T) {
+	ca := newCA(t)
+	out := newOutput(t, ca)
+	s := out.rotate(traefikID)
+	dyn := dynPath(t)
+	r, err := NewReloader(dyn, Files{Cert: "svid.pem", Key: "key.pem", Bundle: "bundle.pem"})
+	require.NoError(t, err)
+	w := rotation.Written{Dir: out.dir, Files: map[string]string{
+		"svid.pem": out.files.Cert, "key.pem": out.files.Key, "bundle.pem": out.files.Bundle}, SVID: s}
+	require.NoError(t, r.Reload(context.Background(), w))
+	require.Contains(t, string(read(t, dyn)), "serial "+s.Certificates[0].SerialNumber.Text(16)+" ")
+	good := read(t, dyn)
+
+	out.rotate(traefikID)
+	delete(w.Files, "bundle.pem")
+	err = r.Reload(context.Background(), w)
+	require.ErrorContains(t, err, "traefik: "+dyn+": bundle.pem was not written to "+out.dir)
+	require.Equal(t, good, read(t, dyn))
 }
 
 func TestNewReloaderRejects(t *testing.T) {
@@ -262,10 +286,10 @@ func TestAtomicRewrites(t *testing.T) {
 		require.NoError(t, err)
 	}
 	// The two complete documents: every read must be byte-identical to one.
-	require.NoError(t, rs[1].Reload(context.Background()))
+	require.NoError(t, rs[1].Reload(context.Background(), rotation.Written{}))
 	docB := read(t, dyn)
 	require.NoError(t, checkDoc(docB))
-	require.NoError(t, rs[0].Reload(context.Background()))
+	require.NoError(t, rs[0].Reload(context.Background(), rotation.Written{}))
 	docA := read(t, dyn)
 	require.NoError(t, checkDoc(docA))
 
@@ -298,7 +322,7 @@ func TestAtomicRewrites(t *testing.T) {
 	}()
 	const rewrites = 300
 	for i := range rewrites {
-		require.NoError(t, rs[(i+1)%2].Reload(context.Background()))
+		require.NoError(t, rs[(i+1)%2].Reload(context.Background(), rotation.Written{}))
 	}
 	stop.Store(true)
 	wg.Wait()
@@ -413,7 +437,7 @@ func TestTransportReachesSPIFFEBackend(t *testing.T) {
 	get := func(peer spiffeid.ID) (string, error) {
 		r, err := NewReloader(dyn, out.files, WithPeerSPIFFEID(peer))
 		require.NoError(t, err)
-		require.NoError(t, r.Reload(context.Background()))
+		require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 		st := parseStrict(t, read(t, dyn)).HTTP.ServersTransports["spiffe"]
 		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: traefikTLSConfig(t, st)}}
 		defer c.CloseIdleConnections()
@@ -446,7 +470,7 @@ func TestReloadHonoursContext(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.ErrorIs(t, r.Reload(ctx), context.Canceled)
+	require.ErrorIs(t, r.Reload(ctx, rotation.Written{}), context.Canceled)
 	_, err = os.Stat(dyn)
 	require.ErrorIs(t, err, fs.ErrNotExist)
 }
@@ -460,7 +484,7 @@ func TestOwner(t *testing.T) {
 	dyn := dynPath(t)
 	r, err := NewReloader(dyn, out.files, WithOwner(65534, 65534))
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	fi, err := os.Stat(dyn)
 	require.NoError(t, err)
 	require.Equal(t, uint32(65534), fi.Sys().(*syscall.Stat_t).Uid)
