@@ -17,14 +17,14 @@ func (*LayoutKeys) defaults(*Output) {}
 
 func (k *LayoutKeys) check(v *validator, p func(...any) []any, _ *Output) {
 	switch k.Layout {
-	case "", LayoutSPIFFEFSDelivery:
+	case "", rotation.LayoutSPIFFEFSDelivery:
 	default:
-		v.errorf(p("layout"), "%q: want %q (or none)", k.Layout, LayoutSPIFFEFSDelivery)
+		v.errorf(p("layout"), "%q: want %q (or none)", k.Layout, rotation.LayoutSPIFFEFSDelivery)
 	}
 }
 
 func (k *LayoutKeys) format(o *Output) (rotation.Format, error) {
-	if k.Layout != LayoutSPIFFEFSDelivery {
+	if k.Layout != rotation.LayoutSPIFFEFSDelivery {
 		return nil, nil // another value is check's problem
 	}
 	return &rotation.FSDelivery{KeyMode: fs.FileMode(o.KeyMode), BundleMode: fs.FileMode(o.BundleMode)}, nil

@@ -53,7 +53,7 @@ func (t *TraefikReload) parts(o *Output, j int) (*traefik.Format, *traefik.Linke
 		ServerName:           t.ServerName,
 		TCP:                  t.TCP,
 		IntermediatesInRoots: o.IntermediatesInBundle,
-		Mode:                 t.Mode.Or(DefaultKeyMode),
+		Mode:                 t.Mode.Or(rotation.DefaultKeyMode),
 		Field:                "traefik",
 	}
 	if j >= 0 {

@@ -8,10 +8,6 @@ import (
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
-// LayoutSPIFFEFSDelivery is the layout value for a SPIFFE Filesystem
-// Delivery credential folder (a draft standard; see docs/FORMATS.md).
-const LayoutSPIFFEFSDelivery = rotation.LayoutSPIFFEFSDelivery
-
 // Formats are an output's files beyond cert/key/bundle and JWT, and the
 // check that a reload took. They are inlined into Output: the YAML keys
 // sit beside cert_file. Files holding the key take key_mode, the others

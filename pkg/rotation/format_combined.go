@@ -5,6 +5,7 @@ import (
 	"io/fs"
 
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -33,7 +34,7 @@ func (f *Combined) Check(c FormatCheck) error {
 	switch f.Order {
 	case svid.KeyFirst, svid.ChainFirst:
 	default:
-		err = fieldErr("combined_order", "%d: want key_first or chain_first", f.Order)
+		err = fielderr.Errorf("combined_order", "%d: want key_first or chain_first", f.Order)
 	}
 	return joinDistinct(err, c.CheckMode("key_mode", orMode(f.Mode, DefaultKeyMode), true))
 }

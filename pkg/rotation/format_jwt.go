@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -54,10 +55,10 @@ func (f *JWT) Check(c FormatCheck) error {
 	for i, j := range f.Tokens {
 		p := fmt.Sprintf("jwt[%d]", i)
 		if len(j.Audience) == 0 {
-			errs = append(errs, fieldErr(p+".audience", "at least one audience is required"))
+			errs = append(errs, fielderr.Errorf(p+".audience", "at least one audience is required"))
 		}
 		if j.File == "" {
-			errs = append(errs, fieldErr(p+".file", "is required"))
+			errs = append(errs, fielderr.Errorf(p+".file", "is required"))
 		}
 		errs = append(errs, c.CheckMode(p+".mode", orMode(j.Mode, DefaultJWTMode), true))
 	}

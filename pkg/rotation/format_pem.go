@@ -5,6 +5,7 @@ import (
 	"io/fs"
 
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -45,7 +46,7 @@ func (f *PEM) Check(c FormatCheck) error {
 func (f *PEM) Warnings() []error {
 	cm, km := orMode(f.CertMode, DefaultCertMode), orMode(f.KeyMode, DefaultKeyMode)
 	if f.KeyFile != "" && f.CertFile != "" && km.Perm()&^cm.Perm() != 0 {
-		return []error{fieldErr("key_mode", "%s is wider than cert_mode %s: the key is readable where the certificate is not",
+		return []error{fielderr.Errorf("key_mode", "%s is wider than cert_mode %s: the key is readable where the certificate is not",
 			octal(km), octal(cm))}
 	}
 	return nil

@@ -1,14 +1,14 @@
 package rotation
 
 import (
-	"bytes"
 	"crypto/x509"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
+	"github.com/identity-agent/identity-agent/internal/secretfile"
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -62,31 +62,27 @@ func (f *PKCS12) Check(c FormatCheck) error {
 	if f.wanted() {
 		switch {
 		case f.PasswordFile == "":
-			err = fieldErr("pkcs12.password_file", "is required with a keystore or truststore file")
+			err = fielderr.Errorf("pkcs12.password_file", "is required with a keystore or truststore file")
 		case !filepath.IsAbs(f.PasswordFile):
-			err = fieldErr("pkcs12.password_file", "%q must be an absolute path", f.PasswordFile)
+			err = fielderr.Errorf("pkcs12.password_file", "%q must be an absolute path", f.PasswordFile)
 		}
 	} else if f.PasswordFile != "" {
-		err = fieldErr("pkcs12.password_file", "is set but neither keystore_file nor truststore_file is")
+		err = fielderr.Errorf("pkcs12.password_file", "is set but neither keystore_file nor truststore_file is")
 	}
 	return joinDistinct(err,
 		c.CheckMode("key_mode", orMode(f.KeyMode, DefaultKeyMode), true),
 		c.CheckMode("bundle_mode", orMode(f.BundleMode, DefaultBundleMode), false))
 }
 
-// readPKCS12Password reads the password file. The error names the file,
-// never its content.
+// readPKCS12Password reads the password file (internal/secretfile: its
+// trailing line breaks are not part of the password). The error names the
+// file, never its content.
 func readPKCS12Password(path string) (string, error) {
-	raw, err := os.ReadFile(path)
+	pw, err := secretfile.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("pkcs12.password_file: %w", err)
 	}
-	raw = bytes.TrimSuffix(raw, []byte("\n"))
-	raw = bytes.TrimSuffix(raw, []byte("\r"))
-	if len(raw) == 0 {
-		return "", fmt.Errorf("pkcs12.password_file %s: empty", path)
-	}
-	return string(raw), nil
+	return pw, nil
 }
 
 // Build implements Format. The password file is read at every build.

@@ -8,26 +8,14 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 )
 
-// FieldError is a problem with one field of an Output. Field is the
-// configuration key it concerns, as the agent's YAML spells it
-// ("key_mode", "jwt[1].file", "reloads[0]"), so that a caller holding the
-// file can point at the line.
-type FieldError struct {
-	Field string
-	Err   error
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
-func (e *FieldError) Unwrap() error { return e.Err }
-
-// FieldName is the key the error concerns (see FieldError.Field).
-func (e *FieldError) FieldName() string { return e.Field }
-
-func fieldErr(field, format string, args ...any) error {
-	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
-}
+// FieldError is a problem with one field of an Output ("key_mode",
+// "jwt[1].file", "reloads[0]"). It is fielderr.Error, the one type every
+// pkg/ Validate uses, named here for callers of Output.Validate.
+type FieldError = fielderr.Error
 
 // Signals are the signals a signal reload may send, by name. One table for
 // the parser and for messages.
@@ -138,10 +126,10 @@ func (o Output) Validate() error {
 		}
 	}
 	if o.Name == "" {
-		add(fieldErr("name", "is required"))
+		add(fielderr.Errorf("name", "is required"))
 	}
 	if o.Dir == "" {
-		add(fieldErr("dir", "is required"))
+		add(fielderr.Errorf("dir", "is required"))
 	}
 	seen := map[string]string{}
 	file := func(field, name string) {
@@ -149,16 +137,16 @@ func (o Output) Validate() error {
 		case name == "":
 			return
 		case name != filepath.Base(name) || name == "." || name == ".." || strings.ContainsRune(name, filepath.Separator):
-			add(fieldErr(field, "%q must be a plain file name inside dir", name))
+			add(fielderr.Errorf(field, "%q must be a plain file name inside dir", name))
 			return
 		case strings.HasPrefix(name, ".."):
 			// The atomic writer keeps its versioned directories and link
 			// under names starting with "..".
-			add(fieldErr(field, "%q: names starting with \"..\" are reserved", name))
+			add(fielderr.Errorf(field, "%q: names starting with \"..\" are reserved", name))
 			return
 		}
 		if prev, ok := seen[name]; ok {
-			add(fieldErr(field, "%q is also used by %s", name, prev))
+			add(fielderr.Errorf(field, "%q is also used by %s", name, prev))
 			return
 		}
 		seen[name] = field
@@ -168,7 +156,7 @@ func (o Output) Validate() error {
 	listed, tokens := 0, 0
 	for i, f := range o.Formats {
 		if f == nil {
-			add(fieldErr(fmt.Sprintf("formats[%d]", i), "is nil"))
+			add(fielderr.Errorf(fmt.Sprintf("formats[%d]", i), "is nil"))
 			continue
 		}
 		for _, n := range f.Files() {
@@ -183,7 +171,7 @@ func (o Output) Validate() error {
 	// Formats sharing a setting (key_mode) report its problem once.
 	add(joinDistinct(checks...))
 	if o.Verify != nil && !o.holdsKey() {
-		add(fieldErr("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file"))
+		add(fielderr.Errorf("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file"))
 	}
 	if listed == 0 && tokens == 0 {
 		add(errors.New("no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)"))
