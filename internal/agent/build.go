@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"os/user"
@@ -146,21 +145,9 @@ func convertOutput(cfg *config.Config, at string, o config.Output) (rotation.Out
 		Name:                   o.Name,
 		Selector:               svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint},
 		Dir:                    o.Dir,
-		CertFile:               o.CertFile,
-		KeyFile:                o.KeyFile,
-		BundleFile:             o.BundleFile,
 		IncludeFederated:       o.IncludeFederated,
-		IntermediatesInBundle:  o.IntermediatesInBundle,
-		CertMode:               fs.FileMode(o.CertMode),
-		KeyMode:                fs.FileMode(o.KeyMode),
-		BundleMode:             fs.FileMode(o.BundleMode),
 		Owner:                  owner,
-		JWTBundleFile:          o.JWTBundleFile,
-		JWTBundleMode:          fs.FileMode(o.JWTBundleMode),
 		UnsafeWorldReadableKey: o.UnsafeWorldReadableKey,
-	}
-	for _, j := range o.JWT {
-		ro.JWT = append(ro.JWT, rotation.JWTFile{Audience: j.Audience, File: j.File, Mode: fs.FileMode(j.Mode)})
 	}
 	if err := applyFormats(&ro, o); err != nil {
 		errs = append(errs, cfg.At(at, err))

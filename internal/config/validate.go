@@ -57,6 +57,7 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 		for j := range o.JWT {
 			o.JWT[j].Mode = FileMode(o.JWT[j].Mode.Or(rotation.DefaultJWTMode))
 		}
+		defaultFormats(o)
 		for _, rl := range o.Reload {
 			rl.applyDefaults()
 		}

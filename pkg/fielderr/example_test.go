@@ -12,7 +12,7 @@ import (
 // One errors.As serves every package's Validate.
 func Example() {
 	for _, err := range []error{
-		rotation.Output{Name: "web", Dir: "/etc/web", CertFile: "c.pem", KeyFile: "c.pem"}.Validate(),
+		rotation.Output{Name: "web", Dir: "/etc/web", Formats: []rotation.Format{&rotation.PEM{CertFile: "c.pem", KeyFile: "c.pem"}}}.Validate(),
 		tlsproxy.Config{Name: "p", Mode: "sideways"}.Validate(),
 	} {
 		var fe *fielderr.Error

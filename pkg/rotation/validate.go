@@ -103,36 +103,20 @@ func octal(m fs.FileMode) string {
 	return fmt.Sprintf("%04o", v)
 }
 
-// withDefaults fills the zero modes and owner; no check, no I/O.
+// withDefaults fills the verify timeout; each format fills its own modes.
+// No check, no I/O.
 func (o Output) withDefaults() Output {
-	if o.CertMode == 0 {
-		o.CertMode = DefaultCertMode
-	}
-	if o.KeyMode == 0 {
-		o.KeyMode = DefaultKeyMode
-	}
-	if o.BundleMode == 0 {
-		o.BundleMode = DefaultBundleMode
-	}
-	if o.JWTBundleMode == 0 {
-		o.JWTBundleMode = DefaultJWTBundleMode
-	}
 	if o.VerifyTimeout <= 0 {
 		o.VerifyTimeout = DefaultVerifyTimeout
-	}
-	o.JWT = slices.Clone(o.JWT)
-	for i := range o.JWT {
-		if o.JWT[i].Mode == 0 {
-			o.JWT[i].Mode = DefaultJWTMode
-		}
 	}
 	return o
 }
 
 // Validate checks o as NewManager will, without touching the file system:
-// name, dir, file names (plain, distinct, not reserved), modes (see
-// CheckMode) and reloads. Every problem is reported, each as a
-// *FieldError, joined. Dir may be relative here; NewManager resolves it.
+// name, dir, the formats (their file names plain, distinct and not
+// reserved; their own Check: modes, see CheckMode) and reloads. Every
+// problem is reported, each as a *FieldError, joined. Dir may be relative
+// here; NewManager resolves it.
 func (o Output) Validate() error {
 	o = o.withDefaults()
 	var errs []error
@@ -167,36 +151,29 @@ func (o Output) Validate() error {
 		}
 		seen[name] = field
 	}
-	mode := func(field string, m fs.FileMode, secret bool) {
-		if err := CheckMode(m, secret, o.UnsafeWorldReadableKey); err != nil {
-			add(&FieldError{Field: field, Err: err})
+	check := FormatCheck{UnsafeWorldReadableKey: o.UnsafeWorldReadableKey}
+	var checks []error
+	listed, tokens := 0, 0
+	for i, f := range o.Formats {
+		if f == nil {
+			add(fielderr.Errorf(fmt.Sprintf("formats[%d]", i), "is nil"))
+			continue
 		}
+		for _, n := range f.Files() {
+			file(n.Field, n.Name)
+			listed++
+		}
+		if tf, ok := f.(TokenFormat); ok {
+			tokens += len(tf.JWTFiles())
+		}
+		checks = append(checks, f.Check(check))
 	}
-	file("cert_file", o.CertFile)
-	file("key_file", o.KeyFile)
-	file("bundle_file", o.BundleFile)
-	file("jwt_bundle_file", o.JWTBundleFile)
-	mode("cert_mode", o.CertMode, false)
-	mode("key_mode", o.KeyMode, true)
-	mode("bundle_mode", o.BundleMode, false)
-	mode("jwt_bundle_mode", o.JWTBundleMode, false)
-	for i, j := range o.JWT {
-		p := fmt.Sprintf("jwt[%d]", i)
-		if len(j.Audience) == 0 {
-			add(fielderr.Errorf(p+".audience", "at least one audience is required"))
-		}
-		if j.File == "" {
-			add(fielderr.Errorf(p+".file", "is required"))
-		}
-		file(p+".file", j.File)
-		mode(p+".mode", j.Mode, true)
+	// Formats sharing a setting (key_mode) report its problem once.
+	add(joinDistinct(checks...))
+	if o.Verify != nil && !o.holdsKey() {
+		add(fielderr.Errorf("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file"))
 	}
-	// The formats' own fields (formats.go); their file names share seen.
-	add(o.normalizeFormats(func(field, name string) error {
-		file(field, name)
-		return nil
-	}))
-	if len(seen) == 0 && len(o.JWT) == 0 && !o.wantsFormats() {
+	if listed == 0 && tokens == 0 {
 		add(errors.New("no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)"))
 	}
 	for i, r := range o.Reloads {
@@ -220,13 +197,14 @@ func ValidateReloader(r Reloader) error {
 }
 
 // Warnings are legal but probably unintended settings of o, one line each:
-// today, a key more widely readable than its certificate.
+// those of its formats (Warner), e.g. a key more widely readable than its
+// certificate.
 func (o Output) Warnings() []error {
-	o = o.withDefaults()
 	var w []error
-	if o.KeyFile != "" && o.CertFile != "" && o.KeyMode.Perm()&^o.CertMode.Perm() != 0 {
-		w = append(w, fielderr.Errorf("key_mode", "%s is wider than cert_mode %s: the key is readable where the certificate is not",
-			octal(o.KeyMode), octal(o.CertMode)))
+	for _, f := range o.Formats {
+		if wf, ok := f.(Warner); ok {
+			w = append(w, wf.Warnings()...)
+		}
 	}
 	return w
 }
