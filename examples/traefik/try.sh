@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Try examples/traefik on one machine, unprivileged (no Traefik needed: the
 # agent's part is the file Traefik watches): the dev Workload API, the agent
-# with this directory's agent.yaml writing the serversTransport into a copy
-# of the watched directory next to dynamic/models.yml, a check that the
-# inline credentials reach an mTLS server that accepts only Traefik's SPIFFE
-# ID (the standalone `identity-agent proxy server` as the model server), and
-# a rotation that rewrites the watched file. Needs openssl, curl, python3.
-# About 10 s.
+# with this directory's agent.yaml writing the serversTransport into its
+# output's set and linking it into a copy of the watched directory next to
+# dynamic/models.yml, a check that the inline credentials reach an mTLS
+# server that accepts only Traefik's SPIFFE ID (the standalone
+# `identity-agent proxy server` as the model server), and three rotations,
+# each renaming a fresh link into the watched directory: the event Traefik's
+# file provider reloads on. Needs openssl, curl, python3. About 15 s.
 # shellcheck source=examples/try-lib.sh
 . "$(dirname "$0")/../try-lib.sh"
 try_init traefik
@@ -29,7 +30,7 @@ subst "$EX/traefik/agent.yaml" "$T/agent.yaml" \
   "group: traefik" "group: $(id -gn)"
 agent_start "$T/agent.yaml"
 FILE=$DYN/identity-agent.yml
-say "the watched directory (traefik.yml's providers.file.directory):"
+say "the watched directory (traefik.yml's providers.file.directory): a link into the output's set"
 ls -l "$DYN" | sed 's/^/      /'
 
 # inline KEY: the PEM under certFile, keyFile or rootCAs in the generated
@@ -64,16 +65,25 @@ call() { curl -sS --fail --cert "$T/inline/cert.pem" --key "$T/inline/key.pem" -
 wait_for 30 "the model server never answered the inline credentials" call
 say "GET /api/tags with the transport's certificate: $(call)"
 
-step "rotation: new SVIDs, the agent rewrites the watched file (one rename) with them inline"
-before=$(serial "$T/inline/cert.pem")
-rotate_svids
-rewritten() {
-  extract
-  local s
-  s=$(serial "$T/inline/cert.pem" 2>/dev/null) || return 1
-  [ "$s" != "$before" ] && [ "$s" = "$(serial "$CERTS/svid.pem")" ]
-}
-wait_for 30 "the watched file never carried the rotated SVID" rewritten
-say "inline serial $before -> $(serial "$T/inline/cert.pem")"
+step "rotations: each writes a new set and renames a fresh link into the watched directory"
+# Traefik's provider reloads on an event named like its file in the watched
+# directory; a link renamed over the old one is such an event, and shows as
+# a new inode of the name (ls -i without -L looks at the link itself).
+inode() { ls -id "$FILE" | awk '{print $1}'; }
+for n in 1 2 3; do
+  before=$(serial "$T/inline/cert.pem")
+  link_before=$(inode)
+  rotate_svids
+  rewritten() {
+    extract
+    local s
+    s=$(serial "$T/inline/cert.pem" 2>/dev/null) || return 1
+    [ "$s" != "$before" ] && [ "$s" = "$(serial "$CERTS/svid.pem")" ] && [ "$(inode)" != "$link_before" ]
+  }
+  wait_for 30 "rotation $n: the watched link never carried the rotated SVID" rewritten
+  say "rotation $n: inline serial $before -> $(serial "$T/inline/cert.pem"), link $FILE renamed in (inode $link_before -> $(inode))"
+done
 say "the rotated credentials work too: $(call)"
+say "the link and what it points at (the key stays in the output's set):"
 ls -l "$DYN" | sed 's/^/      /'
+ls -lL "$FILE" | sed 's/^/      /'

@@ -119,7 +119,7 @@ func New(plan *Plan, opts Options) (*Agent, error) {
 		}
 		a.redisAdmin = adm
 		a.sampler, err = redistransition.NewSampler(adm, redistransition.SamplerConfig{
-			StateFile: t.StateFile, Interval: t.SampleInterval.D(redistransition.DefaultSampleInterval), MaxGap: t.MaxSampleGap.D(redistransition.DefaultMaxSampleGap),
+			StateFile: t.StateFile, Interval: time.Duration(t.SampleInterval), MaxGap: time.Duration(t.MaxSampleGap),
 			PlainPort: t.PlainPort, TLSPort: t.TLSPort, Transition: tr,
 		}, ropts...)
 		if err != nil {

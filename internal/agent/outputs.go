@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
@@ -23,21 +22,9 @@ func convertOutput(cfg *config.Config, env Env, at string, o config.Output) (rot
 		Name:                   o.Name,
 		Selector:               svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint},
 		Dir:                    o.Dir,
-		CertFile:               o.CertFile,
-		KeyFile:                o.KeyFile,
-		BundleFile:             o.BundleFile,
 		IncludeFederated:       o.IncludeFederated,
-		IntermediatesInBundle:  o.IntermediatesInBundle,
-		CertMode:               fs.FileMode(o.CertMode),
-		KeyMode:                fs.FileMode(o.KeyMode),
-		BundleMode:             fs.FileMode(o.BundleMode),
 		Owner:                  owner,
-		JWTBundleFile:          o.JWTBundleFile,
-		JWTBundleMode:          fs.FileMode(o.JWTBundleMode),
 		UnsafeWorldReadableKey: o.UnsafeWorldReadableKey,
-	}
-	for _, j := range o.JWT {
-		ro.JWT = append(ro.JWT, rotation.JWTFile{Audience: j.Audience, File: j.File, Mode: fs.FileMode(j.Mode)})
 	}
 	if err := applyFormats(&ro, o); err != nil {
 		errs = append(errs, cfg.At(at, err))
@@ -67,13 +54,14 @@ func buildReloader(env Env, o config.Output, owner atomicdir.Owner, r config.Rel
 
 // withEqual makes rl comparable by rotation.Output.Equal (the reload diff)
 // when it cannot compare itself: the redis reloader (its server
-// authorizer is a func) and the traefik one are keyed by the settings
-// they were built from (the output's own settings, which they also use,
-// are compared by Output.Equal). A kind whose reloader has neither an
-// Equal(any) bool nor a line here equals only itself: its output is
-// replaced on every reload, which is safe but says "changed".
+// authorizer is a func) and the traefik one (its logger) are keyed by the
+// settings they were built from (the output's own settings, which they
+// also use, are compared by Output.Equal). A kind whose reloader has
+// neither an Equal(rotation.Reloader) bool, nor a comparable value, nor a
+// line here equals only itself: its output is replaced on every reload,
+// which is safe but says "changed".
 func withEqual(rl rotation.Reloader, spec config.ReloadSpec) rotation.Reloader {
-	if _, ok := rl.(interface{ Equal(other any) bool }); ok {
+	if _, ok := rl.(selfComparing); ok {
 		return rl
 	}
 	switch s := spec.(type) {
@@ -104,6 +92,12 @@ func outputProblem(next *config.Config, err error) error {
 	return fmt.Errorf("%s: outputs: %w", next.Path, err)
 }
 
+// selfComparing is a reloader rotation.Output.Equal asks to compare
+// itself.
+type selfComparing interface {
+	Equal(other rotation.Reloader) bool
+}
+
 // keyed is a reloader this package builds with the settings K it was
 // built from: two are Equal (rotation.Output.Equal, the reload diff) when
 // their settings are. It forwards only the Reloader methods: the kinds
@@ -114,7 +108,7 @@ type keyed[K comparable] struct {
 }
 
 // Equal is true for a reloader built from the same settings.
-func (k keyed[K]) Equal(other any) bool {
+func (k keyed[K]) Equal(other rotation.Reloader) bool {
 	o, ok := other.(keyed[K])
 	return ok && k.key == o.key
 }

@@ -250,6 +250,8 @@ func proxyPlan(pc config.Proxy) ProxyPlan {
 // that reads a file is compared by the bytes each plan saw.
 func policyHash(tc tlsproxy.Config) string { return tc.PolicyFingerprint() }
 
+// settingsOf reads the agent-wide settings; config filled their defaults
+// (the packages' constants).
 func settingsOf(cfg *config.Config) Settings {
 	return Settings{
 		WorkloadAPISocket:   cfg.WorkloadAPI.Socket,
@@ -258,10 +260,10 @@ func settingsOf(cfg *config.Config) Settings {
 		MetricsListen:       cfg.Admin.MetricsListen,
 		LogLevel:            cfg.Log.Level,
 		LogFormat:           cfg.Log.Format,
-		ExpiryWindow:        cfg.Rotation.ExpiryWindow.D(config.DefaultExpiryWindow),
-		Debounce:            cfg.Rotation.Debounce.D(config.DefaultDebounce),
-		RetryMin:            cfg.Rotation.RetryMin.D(config.DefaultRetryMin),
-		RetryMax:            cfg.Rotation.RetryMax.D(config.DefaultRetryMax),
+		ExpiryWindow:        time.Duration(cfg.Rotation.ExpiryWindow),
+		Debounce:            time.Duration(cfg.Rotation.Debounce),
+		RetryMin:            time.Duration(cfg.Rotation.RetryMin),
+		RetryMax:            time.Duration(cfg.Rotation.RetryMax),
 		Guard:               cfg.Rotation.Guard == nil || *cfg.Rotation.Guard,
 		RedisTransition:     redisTransition(cfg),
 	}

@@ -23,8 +23,7 @@ func BenchmarkPushToDisk(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			e := newEnv(b, svidtest.Config{}, true)
 			w := newWrites()
-			m := newTestManager(b, e, []Output{{Name: "web", Dir: filepath.Join(b.TempDir(), "out"),
-				CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}},
+			m := newTestManager(b, e, []Output{{Name: "web", Dir: filepath.Join(b.TempDir(), "out"), Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}}}},
 				WithDebounce(bc.debounce), WithGuard(true), withWriteHook(w.hook))
 			runManager(b, m)
 			waitSerial(b, filepath.Join(m.outs[0].out.Dir, "cert.pem"), currentSerial(e, ""))

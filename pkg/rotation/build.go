@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -26,16 +27,9 @@ var errNotReady = errors.New("waiting for the Workload API")
 type buildInput struct {
 	x509       *workloadapi.X509Context
 	jwtBundles *jwtbundle.Set
-	tokens     []tokenState // one per Output.JWT, already refreshed
+	tokens     []tokenState // one per Output.jwtFiles entry, already refreshed
 	now        time.Time
-
-	// For the formats (formats.go): the PKCS#12 password as read from its
-	// file (or why it could not be), the PKCS#12 files last written, and
-	// the Filesystem Delivery trust bundle names ever written.
-	pkcs12Password    string
-	pkcs12Err         error
-	p12Prev           map[string]p12Entry
-	knownTrustBundles map[string]bool
+	previous   []atomicdir.File // the set as last written, nil before
 }
 
 // material is what one build produced besides the files.
@@ -44,132 +38,134 @@ type material struct {
 	svid     *x509svid.SVID
 	jwtErr   error // a refresh failed but a still-valid cached token was used
 	spiffeID string
-	p12      map[string]p12Entry // the PKCS#12 files of this build
 }
 
-// build computes an output's files from in. It is a pure function: no
-// disk, no network, no clock; everything it reads is in o and in.
+// build computes an output's files from in: each format's files, in the
+// order of o.Formats. It does no network and no clock; everything it
+// reads is in o and in, and in the formats' own state (a format may read
+// a file of its own, like the PKCS#12 password).
 func build(o Output, in buildInput) ([]atomicdir.File, material, error) {
-	var (
-		files []atomicdir.File
-		mat   = material{x509: in.x509}
-		x     = in.x509
-	)
-	if o.wantsX509() {
-		if x == nil {
-			return nil, mat, fmt.Errorf("%w: no X.509 context received yet", errNotReady)
+	p := &buildPass{sel: o.Selector, x509: in.x509, now: in.now, validate: o.holdsKey(), tokens: in.tokens}
+	var files []atomicdir.File
+	next := 0
+	for _, f := range o.Formats {
+		fin := FormatInput{
+			X509: in.x509, JWTBundles: in.jwtBundles, Now: in.now, Dir: o.Dir,
+			IncludeFederated: o.IncludeFederated, Previous: in.previous, pass: p,
 		}
-		picked, err := o.Selector.Pick(x.SVIDs)
+		if tf, ok := f.(TokenFormat); ok {
+			for _, jf := range tf.JWTFiles() {
+				fin.tokens = append(fin.tokens, tokenRef{idx: next, file: jf.File})
+				next++
+			}
+		}
+		more, err := f.Build(fin)
 		if err != nil {
-			return nil, mat, err
-		}
-		if len(picked.Certificates) == 0 {
-			return nil, mat, fmt.Errorf("SVID %s has no certificates", picked.ID)
-		}
-		mat.svid = picked
-		mat.spiffeID = picked.ID.String()
-		if o.wantsKey() {
-			if err := svid.Validate(picked, x.Bundles, in.now); err != nil {
-				return nil, mat, fmt.Errorf("validate SVID %s serial %s: %w", picked.ID, serialOf(picked), err)
-			}
-		}
-		if o.CertFile != "" {
-			files = append(files, atomicdir.File{Name: o.CertFile, Data: svid.EncodeCertsPEM(picked.Certificates), Mode: o.CertMode})
-		}
-		if o.KeyFile != "" {
-			key, err := svid.EncodeKeyPEM(picked.PrivateKey)
-			if err != nil {
-				return nil, mat, fmt.Errorf("encode key of %s: %w", picked.ID, err)
-			}
-			files = append(files, atomicdir.File{Name: o.KeyFile, Data: key, Mode: o.KeyMode})
-		}
-		if o.BundleFile != "" {
-			certs := svid.BundleCerts(x, picked.ID.TrustDomain(), o.IncludeFederated, o.IntermediatesInBundle)
-			if len(certs) == 0 {
-				return nil, mat, fmt.Errorf("no X.509 bundle for trust domain %s", picked.ID.TrustDomain())
-			}
-			files = append(files, atomicdir.File{Name: o.BundleFile, Data: svid.EncodeCertsPEM(certs), Mode: o.BundleMode})
-		}
-		more, err := buildFormats(o, in, picked, &mat)
-		if err != nil {
-			return nil, mat, err
+			return nil, p.material(), err
 		}
 		files = append(files, more...)
 	}
-
-	for i, jf := range o.JWT {
-		t := in.tokens[i]
-		switch {
-		case t.err == nil && t.svid != nil:
-		case t.svid != nil && in.now.Before(t.svid.Expiry):
-			// Keep serving the still-valid token; the fetch is retried.
-			mat.jwtErr = errors.Join(mat.jwtErr, fmt.Errorf("jwt file %s: refresh failed, kept the current token: %w", jf.File, t.err))
-		case t.err != nil:
-			return nil, mat, fmt.Errorf("jwt file %s: %w", jf.File, t.err)
-		default:
-			return nil, mat, fmt.Errorf("jwt file %s: %w: no JWT-SVID fetched yet", jf.File, errNotReady)
-		}
-		if mat.spiffeID == "" {
-			mat.spiffeID = t.svid.ID.String()
-		}
-		files = append(files, atomicdir.File{Name: jf.File, Data: []byte(t.svid.Marshal() + "\n"), Mode: jf.Mode})
-	}
-
-	if o.JWTBundleFile != "" {
-		data, err := jwks(o, in.jwtBundles, mat)
-		if err != nil {
-			return nil, mat, err
-		}
-		files = append(files, atomicdir.File{Name: o.JWTBundleFile, Data: data, Mode: o.JWTBundleMode})
-	}
-	return files, mat, nil
+	return files, p.material(), nil
 }
 
-// jwks encodes the JWT bundles the output asks for.
-func jwks(o Output, set *jwtbundle.Set, mat material) ([]byte, error) {
-	if set == nil || set.Len() == 0 {
-		// They come on their own stream, often just after the X.509 context.
-		return nil, fmt.Errorf("jwt bundle file %s: %w: no JWT bundles received yet", o.JWTBundleFile, errNotReady)
+// tokenRef points a TokenFormat's token at the output's cached one.
+type tokenRef struct {
+	idx  int
+	file string
+}
+
+// buildPass is the state of one build shared by the output's formats: the
+// SVID picked once, the identity found, the JWT refreshes that failed.
+type buildPass struct {
+	sel      svid.Selector
+	x509     *workloadapi.X509Context
+	now      time.Time
+	validate bool
+	tokens   []tokenState
+
+	picked   *x509svid.SVID
+	pickErr  error
+	pickDone bool
+	spiffeID string
+	jwtErr   error
+}
+
+func (p *buildPass) material() material {
+	m := material{x509: p.x509, jwtErr: p.jwtErr, spiffeID: p.spiffeID}
+	if p.pickErr == nil {
+		m.svid = p.picked
 	}
-	var bundles []*jwtbundle.Bundle
-	if o.IncludeFederated {
-		bundles = set.Bundles()
-	} else {
-		td, err := ownTrustDomain(o, mat)
-		if err != nil {
-			return nil, fmt.Errorf("jwt bundle file %s: %w", o.JWTBundleFile, err)
-		}
-		b, ok := set.Get(td)
-		if !ok {
-			return nil, fmt.Errorf("jwt bundle file %s: no JWT bundle for trust domain %s", o.JWTBundleFile, td)
-		}
-		bundles = []*jwtbundle.Bundle{b}
+	return m
+}
+
+func (p *buildPass) svid() (*x509svid.SVID, error) {
+	if !p.pickDone {
+		p.pickDone = true
+		p.picked, p.pickErr = p.pick()
 	}
-	data, err := svid.EncodeJWKS(bundles...)
+	return p.picked, p.pickErr
+}
+
+func (p *buildPass) pick() (*x509svid.SVID, error) {
+	x := p.x509
+	if x == nil {
+		return nil, fmt.Errorf("%w: no X.509 context received yet", errNotReady)
+	}
+	picked, err := p.sel.Pick(x.SVIDs)
 	if err != nil {
-		return nil, fmt.Errorf("jwt bundle file %s: %w", o.JWTBundleFile, err)
+		return nil, err
 	}
-	return data, nil
+	if len(picked.Certificates) == 0 {
+		return nil, fmt.Errorf("SVID %s has no certificates", picked.ID)
+	}
+	p.spiffeID = picked.ID.String()
+	if p.validate {
+		if err := svid.Validate(picked, x.Bundles, p.now); err != nil {
+			return nil, fmt.Errorf("validate SVID %s serial %s: %w", picked.ID, serialOf(picked), err)
+		}
+	}
+	return picked, nil
 }
 
-// ownTrustDomain is the trust domain of the output's identity, from
+func (p *buildPass) token(ref tokenRef) (*jwtsvid.SVID, error) {
+	if ref.idx >= len(p.tokens) {
+		return nil, fmt.Errorf("jwt file %s: %w: no JWT-SVID fetched yet", ref.file, errNotReady)
+	}
+	t := p.tokens[ref.idx]
+	switch {
+	case t.err == nil && t.svid != nil:
+	case t.svid != nil && p.now.Before(t.svid.Expiry):
+		// Keep serving the still-valid token; the fetch is retried.
+		p.jwtErr = errors.Join(p.jwtErr, fmt.Errorf("jwt file %s: refresh failed, kept the current token: %w", ref.file, t.err))
+	case t.err != nil:
+		return nil, fmt.Errorf("jwt file %s: %w", ref.file, t.err)
+	default:
+		return nil, fmt.Errorf("jwt file %s: %w: no JWT-SVID fetched yet", ref.file, errNotReady)
+	}
+	if p.spiffeID == "" {
+		p.spiffeID = t.svid.ID.String()
+	}
+	return t.svid, nil
+}
+
+// trustDomain is the trust domain of the output's identity, from
 // whatever names it: the picked SVID, a JWT-SVID, the selector, or the
 // Workload API's default SVID.
-func ownTrustDomain(o Output, mat material) (spiffeid.TrustDomain, error) {
-	if mat.spiffeID != "" {
-		if id, err := spiffeid.FromString(mat.spiffeID); err == nil {
+func (p *buildPass) trustDomain() (spiffeid.TrustDomain, error) {
+	if p.spiffeID != "" {
+		if id, err := spiffeid.FromString(p.spiffeID); err == nil {
 			return id.TrustDomain(), nil
 		}
 	}
-	if o.Selector.SpiffeID != "" {
-		id, err := spiffeid.FromString(o.Selector.SpiffeID)
+	if p.sel.SpiffeID != "" {
+		id, err := spiffeid.FromString(p.sel.SpiffeID)
 		if err != nil {
-			return spiffeid.TrustDomain{}, fmt.Errorf("selector spiffe_id %q: %w", o.Selector.SpiffeID, err)
+			return spiffeid.TrustDomain{}, fmt.Errorf("selector spiffe_id %q: %w", p.sel.SpiffeID, err)
 		}
 		return id.TrustDomain(), nil
 	}
-	if mat.x509 != nil {
-		if sv, err := o.Selector.Pick(mat.x509.SVIDs); err == nil {
+	if p.x509 != nil {
+		if sv, err := p.sel.Pick(p.x509.SVIDs); err == nil {
 			return sv.ID.TrustDomain(), nil
 		}
 	}

@@ -2,11 +2,13 @@
 // Workload API and tells services to pick them up.
 //
 // A Manager takes a Source (a *svid.Source, or any implementation, e.g. a
-// fake in a test) and a list of Outputs. Each Output is one
-// directory for one service: which X.509-SVID to use (svid.Selector), which
-// files to write (certificate chain, PKCS#8 key, CA bundle, JWT-SVID
-// tokens, JWKS), with which modes and owner, and which Reloaders to run
-// once they changed (signal, exec, systemctl, launchctl, or your own).
+// fake in a test) and a list of Outputs. Each Output is one directory for
+// one service: which X.509-SVID to use (svid.Selector), which Formats to
+// write (the PEM trio of certificate chain, PKCS#8 key and CA bundle;
+// JWT-SVID tokens and a JWKS; a combined key+chain PEM; the SPIFFE
+// Filesystem Delivery layout; a bundle per trust domain; PKCS#12 stores;
+// or your own Format), with which owner, and which Reloaders to run once
+// they changed (signal, exec, systemctl, launchctl, or your own).
 //
 // What Start does, per output, until Close:
 //
@@ -43,11 +45,11 @@
 //     state while the Workload API is unreachable. State grades every SVID
 //     with the same rule (OutputState.Expiry, SVIDState.Expiry).
 //
-//   - Beyond the PEM trio, an Output can write a CombinedFile (key and
-//     chain in one PEM: tear-free for readers on their own schedule), the
-//     SPIFFE Filesystem Delivery Layout (a draft standard), a BundleDir
-//     with one bundle per trust domain, and PKCS12 keystore/truststore
-//     files; all go through the same validation, modes and set swap.
+//   - A Format is a value (format.go): the names it owns, whether a file
+//     holds the key, its own Check, and Build from the material; one file
+//     per format (format_*.go), state such as PKCS#12 encodings inside the
+//     value. All formats of an Output go through the same validation,
+//     modes and set swap; Output.Equal compares their settings.
 //
 //   - With Verify (a ServedChecker such as *tlsprobe.Prober), each reload
 //     is followed by a check that the service serves the certificate just

@@ -3,67 +3,90 @@ package rotation
 import (
 	"reflect"
 	"slices"
+
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
-// Equal reports whether o and p are the same output: the same files,
-// modes, owner, formats, verification and reloads, in the same order. A
-// reload (or the Verify checker) is compared with its Equal(any) bool
-// method when it has one, as the reloaders this package makes do;
-// without one it equals only itself. A program that applies a new
-// configuration (identity-agent's reload) replaces only outputs that are
-// not Equal to the running ones.
-func (o Output) Equal(p Output) bool {
-	return o.Name == p.Name && o.Selector == p.Selector && o.Dir == p.Dir &&
-		o.CertFile == p.CertFile && o.KeyFile == p.KeyFile && o.BundleFile == p.BundleFile &&
-		o.IncludeFederated == p.IncludeFederated && o.IntermediatesInBundle == p.IntermediatesInBundle &&
-		o.CertMode == p.CertMode && o.KeyMode == p.KeyMode && o.BundleMode == p.BundleMode &&
-		o.Owner == p.Owner &&
-		slices.EqualFunc(o.JWT, p.JWT, func(a, b JWTFile) bool {
-			return a.File == b.File && a.Mode == b.Mode && slices.Equal(a.Audience, b.Audience)
-		}) &&
-		o.JWTBundleFile == p.JWTBundleFile && o.JWTBundleMode == p.JWTBundleMode &&
-		slices.EqualFunc(o.Reloads, p.Reloads, func(a, b Reloader) bool { return sameValue(a, b) }) &&
-		o.CombinedFile == p.CombinedFile && o.CombinedOrder == p.CombinedOrder && o.Layout == p.Layout &&
-		o.BundleDir == p.BundleDir && o.PKCS12 == p.PKCS12 &&
-		sameValue(o.Verify, p.Verify) && o.VerifyTimeout == p.VerifyTimeout &&
-		o.UnsafeWorldReadableKey == p.UnsafeWorldReadableKey
+// Equal reports whether o and other are the same output: the same name,
+// identity, directory, owner, formats with the same settings (a format's
+// state, such as PKCS#12 encodings, does not count), the same reloads in
+// the same order and the same verify check. The agent's reload keeps an
+// output whose Output is Equal to the new one running untouched.
+//
+// Formats, Reloaders and ServedCheckers compare with their own
+// Equal(other) bool method when they have one (every one of this package
+// does), else by value when their type is comparable, else by identity.
+func (o Output) Equal(other Output) bool {
+	a, b := o.withDefaults(), other.withDefaults()
+	return a.Name == b.Name && a.Selector == b.Selector && a.Dir == b.Dir &&
+		a.IncludeFederated == b.IncludeFederated && ownerOrKeep(a.Owner) == ownerOrKeep(b.Owner) &&
+		a.UnsafeWorldReadableKey == b.UnsafeWorldReadableKey && a.VerifyTimeout == b.VerifyTimeout &&
+		slices.EqualFunc(a.Formats, b.Formats, equalFormat) &&
+		slices.EqualFunc(a.Reloads, b.Reloads, equalReloader) &&
+		equalChecker(a.Verify, b.Verify)
 }
 
-// sameValue compares two reloaders or checkers: by a's Equal(any) bool
-// when it has one, else by identity.
-func sameValue(a, b any) bool {
+func ownerOrKeep(w atomicdir.Owner) atomicdir.Owner {
+	if w == (atomicdir.Owner{}) {
+		return atomicdir.Owner{UID: -1, GID: -1}
+	}
+	return w
+}
+
+func equalFormat(a, b Format) bool {
+	if e, ok := a.(interface{ Equal(Format) bool }); ok && a != nil {
+		return e.Equal(b)
+	}
+	return sameValue(a, b)
+}
+
+func equalReloader(a, b Reloader) bool {
+	if e, ok := a.(interface{ Equal(Reloader) bool }); ok && a != nil {
+		return e.Equal(b)
+	}
+	return sameValue(a, b)
+}
+
+func equalChecker(a, b ServedChecker) bool {
+	if e, ok := a.(interface{ Equal(ServedChecker) bool }); ok && a != nil {
+		return e.Equal(b)
+	}
+	return sameValue(a, b)
+}
+
+// sameValue compares two values of an interface: nil only to nil, else
+// the same dynamic type and, through one pointer, equal by ==; a value
+// that == cannot compare (a slice inside) is equal only to itself.
+func sameValue(a, b any) (equal bool) {
 	if a == nil || b == nil {
 		return a == nil && b == nil
 	}
-	if e, ok := a.(interface{ Equal(other any) bool }); ok {
-		return e.Equal(b)
-	}
-	if !reflect.TypeOf(a).Comparable() || reflect.TypeOf(a) != reflect.TypeOf(b) {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	if va.Type() != vb.Type() {
 		return false
 	}
-	return a == b
+	if va.Kind() == reflect.Pointer {
+		if va.IsNil() || vb.IsNil() || va.Pointer() == vb.Pointer() {
+			return va.Pointer() == vb.Pointer()
+		}
+		va, vb = va.Elem(), vb.Elem()
+	}
+	if !va.Type().Comparable() {
+		return false
+	}
+	// A comparable struct may still hold an interface whose dynamic
+	// value is not: == panics then.
+	defer func() {
+		if recover() != nil {
+			equal = false
+		}
+	}()
+	return va.Interface() == vb.Interface()
 }
 
-// Equal is true for a signal reload of the same process and signal.
-func (r *signalReloader) Equal(other any) bool {
-	o, ok := other.(*signalReloader)
-	return ok && *r == *o
-}
-
-// Equal is true for the same command, timeout and kind.
-func (r *execReloader) Equal(other any) bool {
+// Equal reports whether other runs the same command with the same timeout.
+func (r *execReloader) Equal(other Reloader) bool {
 	o, ok := other.(*execReloader)
-	return ok && slices.Equal(r.argv, o.argv) && r.timeout == o.timeout && r.kind == o.kind && r.label == o.label
-}
-
-// Equal is true for the same unit, action and command settings.
-func (r *systemdReloader) Equal(other any) bool {
-	o, ok := other.(*systemdReloader)
-	return ok && *r == *o
-}
-
-// Equal is true for the same label, restart flag and command settings.
-func (r *launchdReloader) Equal(other any) bool {
-	o, ok := other.(*launchdReloader)
-	return ok && *r == *o
+	return ok && r != nil && o != nil && slices.Equal(r.argv, o.argv) &&
+		r.timeout == o.timeout && r.kind == o.kind && r.label == o.label
 }

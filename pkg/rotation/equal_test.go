@@ -1,78 +1,82 @@
-package rotation_test
+package rotation
 
 import (
-	"reflect"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
+	"github.com/stretchr/testify/assert"
 
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
-	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
-	"github.com/identity-agent/identity-agent/pkg/tlsprobe"
 )
 
-// TestOutputEqual: two outputs built alike (fresh reloaders and checker
-// included) are Equal; a change of any one field is seen. The list must
-// name every field: a field added to Output without a line in Equal fails
-// the count.
+// Equal compares settings, not identity or state: two outputs built
+// apart from one config are Equal; any changed setting is not.
 func TestOutputEqual(t *testing.T) {
-	build := func() rotation.Output {
-		probe, err := tlsprobe.New("tcp://127.0.0.1:6380", tlsprobe.WithServerName("redis"))
-		require.NoError(t, err)
-		return rotation.Output{Name: "o", Selector: svid.Selector{Hint: "h"}, Dir: "/srv/o", CertFile: "c", KeyFile: "k", BundleFile: "b",
-			CertMode: 0o644, KeyMode: 0o600, BundleMode: 0o644, Owner: atomicdir.Owner{UID: 1, GID: 2},
-			JWT:           []rotation.JWTFile{{Audience: []string{"a"}, File: "t", Mode: 0o600}},
-			JWTBundleFile: "jb", JWTBundleMode: 0o644,
-			Reloads: []rotation.Reloader{rotation.NewExecReloader([]string{"true"}, time.Second),
-				rotation.NewSignalReloader("/run/x.pid", 0, syscall.SIGHUP),
-				rotation.NewSystemdReloader("x.service", "reload"), rotation.NewLaunchdReloader("x", true)},
-			CombinedFile: "all.pem", Layout: "", BundleDir: "bundles", PKCS12: rotation.PKCS12{KeystoreFile: "ks"},
-			Verify: probe, VerifyTimeout: time.Second}
+	mk := func() Output {
+		return Output{
+			Name: "web", Dir: "/d", Selector: svid.Selector{Hint: "h"},
+			Formats: []Format{
+				&PEM{CertFile: "c.pem", KeyFile: "k.pem"},
+				&Combined{File: "all.pem"},
+				&FSDelivery{},
+				&BundleDir{Dir: "b"},
+				&PKCS12{KeystoreFile: "k.p12", PasswordFile: "/pw"},
+				&JWT{Tokens: []JWTFile{{Audience: []string{"db"}, File: "t"}}, BundleFile: "jwks.json"},
+			},
+			Reloads: []Reloader{
+				NewSignalReloader("/run/x.pid", 0, syscall.SIGHUP),
+				NewExecReloader([]string{"true", "x"}, time.Second),
+				NewSystemdReloader("nginx", "reload"),
+			},
+		}
 	}
-	require.True(t, build().Equal(build()))
-	changes := map[string]func(*rotation.Output){
-		"Name":                   func(o *rotation.Output) { o.Name = "p" },
-		"Selector":               func(o *rotation.Output) { o.Selector.Hint = "i" },
-		"Dir":                    func(o *rotation.Output) { o.Dir = "/srv/p" },
-		"CertFile":               func(o *rotation.Output) { o.CertFile = "x" },
-		"KeyFile":                func(o *rotation.Output) { o.KeyFile = "x" },
-		"BundleFile":             func(o *rotation.Output) { o.BundleFile = "x" },
-		"IncludeFederated":       func(o *rotation.Output) { o.IncludeFederated = true },
-		"IntermediatesInBundle":  func(o *rotation.Output) { o.IntermediatesInBundle = true },
-		"CertMode":               func(o *rotation.Output) { o.CertMode = 0o640 },
-		"KeyMode":                func(o *rotation.Output) { o.KeyMode = 0o640 },
-		"BundleMode":             func(o *rotation.Output) { o.BundleMode = 0o640 },
-		"Owner":                  func(o *rotation.Output) { o.Owner.GID = 3 },
-		"JWT":                    func(o *rotation.Output) { o.JWT[0].Audience = []string{"b"} },
-		"JWTBundleFile":          func(o *rotation.Output) { o.JWTBundleFile = "x" },
-		"JWTBundleMode":          func(o *rotation.Output) { o.JWTBundleMode = 0o640 },
-		"Reloads":                func(o *rotation.Output) { o.Reloads[0] = rotation.NewExecReloader([]string{"false"}, time.Second) },
-		"CombinedFile":           func(o *rotation.Output) { o.CombinedFile = "x" },
-		"CombinedOrder":          func(o *rotation.Output) { o.CombinedOrder = svid.ChainFirst },
-		"Layout":                 func(o *rotation.Output) { o.Layout = rotation.LayoutSPIFFEFSDelivery },
-		"BundleDir":              func(o *rotation.Output) { o.BundleDir = "x" },
-		"PKCS12":                 func(o *rotation.Output) { o.PKCS12.TruststoreFile = "ts" },
-		"Verify":                 func(o *rotation.Output) { o.Verify, _ = tlsprobe.New("tcp://127.0.0.1:6380") },
-		"VerifyTimeout":          func(o *rotation.Output) { o.VerifyTimeout = time.Minute },
-		"UnsafeWorldReadableKey": func(o *rotation.Output) { o.UnsafeWorldReadableKey = true },
+	a := mk()
+	assert.True(t, a.Equal(mk()), "built apart from the same settings")
+	// State does not count: a built PKCS#12 cache or known trust domains.
+	a.Formats[4].(*PKCS12).cache = map[string]p12Entry{"k.p12": {fingerprint: "x"}}
+	a.Formats[2].(*FSDelivery).known = map[string]bool{"x": true}
+	assert.True(t, a.Equal(mk()))
+	// The zero Owner is "leave as is".
+	b := mk()
+	b.Owner = atomicdir.Owner{UID: -1, GID: -1}
+	assert.True(t, mk().Equal(b))
+
+	for name, change := range map[string]func(*Output){
+		"name":         func(o *Output) { o.Name = "api" },
+		"selector":     func(o *Output) { o.Selector.Hint = "other" },
+		"federated":    func(o *Output) { o.IncludeFederated = true },
+		"owner":        func(o *Output) { o.Owner = atomicdir.Owner{UID: 5, GID: -1} },
+		"key mode":     func(o *Output) { o.Formats[0].(*PEM).KeyMode = 0o640 },
+		"order":        func(o *Output) { o.Formats[1].(*Combined).Order = svid.ChainFirst },
+		"fs mode":      func(o *Output) { o.Formats[2].(*FSDelivery).BundleMode = 0o640 },
+		"bundle dir":   func(o *Output) { o.Formats[3].(*BundleDir).Dir = "c" },
+		"password":     func(o *Output) { o.Formats[4].(*PKCS12).PasswordFile = "/pw2" },
+		"audience":     func(o *Output) { o.Formats[5].(*JWT).Tokens[0].Audience = []string{"db", "x"} },
+		"format gone":  func(o *Output) { o.Formats = o.Formats[:5] },
+		"format order": func(o *Output) { o.Formats[0], o.Formats[1] = o.Formats[1], o.Formats[0] },
+		"signal":       func(o *Output) { o.Reloads[0] = NewSignalReloader("/run/x.pid", 0, syscall.SIGUSR1) },
+		"exec argv":    func(o *Output) { o.Reloads[1] = NewExecReloader([]string{"true", "y"}, time.Second) },
+		"systemd":      func(o *Output) { o.Reloads[2] = NewSystemdReloader("nginx", "restart") },
+		"verify":       func(o *Output) { o.Verify = fakeChecker{} },
+		"timeout":      func(o *Output) { o.VerifyTimeout = time.Minute },
+	} {
+		b := mk()
+		change(&b)
+		assert.False(t, mk().Equal(b), name)
+		assert.False(t, b.Equal(mk()), name)
 	}
-	require.Len(t, changes, reflectFields(rotation.Output{}), "a field of Output has no change in this test")
-	for name, change := range changes {
-		o := build()
-		change(&o)
-		require.False(t, build().Equal(o), "a change of %s is not seen", name)
-	}
-	// Reload order counts; a missing Verify is not a present one.
-	o := build()
-	o.Reloads[0], o.Reloads[1] = o.Reloads[1], o.Reloads[0]
-	require.False(t, build().Equal(o))
-	o = build()
-	o.Verify = nil
-	require.False(t, build().Equal(o))
-	require.False(t, o.Equal(build()))
 }
 
-func reflectFields(v any) int { return reflect.TypeOf(v).NumField() }
+// A Format value keeps state (PKCS#12 encodings): two outputs of one
+// Manager sharing one would use it from two goroutines, so it is refused.
+func TestFormatSharedByTwoOutputsRefused(t *testing.T) {
+	dir := t.TempDir()
+	pem := &PEM{CertFile: "c.pem"}
+	_, err := NewManager(&fakeSource{}, []Output{
+		{Name: "a", Dir: dir + "/a", Formats: []Format{pem}},
+		{Name: "b", Dir: dir + "/b", Formats: []Format{pem}},
+	})
+	assert.ErrorContains(t, err, `output "b": format pem is also used by output "a"`)
+}

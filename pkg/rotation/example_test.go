@@ -51,11 +51,11 @@ func ExampleNewManager() {
 
 	marker := filepath.Join(tmp, "reloaded")
 	m, err := rotation.NewManager(src, []rotation.Output{{
-		Name:       "web",
-		Dir:        filepath.Join(tmp, "tls"),
-		CertFile:   "cert.pem",
-		KeyFile:    "key.pem",
-		BundleFile: "ca.pem",
+		Name: "web",
+		Dir:  filepath.Join(tmp, "tls"),
+		// The PEM trio; add &rotation.Combined{...}, &rotation.PKCS12{...}
+		// or &rotation.JWT{...} for more files in the same set.
+		Formats: []rotation.Format{&rotation.PEM{CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}},
 		// argv, no shell: a real setup would run e.g. "nginx -s reload".
 		Reloads: []rotation.Reloader{rotation.NewExecReloader([]string{"touch", marker}, 10*time.Second)},
 	}})
@@ -109,7 +109,9 @@ func ExampleManager_Start() {
 	defer func() { _ = src.Close() }()
 
 	m, err := rotation.NewManager(src, []rotation.Output{{
-		Name: "web", Dir: filepath.Join(tmp, "tls"), CertFile: "cert.pem", KeyFile: "key.pem",
+		Name:    "web",
+		Dir:     filepath.Join(tmp, "tls"),
+		Formats: []rotation.Format{&rotation.PEM{CertFile: "cert.pem", KeyFile: "key.pem"}},
 		Reloads: []rotation.Reloader{rotation.NewExecReloader([]string{"true"}, 10*time.Second)},
 	}})
 	if err != nil {

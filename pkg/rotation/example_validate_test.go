@@ -10,7 +10,7 @@ import (
 // Validate reports every problem of an Output at once, each naming its
 // field, without touching the file system.
 func ExampleOutput_Validate() {
-	o := rotation.Output{Name: "redis", Dir: "/etc/redis/tls", CertFile: "tls.pem", KeyFile: "tls.pem", KeyMode: 0o644}
+	o := rotation.Output{Name: "redis", Dir: "/etc/redis/tls", Formats: []rotation.Format{&rotation.PEM{CertFile: "tls.pem", KeyFile: "tls.pem", KeyMode: 0o644}}}
 	err := o.Validate()
 	var fe *rotation.FieldError
 	if errors.As(err, &fe) {

@@ -114,7 +114,7 @@ func TestFakeSourceRejectsExpiredSVID(t *testing.T) {
 	now := time.Now()
 	src := &fakeSource{x509: ca.context(ca.issue(t, "/web", 7, now.Add(-2*time.Hour), now.Add(-time.Hour)))}
 	dir := filepath.Join(t.TempDir(), "out")
-	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem"}}, WithLogger(testLogger(t)))
+	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}}, WithLogger(testLogger(t)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = m.Close() })
 
@@ -150,8 +150,7 @@ func TestFakeSourceJWTFetchFails(t *testing.T) {
 		jwtErr: errors.New("permission denied by the fake"),
 	}
 	dir := filepath.Join(t.TempDir(), "out")
-	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem",
-		JWT: []JWTFile{{Audience: []string{"db"}, File: "token"}}}}, WithLogger(testLogger(t)))
+	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem"}, &JWT{Tokens: []JWTFile{{Audience: []string{"db"}, File: "token"}}}}}}, WithLogger(testLogger(t)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = m.Close() })
 
@@ -170,7 +169,7 @@ func TestBuildIsPure(t *testing.T) {
 	ca := newTestCA(t)
 	now := time.Now()
 	sv := ca.issue(t, "/web", 10, now.Add(-time.Minute), now.Add(time.Hour))
-	o, err := Output{Name: "web", Dir: t.TempDir(), CertFile: "c", KeyFile: "k", BundleFile: "b"}.normalize()
+	o, err := Output{Name: "web", Dir: t.TempDir(), Formats: []Format{&PEM{CertFile: "c", KeyFile: "k", BundleFile: "b"}}}.normalize()
 	require.NoError(t, err)
 	in := buildInput{x509: ca.context(sv), now: now}
 	a, _, err := build(o, in)

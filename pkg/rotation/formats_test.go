@@ -85,11 +85,10 @@ func TestFormatsReadBackAcrossRotation(t *testing.T) {
 	pw := filepath.Join(base, "p12.pass")
 	require.NoError(t, os.WriteFile(pw, []byte("correct horse battery\n"), 0o600))
 	outs := []Output{
-		{Name: "haproxy", Dir: filepath.Join(base, "haproxy"), CombinedFile: "crt.pem", CombinedOrder: svid.ChainFirst},
-		{Name: "mongo", Dir: filepath.Join(base, "mongo"), CombinedFile: "mongo.pem", BundleDir: "bundles"},
-		{Name: "fsd", Dir: filepath.Join(base, "fsd"), Layout: LayoutSPIFFEFSDelivery},
-		{Name: "java", Dir: filepath.Join(base, "java"), PKCS12: PKCS12{KeystoreFile: "keystore.p12", TruststoreFile: "truststore.p12", PasswordFile: pw}, IncludeFederated: true},
-	}
+		{Name: "haproxy", Dir: filepath.Join(base, "haproxy"), Formats: []Format{&Combined{File: "crt.pem", Order: svid.ChainFirst}}},
+		{Name: "mongo", Dir: filepath.Join(base, "mongo"), Formats: []Format{&Combined{File: "mongo.pem"}, &BundleDir{Dir: "bundles"}}},
+		{Name: "fsd", Dir: filepath.Join(base, "fsd"), Formats: []Format{&FSDelivery{}}},
+		{Name: "java", Dir: filepath.Join(base, "java"), IncludeFederated: true, Formats: []Format{&PKCS12{KeystoreFile: "keystore.p12", TruststoreFile: "truststore.p12", PasswordFile: pw}}}}
 	w := newWrites()
 	m := newTestManager(t, e, outs, withWriteHook(w.hook))
 	runManager(t, m)
@@ -194,7 +193,7 @@ func TestCombinedFileNeverTears(t *testing.T) {
 	const rotations = 25
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "out")
-	m := newTestManager(t, e, []Output{{Name: "one", Dir: dir, CombinedFile: "tls.pem"}})
+	m := newTestManager(t, e, []Output{{Name: "one", Dir: dir, Formats: []Format{&Combined{File: "tls.pem"}}}})
 	runManager(t, m)
 	path := filepath.Join(dir, "tls.pem")
 	waitSerialAny(t, path, currentSerial(e, ""))
@@ -261,7 +260,7 @@ func TestFSDeliveryRedactsWithdrawnTrustDomain(t *testing.T) {
 	withFed.Bundles.Add(x509bundle.FromX509Authorities(tdFed, []*x509.Certificate{fedCA.cert}))
 	src := &fakeSource{x509: withFed}
 	dir := filepath.Join(t.TempDir(), "out")
-	outs := []Output{{Name: "web", Dir: dir, Layout: LayoutSPIFFEFSDelivery, BundleDir: "bundles"}}
+	outs := []Output{{Name: "web", Dir: dir, Formats: []Format{&FSDelivery{}, &BundleDir{Dir: "bundles"}}}}
 	m, err := NewManager(src, outs, WithLogger(testLogger(t)))
 	require.NoError(t, err)
 	require.NoError(t, m.WriteAll(context.Background()))
@@ -298,21 +297,20 @@ func TestFormatConfigErrors(t *testing.T) {
 		o    Output
 		want string
 	}{
-		{Output{Name: "x", Dir: dir, Layout: "k8s"}, `layout: "k8s": want "spiffe-fs-delivery"`},
-		{Output{Name: "x", Dir: dir, Layout: LayoutSPIFFEFSDelivery, CertFile: svid.FSDeliveryCredentialBundle}, "is also used by cert_file"},
-		{Output{Name: "x", Dir: dir, CombinedFile: "a/b"}, `combined_file: "a/b" must be a plain file name`},
-		{Output{Name: "x", Dir: dir, CombinedFile: "tls.pem", KeyFile: "tls.pem"}, `combined_file: "tls.pem" is also used by key_file`},
-		{Output{Name: "x", Dir: dir, BundleDir: "..b"}, `bundle_dir: "..b": names starting with ".." are reserved`},
-		{Output{Name: "x", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12"}}, "pkcs12.password_file: is required"},
-		{Output{Name: "x", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12", PasswordFile: "pw"}}, `pkcs12.password_file: "pw" must be an absolute path`},
-		{Output{Name: "x", Dir: dir, CertFile: "c", PKCS12: PKCS12{PasswordFile: "/pw"}}, "neither keystore_file nor truststore_file"},
-		{Output{Name: "x", Dir: dir, BundleFile: "b", Verify: fakeChecker{}}, "verify: needs a certificate"},
-		{Output{Name: "x", Dir: dir, CombinedFile: "c", CombinedOrder: 7}, "combined_order: 7"},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&PEM{CertFile: svid.FSDeliveryCredentialBundle}, &FSDelivery{}}}, "is also used by cert_file"},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&Combined{File: "a/b"}}}, `combined_file: "a/b" must be a plain file name`},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&PEM{KeyFile: "tls.pem"}, &Combined{File: "tls.pem"}}}, `combined_file: "tls.pem" is also used by key_file`},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&BundleDir{Dir: "..b"}}}, `bundle_dir: "..b": names starting with ".." are reserved`},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&PKCS12{KeystoreFile: "k.p12"}}}, "pkcs12.password_file: is required"},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&PKCS12{KeystoreFile: "k.p12", PasswordFile: "pw"}}}, `pkcs12.password_file: "pw" must be an absolute path`},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&PEM{CertFile: "c"}, &PKCS12{PasswordFile: "/pw"}}}, "neither keystore_file nor truststore_file"},
+		{Output{Name: "x", Dir: dir, Verify: fakeChecker{}, Formats: []Format{&PEM{BundleFile: "b"}}}, "verify: needs a certificate"},
+		{Output{Name: "x", Dir: dir, Formats: []Format{&Combined{File: "c", Order: 7}}}, "combined_order: 7"},
 	} {
 		_, err := tc.o.normalize()
 		require.ErrorContains(t, err, tc.want)
 	}
-	o, err := Output{Name: "x", Dir: dir, CombinedFile: "c", Verify: fakeChecker{}}.normalize()
+	o, err := Output{Name: "x", Dir: dir, Verify: fakeChecker{}, Formats: []Format{&Combined{File: "c"}}}.normalize()
 	require.NoError(t, err)
 	assert.Equal(t, DefaultVerifyTimeout, o.VerifyTimeout)
 }
@@ -325,12 +323,12 @@ func TestPKCS12PasswordFileErrors(t *testing.T) {
 	src := &fakeSource{x509: ca.context(ca.issue(t, "/web", 22, now.Add(-time.Minute), now.Add(time.Hour)))}
 	pw := filepath.Join(t.TempDir(), "pw")
 	dir := filepath.Join(t.TempDir(), "out")
-	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, PKCS12: PKCS12{KeystoreFile: "k.p12", PasswordFile: pw}}}, WithLogger(testLogger(t)))
+	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, Formats: []Format{&PKCS12{KeystoreFile: "k.p12", PasswordFile: pw}}}}, WithLogger(testLogger(t)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = m.Close() })
 	require.ErrorContains(t, m.WriteAll(context.Background()), "pkcs12.password_file: open "+pw)
 	require.NoError(t, os.WriteFile(pw, []byte("\n"), 0o600))
-	require.ErrorContains(t, m.WriteAll(context.Background()), "pkcs12.password_file "+pw+": empty")
+	require.ErrorContains(t, m.WriteAll(context.Background()), "pkcs12.password_file: "+pw+": empty")
 	_, err = os.Lstat(filepath.Join(dir, "k.p12"))
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	require.NoError(t, os.WriteFile(pw, []byte("hunter2-but-long\r\n"), 0o600))
@@ -341,6 +339,15 @@ func TestPKCS12PasswordFileErrors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, big.NewInt(22), leaf.SerialNumber)
 	assert.NotContains(t, outputState(m, "web").LastWriteError, "hunter2")
+
+	// Every trailing line break goes, as "$(cat FILE)" and openssl's
+	// -passin file: read it (internal/secretfile holds the rule).
+	require.NoError(t, os.WriteFile(pw, []byte("hunter2-but-longer\n\n"), 0o600))
+	require.NoError(t, m.WriteAll(context.Background()))
+	data, err = os.ReadFile(filepath.Join(dir, "k.p12"))
+	require.NoError(t, err)
+	_, _, err = pkcs12.Decode(data, "hunter2-but-longer")
+	require.NoError(t, err, "the password is the file without its trailing line breaks")
 }
 
 type fakeChecker struct{}
@@ -355,7 +362,7 @@ func (fakeChecker) Served(context.Context, *tls.Certificate) (*x509.Certificate,
 func TestGuardRestoresBundleDir(t *testing.T) {
 	e := newEnv(t, svidtest.Config{Federated: []spiffeid.TrustDomain{tdFed}}, true)
 	dir := filepath.Join(t.TempDir(), "out")
-	m := newTestManager(t, e, []Output{{Name: "envoy", Dir: dir, CombinedFile: "tls.pem", BundleDir: "bundles"}})
+	m := newTestManager(t, e, []Output{{Name: "envoy", Dir: dir, Formats: []Format{&Combined{File: "tls.pem"}, &BundleDir{Dir: "bundles"}}}})
 	runManager(t, m)
 	own, fed := filepath.Join(dir, "bundles", "example.org.pem"), filepath.Join(dir, "bundles", "partner.test.pem")
 	waitSerialAny(t, filepath.Join(dir, "tls.pem"), currentSerial(e, ""))

@@ -12,8 +12,9 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // The guard has two halves: the guard type below watches the output

@@ -24,8 +24,7 @@ func TestGuardRestoresDeletedAndAlteredFiles(t *testing.T) {
 	dir := filepath.Join(base, "out")
 	script, reloadLog := recorder(t, base, "reload")
 	w := newWrites()
-	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem",
-		Reloads: []Reloader{NewExecReloader([]string{script, "r"}, 5*time.Second)}}}, withWriteHook(w.hook))
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Reloads: []Reloader{NewExecReloader([]string{script, "r"}, 5*time.Second)}, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}}}}, withWriteHook(w.hook))
 	runManager(t, m)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	waitSerial(t, certPath, currentSerial(e, ""))
@@ -92,7 +91,7 @@ func TestGuardOff(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := t.TempDir()
 	w := newWrites()
-	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem"}}, WithGuard(false), withWriteHook(w.hook))
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem"}}}}, WithGuard(false), withWriteHook(w.hook))
 	runManager(t, m)
 	certPath := filepath.Join(dir, "cert.pem")
 	waitSerial(t, certPath, currentSerial(e, ""))
@@ -110,7 +109,7 @@ func TestWorkloadAPIDownStartedStoppedRestarted(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, false)
 	dir := t.TempDir()
 	core, logs := observer.New(zap.WarnLevel)
-	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem"}},
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}},
 		WithExpiryWindow(2*time.Hour), // the 1h SVIDs are always "within" it
 		WithLogger(zap.New(core)), withWatchdogCheck(100*time.Millisecond))
 	runManager(t, m)
@@ -176,8 +175,7 @@ func TestWriteFailureKeepsOldFilesAndRecovers(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "out")
 	script, reloadLog := recorder(t, t.TempDir(), "reload")
-	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem",
-		Reloads: []Reloader{NewExecReloader([]string{script, "r"}, 5*time.Second)}}})
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Reloads: []Reloader{NewExecReloader([]string{script, "r"}, 5*time.Second)}, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}})
 	runManager(t, m)
 	certPath := filepath.Join(dir, "cert.pem")
 	first := currentSerial(e, "")
@@ -233,7 +231,7 @@ func TestGuardNeverChmodsThroughASymlinkAndBoundsItsQuarantine(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "out")
 	w := newWrites()
-	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}}, withWriteHook(w.hook))
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}}}}, withWriteHook(w.hook))
 	runManager(t, m)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	waitSerial(t, certPath, currentSerial(e, ""))

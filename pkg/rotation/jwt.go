@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// tokenState is the cached JWT-SVID of one Output.JWT entry.
+// tokenState is the cached JWT-SVID of one JWTFile of the output's formats.
 type tokenState struct {
 	svid      *jwtsvid.SVID
 	refreshAt time.Time
@@ -33,7 +33,7 @@ func (r *outputRunner) refreshTokens(ctx context.Context, x *workloadapi.X509Con
 	// rewrite fresh tokens for nothing.
 	x509Pushed := r.lastX509 != nil && x != r.lastX509 && !sameX509(x, r.lastX509)
 	now := time.Now()
-	for i := range r.out.JWT {
+	for i := range r.jwt {
 		t := &r.tokens[i]
 		if x509Pushed || t.svid == nil || t.err != nil || !now.Before(t.refreshAt) {
 			r.fetchJWT(ctx, i)
@@ -43,7 +43,7 @@ func (r *outputRunner) refreshTokens(ctx context.Context, x *workloadapi.X509Con
 
 // fetchJWT refreshes token i and re-arms its refresh timer.
 func (r *outputRunner) fetchJWT(ctx context.Context, i int) {
-	jf := r.out.JWT[i]
+	jf := r.jwt[i]
 	t := &r.tokens[i]
 	fctx, cancel := context.WithTimeout(ctx, jwtFetchTimeout)
 	defer cancel()

@@ -71,8 +71,7 @@ func TestJWTHeldTokenIsNotAskedForEverySecond(t *testing.T) {
 		t:          t, ca: jca, lifetime: 8 * time.Second,
 	}
 	dir := filepath.Join(t.TempDir(), "out")
-	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem",
-		JWT: []JWTFile{{Audience: []string{"db"}, File: "db.jwt"}}}},
+	m, err := NewManager(src, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem"}, &JWT{Tokens: []JWTFile{{Audience: []string{"db"}, File: "db.jwt"}}}}}},
 		WithLogger(testLogger(t)), WithDebounce(0), withMinJWTRefresh(10*time.Millisecond))
 	require.NoError(t, err)
 	runManager(t, m)

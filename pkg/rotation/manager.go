@@ -221,7 +221,7 @@ func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) 
 func (m *Manager) WriteAll(ctx context.Context) error {
 	var errs []error
 	for _, r := range m.runners() {
-		if r.out.JWTBundleFile != "" {
+		if r.out.wantsJWTBundles() {
 			m.waitJWTBundles(ctx)
 		}
 		if err := r.sync(ctx, "write-all"); err != nil {

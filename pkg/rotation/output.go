@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
@@ -20,14 +21,6 @@ const (
 	DefaultJWTBundleMode fs.FileMode = 0o644
 )
 
-// JWTFile asks for a JWT-SVID for Audience written to File (a base name in
-// the output's Dir). Mode defaults to 0600.
-type JWTFile struct {
-	Audience []string
-	File     string
-	Mode     fs.FileMode
-}
-
 // Output is one directory of identity files for one service, and what to
 // run once they changed.
 //
@@ -40,47 +33,64 @@ type Output struct {
 	Selector svid.Selector
 	// Dir holds the files. Required; one Output per Dir.
 	Dir string
-	// Base names in Dir; "" = not written.
-	CertFile, KeyFile, BundleFile string
-	// IncludeFederated adds federated trust domains' roots to BundleFile
-	// (and their JWT keys to JWTBundleFile). IntermediatesInBundle adds the
-	// SVID's intermediates to BundleFile.
-	IncludeFederated, IntermediatesInBundle bool
-	// Modes default to 0644, 0600, 0644.
-	CertMode, KeyMode, BundleMode fs.FileMode
+	// Formats are the files to write, in order: &PEM{...}, &Combined{...},
+	// &FSDelivery{...}, &BundleDir{...}, &PKCS12{...}, &JWT{...} or your
+	// own Format. Their base names must differ. A Format value belongs to
+	// one Output (it may keep state).
+	Formats []Format
+	// IncludeFederated adds federated trust domains' roots to the bundles
+	// the formats write (PEM's BundleFile, the PKCS#12 truststore) and
+	// their JWT keys to JWT's BundleFile.
+	IncludeFederated bool
 	// Owner of the files. The zero value {0,0} is treated as {-1,-1}
 	// ("leave as is"): an unset field must not mean "chown to root".
 	Owner atomicdir.Owner
-	// JWT token files, refreshed at half their lifetime and on every
-	// X.509 push.
-	JWT []JWTFile
-	// JWTBundleFile receives the JWT bundles as a JWKS; mode default 0644.
-	JWTBundleFile string
-	JWTBundleMode fs.FileMode
 	// Reloads run in order after the files changed on disk.
 	Reloads []Reloader
-
-	// Formats beyond the PEM trio (formats.go): CombinedFile (key and
-	// chain in one file, mode KeyMode), Layout (LayoutSPIFFEFSDelivery),
-	// BundleDir (one bundle file per trust domain) and PKCS12.
-	CombinedFile  string
-	CombinedOrder svid.CombinedOrder
-	Layout        string
-	BundleDir     string
-	PKCS12        PKCS12
 
 	// Verify, when set, checks after each reload that the service serves
 	// the certificate just written (verify.go); VerifyTimeout is how long
 	// the service may take to do so (default DefaultVerifyTimeout).
 	Verify        ServedChecker
 	VerifyTimeout time.Duration
-	// UnsafeWorldReadableKey allows a KeyMode (and JWT token Mode) readable
-	// by every user; without it such a mode is refused (see CheckMode).
+	// UnsafeWorldReadableKey allows a key mode (and JWT token mode)
+	// readable by every user; without it such a mode is refused (see
+	// CheckMode).
 	UnsafeWorldReadableKey bool
 }
 
+// holdsKey reports whether any file of the output carries the private
+// key: then the SVID must pass svid.Validate before anything is written.
+func (o Output) holdsKey() bool {
+	return slices.ContainsFunc(o.Formats, func(f Format) bool { return f != nil && f.HoldsKey() })
+}
+
+// wantsX509 reports whether a format other than the JWT-SVID ones writes
+// a file: then tokens wait for the first X.509 context too.
 func (o Output) wantsX509() bool {
-	return o.CertFile != "" || o.KeyFile != "" || o.BundleFile != "" || o.wantsFormats()
+	return slices.ContainsFunc(o.Formats, func(f Format) bool {
+		_, tokens := f.(TokenFormat)
+		return f != nil && !tokens && len(f.Files()) > 0
+	})
+}
+
+// wantsJWTBundles reports whether a file of the output is a JWKS.
+func (o Output) wantsJWTBundles() bool {
+	return slices.ContainsFunc(o.Formats, func(f Format) bool {
+		j, ok := f.(*JWT)
+		return ok && j.BundleFile != ""
+	})
+}
+
+// jwtFiles lists the JWT-SVIDs the output's formats ask for, in order.
+func (o Output) jwtFiles() []JWTFile {
+	var out []JWTFile
+	for _, f := range o.Formats {
+		if tf, ok := f.(TokenFormat); ok {
+			out = append(out, tf.JWTFiles()...)
+		}
+	}
+	return out
 }
 
 // normalize fills defaults, resolves Dir and rejects configurations that
@@ -101,9 +111,7 @@ func (o Output) normalize() (Output, error) {
 	if o.Owner == (atomicdir.Owner{}) {
 		o.Owner = atomicdir.Owner{UID: -1, GID: -1}
 	}
-	for i := range o.JWT {
-		o.JWT[i].Audience = append([]string(nil), o.JWT[i].Audience...)
-	}
+	o.Formats = slices.Clone(o.Formats)
 	o.Reloads = append([]Reloader(nil), o.Reloads...)
 	return o, nil
 }
@@ -111,19 +119,10 @@ func (o Output) normalize() (Output, error) {
 // fileNames lists the user-visible files in a stable order.
 func (o Output) fileNames() []string {
 	var names []string
-	for _, n := range []string{o.CertFile, o.KeyFile, o.BundleFile, o.CombinedFile, o.PKCS12.KeystoreFile, o.PKCS12.TruststoreFile} {
-		if n != "" {
-			names = append(names, n)
+	for _, f := range o.Formats {
+		for _, n := range f.Files() {
+			names = append(names, n.Name)
 		}
-	}
-	for _, j := range o.JWT {
-		names = append(names, j.File)
-	}
-	if o.JWTBundleFile != "" {
-		names = append(names, o.JWTBundleFile)
-	}
-	if o.Layout == LayoutSPIFFEFSDelivery {
-		names = append(names, svid.FSDeliveryCredentialBundle)
 	}
 	return names
 }

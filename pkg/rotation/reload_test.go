@@ -37,12 +37,10 @@ func TestReloadOnlyWhenWritten(t *testing.T) {
 	bundleScript, bundleLog := recorder(t, base, "bundle")
 	w := newWrites()
 	m := newTestManager(t, e, []Output{
-		{Name: "svid", Dir: filepath.Join(base, "svid"), CertFile: "cert.pem", KeyFile: "key.pem",
-			Reloads: []Reloader{NewExecReloader([]string{svidScript, "svid"}, 5*time.Second)}},
+		{Name: "svid", Dir: filepath.Join(base, "svid"), Reloads: []Reloader{NewExecReloader([]string{svidScript, "svid"}, 5*time.Second)}, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}},
 		// Only the bundle: an SVID rotation pushes, but changes nothing here.
-		{Name: "bundle", Dir: filepath.Join(base, "bundle"), BundleFile: "ca.pem",
-			Reloads: []Reloader{NewExecReloader([]string{bundleScript, "bundle"}, 5*time.Second)}},
-	}, withWriteHook(w.hook))
+		{Name: "bundle", Dir: filepath.Join(base, "bundle"), Formats: []Format{&PEM{BundleFile: "ca.pem"}},
+			Reloads: []Reloader{NewExecReloader([]string{bundleScript, "bundle"}, 5*time.Second)}}}, withWriteHook(w.hook))
 	runManager(t, m)
 	require.Eventually(t, func() bool { return len(lines(svidLog)) == 1 && len(lines(bundleLog)) == 1 }, waitFor, tick)
 	waitSettled(t, w, "bundle")
@@ -84,8 +82,7 @@ func TestSignalReloader(t *testing.T) {
 	pidFile := filepath.Join(base, "svc.pid")
 	require.NoError(t, os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644))
 
-	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), CertFile: "cert.pem", KeyFile: "key.pem",
-		Reloads: []Reloader{NewSignalReloader(pidFile, 0, syscall.SIGHUP)}}})
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), Reloads: []Reloader{NewSignalReloader(pidFile, 0, syscall.SIGHUP)}, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}})
 	runManager(t, m)
 	require.Eventually(t, func() bool { return len(lines(hups)) == 1 }, waitFor, tick)
 	require.NoError(t, e.srv.RotateSVIDs())
@@ -186,8 +183,7 @@ func TestFailingReloadIsRetriedAndReported(t *testing.T) {
 	attempts := filepath.Join(base, "attempts")
 	flaky := writeScript(t, base, "flaky.sh", `echo try >> '`+attempts+`'; [ -f '`+okFile+`' ] && exit 0; echo "service not ready" >&2; exit 1`)
 	next, nextLog := recorder(t, base, "next")
-	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), CertFile: "cert.pem",
-		Reloads: []Reloader{NewExecReloader([]string{flaky}, 5*time.Second), NewExecReloader([]string{next, "next"}, 5*time.Second)}}})
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), Reloads: []Reloader{NewExecReloader([]string{flaky}, 5*time.Second), NewExecReloader([]string{next, "next"}, 5*time.Second)}, Formats: []Format{&PEM{CertFile: "cert.pem"}}}})
 	runManager(t, m)
 
 	require.Eventually(t, func() bool { return len(lines(attempts)) >= 3 }, waitFor, tick, "failed reload not retried")
@@ -218,8 +214,7 @@ func TestHeldReloadsRunAfterRelease(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	script, log := recorder(t, base, "reload")
-	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), CertFile: "cert.pem",
-		Reloads: []Reloader{NewExecReloader([]string{script, "svc"}, 5*time.Second)}}})
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: filepath.Join(base, "out"), Reloads: []Reloader{NewExecReloader([]string{script, "svc"}, 5*time.Second)}, Formats: []Format{&PEM{CertFile: "cert.pem"}}}})
 	m.HoldReloads()
 	runManager(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -287,9 +282,8 @@ func TestStalledNamesAWedgedLoop(t *testing.T) {
 	base := t.TempDir()
 	w := wedgedReloader{release: make(chan struct{})}
 	m := newTestManager(t, e, []Output{
-		{Name: "ok", Dir: filepath.Join(base, "ok"), CertFile: "cert.pem"},
-		{Name: "stuck", Dir: filepath.Join(base, "stuck"), CertFile: "cert.pem", Reloads: []Reloader{w}},
-	}, withStepSlack(100*time.Millisecond))
+		{Name: "ok", Dir: filepath.Join(base, "ok"), Formats: []Format{&PEM{CertFile: "cert.pem"}}},
+		{Name: "stuck", Dir: filepath.Join(base, "stuck"), Reloads: []Reloader{w}, Formats: []Format{&PEM{CertFile: "cert.pem"}}}}, withStepSlack(100*time.Millisecond))
 	require.Empty(t, m.Stalled())
 	runManager(t, m)
 	waitSerial(t, filepath.Join(base, "ok", "cert.pem"), currentSerial(e, ""))
@@ -360,8 +354,7 @@ func TestReloadIsToldWhatWasWritten(t *testing.T) {
 	dir := filepath.Join(base, "out")
 	names := []string{"cert.pem", "key.pem", "ca.pem"}
 	rec := &writtenRecorder{}
-	m := newTestManager(t, e, []Output{{Name: "svc", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem",
-		Reloads: []Reloader{rec}}})
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: dir, Reloads: []Reloader{rec}, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem"}}}})
 	m.HoldReloads()
 	runManager(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)

@@ -63,9 +63,7 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "web")
 	reg := prometheus.NewRegistry()
-	m := newTestManager(t, e, []Output{{
-		Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "bundle.pem",
-	}}, WithRegisterer(reg))
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "bundle.pem"}}}}, WithRegisterer(reg))
 	runManager(t, m)
 	certPath, keyPath, bundlePath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "bundle.pem")
 
@@ -135,12 +133,12 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 	exp := metricstest.Value(t, reg, "identity_agent_svid_expiry_timestamp_seconds",
 		map[string]string{"output": "web", "spiffe_id": "spiffe://example.org/workload"})
 	require.Equal(t, float64(leaf[0].NotAfter.Unix()), exp)
-	_, err = NewManager(e.src, []Output{{Name: "x", Dir: t.TempDir(), CertFile: "c"}}, WithRegisterer(reg))
+	_, err = NewManager(e.src, []Output{{Name: "x", Dir: t.TempDir(), Formats: []Format{&PEM{CertFile: "c"}}}}, WithRegisterer(reg))
 	require.ErrorContains(t, err, "already registered")
 	// A registration that failed half-way left nothing behind, and Close
 	// (which stops the running Manager) frees the names for the next one.
 	require.NoError(t, m.Close())
-	m2, err := NewManager(e.src, []Output{{Name: "x", Dir: t.TempDir(), CertFile: "c"}}, WithRegisterer(reg))
+	m2, err := NewManager(e.src, []Output{{Name: "x", Dir: t.TempDir(), Formats: []Format{&PEM{CertFile: "c"}}}}, WithRegisterer(reg))
 	require.NoError(t, err)
 	require.NoError(t, m2.Close())
 }
@@ -148,7 +146,7 @@ func TestRotatesSVIDAndCABundle(t *testing.T) {
 func TestCloseUnregistersMetrics(t *testing.T) {
 	src := svid.NewSource(svid.WithAddr("unix:///nonexistent/socket"))
 	reg := prometheus.NewRegistry()
-	outs := []Output{{Name: "x", Dir: t.TempDir(), CertFile: "c"}}
+	outs := []Output{{Name: "x", Dir: t.TempDir(), Formats: []Format{&PEM{CertFile: "c"}}}}
 	m, err := NewManager(src, outs, WithRegisterer(reg))
 	require.NoError(t, err)
 	_, err = NewManager(src, outs, WithRegisterer(reg))
@@ -164,9 +162,8 @@ func TestOutputsPickSVIDByHint(t *testing.T) {
 	e := newEnv(t, svidtest.Config{Identities: []svidtest.Identity{{ID: idA, Hint: "a"}, {ID: idB, Hint: "b"}}}, true)
 	base := t.TempDir()
 	m := newTestManager(t, e, []Output{
-		{Name: "a", Selector: svidSelector("", "a"), Dir: filepath.Join(base, "a"), CertFile: "cert.pem", KeyFile: "key.pem"},
-		{Name: "b", Selector: svidSelector(idB.String(), "b"), Dir: filepath.Join(base, "b"), CertFile: "cert.pem", KeyFile: "key.pem"},
-	})
+		{Name: "a", Selector: svidSelector("", "a"), Dir: filepath.Join(base, "a"), Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}},
+		{Name: "b", Selector: svidSelector(idB.String(), "b"), Dir: filepath.Join(base, "b"), Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}})
 	runManager(t, m)
 	for round := 0; round < 2; round++ {
 		for _, c := range []struct {
@@ -194,9 +191,8 @@ func TestFederatedBundleIncludedOrExcluded(t *testing.T) {
 	e := newEnv(t, svidtest.Config{Federated: []spiffeid.TrustDomain{other}}, true)
 	base := t.TempDir()
 	m := newTestManager(t, e, []Output{
-		{Name: "fed", Dir: filepath.Join(base, "fed"), BundleFile: "bundle.pem", IncludeFederated: true, JWTBundleFile: "jwks.json"},
-		{Name: "own", Dir: filepath.Join(base, "own"), BundleFile: "bundle.pem", JWTBundleFile: "jwks.json"},
-	})
+		{Name: "fed", Dir: filepath.Join(base, "fed"), IncludeFederated: true, Formats: []Format{&PEM{BundleFile: "bundle.pem"}, &JWT{BundleFile: "jwks.json"}}},
+		{Name: "own", Dir: filepath.Join(base, "own"), Formats: []Format{&PEM{BundleFile: "bundle.pem"}, &JWT{BundleFile: "jwks.json"}}}})
 	runManager(t, m)
 	own := e.srv.CA().X509Bundle().X509Authorities()
 	fed := e.srv.FederatedCA(other).X509Bundle().X509Authorities()
@@ -237,11 +233,7 @@ func mustRead(t testing.TB, p string) []byte {
 func TestJWTTokenAndJWKSFiles(t *testing.T) {
 	e := newEnv(t, svidtest.Config{JWTTTL: 4 * time.Second}, true)
 	dir := t.TempDir()
-	m := newTestManager(t, e, []Output{{
-		Name: "jwt", Dir: dir,
-		JWT:           []JWTFile{{Audience: []string{"db", "cache"}, File: "db.jwt"}},
-		JWTBundleFile: "jwks.json",
-	}})
+	m := newTestManager(t, e, []Output{{Name: "jwt", Dir: dir, Formats: []Format{&JWT{Tokens: []JWTFile{{Audience: []string{"db", "cache"}, File: "db.jwt"}}, BundleFile: "jwks.json"}}}})
 	runManager(t, m)
 	tokenPath, jwksPath := filepath.Join(dir, "db.jwt"), filepath.Join(dir, "jwks.json")
 
@@ -286,10 +278,7 @@ func TestJWTTokenAndJWKSFiles(t *testing.T) {
 func TestJWTRefreshedOnX509Push(t *testing.T) {
 	e := newEnv(t, svidtest.Config{JWTTTL: time.Hour}, true)
 	dir := t.TempDir()
-	m := newTestManager(t, e, []Output{{
-		Name: "jwt", Dir: dir, CertFile: "cert.pem",
-		JWT: []JWTFile{{Audience: []string{"db"}, File: "db.jwt"}},
-	}})
+	m := newTestManager(t, e, []Output{{Name: "jwt", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem"}, &JWT{Tokens: []JWTFile{{Audience: []string{"db"}, File: "db.jwt"}}}}}})
 	runManager(t, m)
 	tokenPath := filepath.Join(dir, "db.jwt")
 	waitSerial(t, filepath.Join(dir, "cert.pem"), currentSerial(e, ""))
@@ -308,11 +297,10 @@ func TestWriteAll(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	m := newTestManager(t, e, []Output{
-		{Name: "good", Dir: filepath.Join(base, "good"), CertFile: "cert.pem", KeyFile: "key.pem"},
-		{Name: "bad", Selector: svidSelector("", "nope"), Dir: filepath.Join(base, "bad"), CertFile: "cert.pem"},
+		{Name: "good", Dir: filepath.Join(base, "good"), Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}},
+		{Name: "bad", Selector: svidSelector("", "nope"), Dir: filepath.Join(base, "bad"), Formats: []Format{&PEM{CertFile: "cert.pem"}}},
 		// JWT bundles come on their own stream; WriteAll waits for them.
-		{Name: "jwt", Dir: filepath.Join(base, "jwt"), JWTBundleFile: "jwks.json", JWT: []JWTFile{{Audience: []string{"x"}, File: "x.jwt"}}},
-	})
+		{Name: "jwt", Dir: filepath.Join(base, "jwt"), Formats: []Format{&JWT{BundleFile: "jwks.json", Tokens: []JWTFile{{Audience: []string{"x"}, File: "x.jwt"}}}}}})
 	err := m.WriteAll(context.Background())
 	require.Error(t, err)
 	require.Contains(t, err.Error(), `output "bad"`)
@@ -335,7 +323,7 @@ func TestWriteAll(t *testing.T) {
 func TestExpiredMaterialIsNotWritten(t *testing.T) {
 	e := newEnv(t, svidtest.Config{TTL: 3 * time.Second}, true)
 	dir := t.TempDir()
-	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem"}})
+	m := newTestManager(t, e, []Output{{Name: "web", Dir: dir, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}})
 	require.NoError(t, m.WriteAll(context.Background()))
 	certPath := filepath.Join(dir, "cert.pem")
 	before := mustRead(t, certPath)

@@ -10,10 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // outputRunner owns one Output: its writer, its cached JWT-SVIDs, its
@@ -23,6 +24,7 @@ import (
 type outputRunner struct {
 	m      *Manager
 	out    Output
+	jwt    []JWTFile // the JWT-SVIDs the formats ask for (Output.jwtFiles)
 	names  []string
 	writer *atomicdir.Writer
 	log    *zap.Logger
@@ -47,9 +49,7 @@ type outputRunner struct {
 	atStart       bool
 	failures      int
 	guardRestores int
-	// Format and verify state (formats.go, verify.go).
-	p12            map[string]p12Entry
-	knownTB        map[string]bool
+	// Verify state (verify.go); the formats keep their own.
 	verifiedSerial string
 	lastSVID       *x509svid.SVID // the SVID of lastFiles, for verify after a guard restore
 
@@ -74,12 +74,12 @@ func newOutputRunner(m *Manager, o Output, w *atomicdir.Writer) *outputRunner {
 		guardCh:    make(chan struct{}, 1),
 		watchdogCh: make(chan struct{}, 1),
 		releaseCh:  make(chan struct{}, 1),
-		tokens:     make([]tokenState, len(o.JWT)),
-		jwtTimers:  make([]*time.Timer, len(o.JWT)),
-		knownTB:    knownTrustBundles(o),
 	}
+	r.jwt = o.jwtFiles()
+	r.tokens = make([]tokenState, len(r.jwt))
+	r.jwtTimers = make([]*time.Timer, len(r.jwt))
 	r.st = OutputState{Name: o.Name, Dir: o.Dir, Files: append([]string(nil), r.names...)}
-	for _, j := range o.JWT {
+	for _, j := range r.jwt {
 		r.st.JWT = append(r.st.JWT, JWTState{File: j.File, Audience: append([]string(nil), j.Audience...)})
 	}
 	return r
@@ -160,7 +160,7 @@ func (r *outputRunner) busy(d time.Duration) {
 // has no deadline of its own (building and writing the files, the guard's
 // checks).
 func (r *outputRunner) syncBudget() time.Duration {
-	d := r.m.cfg.stepSlack + time.Duration(len(r.out.JWT))*jwtFetchTimeout + r.out.VerifyTimeout
+	d := r.m.cfg.stepSlack + time.Duration(len(r.jwt))*jwtFetchTimeout + r.out.VerifyTimeout
 	for _, rl := range r.out.Reloads {
 		t := defaultServiceTimeout
 		if tr, ok := rl.(interface{ Timeout() time.Duration }); ok && tr.Timeout() > 0 {
@@ -194,10 +194,7 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	src := r.m.src
 	x := src.X509Context()
 	r.refreshTokens(ctx, x)
-	in := buildInput{x509: x, jwtBundles: src.JWTBundles(), tokens: r.tokens, now: time.Now(), p12Prev: r.p12, knownTrustBundles: r.knownTB}
-	if r.out.PKCS12.wanted() {
-		in.pkcs12Password, in.pkcs12Err = readPKCS12Password(r.out.PKCS12.PasswordFile)
-	}
+	in := buildInput{x509: x, jwtBundles: src.JWTBundles(), tokens: r.tokens, now: time.Now(), previous: r.lastFiles}
 	files, mat, err := build(r.out, in)
 	if errors.Is(err, errNotReady) {
 		return err
@@ -217,7 +214,7 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	// (werr != nil && changed): it must be reloaded and guarded as such.
 	r.lastFiles = files
 	r.lastX509 = mat.x509
-	r.rememberFormats(files, mat)
+	r.remember(files, mat)
 	r.recordWrite(mat, changed)
 	if werr != nil {
 		r.writeFailed("write completed with an error; the new files are live", reason, werr)
@@ -343,6 +340,22 @@ func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader, w Written) er
 		err = fmt.Errorf("%w (skipped only at start)", err)
 	}
 	return err
+}
+
+// remember keeps, after a write went live, the SVID written (for verify
+// after a guard restore) and the file names for State and the guard
+// (bundle_dir and the Filesystem Delivery layout name files after trust
+// domains, so they change). Called with syncMu held.
+func (r *outputRunner) remember(files []atomicdir.File, mat material) {
+	r.lastSVID = mat.svid
+	names := make([]string, 0, len(files))
+	for _, f := range files {
+		names = append(names, f.Name)
+	}
+	r.names = names
+	r.stMu.Lock()
+	r.st.Files = append([]string(nil), names...)
+	r.stMu.Unlock()
 }
 
 func (r *outputRunner) setWriteError(err error) {

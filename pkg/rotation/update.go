@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -79,9 +80,25 @@ func (m *Manager) runners() []*outputRunner {
 func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputRunner, error) {
 	names := map[string]bool{}
 	dirs := map[string]string{}
+	// A Format may keep state: one value in two running outputs would be
+	// used by two goroutines.
+	formats := map[Format]string{}
+	own := func(o Output) error {
+		for _, f := range o.Formats {
+			if v := reflect.ValueOf(f); v.Kind() != reflect.Pointer {
+				continue
+			}
+			if prev, ok := formats[f]; ok {
+				return fmt.Errorf("format %s is also used by output %q: give each output its own value", f.Name(), prev)
+			}
+			formats[f] = o.Name
+		}
+		return nil
+	}
 	for _, r := range keep {
 		names[r.out.Name] = true
 		dirs[r.out.Dir] = r.out.Name
+		_ = own(r.out)
 	}
 	normalized := make([]Output, 0, len(outputs))
 	for i, o := range outputs {
@@ -102,6 +119,9 @@ func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputR
 			return nil, &OutputError{Output: n.Name, Field: "dir", Err: fmt.Errorf("dir %s is also used by output %q", n.Dir, prev)}
 		}
 		dirs[n.Dir] = n.Name
+		if err := own(n); err != nil {
+			return nil, &OutputError{Output: n.Name, Field: "formats", Err: err}
+		}
 		normalized = append(normalized, n)
 	}
 	var created []string // top-down per output

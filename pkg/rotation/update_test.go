@@ -36,7 +36,7 @@ func TestApplyLeavesUntouchedOutputsAlone(t *testing.T) {
 	sameReload, sameLog := reloadLog(t, dir, "same")
 	goneReload, _ := reloadLog(t, dir, "gone")
 	out := func(name string, rl Reloader) Output {
-		return Output{Name: name, Dir: filepath.Join(dir, name), CertFile: "svid.pem", KeyFile: "key.pem", Reloads: []Reloader{rl}}
+		return Output{Name: name, Dir: filepath.Join(dir, name), Reloads: []Reloader{rl}, Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
 	}
 	w := newWrites()
 	m := newTestManager(t, e, []Output{out("keep", keepReload), out("same", sameReload), out("gone", goneReload)},
@@ -57,7 +57,7 @@ func TestApplyLeavesUntouchedOutputsAlone(t *testing.T) {
 	sameAgain, sameLog2 := reloadLog(t, dir, "same2")
 	wider := out("mode", nil)
 	wider.Reloads = nil
-	wider.KeyMode = 0o640
+	wider.Formats = []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem", KeyMode: 0o640}}
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	require.NoError(t, m.Apply(ctx, Change{
@@ -122,15 +122,15 @@ func TestApplyLeavesUntouchedOutputsAlone(t *testing.T) {
 func TestApplyIsAllOrNothing(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := t.TempDir()
-	a := Output{Name: "a", Dir: filepath.Join(dir, "a"), CertFile: "svid.pem", KeyFile: "key.pem"}
-	b := Output{Name: "b", Dir: filepath.Join(dir, "b"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	a := Output{Name: "a", Dir: filepath.Join(dir, "a"), Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
+	b := Output{Name: "b", Dir: filepath.Join(dir, "b"), Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
 	m := newTestManager(t, e, []Output{a, b})
 	runManager(t, m)
 	waitSerial(t, filepath.Join(dir, "b", "svid.pem"), currentSerial(e, ""))
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 
-	clash := Output{Name: "c", Dir: filepath.Join(dir, "a"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	clash := Output{Name: "c", Dir: filepath.Join(dir, "a"), Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
 	err := m.Apply(ctx, Change{Remove: []string{"b"}, Add: []Output{clash}})
 	require.ErrorContains(t, err, `dir `+filepath.Join(dir, "a")+` is also used by output "a"`)
 	err = m.Apply(ctx, Change{Remove: []string{"nope"}})
@@ -154,7 +154,7 @@ func TestApplyIsAllOrNothing(t *testing.T) {
 func TestApplyCreatesNothingWhenRefused(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := t.TempDir()
-	a := Output{Name: "a", Dir: filepath.Join(dir, "a"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	a := Output{Name: "a", Dir: filepath.Join(dir, "a"), Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
 	m := newTestManager(t, e, []Output{a})
 	runManager(t, m)
 	waitSerial(t, filepath.Join(dir, "a", "svid.pem"), currentSerial(e, ""))
@@ -162,8 +162,8 @@ func TestApplyCreatesNothingWhenRefused(t *testing.T) {
 	defer cancel()
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
-	fresh := Output{Name: "fresh", Dir: filepath.Join(dir, "new", "fresh"), CertFile: "svid.pem", KeyFile: "key.pem"}
-	bad := Output{Name: "bad", Dir: filepath.Join(dir, "file", "bad"), CertFile: "svid.pem", KeyFile: "key.pem"}
+	fresh := Output{Name: "fresh", Dir: filepath.Join(dir, "new", "fresh"), Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
+	bad := Output{Name: "bad", Dir: filepath.Join(dir, "file", "bad"), Formats: []Format{&PEM{CertFile: "svid.pem", KeyFile: "key.pem"}}}
 	err := m.Apply(ctx, Change{Add: []Output{fresh, bad}})
 	require.ErrorContains(t, err, `output "bad"`)
 	require.NoDirExists(t, filepath.Join(dir, "new"), "a refused change must not leave the directories it created")

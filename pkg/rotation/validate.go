@@ -8,26 +8,14 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 )
 
-// FieldError is a problem with one field of an Output. Field is the
-// configuration key it concerns, as the agent's YAML spells it
-// ("key_mode", "jwt[1].file", "reloads[0]"), so that a caller holding the
-// file can point at the line.
-type FieldError struct {
-	Field string
-	Err   error
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
-func (e *FieldError) Unwrap() error { return e.Err }
-
-// FieldName is the key the error concerns (see FieldError.Field).
-func (e *FieldError) FieldName() string { return e.Field }
-
-func fieldErr(field, format string, args ...any) error {
-	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
-}
+// FieldError is a problem with one field of an Output ("key_mode",
+// "jwt[1].file", "reloads[0]"). It is fielderr.Error, the one type every
+// pkg/ Validate uses, named here for callers of Output.Validate.
+type FieldError = fielderr.Error
 
 // Signals are the signals a signal reload may send, by name. One table for
 // the parser and for messages.
@@ -115,36 +103,20 @@ func octal(m fs.FileMode) string {
 	return fmt.Sprintf("%04o", v)
 }
 
-// withDefaults fills the zero modes and owner; no check, no I/O.
+// withDefaults fills the verify timeout; each format fills its own modes.
+// No check, no I/O.
 func (o Output) withDefaults() Output {
-	if o.CertMode == 0 {
-		o.CertMode = DefaultCertMode
-	}
-	if o.KeyMode == 0 {
-		o.KeyMode = DefaultKeyMode
-	}
-	if o.BundleMode == 0 {
-		o.BundleMode = DefaultBundleMode
-	}
-	if o.JWTBundleMode == 0 {
-		o.JWTBundleMode = DefaultJWTBundleMode
-	}
 	if o.VerifyTimeout <= 0 {
 		o.VerifyTimeout = DefaultVerifyTimeout
-	}
-	o.JWT = slices.Clone(o.JWT)
-	for i := range o.JWT {
-		if o.JWT[i].Mode == 0 {
-			o.JWT[i].Mode = DefaultJWTMode
-		}
 	}
 	return o
 }
 
 // Validate checks o as NewManager will, without touching the file system:
-// name, dir, file names (plain, distinct, not reserved), modes (see
-// CheckMode) and reloads. Every problem is reported, each as a
-// *FieldError, joined. Dir may be relative here; NewManager resolves it.
+// name, dir, the formats (their file names plain, distinct and not
+// reserved; their own Check: modes, see CheckMode) and reloads. Every
+// problem is reported, each as a *FieldError, joined. Dir may be relative
+// here; NewManager resolves it.
 func (o Output) Validate() error {
 	o = o.withDefaults()
 	var errs []error
@@ -154,10 +126,10 @@ func (o Output) Validate() error {
 		}
 	}
 	if o.Name == "" {
-		add(fieldErr("name", "is required"))
+		add(fielderr.Errorf("name", "is required"))
 	}
 	if o.Dir == "" {
-		add(fieldErr("dir", "is required"))
+		add(fielderr.Errorf("dir", "is required"))
 	}
 	seen := map[string]string{}
 	file := func(field, name string) {
@@ -165,50 +137,43 @@ func (o Output) Validate() error {
 		case name == "":
 			return
 		case name != filepath.Base(name) || name == "." || name == ".." || strings.ContainsRune(name, filepath.Separator):
-			add(fieldErr(field, "%q must be a plain file name inside dir", name))
+			add(fielderr.Errorf(field, "%q must be a plain file name inside dir", name))
 			return
 		case strings.HasPrefix(name, ".."):
 			// The atomic writer keeps its versioned directories and link
 			// under names starting with "..".
-			add(fieldErr(field, "%q: names starting with \"..\" are reserved", name))
+			add(fielderr.Errorf(field, "%q: names starting with \"..\" are reserved", name))
 			return
 		}
 		if prev, ok := seen[name]; ok {
-			add(fieldErr(field, "%q is also used by %s", name, prev))
+			add(fielderr.Errorf(field, "%q is also used by %s", name, prev))
 			return
 		}
 		seen[name] = field
 	}
-	mode := func(field string, m fs.FileMode, secret bool) {
-		if err := CheckMode(m, secret, o.UnsafeWorldReadableKey); err != nil {
-			add(&FieldError{Field: field, Err: err})
+	check := FormatCheck{UnsafeWorldReadableKey: o.UnsafeWorldReadableKey}
+	var checks []error
+	listed, tokens := 0, 0
+	for i, f := range o.Formats {
+		if f == nil {
+			add(fielderr.Errorf(fmt.Sprintf("formats[%d]", i), "is nil"))
+			continue
 		}
+		for _, n := range f.Files() {
+			file(n.Field, n.Name)
+			listed++
+		}
+		if tf, ok := f.(TokenFormat); ok {
+			tokens += len(tf.JWTFiles())
+		}
+		checks = append(checks, f.Check(check))
 	}
-	file("cert_file", o.CertFile)
-	file("key_file", o.KeyFile)
-	file("bundle_file", o.BundleFile)
-	file("jwt_bundle_file", o.JWTBundleFile)
-	mode("cert_mode", o.CertMode, false)
-	mode("key_mode", o.KeyMode, true)
-	mode("bundle_mode", o.BundleMode, false)
-	mode("jwt_bundle_mode", o.JWTBundleMode, false)
-	for i, j := range o.JWT {
-		p := fmt.Sprintf("jwt[%d]", i)
-		if len(j.Audience) == 0 {
-			add(fieldErr(p+".audience", "at least one audience is required"))
-		}
-		if j.File == "" {
-			add(fieldErr(p+".file", "is required"))
-		}
-		file(p+".file", j.File)
-		mode(p+".mode", j.Mode, true)
+	// Formats sharing a setting (key_mode) report its problem once.
+	add(joinDistinct(checks...))
+	if o.Verify != nil && !o.holdsKey() {
+		add(fielderr.Errorf("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file"))
 	}
-	// The formats' own fields (formats.go); their file names share seen.
-	add(o.normalizeFormats(func(field, name string) error {
-		file(field, name)
-		return nil
-	}))
-	if len(seen) == 0 && len(o.JWT) == 0 && !o.wantsFormats() {
+	if listed == 0 && tokens == 0 {
 		add(errors.New("no files to write (set cert_file, key_file, bundle_file, combined_file, layout, bundle_dir, pkcs12, jwt or jwt_bundle_file)"))
 	}
 	for i, r := range o.Reloads {
@@ -232,13 +197,14 @@ func ValidateReloader(r Reloader) error {
 }
 
 // Warnings are legal but probably unintended settings of o, one line each:
-// today, a key more widely readable than its certificate.
+// those of its formats (Warner), e.g. a key more widely readable than its
+// certificate.
 func (o Output) Warnings() []error {
-	o = o.withDefaults()
 	var w []error
-	if o.KeyFile != "" && o.CertFile != "" && o.KeyMode.Perm()&^o.CertMode.Perm() != 0 {
-		w = append(w, fieldErr("key_mode", "%s is wider than cert_mode %s: the key is readable where the certificate is not",
-			octal(o.KeyMode), octal(o.CertMode)))
+	for _, f := range o.Formats {
+		if wf, ok := f.(Warner); ok {
+			w = append(w, wf.Warnings()...)
+		}
 	}
 	return w
 }

@@ -72,7 +72,7 @@ func TestVerifyRedisConfigSet(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	base := t.TempDir()
 	outDir := filepath.Join(base, "redis")
-	files := Output{Name: "redis", Dir: outDir, CombinedFile: "redis.pem", BundleFile: "ca.pem"}
+	files := Output{Name: "redis", Dir: outDir, Formats: []Format{&PEM{BundleFile: "ca.pem"}, &Combined{File: "redis.pem"}}}
 	combined := filepath.Join(outDir, "redis.pem")
 	// Redis needs its files before it starts: a first pass without reloads.
 	first, err := NewManager(e.src, []Output{files}, WithLogger(testLogger(t)))
@@ -135,8 +135,7 @@ func TestVerifyRedisWithoutTLSPortWarns(t *testing.T) {
 	probe, err := tlsprobe.New(fmt.Sprintf("tcp://127.0.0.1:%d", plain), tlsprobe.WithTimeout(time.Second))
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
-	m := newTestManager(t, e, []Output{{Name: "redis", Dir: outDir, CertFile: "cert.pem", KeyFile: "key.pem",
-		Reloads: []Reloader{NewExecReloader(argv, 0)}, Verify: probe, VerifyTimeout: 500 * time.Millisecond}}, WithRegisterer(reg))
+	m := newTestManager(t, e, []Output{{Name: "redis", Dir: outDir, Reloads: []Reloader{NewExecReloader(argv, 0)}, Verify: probe, VerifyTimeout: 500 * time.Millisecond, Formats: []Format{&PEM{CertFile: "cert.pem", KeyFile: "key.pem"}}}}, WithRegisterer(reg))
 	runManager(t, m)
 
 	require.Eventually(t, func() bool { return len(lines(runs)) >= 3 }, waitFor, tick, "the reload must be retried")
@@ -198,8 +197,7 @@ echo $! > %[2]s`, base, pidFile, port, outDir))
 	})
 	probe, err := tlsprobe.New(fmt.Sprintf("tcp://127.0.0.1:%d", port))
 	require.NoError(t, err)
-	m := newTestManager(t, e, []Output{{Name: "api", Dir: outDir, CombinedFile: "tls.pem",
-		Reloads: []Reloader{NewExecReloader([]string{restart}, 0)}, Verify: probe, VerifyTimeout: 15 * time.Second}})
+	m := newTestManager(t, e, []Output{{Name: "api", Dir: outDir, Reloads: []Reloader{NewExecReloader([]string{restart}, 0)}, Verify: probe, VerifyTimeout: 15 * time.Second, Formats: []Format{&Combined{File: "tls.pem"}}}})
 	runManager(t, m)
 
 	verified := func(serial string) func() bool {

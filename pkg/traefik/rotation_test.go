@@ -40,11 +40,7 @@ func TestWithRotationManager(t *testing.T) {
 	// The output's names: each reload is told where the manager wrote them.
 	r, err := NewReloader(dyn, Files{Cert: "svid.pem", Key: "key.pem", Bundle: "bundle.pem"}, WithPeerSPIFFEID(modelID))
 	require.NoError(t, err)
-	m, err := rotation.NewManager(src, []rotation.Output{{
-		Name: "traefik", Selector: svid.Selector{Hint: "traefik"}, Dir: outDir,
-		CertFile: "svid.pem", KeyFile: "key.pem", BundleFile: "bundle.pem",
-		Reloads: []rotation.Reloader{r},
-	}})
+	m, err := rotation.NewManager(src, []rotation.Output{{Name: "traefik", Selector: svid.Selector{Hint: "traefik"}, Dir: outDir, Reloads: []rotation.Reloader{r}, Formats: []rotation.Format{&rotation.PEM{CertFile: "svid.pem", KeyFile: "key.pem", BundleFile: "bundle.pem"}}}})
 	require.NoError(t, err)
 	require.NoError(t, m.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, m.Close()) })
