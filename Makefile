@@ -79,13 +79,15 @@ try-traefik: build
 try-ollama: build
 	./examples/ollama-macos/try.sh
 
-# A short fuzz run of the config decoder and the SPIFFE ID allow-list parser
-# (CI runs it; longer: make fuzz FUZZTIME=10m). The seed corpus is in the
-# tests and testdata/fuzz; plain `go test` replays it.
+# A short fuzz run of the config decoder, the SPIFFE ID allow-list parser
+# and the X-Forwarded-Client-Cert parser (CI runs it; longer: make fuzz
+# FUZZTIME=10m). The seed corpus is in the tests and testdata/fuzz; plain
+# `go test` replays it.
 FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseAllow$$' -fuzztime $(FUZZTIME) ./pkg/tlsproxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAllow$$' -fuzztime $(FUZZTIME) ./pkg/mtls/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/xfcc/
 
 # Benchmarks; results go to docs/BENCHMARKS.md (see scripts/bench.sh).
 bench: build

@@ -9,8 +9,8 @@ trap 'rm -rf "$tmp"' EXIT
 
 echo "== rotation: Workload API push -> files on disk" >&2
 go test -run '^$' -bench 'BenchmarkPushToDisk' -benchtime "${PUSH_ROTATIONS:-300}x" -count 1 ./pkg/rotation | tee "$tmp/push.txt" >&2
-echo "== svid: DirWriter.Write (3 files)" >&2
-go test -run '^$' -bench 'BenchmarkDirWriterWrite' -benchtime 2s -count 1 ./pkg/svid | tee "$tmp/dirwriter.txt" >&2
+echo "== atomicdir: atomicdir.Writer.Write (3 files)" >&2
+go test -run '^$' -bench 'BenchmarkWriterWrite' -benchtime 2s -count 1 ./pkg/atomicdir | tee "$tmp/dirwriter.txt" >&2
 echo "== idle agent" >&2
 IDLE_SECONDS=${IDLE_SECONDS:-60} ./scripts/idle.sh | tee "$tmp/idle.md" >&2
 echo "== redis migration: rollback D -> B under a Celery worker (examples/redis)" >&2
@@ -61,7 +61,7 @@ metric() { grep -E "^$2" "$1" | head -1 | awk -v u="$3" '{for (i=2;i<NF;i++) if 
   echo "| p99 push → disk, debounce 0 | $(metric "$tmp/push.txt" 'BenchmarkPushToDisk/debounce=0' p99-ms) ms | < 20 ms |"
   echo "| p50 push → disk, default debounce (100 ms) | $(metric "$tmp/push.txt" 'BenchmarkPushToDisk/debounce=100ms' p50-ms) ms | |"
   echo "| p99 push → disk, default debounce (100 ms) | $(metric "$tmp/push.txt" 'BenchmarkPushToDisk/debounce=100ms' p99-ms) ms | < 20 ms |"
-  echo "| DirWriter.Write, 3 files (6 fsyncs) | $(metric "$tmp/dirwriter.txt" BenchmarkDirWriterWrite ns/op) ns/op | |"
+  echo "| atomicdir.Writer.Write, 3 files (6 fsyncs) | $(metric "$tmp/dirwriter.txt" BenchmarkWriterWrite ns/op) ns/op | |"
   echo
   echo "## Idle agent"
   echo

@@ -98,7 +98,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a.registerSourceMetrics()
 	a.registerReloadMetrics()
 
-	outs, err := Outputs(cfg, a.extraReloader)
+	outs, err := Outputs(cfg, a.reloadEnv())
 	if err != nil {
 		return nil, err
 	}
@@ -146,15 +146,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	return a, nil
 }
 
-// extraReloader builds the reload kinds that live outside pkg/rotation.
-func (a *Agent) extraReloader(o config.Output, r config.Reload) (rotation.Reloader, error) {
-	switch {
-	case r.Redis != nil:
-		return a.redisReloader(o, r.Redis)
-	case r.Traefik != nil:
-		return a.traefikReloader(o, r.Traefik)
-	}
-	return nil, fmt.Errorf("reload kind %q is not supported", r.Kind())
+// reloadEnv is what the reloaders are built with (config.ReloadEnv).
+func (a *Agent) reloadEnv() config.ReloadEnv {
+	return config.ReloadEnv{Source: a.source, Logger: a.log, Registerer: a.registry}
 }
 
 // Stalled names the outputs whose rotation loop is wedged (see

@@ -16,10 +16,8 @@ import (
 	"strings"
 	"syscall"
 
-	"go.uber.org/zap"
-
 	"github.com/identity-agent/identity-agent/internal/config"
-	"github.com/identity-agent/identity-agent/internal/redistransition"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
@@ -36,9 +34,8 @@ import (
 type Plan struct {
 	Config *config.Config
 	// Outputs, one per configured output, owners resolved. Reloads holds
-	// the reloaders pkg/rotation implements and nil where the kind lives
-	// elsewhere (redis, traefik: New builds them with the Workload API
-	// source).
+	// every reloader, built without the Workload API source: checked, not
+	// to be run (New builds them again with the source).
 	Outputs []rotation.Output
 	// Proxies, one per configured proxy.
 	Proxies []tlsproxy.Config
@@ -68,7 +65,7 @@ func LoadAs(path string, getenv func(string) string, as RunAs) (*Plan, error) {
 }
 
 // RunAs is the user a plan is checked for: the one the agent runs as, whose
-// every existing output directory must be (svid.CheckOutputDir).
+// every existing output directory must be (atomicdir.CheckDir).
 type RunAs struct {
 	UID int
 	// Name names the user in messages; "" = "the agent's user".
@@ -128,7 +125,7 @@ func newPlan(cfg *config.Config, as RunAs) (*Plan, error) {
 	errs = append(errs, checkListeners(cfg, p.Proxies))
 	warns = append(warns, cfg.AllowTrustDomainWarnings()...)
 	if t := redisTransition(cfg); t != nil {
-		errs = append(errs, cfg.At("redis.transition.admin", checkRedisAdmin(t.Admin)))
+		errs = append(errs, cfg.At("redis.transition.admin", t.Admin.CheckAdmin()))
 	}
 	if err := config.Join(errs...); err != nil {
 		return nil, err
@@ -169,82 +166,37 @@ func convertOutput(cfg *config.Config, at string, o config.Output) (rotation.Out
 		errs = append(errs, cfg.At(at, err))
 	}
 	for j, r := range o.Reload {
-		field := fmt.Sprintf("%s.reload[%d]", at, j)
-		rl, err := basicReloader(r)
-		if err == nil && rl != nil {
-			err = rotation.ValidateReloader(rl)
-		}
-		if err == nil && r.Redis != nil {
-			field += ".redis"
-			err = checkRedisAdmin(*r.Redis)
-		}
-		// What the traefik package checks beyond the file's rules (an
-		// absolute file, a mode with nothing for other), which report
-		// those first.
-		if t := r.Traefik; err == nil && t != nil && filepath.IsAbs(t.File) && t.Mode&0o007 == 0 {
-			var oe *ownerError // reported once, at owner
-			if _, terr := newTraefikReloader(o, t, zap.NewNop()); terr != nil && !errors.As(terr, &oe) {
-				field += ".traefik"
-				err = errors.New(strings.TrimPrefix(terr.Error(), "traefik: "))
-			}
-		}
+		// Built without the Workload API source: checked here, built
+		// again by New (Outputs).
+		rl, err := r.Build(config.ReloadEnv{Output: o, Owner: owner})
 		if err != nil {
-			errs = append(errs, cfg.At(field, err))
+			errs = append(errs, cfg.At(fmt.Sprintf("%s.reload[%d]", at, j), err))
 		}
 		ro.Reloads = append(ro.Reloads, rl)
 	}
 	return ro, config.Join(errs...)
 }
 
-// Outputs converts configured outputs to rotation outputs; extra builds
-// the reload kinds that live outside pkg/rotation.
-func Outputs(cfg *config.Config, extra ReloaderFactory) ([]rotation.Output, error) {
+// Outputs converts configured outputs to rotation outputs, their
+// reloaders built with env (the Workload API source, logger, registry).
+func Outputs(cfg *config.Config, env config.ReloadEnv) ([]rotation.Output, error) {
 	p, err := NewPlan(cfg)
 	if err != nil {
 		return nil, err
 	}
 	outs := make([]rotation.Output, len(p.Outputs))
 	for i, ro := range p.Outputs {
-		ro.Reloads = append([]rotation.Reloader(nil), ro.Reloads...)
-		for j, rl := range ro.Reloads {
-			if rl != nil {
-				continue
-			}
-			r := cfg.Outputs[i].Reload[j]
-			if extra == nil {
-				return nil, fmt.Errorf("%s: outputs[%d].reload[%d]: reload kind %q is not available here", cfg.Path, i, j, r.Kind())
-			}
-			if ro.Reloads[j], err = extra(cfg.Outputs[i], r); err != nil {
+		o := cfg.Outputs[i]
+		env.Output, env.Owner = o, ro.Owner
+		ro.Reloads = make([]rotation.Reloader, len(o.Reload))
+		for j, r := range o.Reload {
+			if ro.Reloads[j], err = r.Build(env); err != nil {
 				return nil, fmt.Errorf("%s: outputs[%d].reload[%d] (%s): %w", cfg.Path, i, j, r.Kind(), err)
 			}
 		}
 		outs[i] = ro
 	}
 	return outs, nil
-}
-
-// ReloaderFactory builds reloaders for kinds that live outside pkg/rotation
-// (redis, traefik); it gets the output so it can name its files.
-type ReloaderFactory func(out config.Output, r config.Reload) (rotation.Reloader, error)
-
-// basicReloader builds the reload kinds pkg/rotation implements; nil, nil
-// for the others.
-func basicReloader(r config.Reload) (rotation.Reloader, error) {
-	switch {
-	case r.Signal != nil:
-		sig, err := rotation.ParseSignal(r.Signal.Name)
-		if err != nil {
-			return nil, &fieldError{field: "signal.name", err: err}
-		}
-		return rotation.NewSignalReloader(r.Signal.PidFile, r.Signal.Pid, sig), nil
-	case r.Exec != nil:
-		return rotation.NewExecReloader(r.Exec.Command, r.Exec.Timeout.D(config.DefaultExecTimeout)), nil
-	case r.Systemd != nil:
-		return rotation.NewSystemdReloader(r.Systemd.Unit, r.Systemd.Action), nil
-	case r.Launchd != nil:
-		return rotation.NewLaunchdReloader(r.Launchd.Label, r.Launchd.Restart == nil || *r.Launchd.Restart), nil
-	}
-	return nil, nil
 }
 
 func redisTransition(cfg *config.Config) *config.RedisTransition {
@@ -256,7 +208,7 @@ func redisTransition(cfg *config.Config) *config.RedisTransition {
 
 // checkOutputDirs refuses two outputs whose directories are one (after
 // cleaning and following the symlinks that exist today) or where one lies
-// inside the other: each DirWriter owns its directory's links and prunes
+// inside the other: each atomicdir.Writer owns its directory's links and prunes
 // what it does not know.
 func checkOutputDirs(cfg *config.Config) error {
 	type seen struct {
@@ -286,7 +238,7 @@ func checkOutputDirs(cfg *config.Config) error {
 	return config.Join(errs...)
 }
 
-// checkOutputDirOwners applies svid.CheckOutputDir, the rule `service
+// checkOutputDirOwners applies atomicdir.CheckDir, the rule `service
 // prepare` and the writer apply too, to each output directory that exists
 // today: a real directory (a symlinked one is refused here as by `run`),
 // owned by the user the agent runs as (as). A directory someone else owns
@@ -303,8 +255,8 @@ func checkOutputDirOwners(cfg *config.Config, as RunAs) error {
 			continue // reported by the file's own checks
 		}
 		dir := filepath.Clean(o.Dir)
-		err := svid.CheckOutputDir(dir, as.UID, as.who())
-		var de *svid.DirError
+		err := atomicdir.CheckDir(dir, as.UID, as.who())
+		var de *atomicdir.DirError
 		if errors.As(err, &de) {
 			errs = append(errs, cfg.Problemf(fmt.Sprintf("outputs[%d].dir", i), "%q %s%s", o.Dir, de.Problem, ownerHint(dir, as)))
 		}
@@ -439,8 +391,8 @@ func (e *ownerError) FieldName() string { return e.field }
 
 // resolveOwner turns user/group names (or numeric ids) into ids; empty
 // means "leave as the agent's user".
-func resolveOwner(o config.Owner) (svid.Owner, error) {
-	owner := svid.Owner{UID: -1, GID: -1}
+func resolveOwner(o config.Owner) (atomicdir.Owner, error) {
+	owner := atomicdir.Owner{UID: -1, GID: -1}
 	var errs []error
 	if o.User != "" {
 		u, err := lookupUser(o.User)
@@ -488,28 +440,6 @@ func lookupGroup(name string) (*user.Group, error) {
 		return nil, fmt.Errorf("group %q does not exist on this host", name)
 	}
 	return g, nil
-}
-
-// checkRedisAdmin is every rule for a Redis admin connection that can be
-// checked without connecting: the address, and the server_id a TLS
-// address needs.
-func checkRedisAdmin(r config.RedisReload) error {
-	if r.Addr == "" {
-		return nil // required-ness is the file's rule, reported with its line
-	}
-	isTLS, err := redistransition.ValidateAdminAddr(r.Addr)
-	if err != nil {
-		return &fieldError{field: "addr", err: errors.New(strings.TrimPrefix(err.Error(), "redis admin: "))}
-	}
-	if isTLS && r.ServerID == "" {
-		return &fieldError{field: "server_id", err: errors.New("is required for a TLS admin connection (the SPIFFE ID or spiffe://trust-domain Redis presents)")}
-	}
-	if r.ServerID != "" {
-		if _, err := serverAuthorizer(r.ServerID); err != nil {
-			return &fieldError{field: "server_id", err: err}
-		}
-	}
-	return nil
 }
 
 // Parse is Load for bytes already read; path is used in messages.

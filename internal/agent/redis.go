@@ -2,58 +2,12 @@ package agent
 
 import (
 	"fmt"
-	"path/filepath"
-	"strings"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/redistransition"
-	"github.com/identity-agent/identity-agent/pkg/redisclient"
-	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
-
-// redisAdminConfig builds the admin connection; a TLS address presents
-// the SVID picked by sel and requires the server's SPIFFE ID.
-func redisAdminConfig(src *svid.Source, r config.RedisReload, sel svid.Selector) (redistransition.AdminConfig, error) {
-	ac := redistransition.AdminConfig{Addr: r.Addr, Username: r.Username, PasswordFile: r.PasswordFile}
-	if err := checkRedisAdmin(r); err != nil {
-		return ac, err
-	}
-	if strings.HasPrefix(r.Addr, "rediss://") || strings.HasPrefix(r.Addr, "tls://") {
-		authz, err := serverAuthorizer(r.ServerID)
-		if err != nil {
-			return ac, err
-		}
-		ac.SVIDs, ac.Bundles, ac.ServerAuthorizer = src.X509SVIDSource(sel), src, authz
-	}
-	return ac, nil
-}
-
-// serverAuthorizer reads "spiffe://td" as any member of td and anything
-// longer as one exact ID.
-func serverAuthorizer(id string) (tlsconfig.Authorizer, error) {
-	rest := strings.TrimPrefix(id, "spiffe://")
-	if !strings.Contains(rest, "/") {
-		return redisclient.ServerAuthorizer("", id)
-	}
-	return redisclient.ServerAuthorizer(id, "")
-}
-
-func (a *Agent) redisReloader(o config.Output, r *config.RedisReload) (rotation.Reloader, error) {
-	ac, err := redisAdminConfig(a.source, *r, svid.Selector{SpiffeID: o.SpiffeID, Hint: o.Hint})
-	if err != nil {
-		return nil, err
-	}
-	ca := r.CACertFile
-	if ca == "" && o.BundleFile != "" {
-		ca = filepath.Join(o.Dir, o.BundleFile)
-	}
-	files := redistransition.TLSFiles{CertFile: filepath.Join(o.Dir, o.CertFile), KeyFile: filepath.Join(o.Dir, o.KeyFile), CAFile: ca}
-	return redistransition.NewConfigSetReloader(ac, files, redistransition.WithLogger(a.log.Named("redis")), redistransition.WithRegisterer(a.registry))
-}
 
 // RedisTransition builds the admin connection and the transition of
 // cfg.Redis.Transition; the caller closes the Admin.
@@ -63,7 +17,7 @@ func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redistransiti
 	}
 	t := cfg.Redis.Transition
 	sel := svid.Selector{SpiffeID: t.SpiffeID}
-	ac, err := redisAdminConfig(src, t.Admin, sel)
+	ac, err := t.Admin.AdminConfig(src, sel)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: redis.transition.admin: %w", cfg.Path, err)
 	}
@@ -84,7 +38,7 @@ func RedisTransition(cfg *config.Config, src *svid.Source, opts ...redistransiti
 		Bundles:      src,
 	}
 	if t.ServerID != "" {
-		if tc.ServerAuthorizer, err = serverAuthorizer(t.ServerID); err != nil {
+		if tc.ServerAuthorizer, err = config.RedisServerAuthorizer(t.ServerID); err != nil {
 			_ = adm.Close()
 			return nil, nil, fmt.Errorf("%s: redis.transition.server_id: %w", cfg.Path, err)
 		}

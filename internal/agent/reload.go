@@ -242,7 +242,7 @@ func (a *Agent) apply(ctx context.Context, next *config.Config) ([]string, error
 		}
 	}
 	if len(addCfg.Outputs) > 0 {
-		outs, err := Outputs(&addCfg, a.extraReloader)
+		outs, err := Outputs(&addCfg, a.reloadEnv())
 		if err != nil {
 			return nil, err
 		}

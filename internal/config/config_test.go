@@ -64,7 +64,7 @@ func TestIssueExampleParses(t *testing.T) {
 	assert.Equal(t, config.FileMode(0o644), r.BundleMode, "default")
 	require.Len(t, r.Reload, 1)
 	assert.Equal(t, "signal", r.Reload[0].Kind())
-	assert.Equal(t, "/run/redis.pid", r.Reload[0].Signal.PidFile)
+	assert.Equal(t, "/run/redis.pid", r.Reload[0].Spec().(*config.SignalReload).PidFile)
 	api := cfg.Outputs[1]
 	assert.Equal(t, []string{"redis", "api"}, api.JWT[0].Audience)
 	assert.Equal(t, config.FileMode(0o600), api.JWT[0].Mode, "JWT tokens are secrets by default")
@@ -116,6 +116,18 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 			`bad.yaml:5: outputs[0].cert_file: needs key_file too: cert_file and key_file go together`},
 		{"two reload kinds in one entry", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - {exec: {command: [true]}, systemd: {unit: x}}\n",
 			`bad.yaml:7: outputs[0].reload[0]: sets exec and systemd: one action per list entry`},
+		{"reload entry names no kind", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - {}\n",
+			`bad.yaml:7: outputs[0].reload[0]: names no action: use one of signal, exec, systemd, launchd, redis, traefik`},
+		{"unknown reload kind", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - exec: {command: [true]}\n        sighup: {pid: 3}\n",
+			`bad.yaml:8: outputs[0].reload[0].sighup: unknown field in a reload entry`},
+		{"unknown key in a reload kind", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - signal:\n          pid: 3\n          pidfile: /x\n",
+			`bad.yaml:9: outputs[0].reload[0].signal.pidfile: unknown field in SignalReload`},
+		{"reload entry not a section", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - signal\n",
+			`bad.yaml:7: outputs[0].reload[0]: "signal" is not a section (use key: value lines)`},
+		{"reload kind not a section", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - exec: [true]\n",
+			`bad.yaml:7: outputs[0].reload[0].exec: cannot unmarshal !!seq into ExecReload`},
+		{"bad value in a reload kind", "workload_api: {socket: unix:///s}\noutputs:\n  - name: a\n    dir: /d\n    bundle_file: b\n    reload:\n      - exec: {command: [true], timeout: 5}\n",
+			`bad.yaml:7: outputs[0].reload[0].exec.timeout: "5" is not a duration (use e.g. 30s, 10m, 24h)`},
 		{"metrics on a public address", "workload_api: {socket: unix:///s}\nadmin: {metrics_listen: \"0.0.0.0:9090\"}\nallow_empty: true\n",
 			`bad.yaml:2: admin.metrics_listen: "0.0.0.0:9090" must be a loopback address`},
 		{"syntax error", "outputs: [\n", `bad.yaml:1: outputs: did not find expected node content`},
@@ -199,20 +211,10 @@ func TestREADMEConfigurationParses(t *testing.T) {
 	f := cfg.Outputs[2].Formats
 	assert.True(t, f.CombinedFile != "" && f.CombinedOrder != "" && f.BundleDir != "" && f.Verify != nil,
 		"the formats and verify are shown: %+v", f)
-	kinds := map[string]bool{}
+	var kinds []string
 	for _, r := range cfg.Outputs[0].Reload {
-		for _, k := range []struct {
-			name string
-			set  bool
-		}{
-			{"signal", r.Signal != nil}, {"exec", r.Exec != nil}, {"systemd", r.Systemd != nil},
-			{"launchd", r.Launchd != nil}, {"redis", r.Redis != nil}, {"traefik", r.Traefik != nil},
-		} {
-			if k.set {
-				kinds[k.name] = true
-			}
-		}
+		kinds = append(kinds, r.Kind())
 	}
-	assert.Len(t, kinds, 6, "every reload kind is shown: %v", kinds)
+	assert.ElementsMatch(t, config.ReloadKinds(), kinds, "every reload kind is shown")
 	require.Len(t, cfg.Proxies, 1)
 }

@@ -9,4 +9,9 @@
 // agent.NewPlan converts the config, calls them and maps their FieldErrors
 // back to lines with Config.At. The defaults are the packages' own
 // constants. This package does no I/O beyond reading the file.
+//
+// Reload kinds are one table (reloadKinds in reload.go) and one file each
+// (reload_<kind>.go): the settings type with its defaults, the file's
+// rules, how to build its rotation.Reloader (Reload.Build, which touches
+// nothing) and what the service needs (Reload.ServiceNeeds).
 package config

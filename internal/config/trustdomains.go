@@ -12,7 +12,7 @@ import (
 // example.org everywhere else): legal, but a peer of a trust domain the
 // agent has no bundle for can never connect, so it is most likely a typo.
 // Only a file that names some other trust domain can tell; the running
-// agent checks against its bundles (see tlsproxy.Config.AllowedTrustDomains).
+// agent checks against its bundles (agent.unknownAllowTrustDomains, shown by status).
 func (c *Config) AllowTrustDomainWarnings() []error {
 	if c == nil || c.root == nil {
 		return nil

@@ -66,24 +66,8 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 		for j := range o.JWT {
 			o.JWT[j].Mode = FileMode(o.JWT[j].Mode.Or(DefaultJWTMode))
 		}
-		for j := range o.Reload {
-			rl := &o.Reload[j]
-			if rl.Signal != nil && rl.Signal.Name == "" {
-				rl.Signal.Name = DefaultReloadSignal
-			}
-			if rl.Exec != nil {
-				rl.Exec.Timeout = Duration(rl.Exec.Timeout.D(DefaultExecTimeout))
-			}
-			if rl.Systemd != nil && rl.Systemd.Action == "" {
-				rl.Systemd.Action = DefaultSystemdAction
-			}
-			if rl.Launchd != nil && rl.Launchd.Restart == nil {
-				t := true
-				rl.Launchd.Restart = &t
-			}
-			if rl.Traefik != nil && rl.Traefik.Mode == 0 {
-				rl.Traefik.Mode = FileMode(DefaultKeyMode)
-			}
+		for _, rl := range o.Reload {
+			rl.applyDefaults()
 		}
 	}
 	if c.Redis != nil && c.Redis.Transition != nil {
@@ -296,66 +280,4 @@ func checkLoopbackAddr(v *validator, field []any, addr string) {
 	if ip == nil || !ip.IsLoopback() {
 		v.errorf(field, "%q must be a loopback address", addr)
 	}
-}
-
-func checkReload(v *validator, p []any, rl Reload, o Output) {
-	kind := rl.Kind()
-	if kind == "" {
-		v.errorf(p, "names no action: use one of signal, exec, systemd, launchd, redis, traefik")
-		return
-	}
-	if strings.Contains(kind, "+") {
-		v.errorf(p, "sets %s: one action per list entry", strings.ReplaceAll(kind, "+", " and "))
-		return
-	}
-	q := func(elems ...any) []any { return append(append([]any{}, p...), elems...) }
-	switch {
-	case rl.Signal != nil:
-		s := rl.Signal
-		if (s.PidFile == "") == (s.Pid == 0) {
-			v.errorf(q("signal"), "set exactly one of pid_file and pid")
-		}
-		if s.Pid < 0 {
-			v.errorf(q("signal", "pid"), "must be positive")
-		}
-		checkAbs(v, q("signal", "pid_file"), s.PidFile)
-		if _, err := rotation.ParseSignal(s.Name); err != nil {
-			v.errorf(q("signal", "name"), "%v", err)
-		}
-	case rl.Redis != nil:
-		if rl.Redis.Addr == "" {
-			v.errorf(q("redis", "addr"), "is required")
-		}
-		if o.CertFile == "" {
-			v.errorf(q("redis"), "needs the output to write cert_file and key_file")
-		}
-		checkAbs(v, q("redis", "password_file"), rl.Redis.PasswordFile)
-		checkAbs(v, q("redis", "ca_cert_file"), rl.Redis.CACertFile)
-		if rl.Redis.ServerID != "" {
-			if _, err := spiffeid.FromString(rl.Redis.ServerID); err != nil {
-				v.errorf(q("redis", "server_id"), "%v", err)
-			}
-		}
-	case rl.Traefik != nil:
-		if rl.Traefik.File == "" {
-			v.errorf(q("traefik", "file"), "is required")
-		} else {
-			checkAbs(v, q("traefik", "file"), rl.Traefik.File)
-		}
-		if o.CertFile == "" || o.BundleFile == "" {
-			v.errorf(q("traefik"), "needs the output to write cert_file, key_file and bundle_file")
-		}
-		if id := rl.Traefik.PeerSpiffeID; id != "" {
-			if _, err := spiffeid.FromString(id); err != nil {
-				v.errorf(q("traefik", "peer_spiffe_id"), "%q: %v", id, err)
-			}
-		}
-		if m := rl.Traefik.Mode.Or(DefaultKeyMode); m&0o007 != 0 {
-			v.errorf(q("traefik", "mode"), "%s lets every user read the inline private key; use 0600 or 0640", FileMode(m))
-		} else if err := rotation.CheckMode(m, true, false); err != nil {
-			v.errorf(q("traefik", "mode"), "%v", err)
-		}
-	}
-	// exec, systemd and launchd entries are checked by the reloader that
-	// agent.Plan builds from them (rotation.Output.Validate).
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/identity-agent/identity-agent/internal/redistest"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
 // BenchmarkConfigSetReload: the "redis" reload action end to end (unix
@@ -17,7 +18,7 @@ func BenchmarkConfigSetReload(b *testing.B) {
 	require.NoError(b, err)
 	ctx := context.Background()
 	for b.Loop() {
-		if err := rl.Reload(ctx); err != nil {
+		if err := rl.Reload(ctx, rotation.Written{}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -3,9 +3,12 @@ package redistransition
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
 // TLSFiles are the certificate files as the Redis server sees them.
@@ -34,7 +37,10 @@ type ConfigSetReloader struct {
 }
 
 // NewConfigSetReloader returns the "redis" reload action. files are the
-// paths to set; an empty TLSFiles re-sets whatever the server has
+// files to set: an absolute path is set as is; any other entry names a
+// file of the output's set ("tls.crt") and is set to the path each reload
+// is told (rotation.Written), so nobody joins the output's directory and
+// names twice. An empty TLSFiles re-sets whatever the server has
 // configured now (useful when the agent does not know the server's view of
 // the paths). The admin connection is opened per reload and closed after:
 // reloads are rare and no goroutine is held between them.
@@ -61,9 +67,10 @@ func NewConfigSetReloader(admin AdminConfig, files TLSFiles, o ...Option) (*Conf
 // Kind is "redis".
 func (r *ConfigSetReloader) Kind() string { return "redis" }
 
-// Reload sends CONFIG SET tls-cert-file … tls-key-file … tls-ca-cert-file ….
-func (r *ConfigSetReloader) Reload(ctx context.Context) error {
-	err := r.reload(ctx)
+// Reload sends CONFIG SET tls-cert-file … tls-key-file … tls-ca-cert-file …
+// with the paths of w for the files named by name.
+func (r *ConfigSetReloader) Reload(ctx context.Context, w rotation.Written) error {
+	err := r.reload(ctx, w)
 	if err != nil {
 		r.total.WithLabelValues("error").Inc()
 		return err
@@ -72,13 +79,16 @@ func (r *ConfigSetReloader) Reload(ctx context.Context) error {
 	return nil
 }
 
-func (r *ConfigSetReloader) reload(ctx context.Context) error {
+func (r *ConfigSetReloader) reload(ctx context.Context, w rotation.Written) error {
+	files, err := r.files.in(w)
+	if err != nil {
+		return fmt.Errorf("redis reload: %w", err)
+	}
 	a, err := NewAdmin(r.admin, r.opts...)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = a.Close() }()
-	files := r.files
 	if files.CertFile == "" {
 		cur, err := a.ConfigGet(ctx, tlsFileKeys...)
 		if err != nil {
@@ -98,4 +108,20 @@ func (r *ConfigSetReloader) reload(ctx context.Context) error {
 	}
 	r.log.Info("redis reloaded its TLS files", zap.String("admin", r.admin.Addr), zap.String("cert_file", files.CertFile))
 	return nil
+}
+
+// in resolves the entries that name files of the written set to their
+// paths; absolute paths and empty entries stay as they are.
+func (f TLSFiles) in(w rotation.Written) (TLSFiles, error) {
+	for _, p := range []*string{&f.CertFile, &f.KeyFile, &f.CAFile} {
+		if *p == "" || filepath.IsAbs(*p) {
+			continue
+		}
+		abs, err := w.Path(*p)
+		if err != nil {
+			return f, err
+		}
+		*p = abs
+	}
+	return f, nil
 }

@@ -1,7 +1,6 @@
 package redistransition
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
 func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
@@ -45,19 +45,16 @@ func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
 
 	rl, err := NewConfigSetReloader(adminConfig(r, e), TLSFiles(e.Files))
 	require.NoError(t, err)
-	var _ interface {
-		Kind() string
-		Reload(context.Context) error
-	} = rl // pkg/rotation's Reloader method set
+	var _ rotation.Reloader = rl
 	assert.Equal(t, "redis", rl.Kind())
-	require.NoError(t, rl.Reload(ctx))
+	require.NoError(t, rl.Reload(ctx, rotation.Written{}))
 	assert.Equal(t, s1, served().Serial, "new handshake after CONFIG SET reload presents the new serial")
 
 	// The reloader that re-sets the server's own paths.
 	s2 := rotate(s1)
 	rl2, err := NewConfigSetReloader(adminConfig(r, e), TLSFiles{})
 	require.NoError(t, err)
-	require.NoError(t, rl2.Reload(ctx))
+	require.NoError(t, rl2.Reload(ctx, rotation.Written{}))
 	assert.Equal(t, s2, served().Serial)
 
 	// Admin over TLS with the agent's SVID (rediss://), password from a file.
@@ -65,8 +62,18 @@ func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
 	rl3, err := NewConfigSetReloader(AdminConfig{Addr: "rediss://" + r.TLSAddr(), PasswordFile: e.PasswordFile,
 		SVIDs: e.Client, Bundles: e.Client, ServerAuthorizer: authz}, TLSFiles(e.Files))
 	require.NoError(t, err)
-	require.NoError(t, rl3.Reload(ctx))
+	require.NoError(t, rl3.Reload(ctx, rotation.Written{}))
 	assert.Equal(t, s3, served().Serial)
+
+	// Names of the output's files: the paths come from the set written.
+	s4 := rotate(s3)
+	rl5, err := NewConfigSetReloader(adminConfig(r, e), TLSFiles{CertFile: "svid.pem", KeyFile: "key.pem", CAFile: e.Files.CAFile})
+	require.NoError(t, err)
+	w := rotation.Written{Dir: e.Dir, Files: map[string]string{"svid.pem": e.Files.CertFile, "key.pem": e.Files.KeyFile}}
+	require.NoError(t, rl5.Reload(ctx, w))
+	assert.Equal(t, s4, served().Serial)
+	delete(w.Files, "key.pem")
+	require.ErrorContains(t, rl5.Reload(ctx, w), "redis reload: key.pem was not written to "+e.Dir)
 	require.Nil(t, r.Cmd.ProcessState, "redis-server was not restarted")
 
 	// A broken admin password file is one clear error naming it.
@@ -74,7 +81,7 @@ func TestConfigSetReloadPresentsNewSerial(t *testing.T) {
 	bad.PasswordFile = e.Dir + "/missing.pass"
 	rl4, err := NewConfigSetReloader(bad, TLSFiles(e.Files))
 	require.NoError(t, err)
-	err = rl4.Reload(ctx)
+	err = rl4.Reload(ctx, rotation.Written{})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "missing.pass")
 	_, err = NewConfigSetReloader(adminConfig(r, e), TLSFiles{CertFile: "/x"})

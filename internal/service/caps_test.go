@@ -12,9 +12,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/stretchr/testify/require"
-
-	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // unitCapabilities reads CapabilityBoundingSet= from the reference unit, so
@@ -87,12 +86,12 @@ func writeAsOther(t *testing.T, dir string) {
 	require.NoError(t, err)
 	uid, _ := strconv.Atoi(nobody.Uid)
 	gid, _ := strconv.Atoi(nobody.Gid)
-	owner := svid.Owner{UID: uid, GID: gid}
+	owner := atomicdir.Owner{UID: uid, GID: gid}
 
-	w, err := svid.NewDirWriter(dir, svid.WithOwner(owner))
+	w, err := atomicdir.NewWriter(dir, atomicdir.WithOwner(owner))
 	require.NoError(t, err)
 	for i := range 4 {
-		changed, err := w.Write([]svid.File{
+		changed, err := w.Write([]atomicdir.File{
 			{Name: "svid.pem", Data: []byte(fmt.Sprintf("cert %d\n", i)), Mode: 0o644},
 			{Name: "key.pem", Data: []byte(fmt.Sprintf("key %d\n", i)), Mode: 0o600},
 		})
@@ -114,6 +113,6 @@ func writeAsOther(t *testing.T, dir string) {
 	require.LessOrEqual(t, len(versions), 2, "old versions not removed: %v", versions)
 
 	single := filepath.Join(dir, "token.jwt")
-	require.NoError(t, svid.WriteFileAtomic(single, []byte("jwt 1"), 0o640, owner))
-	require.NoError(t, svid.WriteFileAtomic(single, []byte("jwt 2"), 0o640, owner))
+	require.NoError(t, atomicdir.WriteFile(single, []byte("jwt 1"), 0o640, owner))
+	require.NoError(t, atomicdir.WriteFile(single, []byte("jwt 2"), 0o640, owner))
 }

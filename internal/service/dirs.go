@@ -11,7 +11,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // Modes for the directories the agent creates. Output files carry their own
@@ -31,11 +31,11 @@ type Dir struct {
 	User string
 	// Group (a name or a numeric id) is the directory's group when set: an
 	// output's directory takes the group of the output's owner, as
-	// svid.MakeDir's rule says. Empty: the user's primary group.
+	// atomicdir.MakeDir's rule says. Empty: the user's primary group.
 	Group string
-	// Exclusive: the agent writes the directory with svid's DirWriter, so
+	// Exclusive: the agent writes the directory with atomicdir.Writer, so
 	// an existing one must be a real directory of User's (the agent's user
-	// when User is empty): svid.CheckOutputDir, the rule `config validate`,
+	// when User is empty): atomicdir.CheckDir, the rule `config validate`,
 	// `run` and reload apply too. Without it a directory of someone else's
 	// is used as it is when no User is asked for (a shared socket dir).
 	Exclusive bool
@@ -151,7 +151,7 @@ func ensureDir(d Dir) error {
 				return fmt.Errorf("service: directory %s: %w", p, err)
 			}
 		}
-		err = svid.MakeDir(p, d.Mode, uid, gid)
+		err = atomicdir.MakeDir(p, d.Mode, uid, gid)
 		if err != nil && !errors.Is(err, fs.ErrExist) {
 			err = fmt.Errorf("service: %w", err)
 		}
@@ -175,7 +175,7 @@ func fixExisting(p string, fi fs.FileInfo, d Dir, o *owner) error {
 		wantUID, wantName = o.uid, o.name
 	}
 	if d.Exclusive {
-		if err := svid.CheckOutputDir(p, wantUID, wantName); err != nil {
+		if err := atomicdir.CheckDir(p, wantUID, wantName); err != nil {
 			return fmt.Errorf("service: %w", err)
 		}
 	}

@@ -127,7 +127,7 @@ func TestEnsureDirsNeverWidensAnExistingDirectory(t *testing.T) {
 }
 
 // An output's directory takes the output owner's group, through the one
-// function that creates output directories (svid.MakeDir), and nothing
+// function that creates output directories (atomicdir.MakeDir), and nothing
 // else of the layout does.
 func TestLayoutPrepareGivesOutputDirsTheOwnersGroup(t *testing.T) {
 	groups, err := os.Getgroups()
@@ -155,7 +155,7 @@ func TestLayoutPrepareGivesOutputDirsTheOwnersGroup(t *testing.T) {
 }
 
 // run's prepare step (no --user) refuses an output directory another user
-// made, as `config validate` does: the same rule (svid.CheckOutputDir).
+// made, as `config validate` does: the same rule (atomicdir.CheckDir).
 // Before, it was used as it was. A socket directory of someone else's is
 // still used as it is.
 func TestEnsureDirsRefusesAnOutputDirOfAnotherUser(t *testing.T) {

@@ -64,11 +64,13 @@ func LayoutFromConfig(c *config.Config) Layout {
 			}
 		}
 		for _, r := range o.Reload {
-			if r.Traefik != nil {
-				writable(filepath.Dir(r.Traefik.File))
+			// What a kind needs is the kind's to say (config.ServiceNeeds).
+			needs := r.ServiceNeeds()
+			for _, d := range needs.WritableDirs {
+				writable(d)
 			}
-			if r.Signal != nil {
-				caps["CAP_KILL"] = true
+			for _, cp := range needs.Capabilities {
+				caps[cp] = true
 			}
 		}
 	}
@@ -143,7 +145,7 @@ func ownerGroup(o config.Owner) string {
 }
 
 // Prepare creates the layout's directories owned by user: each output's
-// dir with the group of the output's owner (svid.MakeDir's rule), the
+// dir with the group of the output's owner (atomicdir.MakeDir's rule), the
 // other writable directories and the listeners' socket directories. It
 // is the body of `identity-agent service prepare` (as root, before the
 // sandbox starts) and of the same step at the start of `run` and `fetch`;
@@ -157,7 +159,7 @@ func (l Layout) Prepare(user string) error {
 	}
 	for _, d := range l.WritableDirs {
 		if !seen[filepath.Clean(d)] {
-			// Not written by a DirWriter (traefik's, the transition's
+			// Not written by an atomicdir.Writer (traefik's, the transition's
 			// state): may be shared, as before.
 			dirs = append(dirs, Dir{Path: d, Mode: OutputDirMode, User: user})
 		}

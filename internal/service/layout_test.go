@@ -3,6 +3,7 @@ package service
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -65,4 +66,49 @@ func TestLayoutFromConfig(t *testing.T) {
 	require.Contains(t, s, "\nReadWritePaths=/etc/identity-agent/certs/redis\nReadWritePaths=/etc/identity-agent/certs/traefik\nReadWritePaths=/etc/traefik/dynamic\nReadWritePaths=/run/celery-proxy\n")
 	require.Contains(t, s, "\nBindReadOnlyPaths=-/tmp/spire-agent/public\n")
 	require.Contains(t, s, "\nCapabilityBoundingSet=CAP_CHOWN CAP_KILL CAP_NET_BIND_SERVICE\n")
+}
+
+// TestLayoutTakesEveryReloadKindsNeeds: the layout asks each reload entry
+// for its needs (config.ServiceNeeds, declared in the kind's own file) and
+// names no kind itself. README's reference configuration shows every
+// registered kind (config's TestREADMEConfigurationParses), so each one's
+// needs are checked here, a new kind's included.
+func TestLayoutTakesEveryReloadKindsNeeds(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	_, section, ok := strings.Cut(string(readme), "\n## Configuration\n")
+	require.True(t, ok)
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	require.True(t, ok)
+	block, _, _ = strings.Cut(block, "```")
+	c, err := config.Parse("README.md", []byte(block), func(string) string { return "" })
+	require.NoError(t, err)
+
+	l := LayoutFromConfig(c)
+	seen := map[string]bool{}
+	for _, o := range c.Outputs {
+		for _, r := range o.Reload {
+			seen[r.Kind()] = true
+			needs := r.ServiceNeeds()
+			for _, d := range needs.WritableDirs {
+				if !under(d, RuntimeDir) && !under(d, StateDir) {
+					require.Contains(t, l.WritableDirs, d, "%s reload", r.Kind())
+				}
+			}
+			for _, cp := range needs.Capabilities {
+				require.Contains(t, l.ExtraCapabilities, cp, "%s reload", r.Kind())
+			}
+		}
+	}
+	for _, k := range config.ReloadKinds() {
+		require.True(t, seen[k], "README shows no %s reload", k)
+	}
+
+	// layout.go names no kind: its needs are the kind's to say.
+	src, err := os.ReadFile("layout.go")
+	require.NoError(t, err)
+	for _, k := range config.ReloadKinds() {
+		require.NotContains(t, string(src), `"`+k+`"`, "layout.go names the %s kind", k)
+		require.NotContains(t, strings.ToLower(string(src)), "r."+k, "layout.go reads the %s kind's settings", k)
+	}
 }

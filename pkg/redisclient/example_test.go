@@ -11,9 +11,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
+	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // A Celery-like worker: it takes jobs from a list with BRPOP and pushes
@@ -24,12 +24,17 @@ func ExampleNew_worker() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 
-	// The SPIRE agent's (or identity-agent dev's) Workload API socket.
-	src, err := workloadapi.NewX509Source(ctx) // $SPIFFE_ENDPOINT_SOCKET
-	if err != nil {
+	// The SPIRE agent's (or identity-agent dev's) Workload API socket,
+	// $SPIFFE_ENDPOINT_SOCKET; the Source follows its rotations.
+	src := svid.NewSource()
+	if err := src.Start(ctx); err != nil {
 		log.Fatal(err)
 	}
 	defer func() { _ = src.Close() }()
+	if err := src.WaitReady(ctx); err != nil {
+		log.Fatal(err)
+	}
+	worker := src.X509SVIDSource(svid.Selector{Hint: "worker"}) // or svid.Selector{} for the only one
 
 	mode, err := redisclient.ModeFromEnv(redisclient.DefaultModeEnv, redisclient.ModeDualAuth)
 	if err != nil {
@@ -38,7 +43,7 @@ func ExampleNew_worker() {
 	// The server must present exactly this SPIFFE ID on the TLS port.
 	authz := tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/redis"))
 	c, err := redisclient.New(mode,
-		redisclient.WithTLS("redis.internal:6380", src, src, authz),
+		redisclient.WithTLS("redis.internal:6380", worker, src, authz),
 		redisclient.WithPlaintext("redis.internal:6379"), // dual_auth fallback, disabled mode
 		redisclient.WithPasswordFile("/etc/worker/redis.pass"),
 		redisclient.WithName("worker"),
@@ -70,18 +75,21 @@ func ExampleNew_worker() {
 // credential; Health tells which path a request took.
 func ExampleNew_cache() {
 	ctx := context.Background()
-	src, err := workloadapi.NewX509Source(ctx)
-	if err != nil {
+	src := svid.NewSource()
+	if err := src.Start(ctx); err != nil {
 		log.Fatal(err)
 	}
 	defer func() { _ = src.Close() }()
+	if err := src.WaitReady(ctx); err != nil {
+		log.Fatal(err)
+	}
 
 	authz, err := redisclient.ServerAuthorizer("", "example.org") // any server of the trust domain
 	if err != nil {
 		log.Fatal(err)
 	}
 	c, err := redisclient.New(redisclient.ModeTLSOnly,
-		redisclient.WithTLS("redis.internal:6380", src, src, authz),
+		redisclient.WithTLS("redis.internal:6380", src.X509SVIDSource(svid.Selector{}), src, authz),
 		redisclient.WithDB(1),
 		redisclient.WithRedisOptions(func(o *redis.Options) { o.PoolSize = 20 }),
 	)

@@ -12,7 +12,7 @@ import (
 
 // BenchmarkPushToDisk measures the time from srv.RotateSVIDs() (a Workload
 // API push) until the output's cert, key and bundle are on disk (the
-// DirWriter returned changed=true with the new serial), and reports the
+// Writer.Write returned changed=true with the new serial), and reports the
 // p50/p99 over b.N rotations. Rotations are spaced by more than the
 // debounce, as in production where they are minutes apart.
 func BenchmarkPushToDisk(b *testing.B) {

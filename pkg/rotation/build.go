@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -48,9 +49,9 @@ type material struct {
 
 // build computes an output's files from in. It is a pure function: no
 // disk, no network, no clock; everything it reads is in o and in.
-func build(o Output, in buildInput) ([]svid.File, material, error) {
+func build(o Output, in buildInput) ([]atomicdir.File, material, error) {
 	var (
-		files []svid.File
+		files []atomicdir.File
 		mat   = material{x509: in.x509}
 		x     = in.x509
 	)
@@ -73,21 +74,21 @@ func build(o Output, in buildInput) ([]svid.File, material, error) {
 			}
 		}
 		if o.CertFile != "" {
-			files = append(files, svid.File{Name: o.CertFile, Data: svid.EncodeCertsPEM(picked.Certificates), Mode: o.CertMode})
+			files = append(files, atomicdir.File{Name: o.CertFile, Data: svid.EncodeCertsPEM(picked.Certificates), Mode: o.CertMode})
 		}
 		if o.KeyFile != "" {
 			key, err := svid.EncodeKeyPEM(picked.PrivateKey)
 			if err != nil {
 				return nil, mat, fmt.Errorf("encode key of %s: %w", picked.ID, err)
 			}
-			files = append(files, svid.File{Name: o.KeyFile, Data: key, Mode: o.KeyMode})
+			files = append(files, atomicdir.File{Name: o.KeyFile, Data: key, Mode: o.KeyMode})
 		}
 		if o.BundleFile != "" {
 			certs := svid.BundleCerts(x, picked.ID.TrustDomain(), o.IncludeFederated, o.IntermediatesInBundle)
 			if len(certs) == 0 {
 				return nil, mat, fmt.Errorf("no X.509 bundle for trust domain %s", picked.ID.TrustDomain())
 			}
-			files = append(files, svid.File{Name: o.BundleFile, Data: svid.EncodeCertsPEM(certs), Mode: o.BundleMode})
+			files = append(files, atomicdir.File{Name: o.BundleFile, Data: svid.EncodeCertsPEM(certs), Mode: o.BundleMode})
 		}
 		more, err := buildFormats(o, in, picked, &mat)
 		if err != nil {
@@ -111,7 +112,7 @@ func build(o Output, in buildInput) ([]svid.File, material, error) {
 		if mat.spiffeID == "" {
 			mat.spiffeID = t.svid.ID.String()
 		}
-		files = append(files, svid.File{Name: jf.File, Data: []byte(t.svid.Marshal() + "\n"), Mode: jf.Mode})
+		files = append(files, atomicdir.File{Name: jf.File, Data: []byte(t.svid.Marshal() + "\n"), Mode: jf.Mode})
 	}
 
 	if o.JWTBundleFile != "" {
@@ -119,7 +120,7 @@ func build(o Output, in buildInput) ([]svid.File, material, error) {
 		if err != nil {
 			return nil, mat, err
 		}
-		files = append(files, svid.File{Name: o.JWTBundleFile, Data: data, Mode: o.JWTBundleMode})
+		files = append(files, atomicdir.File{Name: o.JWTBundleFile, Data: data, Mode: o.JWTBundleMode})
 	}
 	return files, mat, nil
 }

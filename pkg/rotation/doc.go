@@ -14,26 +14,28 @@
 //     once, the ones following it within the debounce, 100ms by default,
 //     coalesced into one trailing write) it picks the SVID,
 //     validates it against the bundles, encodes the files and writes them
-//     as one set with svid.DirWriter (versioned directory plus symlink
+//     as one set with atomicdir.Writer (versioned directory plus symlink
 //     swap), so a reader never sees a new certificate with an old key.
 //     Material that fails validation is never written; the last good files
 //     stay and the error shows in State.
 //
-//   - Reloads run in order only when the DirWriter reports a change. A
+//   - Reloads run in order only when the atomicdir.Writer reports a change. A
 //     failed write or reload is retried with exponential backoff (1s..1m)
 //     until it succeeds or newer material supersedes it; a retry resumes
-//     at the reload that failed.
+//     at the reload that failed. Each reload is told what was written
+//     (Written: the dir, each file's path by its name, the SVID), so a
+//     reloader that hands paths to its service joins nothing itself.
 //
 //   - JWT-SVIDs are not pushed: each token file is refreshed at half the
 //     token's lifetime (one timer per token) and on every X.509 push.
 //
 //   - A fsnotify guard restores the set when something else deletes,
 //     replaces, edits or chmods a file or the ..data link. The agent's own
-//     writes pass DirWriter.Check and never trigger a rewrite. What stands
-//     in the way is moved aside (DirWriter.Restore: never through a
+//     writes pass atomicdir.Writer.Check and never trigger a rewrite. What stands
+//     in the way is moved aside (atomicdir.Writer.Restore: never through a
 //     symlink, never changing what is not the writer's), into a quarantine
-//     bounded to svid.QuarantineKeep entries of at most
-//     svid.QuarantineMaxAge.
+//     bounded to atomicdir.QuarantineKeep entries of at most
+//     atomicdir.QuarantineMaxAge.
 //
 //   - An expiry watchdog fires when the SVID on disk becomes overdue for
 //     rotation (ExpiryOf: less than a third of its lifetime left by

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -126,8 +127,8 @@ func readPKCS12Password(path string) (string, error) {
 
 // buildFormats adds the files of the format fields for the picked SVID.
 // Pure, like build: the password and the previous PKCS#12 files come in.
-func buildFormats(o Output, in buildInput, picked *x509svid.SVID, mat *material) ([]svid.File, error) {
-	var files []svid.File
+func buildFormats(o Output, in buildInput, picked *x509svid.SVID, mat *material) ([]atomicdir.File, error) {
+	var files []atomicdir.File
 	x := in.x509
 	td := picked.ID.TrustDomain()
 	if o.CombinedFile != "" {
@@ -135,7 +136,7 @@ func buildFormats(o Output, in buildInput, picked *x509svid.SVID, mat *material)
 		if err != nil {
 			return nil, fmt.Errorf("combined_file %s: %w", o.CombinedFile, err)
 		}
-		files = append(files, svid.File{Name: o.CombinedFile, Data: data, Mode: o.KeyMode})
+		files = append(files, atomicdir.File{Name: o.CombinedFile, Data: data, Mode: o.KeyMode})
 	}
 	if o.Layout == LayoutSPIFFEFSDelivery {
 		more, err := fsDeliveryFiles(o, x, picked, in.knownTrustBundles)
@@ -150,7 +151,7 @@ func buildFormats(o Output, in buildInput, picked *x509svid.SVID, mat *material)
 			return nil, fmt.Errorf("bundle_dir %s: no X.509 bundle for trust domain %s", o.BundleDir, td)
 		}
 		for _, b := range bundles {
-			files = append(files, svid.File{Name: o.BundleDir + "/" + svid.BundleDirFileName(b.TrustDomain), Data: svid.EncodeCertsPEM(b.Certs), Mode: o.BundleMode})
+			files = append(files, atomicdir.File{Name: o.BundleDir + "/" + svid.BundleDirFileName(b.TrustDomain), Data: svid.EncodeCertsPEM(b.Certs), Mode: o.BundleMode})
 		}
 	}
 	if o.PKCS12.wanted() {
@@ -172,12 +173,12 @@ func hasTrustDomain(bundles []svid.TrustDomainBundle, td spiffeid.TrustDomain) b
 	return false
 }
 
-func fsDeliveryFiles(o Output, x *workloadapi.X509Context, picked *x509svid.SVID, known map[string]bool) ([]svid.File, error) {
+func fsDeliveryFiles(o Output, x *workloadapi.X509Context, picked *x509svid.SVID, known map[string]bool) ([]atomicdir.File, error) {
 	cred, err := svid.EncodeCredentialBundle(picked, x.Bundles)
 	if err != nil {
 		return nil, fmt.Errorf("layout %s: %w", LayoutSPIFFEFSDelivery, err)
 	}
-	files := []svid.File{{Name: svid.FSDeliveryCredentialBundle, Data: cred, Mode: o.KeyMode}}
+	files := []atomicdir.File{{Name: svid.FSDeliveryCredentialBundle, Data: cred, Mode: o.KeyMode}}
 	td := picked.ID.TrustDomain()
 	bundles := svid.TrustDomainBundles(x, td, true)
 	if !hasTrustDomain(bundles, td) {
@@ -187,7 +188,7 @@ func fsDeliveryFiles(o Output, x *workloadapi.X509Context, picked *x509svid.SVID
 	for _, b := range bundles {
 		name := svid.FSDeliveryTrustBundleName(b.TrustDomain)
 		current[name] = true
-		files = append(files, svid.File{Name: name, Data: svid.EncodeCertsPEM(b.Certs), Mode: o.BundleMode})
+		files = append(files, atomicdir.File{Name: name, Data: svid.EncodeCertsPEM(b.Certs), Mode: o.BundleMode})
 	}
 	// Draft §2.3: withdraw a trust domain with an empty file rather than
 	// by removing it, which a reader could take for a remount.
@@ -199,18 +200,18 @@ func fsDeliveryFiles(o Output, x *workloadapi.X509Context, picked *x509svid.SVID
 	}
 	sort.Strings(redacted)
 	for _, name := range redacted {
-		files = append(files, svid.File{Name: name, Data: nil, Mode: o.BundleMode})
+		files = append(files, atomicdir.File{Name: name, Data: nil, Mode: o.BundleMode})
 	}
 	return files, nil
 }
 
-func pkcs12Files(o Output, in buildInput, picked *x509svid.SVID, mat *material) ([]svid.File, error) {
+func pkcs12Files(o Output, in buildInput, picked *x509svid.SVID, mat *material) ([]atomicdir.File, error) {
 	if in.pkcs12Err != nil {
 		return nil, in.pkcs12Err
 	}
 	pw := in.pkcs12Password
 	mat.p12 = map[string]p12Entry{}
-	var files []svid.File
+	var files []atomicdir.File
 	encode := func(name string, fp string, enc func() ([]byte, error)) ([]byte, error) {
 		if prev, ok := in.p12Prev[name]; ok && prev.fingerprint == fp {
 			mat.p12[name] = prev
@@ -236,7 +237,7 @@ func pkcs12Files(o Output, in buildInput, picked *x509svid.SVID, mat *material) 
 		if err != nil {
 			return nil, fmt.Errorf("pkcs12.keystore_file %s: %w", name, err)
 		}
-		files = append(files, svid.File{Name: name, Data: data, Mode: o.KeyMode})
+		files = append(files, atomicdir.File{Name: name, Data: data, Mode: o.KeyMode})
 	}
 	if name := o.PKCS12.TruststoreFile; name != "" {
 		td := picked.ID.TrustDomain()
@@ -255,7 +256,7 @@ func pkcs12Files(o Output, in buildInput, picked *x509svid.SVID, mat *material) 
 		if err != nil {
 			return nil, fmt.Errorf("pkcs12.truststore_file %s: %w", name, err)
 		}
-		files = append(files, svid.File{Name: name, Data: data, Mode: o.BundleMode})
+		files = append(files, atomicdir.File{Name: name, Data: data, Mode: o.BundleMode})
 	}
 	return files, nil
 }
@@ -265,7 +266,7 @@ func pkcs12Files(o Output, in buildInput, picked *x509svid.SVID, mat *material) 
 // file names for State and the guard (bundle_dir and the Filesystem
 // Delivery layout name files after trust domains, so they change).
 // Called with syncMu held.
-func (r *outputRunner) rememberFormats(files []svid.File, mat material) {
+func (r *outputRunner) rememberFormats(files []atomicdir.File, mat material) {
 	if r.out.PKCS12.wanted() {
 		r.p12 = mat.p12
 	}

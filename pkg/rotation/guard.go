@@ -12,20 +12,19 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"go.uber.org/zap"
-
-	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // The guard has two halves: the guard type below watches the output
 // directories with fsnotify and wakes the owning output; the outputRunner
-// methods after it decide, with DirWriter.Diff, whether the change was the
+// methods after it decide, with atomicdir.Writer.Diff, whether the change was the
 // agent's own write (nothing to do) or someone else's, and restore the
 // last files written. Every rule about what counts as tampering and how a
 // restore goes lives in this file.
 
 // guard watches the output directories with fsnotify and wakes the owning
-// output on any change there. The output decides, with DirWriter.Check,
+// output on any change there. The output decides, with atomicdir.Writer.Check,
 // whether the change was its own write (nothing to do) or someone else's.
 type guard struct {
 	w   *fsnotify.Watcher
@@ -210,12 +209,12 @@ func (r *outputRunner) guardCheck(ctx context.Context) {
 // the way (a directory in place of ..data or of a file name, a plain file
 // or someone else's link in place of a link, a version directory with
 // altered files or swapped for a link) is not deleted at once:
-// DirWriter.Restore moves it aside under a .quarantine- name in the output
+// atomicdir.Writer.Restore moves it aside under a .quarantine- name in the output
 // directory, narrowing nothing but an altered version of our own, never
 // following a link, and each move is logged for the operator to inspect.
-// The quarantine keeps the newest svid.QuarantineKeep entries for at most
-// svid.QuarantineMaxAge, so a chmod flood cannot pile up copies of keys.
-func (r *outputRunner) restore(files []svid.File) (bool, error) {
+// The quarantine keeps the newest atomicdir.QuarantineKeep entries for at most
+// atomicdir.QuarantineMaxAge, so a chmod flood cannot pile up copies of keys.
+func (r *outputRunner) restore(files []atomicdir.File) (bool, error) {
 	if _, err := os.Lstat(r.out.Dir); errors.Is(err, fs.ErrNotExist) {
 		return r.write(files) // recreates the directory; nothing to move aside
 	}

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
@@ -228,7 +228,7 @@ func waitSettled(t *testing.T, w *writes, output string) {
 // directory of someone else's (mode 0751; the attack turned a root
 // one into 0700) is moved aside and the files restored, and the target
 // keeps its mode and contents. A chmod flood on the key afterwards leaves
-// at most svid.QuarantineKeep quarantined versions, each 0700.
+// at most atomicdir.QuarantineKeep quarantined versions, each 0700.
 func TestGuardNeverChmodsThroughASymlinkAndBoundsItsQuarantine(t *testing.T) {
 	e := newEnv(t, svidtest.Config{}, true)
 	dir := filepath.Join(t.TempDir(), "out")
@@ -276,9 +276,9 @@ func TestGuardNeverChmodsThroughASymlinkAndBoundsItsQuarantine(t *testing.T) {
 	for range 6 {
 		require.NoError(t, os.Chmod(keyPath, 0o644))
 		require.Eventually(t, whole, waitFor, tick, "chmod not restored")
-		require.LessOrEqual(t, len(quarantined()), svid.QuarantineKeep, "%v", quarantined())
+		require.LessOrEqual(t, len(quarantined()), atomicdir.QuarantineKeep, "%v", quarantined())
 	}
-	require.Eventually(t, func() bool { return len(quarantined()) == svid.QuarantineKeep }, waitFor, tick, "%v", quarantined())
+	require.Eventually(t, func() bool { return len(quarantined()) == atomicdir.QuarantineKeep }, waitFor, tick, "%v", quarantined())
 	for _, n := range quarantined() {
 		fi, err := os.Lstat(filepath.Join(dir, n))
 		require.NoError(t, err)

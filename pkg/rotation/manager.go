@@ -113,7 +113,7 @@ func WithGuard(enabled bool) Option {
 	return func(c *config) { c.guard = enabled }
 }
 
-// writeEvent is reported to the test hook after every DirWriter.Write.
+// writeEvent is reported to the test hook after every atomicdir.Writer.Write.
 type writeEvent struct {
 	Output  string
 	Changed bool
@@ -173,7 +173,7 @@ type Manager struct {
 }
 
 // NewManager validates the outputs and builds a Manager. It creates missing
-// output directories (svid.NewDirWriter does) but starts no goroutine,
+// output directories (atomicdir.NewWriter does) but starts no goroutine,
 // writes no file and does not talk to the Workload API until Start or
 // WriteAll. Close it when done.
 func NewManager(src Source, outputs []Output, opts ...Option) (*Manager, error) {

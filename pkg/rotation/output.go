@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -49,7 +50,7 @@ type Output struct {
 	CertMode, KeyMode, BundleMode fs.FileMode
 	// Owner of the files. The zero value {0,0} is treated as {-1,-1}
 	// ("leave as is"): an unset field must not mean "chown to root".
-	Owner svid.Owner
+	Owner atomicdir.Owner
 	// JWT token files, refreshed at half their lifetime and on every
 	// X.509 push.
 	JWT []JWTFile
@@ -97,8 +98,8 @@ func (o Output) normalize() (Output, error) {
 		return o, fmt.Errorf("output %q: dir %q: %w", o.Name, o.Dir, err)
 	}
 	o.Dir = abs
-	if o.Owner == (svid.Owner{}) {
-		o.Owner = svid.Owner{UID: -1, GID: -1}
+	if o.Owner == (atomicdir.Owner{}) {
+		o.Owner = atomicdir.Owner{UID: -1, GID: -1}
 	}
 	for i := range o.JWT {
 		o.JWT[i].Audience = append([]string(nil), o.JWT[i].Audience...)

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // Reloader is one reload action run after an output's files were written.
@@ -20,8 +23,44 @@ type Reloader interface {
 	// Kind names the reload for logs, state and metric labels: "signal",
 	// "exec", "systemd", "launchd", "redis", ...
 	Kind() string
-	// Reload tells the service to pick up the new files. It must honour ctx.
-	Reload(ctx context.Context) error
+	// Reload tells the service to pick up the new files; w says which
+	// files were written and where. It must honour ctx.
+	Reload(ctx context.Context, w Written) error
+}
+
+// Written is what one write put in an output's directory, as a reload is
+// told it: a reloader that hands file paths to its service (Redis CONFIG
+// SET, a Traefik dynamic file) looks them up here instead of joining the
+// output's directory and names itself.
+type Written struct {
+	// Dir is the output directory (Output.Dir).
+	Dir string
+	// Files maps the name of each file written, as the Output names it
+	// ("tls.crt", "bundles/example.org.pem"), to its absolute path.
+	Files map[string]string
+	// SVID is the X.509-SVID the files were made from; nil for an output
+	// that writes only JWT files.
+	SVID *x509svid.SVID
+}
+
+// Path is the absolute path of the written file name (as the Output names
+// it); an error names the file and the directory when this write did not
+// produce it.
+func (w Written) Path(name string) (string, error) {
+	if p, ok := w.Files[name]; ok {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s was not written to %s", name, w.Dir)
+}
+
+// written is the set on disk as the reloads are told it: the files last
+// written (or restored by the guard) and their SVID.
+func (r *outputRunner) written() Written {
+	w := Written{Dir: r.out.Dir, Files: make(map[string]string, len(r.lastFiles)), SVID: r.lastSVID}
+	for _, f := range r.lastFiles {
+		w.Files[f.Name] = filepath.Join(r.out.Dir, f.Name)
+	}
+	return w
 }
 
 // StartReloader is a Reloader that acts differently on the reloads an
@@ -32,7 +71,7 @@ type StartReloader interface {
 	Reloader
 	// ReloadAtStart is Reload, except that it returns an error wrapping
 	// ErrNotRunning, having done nothing, when the service is not running.
-	ReloadAtStart(ctx context.Context) error
+	ReloadAtStart(ctx context.Context, w Written) error
 }
 
 // ErrNotRunning says a service was not reloaded at start because it does
@@ -134,7 +173,7 @@ func (r *signalReloader) target() (int, error) {
 	return pid, nil
 }
 
-func (r *signalReloader) Reload(ctx context.Context) error {
+func (r *signalReloader) Reload(ctx context.Context, _ Written) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -199,7 +238,7 @@ func (r *execReloader) validate() error {
 	return nil
 }
 
-func (r *execReloader) Reload(ctx context.Context) error {
+func (r *execReloader) Reload(ctx context.Context, _ Written) error {
 	if err := r.validate(); err != nil {
 		return err
 	}
@@ -323,7 +362,7 @@ func (r *systemdReloader) validate() error {
 	return nil
 }
 
-func (r *systemdReloader) Reload(ctx context.Context) error {
+func (r *systemdReloader) Reload(ctx context.Context, _ Written) error {
 	if err := r.validate(); err != nil {
 		return err
 	}
@@ -337,7 +376,7 @@ func (r *systemdReloader) Reload(ctx context.Context) error {
 // written; a stopped unit stays stopped. The check and the action are two
 // commands: a unit that stops in between is acted on as configured
 // (restart starts it), which is what the same reload does after a rotation.
-func (r *systemdReloader) ReloadAtStart(ctx context.Context) error {
+func (r *systemdReloader) ReloadAtStart(ctx context.Context, w Written) error {
 	if err := r.validate(); err != nil {
 		return err
 	}
@@ -348,7 +387,7 @@ func (r *systemdReloader) ReloadAtStart(ctx context.Context) error {
 	if !active {
 		return fmt.Errorf("systemd unit %s is not active: %w", r.unit, ErrNotRunning)
 	}
-	return r.Reload(ctx)
+	return r.Reload(ctx, w)
 }
 
 // isActive asks `systemctl is-active --quiet UNIT`: exit 0 active (or
@@ -402,7 +441,7 @@ func (r *launchdReloader) validate() error {
 	return nil
 }
 
-func (r *launchdReloader) Reload(ctx context.Context) error {
+func (r *launchdReloader) Reload(ctx context.Context, _ Written) error {
 	if err := r.validate(); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"context"
+	"math/big"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,17 +95,17 @@ func TestSignalReloader(t *testing.T) {
 	// Errors name the pid file and what is wrong with it.
 	ctx := context.Background()
 	missing := NewSignalReloader(filepath.Join(base, "nope.pid"), 0, syscall.SIGHUP)
-	require.ErrorContains(t, missing.Reload(ctx), "nope.pid: missing")
+	require.ErrorContains(t, missing.Reload(ctx, Written{}), "nope.pid: missing")
 	require.NoError(t, os.WriteFile(pidFile, []byte("abc\n"), 0o644))
-	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx), `not a number: "abc"`)
+	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx, Written{}), `not a number: "abc"`)
 	done := exec.Command("true")
 	require.NoError(t, done.Run())
 	require.NoError(t, os.WriteFile(pidFile, []byte(strconv.Itoa(done.Process.Pid)), 0o644))
-	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx), "not running (stale)")
+	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx, Written{}), "not running (stale)")
 	require.NoError(t, os.WriteFile(pidFile, []byte("1"), 0o644))
-	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx), "refusing pid 1")
+	require.ErrorContains(t, NewSignalReloader(pidFile, 0, syscall.SIGHUP).Reload(ctx, Written{}), "refusing pid 1")
 	// Without a pid file, the pid is used directly.
-	require.NoError(t, NewSignalReloader("", cmd.Process.Pid, syscall.SIGHUP).Reload(ctx))
+	require.NoError(t, NewSignalReloader("", cmd.Process.Pid, syscall.SIGHUP).Reload(ctx, Written{}))
 	require.Eventually(t, func() bool { return len(lines(hups)) == 3 }, waitFor, tick)
 }
 
@@ -113,11 +115,11 @@ func TestExecReloader(t *testing.T) {
 	args := filepath.Join(dir, "args")
 	script := writeScript(t, dir, "args.sh", `for a in "$@"; do echo "$a" >> '`+args+`'; done`)
 	// No shell: spaces and $ stay literal.
-	require.NoError(t, NewExecReloader([]string{script, "a b", "$HOME", ";true"}, time.Second).Reload(ctx))
+	require.NoError(t, NewExecReloader([]string{script, "a b", "$HOME", ";true"}, time.Second).Reload(ctx, Written{}))
 	require.Equal(t, []string{"a b", "$HOME", ";true"}, lines(args))
 
 	fail := writeScript(t, dir, "fail.sh", `echo "first line" >&2; echo "config broken" >&2; exit 3`)
-	err := NewExecReloader([]string{fail}, time.Second).Reload(ctx)
+	err := NewExecReloader([]string{fail}, time.Second).Reload(ctx, Written{})
 	require.ErrorContains(t, err, "exit status 3")
 	require.ErrorContains(t, err, "config broken")
 	require.NotContains(t, err.Error(), "\n\n")
@@ -126,7 +128,7 @@ func TestExecReloader(t *testing.T) {
 	childPid := filepath.Join(dir, "child.pid")
 	hang := writeScript(t, dir, "hang.sh", `sleep 30 & echo $! > '`+childPid+`'; wait`)
 	start := time.Now()
-	err = NewExecReloader([]string{hang}, time.Second).Reload(ctx)
+	err = NewExecReloader([]string{hang}, time.Second).Reload(ctx, Written{})
 	require.ErrorContains(t, err, "timed out after 1s")
 	require.Less(t, time.Since(start), 10*time.Second)
 	raw, rerr := os.ReadFile(childPid)
@@ -134,7 +136,7 @@ func TestExecReloader(t *testing.T) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
 	require.Eventually(t, func() bool { return !processAlive(pid) }, waitFor, tick, "grandchild survived the timeout")
 
-	require.ErrorContains(t, NewExecReloader([]string{filepath.Join(dir, "absent")}, time.Second).Reload(ctx), "absent")
+	require.ErrorContains(t, NewExecReloader([]string{filepath.Join(dir, "absent")}, time.Second).Reload(ctx, Written{}), "absent")
 }
 
 // processAlive is false for a gone or zombie process (a zombie is dead; it
@@ -158,16 +160,16 @@ func TestServiceManagerReloaders(t *testing.T) {
 	systemctl, sysLog := recorder(t, dir, "systemctl")
 	launchctl, launchLog := recorder(t, dir, "launchctl")
 
-	require.NoError(t, NewSystemdReloader("redis.service", "reload", WithCommandPath(systemctl)).Reload(ctx))
-	require.NoError(t, NewSystemdReloader("uvicorn.service", "try-restart", WithCommandPath(systemctl)).Reload(ctx))
+	require.NoError(t, NewSystemdReloader("redis.service", "reload", WithCommandPath(systemctl)).Reload(ctx, Written{}))
+	require.NoError(t, NewSystemdReloader("uvicorn.service", "try-restart", WithCommandPath(systemctl)).Reload(ctx, Written{}))
 	require.Equal(t, []string{"reload|redis.service", "try-restart|uvicorn.service"}, lines(sysLog))
 
-	require.NoError(t, NewLaunchdReloader("com.example.api", true, WithCommandPath(launchctl)).Reload(ctx))
-	require.NoError(t, NewLaunchdReloader("com.example.api", false, WithCommandPath(launchctl), WithLaunchdDomain("gui/501")).Reload(ctx))
+	require.NoError(t, NewLaunchdReloader("com.example.api", true, WithCommandPath(launchctl)).Reload(ctx, Written{}))
+	require.NoError(t, NewLaunchdReloader("com.example.api", false, WithCommandPath(launchctl), WithLaunchdDomain("gui/501")).Reload(ctx, Written{}))
 	require.Equal(t, []string{"kickstart|-k|system/com.example.api", "kickstart|gui/501/com.example.api"}, lines(launchLog))
 
 	failing := writeScript(t, dir, "systemctl-fail", `echo "Unit redis.service not found." >&2; exit 5`)
-	err := NewSystemdReloader("redis.service", "restart", WithCommandPath(failing)).Reload(ctx)
+	err := NewSystemdReloader("redis.service", "restart", WithCommandPath(failing)).Reload(ctx, Written{})
 	require.ErrorContains(t, err, "exit status 5")
 	require.ErrorContains(t, err, "Unit redis.service not found.")
 
@@ -250,16 +252,16 @@ func TestSystemdReloadAtStartSkipsInactiveUnit(t *testing.T) {
 [ -f '`+activeFile+`' ] && exit 0
 exit 3`)
 	r := NewSystemdReloader("api.service", "restart", WithCommandPath(systemctl)).(StartReloader)
-	err := r.ReloadAtStart(ctx)
+	err := r.ReloadAtStart(ctx, Written{})
 	require.ErrorIs(t, err, ErrNotRunning)
 	require.Equal(t, []string{"is-active --quiet api.service"}, lines(log))
 
 	require.NoError(t, os.WriteFile(activeFile, nil, 0o600))
-	require.NoError(t, r.ReloadAtStart(ctx))
+	require.NoError(t, r.ReloadAtStart(ctx, Written{}))
 	require.Equal(t, []string{"is-active --quiet api.service", "is-active --quiet api.service", "restart api.service"}, lines(log))
 
 	broken := writeScript(t, dir, "systemctl-broken", `echo "Failed to connect to bus" >&2; exit 1`)
-	err = NewSystemdReloader("api.service", "reload", WithCommandPath(broken)).(StartReloader).ReloadAtStart(ctx)
+	err = NewSystemdReloader("api.service", "reload", WithCommandPath(broken)).(StartReloader).ReloadAtStart(ctx, Written{})
 	require.Error(t, err)
 	require.NotErrorIs(t, err, ErrNotRunning)
 	require.ErrorContains(t, err, "Failed to connect to bus")
@@ -270,7 +272,7 @@ exit 3`)
 type wedgedReloader struct{ release chan struct{} }
 
 func (w wedgedReloader) Kind() string { return "wedged" }
-func (w wedgedReloader) Reload(context.Context) error {
+func (w wedgedReloader) Reload(context.Context, Written) error {
 	<-w.release
 	return nil
 }
@@ -295,4 +297,90 @@ func TestStalledNamesAWedgedLoop(t *testing.T) {
 
 	close(w.release) // the loop moves on: no longer stalled
 	require.Eventually(t, func() bool { return len(m.Stalled()) == 0 }, waitFor, tick)
+}
+
+// writtenRecorder is a StartReloader that keeps what each reload was told.
+type writtenRecorder struct {
+	mu    sync.Mutex
+	calls []string // "reload" or "start", one per call
+	seen  []Written
+}
+
+func (r *writtenRecorder) Kind() string { return "recorder" }
+func (r *writtenRecorder) Reload(_ context.Context, w Written) error {
+	return r.record("reload", w)
+}
+func (r *writtenRecorder) ReloadAtStart(_ context.Context, w Written) error {
+	return r.record("start", w)
+}
+func (r *writtenRecorder) record(call string, w Written) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, call)
+	r.seen = append(r.seen, w)
+	return nil
+}
+func (r *writtenRecorder) last() (int, string, Written) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.seen) == 0 {
+		return 0, "", Written{}
+	}
+	return len(r.seen), r.calls[len(r.calls)-1], r.seen[len(r.seen)-1]
+}
+
+// requireWritten: w names the output dir, each file of the set by its
+// configured name with a path that holds it, and the SVID on disk.
+func requireWritten(t *testing.T, w Written, dir string, names []string, serial *big.Int) {
+	t.Helper()
+	require.Equal(t, dir, w.Dir)
+	require.Len(t, w.Files, len(names), "files: %v", w.Files)
+	for _, n := range names {
+		p, err := w.Path(n)
+		require.NoError(t, err)
+		require.Equal(t, filepath.Join(dir, n), p)
+		require.True(t, filepath.IsAbs(p))
+		require.FileExists(t, p)
+	}
+	require.NotNil(t, w.SVID)
+	require.Equal(t, 0, w.SVID.Certificates[0].SerialNumber.Cmp(serial), "the SVID of the set")
+	cert, _ := w.Path("cert.pem")
+	require.Equal(t, 0, fileSerial(cert).Cmp(serial), "the file the path names holds that SVID")
+	_, err := w.Path("other.pem")
+	require.ErrorContains(t, err, "other.pem was not written to "+dir)
+}
+
+// TestReloadIsToldWhatWasWritten: every reload gets the set it follows
+// (dir, each file by name with its absolute path, the SVID): after the
+// first write, after a rotation, and the reloads held at start
+// (ReloadAtStart) alike; nobody has to join the output's dir and names.
+func TestReloadIsToldWhatWasWritten(t *testing.T) {
+	e := newEnv(t, svidtest.Config{}, true)
+	base := t.TempDir()
+	dir := filepath.Join(base, "out")
+	names := []string{"cert.pem", "key.pem", "ca.pem"}
+	rec := &writtenRecorder{}
+	m := newTestManager(t, e, []Output{{Name: "svc", Dir: dir, CertFile: "cert.pem", KeyFile: "key.pem", BundleFile: "ca.pem",
+		Reloads: []Reloader{rec}}})
+	m.HoldReloads()
+	runManager(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, e.src.WaitReady(ctx))
+	require.NoError(t, m.WriteAll(ctx))
+	m.ReleaseReloads()
+	require.Eventually(t, func() bool { n, _, _ := rec.last(); return n == 1 }, waitFor, tick)
+	_, call, w := rec.last()
+	require.Equal(t, "start", call)
+	requireWritten(t, w, dir, names, currentSerial(e, ""))
+
+	require.NoError(t, e.srv.RotateSVIDs())
+	want := currentSerial(e, "")
+	require.Eventually(t, func() bool {
+		n, _, w := rec.last()
+		return n >= 2 && w.SVID != nil && w.SVID.Certificates[0].SerialNumber.Cmp(want) == 0
+	}, waitFor, tick)
+	_, call, w = rec.last()
+	require.Equal(t, "reload", call)
+	requireWritten(t, w, dir, names, want)
 }

@@ -10,11 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
-
-	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
 // outputRunner owns one Output: its writer, its cached JWT-SVIDs, its
@@ -25,7 +24,7 @@ type outputRunner struct {
 	m      *Manager
 	out    Output
 	names  []string
-	writer *svid.DirWriter
+	writer *atomicdir.Writer
 	log    *zap.Logger
 
 	// busyUntil is when the step the loop is in must have ended by its own
@@ -39,7 +38,7 @@ type outputRunner struct {
 	// The fields below it are guarded by it.
 	syncMu        sync.Mutex
 	lastX509      *workloadapi.X509Context
-	lastFiles     []svid.File
+	lastFiles     []atomicdir.File
 	tokens        []tokenState
 	reloadPending bool
 	reloadNext    int
@@ -63,7 +62,7 @@ type outputRunner struct {
 	jwtTimers     []*time.Timer
 }
 
-func newOutputRunner(m *Manager, o Output, w *svid.DirWriter) *outputRunner {
+func newOutputRunner(m *Manager, o Output, w *atomicdir.Writer) *outputRunner {
 	r := &outputRunner{
 		m:          m,
 		out:        o,
@@ -210,7 +209,7 @@ func (r *outputRunner) syncLocked(ctx context.Context, reason string) error {
 	changed, werr := r.write(files)
 	r.hook(writeEvent{Output: r.out.Name, Changed: changed, Serial: serialOf(mat.svid), Err: werr, At: time.Now()})
 	if werr != nil && !changed {
-		// DirWriter errors name the directory already.
+		// atomicdir errors name the directory already.
 		r.writeFailed("write failed; keeping the last good files", reason, werr)
 		return werr
 	}
@@ -268,10 +267,10 @@ func (r *outputRunner) writeFailed(msg, reason string, err error) {
 }
 
 // write writes the set, first recreating the output directory if someone
-// removed it (the DirWriter only creates it when constructed).
-func (r *outputRunner) write(files []svid.File) (bool, error) {
+// removed it (the atomicdir.Writer only creates it when constructed).
+func (r *outputRunner) write(files []atomicdir.File) (bool, error) {
 	if _, err := os.Stat(r.out.Dir); errors.Is(err, fs.ErrNotExist) {
-		w, err := svid.NewDirWriter(r.out.Dir, svid.WithOwner(r.out.Owner))
+		w, err := atomicdir.NewWriter(r.out.Dir, atomicdir.WithOwner(r.out.Owner))
 		if err != nil {
 			return false, err
 		}
@@ -291,12 +290,13 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 		}
 		return nil
 	}
+	w := r.written()
 	for r.reloadNext < len(r.out.Reloads) {
 		rl := r.out.Reloads[r.reloadNext]
 		kind := rl.Kind()
 		r.m.metrics.reloads.WithLabelValues(r.out.Name, kind).Inc()
 		start := time.Now()
-		err := r.reloadOne(ctx, rl)
+		err := r.reloadOne(ctx, rl, w)
 		if errors.Is(err, ErrNotRunning) {
 			r.log.Info("reload skipped at start: the service is not running, it reads the new files when it starts",
 				zap.String("kind", kind), zap.String("detail", err.Error()))
@@ -333,11 +333,11 @@ func (r *outputRunner) runReloads(ctx context.Context) error {
 
 // reloadOne runs one reload; the ones held at start go through
 // ReloadAtStart where the reloader has it.
-func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader) error {
+func (r *outputRunner) reloadOne(ctx context.Context, rl Reloader, w Written) error {
 	if sr, ok := rl.(StartReloader); ok && r.atStart {
-		return sr.ReloadAtStart(ctx)
+		return sr.ReloadAtStart(ctx, w)
 	}
-	err := rl.Reload(ctx)
+	err := rl.Reload(ctx, w)
 	if errors.Is(err, ErrNotRunning) {
 		// Only ReloadAtStart may skip.
 		err = fmt.Errorf("%w (skipped only at start)", err)

@@ -10,7 +10,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // Change edits a Manager's set of outputs; Apply applies it as a whole.
@@ -108,7 +108,7 @@ func (m *Manager) newRunners(outputs []Output, keep []*outputRunner) ([]*outputR
 	outs := make([]*outputRunner, 0, len(normalized))
 	for _, n := range normalized {
 		made := missingDirs(n.Dir)
-		w, err := svid.NewDirWriter(n.Dir, svid.WithOwner(n.Owner))
+		w, err := atomicdir.NewWriter(n.Dir, atomicdir.WithOwner(n.Owner))
 		created = append(created, made...)
 		if err != nil {
 			// Deepest first; a directory something else filled meanwhile

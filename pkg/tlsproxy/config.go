@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 )
 
 // Mode says which side of the proxy speaks mTLS.
@@ -58,12 +60,18 @@ type Config struct {
 	// Target is where accepted connections are forwarded: plaintext in
 	// server mode, mTLS in client mode.
 	Target string
-	// Allow lists the peer SPIFFE IDs that are accepted (clients in server
-	// mode, the server in client mode). See ParseAllow for the forms.
+	// Authorizer decides which verified peers are accepted (clients in
+	// server mode, the server in client mode); its String is shown in logs.
+	// Set it or Allow, not both.
+	Authorizer mtls.Authorizer
+	// Allow is the short way to set Authorizer: the peer SPIFFE IDs that
+	// are accepted, as mtls.ParseAllow reads them (an ID, a prefix "/*" or
+	// a trust domain).
 	Allow []string
 	// HTTP turns a server-mode proxy into an HTTP/1.1 reverse proxy that
 	// passes the verified peer identity to the target in the
-	// X-Forwarded-Client-Cert header and strips any incoming copy.
+	// X-Forwarded-Client-Cert header and strips any incoming copy; the
+	// target reads it with package xfcc.
 	HTTP bool
 	// RewriteHost (HTTP mode) sends the target's address as the Host
 	// header, keeping the caller's in X-Forwarded-Host: for backends that
@@ -200,4 +208,55 @@ func (cfg Config) normalized() (Config, addr, addr, error) {
 	// within makes Stats show the limit that is in force.
 	cfg.MaxHandshakesPerSource = min(cfg.MaxHandshakesPerSource, cfg.MaxHandshakes)
 	return cfg, listen, target, nil
+}
+
+// errAllowAndAuthorizer: two sources of one decision would leave the
+// reader guessing which one is in force.
+var errAllowAndAuthorizer = errors.New("set either Allow or Authorizer, not both")
+
+// EffectiveAuthorizer returns the authorizer in force: Authorizer, or the
+// one mtls.ParseAllow builds from Allow. Setting both, or neither, is an
+// error.
+func (cfg Config) EffectiveAuthorizer() (mtls.Authorizer, error) {
+	switch {
+	case cfg.Authorizer != nil && len(cfg.Allow) > 0:
+		return nil, errAllowAndAuthorizer
+	case cfg.Authorizer != nil:
+		return cfg.Authorizer, nil
+	}
+	a, err := mtls.ParseAllow(cfg.Allow)
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// PolicyFingerprint identifies the authorization policy in force
+// (mtls.Fingerprint of EffectiveAuthorizer), so that a caller can record
+// it and tell an edited allow list or policy file from an unchanged one.
+// A config whose authorizer does not build gets a fingerprint of what was
+// given, prefixed "invalid:".
+func (cfg Config) PolicyFingerprint() string {
+	if a, err := cfg.EffectiveAuthorizer(); err == nil {
+		return mtls.Fingerprint(a)
+	}
+	return "invalid:" + mtls.Fingerprint(cfg.Authorizer) + "\x00" + strings.Join(cfg.Allow, "\x00")
+}
+
+// Equal reports whether cfg and other describe the same proxy: every
+// field equal, and the authorizers equal by content (PolicyFingerprint),
+// so an allow list given as Allow equals the same list given as
+// Authorizer, and an edited allow list or policy is a change. Defaults are
+// not applied: a zero field and its default differ.
+func (cfg Config) Equal(other Config) bool {
+	a, b := cfg, other
+	// A new field must be added here; TestConfigEqualCoversEveryField
+	// fails until it is.
+	return a.Name == b.Name && a.Mode == b.Mode && a.Listen == b.Listen && a.Target == b.Target &&
+		a.HTTP == b.HTTP && a.RewriteHost == b.RewriteHost &&
+		a.MaxConns == b.MaxConns && a.MaxHandshakes == b.MaxHandshakes && a.MaxHandshakesPerSource == b.MaxHandshakesPerSource &&
+		a.HandshakeTimeout == b.HandshakeTimeout && a.IdleTimeout == b.IdleTimeout && a.ConnectTimeout == b.ConnectTimeout &&
+		a.DrainTimeout == b.DrainTimeout && a.MaxConnLifetime == b.MaxConnLifetime &&
+		a.UnsafeAllowNonLoopbackPlaintext == b.UnsafeAllowNonLoopbackPlaintext &&
+		a.PolicyFingerprint() == b.PolicyFingerprint()
 }

@@ -16,6 +16,11 @@
 // (the config's spiffe_id or hint), pass a source that picks it, such as
 // svid.Source.X509SVIDSource(selector).
 //
+// Who may connect is an mtls.Authorizer (Config.Authorizer): the allow
+// list of Config.Allow is the short way to make one (mtls.ParseAllow), a
+// policy engine another. Config.Equal compares authorizers by content
+// (mtls.Fingerprint), so a reload can tell an edited policy.
+//
 // Peer verification runs in tls.Config.VerifyConnection, which crypto/tls
 // calls on resumed sessions too; TLS session resumption between our own
 // client and server proxies therefore never skips the bundle check or the

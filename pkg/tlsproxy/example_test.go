@@ -12,45 +12,16 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
-func ExampleParseAllow() {
-	authz, err := tlsproxy.ParseAllow([]string{
-		"spiffe://example.org/traefik", // exactly this workload
-		"spiffe://example.org/batch/*", // /batch and everything below it
-		"spiffe://partner.org",         // any workload of a federated trust domain
-	})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	for _, id := range []string{
-		"spiffe://example.org/traefik",
-		"spiffe://example.org/batch/nightly",
-		"spiffe://partner.org/etl",
-		"spiffe://example.org/web",
-	} {
-		fmt.Println(id, authz(spiffeid.RequireFromString(id), nil) == nil)
-	}
-	_, err = tlsproxy.ParseAllow(nil)
-	fmt.Println(err)
-	// Output:
-	// spiffe://example.org/traefik true
-	// spiffe://example.org/batch/nightly true
-	// spiffe://partner.org/etl true
-	// spiffe://example.org/web false
-	// at least one allowed SPIFFE ID is required (there is no allow-anyone)
-}
-
 // ExampleNew runs the issue's Ollama layout on loopback: a plaintext
 // service, a server-mode proxy in front of it, and a client-mode proxy
 // that a plaintext client talks to. Identities come from the dev Workload
-// API through go-spiffe's workloadapi.X509Source.
+// API through one svid.Source, the way every Example gets its SVIDs.
 func ExampleNew() {
 	ctx := context.Background()
 	dir, _ := os.MkdirTemp("", "tpex")
@@ -65,25 +36,19 @@ func ExampleNew() {
 	})
 	_ = api.Start(filepath.Join(dir, "api.sock"))
 	defer api.Stop()
-	source := func(hint string) *workloadapi.X509Source {
-		s, err := workloadapi.NewX509Source(ctx,
-			workloadapi.WithClientOptions(workloadapi.WithAddr(api.Addr())),
-			workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
-				for _, s := range svids {
-					if s.Hint == hint {
-						return s
-					}
-				}
-				return svids[0]
-			}))
-		if err != nil {
-			panic(err)
-		}
-		return s
+	// One svid.Source per host follows the Workload API; each proxy picks
+	// its SVID by hint, and the Source is also the bundle source.
+	src := svid.NewSource(svid.WithAddr(api.Addr()))
+	_ = src.Start(ctx)
+	defer src.Close()
+	ready, cancelReady := context.WithTimeout(ctx, 20*time.Second)
+	defer cancelReady()
+	if err := src.WaitReady(ready); err != nil {
+		fmt.Println(err)
+		return
 	}
-	modelHost, traefikHost := source("model-server"), source("traefik")
-	defer modelHost.Close()
-	defer traefikHost.Close()
+	modelHost := src.X509SVIDSource(svid.Selector{Hint: "model-server"})
+	traefikHost := src.X509SVIDSource(svid.Selector{Hint: "traefik"})
 
 	// The plaintext service: answers one line.
 	svc, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -104,7 +69,7 @@ func ExampleNew() {
 		Name: "ollama", Mode: tlsproxy.ModeServer,
 		Listen: "127.0.0.1:0", Target: svc.Addr().String(),
 		Allow: []string{"spiffe://example.org/traefik"},
-	}, modelHost, modelHost)
+	}, modelHost, src)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -114,7 +79,7 @@ func ExampleNew() {
 		Name: "to-ollama", Mode: tlsproxy.ModeClient,
 		Listen: "127.0.0.1:0", Target: server.Addr().String(),
 		Allow: []string{"spiffe://example.org/model-server"},
-	}, traefikHost, traefikHost)
+	}, traefikHost, src)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -145,13 +110,13 @@ func ExampleNew() {
 func ExampleProxy_Update() {
 	ca, _ := svidtest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
 	now := time.Now()
-	svid, _ := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/api"), now.Add(-time.Minute), now.Add(time.Hour))
+	sv, _ := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/api"), now.Add(-time.Minute), now.Add(time.Hour))
 	bundles := x509bundle.NewSet(ca.X509Bundle())
 
 	ln, _ := net.Listen("tcp", "127.0.0.1:0") // from systemd, a test, your own rules
 	cfg := tlsproxy.Config{Name: "api", Mode: tlsproxy.ModeServer, Target: "127.0.0.1:8080",
 		Allow: []string{"spiffe://example.org/traefik"}}
-	p, err := tlsproxy.New(cfg, svid, bundles, tlsproxy.WithListener(ln))
+	p, err := tlsproxy.New(cfg, sv, bundles, tlsproxy.WithListener(ln))
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -30,6 +30,7 @@ import (
 	"github.com/identity-agent/identity-agent/internal/metricstest"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
+	"github.com/identity-agent/identity-agent/pkg/xfcc"
 )
 
 var (
@@ -166,12 +167,12 @@ func httpBackend(t testing.TB) string {
 	s := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var forged []string
 		for k := range r.Header {
-			if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), tlsproxy.XFCCHeader) && k != tlsproxy.XFCCHeader {
+			if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), xfcc.Header) && k != xfcc.Header {
 				forged = append(forged, k)
 			}
 		}
 		fmt.Fprintf(w, "path=%s\nxfcc=%s\nxfcc_count=%d\nforged=%v\nhost=%s\nx_forwarded_host=%s\n", r.URL.Path,
-			r.Header.Get(tlsproxy.XFCCHeader), len(r.Header.Values(tlsproxy.XFCCHeader)), forged, r.Host, r.Header.Get("X-Forwarded-Host"))
+			r.Header.Get(xfcc.Header), len(r.Header.Values(xfcc.Header)), forged, r.Host, r.Header.Get("X-Forwarded-Host"))
 	})}
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(func() { _ = s.Close() })

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -158,45 +157,6 @@ func TestIdleConnsAreCheap(t *testing.T) {
 	t.Logf("heap per idle proxied connection after a %d KiB echo (both proxies, 4 sockets, 2 TLS ends): %d KiB", burst>>10, perConn>>10)
 	// Holding the pooled buffers while idle would cost 2 proxies x 3 x 72 KiB.
 	assert.Less(t, perConn, int64(200<<10))
-}
-
-func TestParseAllow(t *testing.T) {
-	authz, err := tlsproxy.ParseAllow([]string{
-		"spiffe://example.org/web",
-		"spiffe://example.org/ns/*",
-		"spiffe://partner.org",
-		"spiffe://other.org/*",
-	})
-	require.NoError(t, err)
-	for id, ok := range map[string]bool{
-		"spiffe://example.org/web":      true,
-		"spiffe://example.org/web2":     false,
-		"spiffe://example.org/web/x":    false,
-		"spiffe://example.org/ns":       true,
-		"spiffe://example.org/ns/a/b":   true,
-		"spiffe://example.org/nsx":      false,
-		"spiffe://partner.org/anything": true,
-		"spiffe://other.org/x":          true,
-		"spiffe://evil.org/web":         false,
-	} {
-		err := authz(spiffeid.RequireFromString(id), nil)
-		assert.Equal(t, ok, err == nil, "%s: %v", id, err)
-	}
-	for _, bad := range [][]string{
-		nil,
-		{},
-		{"*"},
-		{"spiffe://*"},
-		{"spiffe://example.org/a*"},
-		{"example.org/web"},
-		{"spiffe://Example.org/web"},
-		{"spiffe://example.org/web/"},
-	} {
-		_, err := tlsproxy.ParseAllow(bad)
-		assert.Error(t, err, "%q", bad)
-	}
-	_, err = tlsproxy.ParseAllow([]string{"spiffe://example.org/ok", "bad"})
-	assert.ErrorContains(t, err, `allow[1] "bad"`)
 }
 
 func TestConfigValidation(t *testing.T) {

@@ -2,29 +2,19 @@ package tlsproxy
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strings"
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
-)
 
-// XFCCHeader carries the verified client identity to an HTTP-mode target,
-// in Envoy's X-Forwarded-Client-Cert format:
-//
-//	By=spiffe://example.org/server;Hash=<hex SHA-256 of the client leaf DER>;URI=spiffe://example.org/client
-//
-// Any copy sent by the client is removed first, including spellings with
-// underscores that some frameworks fold into the same name.
-const XFCCHeader = "X-Forwarded-Client-Cert"
+	"github.com/identity-agent/identity-agent/pkg/xfcc"
+)
 
 // httpFront serves HTTP/1.1 on connections the proxy has already
 // handshaken and authorized, and reverse-proxies to the target.
@@ -70,11 +60,14 @@ func newHTTPFront(p *Proxy, rt *runtimeConfig) *httpFront {
 			if rt.cfg.RewriteHost {
 				pr.Out.Host = host
 			}
-			stripXFCC(pr.Out.Header)
+			// The verified client identity goes to the target in
+			// X-Forwarded-Client-Cert (package xfcc); any copy the client
+			// sent, in any spelling, is removed first.
+			xfcc.Strip(pr.Out.Header)
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Forwarded-Proto", "https")
 			if hc, ok := pr.In.Context().Value(peerKey{}).(*httpConn); ok {
-				pr.Out.Header.Set(XFCCHeader, f.xfcc(hc))
+				xfcc.Set(pr.Out.Header, f.xfcc(hc))
 			}
 		},
 		Transport: f.transport,
@@ -133,29 +126,14 @@ func (f *httpFront) gate(next http.Handler) http.Handler {
 	})
 }
 
-func (f *httpFront) xfcc(hc *httpConn) string {
-	var b strings.Builder
+// xfcc is the identity element for a request on hc; By is left out if
+// the proxy cannot read its own SVID at that moment.
+func (f *httpFront) xfcc(hc *httpConn) xfcc.Element {
+	var by spiffeid.ID
 	if s, err := f.p.svids.GetX509SVID(); err == nil {
-		b.WriteString("By=")
-		b.WriteString(s.ID.String())
-		b.WriteByte(';')
+		by = s.ID
 	}
-	sum := sha256.Sum256(hc.leaf.Raw)
-	b.WriteString("Hash=")
-	b.WriteString(hex.EncodeToString(sum[:]))
-	b.WriteString(";URI=")
-	b.WriteString(hc.peer.String())
-	return b.String()
-}
-
-// stripXFCC removes every header that a backend could read as
-// X-Forwarded-Client-Cert: any case, '-' or '_'.
-func stripXFCC(h http.Header) {
-	for k := range h {
-		if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), XFCCHeader) {
-			delete(h, k)
-		}
-	}
+	return xfcc.New(by, hc.leaf, hc.peer)
 }
 
 func (f *httpFront) start() {

@@ -111,6 +111,7 @@ func (p *Proxy) Stats() Stats {
 		Mode:                     p.mode,
 		Listen:                   listen,
 		Target:                   rt.target.String(),
+		Authorizer:               rt.authz.String(),
 		Running:                  running,
 		Draining:                 draining,
 		MaxConns:                 lim.maxConns,

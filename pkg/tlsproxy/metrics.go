@@ -14,6 +14,9 @@ type Stats struct {
 	Target   string `json:"target"`
 	Running  bool   `json:"running"`
 	Draining bool   `json:"draining"`
+	// Authorizer describes who may connect (the String of the authorizer
+	// in force: "allow spiffe://…, …" for an allow list).
+	Authorizer string `json:"authorizer"`
 	// MaxConns, MaxHandshakes and MaxHandshakesPerSource are the limits in
 	// force: the configured ones, lowered if RLIMIT_NOFILE cannot hold them.
 	MaxConns               int `json:"max_conns"`

@@ -16,9 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
+
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 )
 
 // Proxy is one server- or client-mode proxy. Create it with New, run it
@@ -64,7 +65,8 @@ type runtimeConfig struct {
 	cfg     Config // normalized
 	target  addr
 	tlsConf *tls.Config
-	authz   tlsconfig.Authorizer // cfg.Allow, re-run on established peers by Update
+	authz   mtls.Authorizer // cfg's, re-run on established peers by Update
+	policy  string          // authz's fingerprint: Update re-runs it when this changes
 	dialer  *net.Dialer
 	lim     limits // in force: cfg's, lowered to fit RLIMIT_NOFILE
 }
@@ -128,7 +130,7 @@ func (p *Proxy) build(cfg Config) (*runtimeConfig, addr, error) {
 	if err != nil {
 		return nil, addr{}, err
 	}
-	authz, err := ParseAllow(cfg.Allow)
+	authz, err := cfg.EffectiveAuthorizer()
 	if err != nil {
 		return nil, addr{}, fmt.Errorf("proxy %q: %w", cfg.Name, err)
 	}
@@ -136,6 +138,7 @@ func (p *Proxy) build(cfg Config) (*runtimeConfig, addr, error) {
 		cfg:    cfg,
 		target: target,
 		authz:  authz,
+		policy: mtls.Fingerprint(authz),
 		dialer: &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: plainKeepAlive(cfg.Mode == ModeServer, target)},
 		lim:    limits{maxConns: cfg.MaxConns, maxHandshakes: cfg.MaxHandshakes, perSource: cfg.MaxHandshakesPerSource},
 	}
@@ -158,12 +161,12 @@ func (p *Proxy) build(cfg Config) (*runtimeConfig, addr, error) {
 	return rt, listen, nil
 }
 
-// serverTLSConfig starts from go-spiffe's mTLS server config (SVID per
-// handshake from the source, TLS >= 1.2) and moves peer verification to
-// VerifyConnection; see verifier.
-func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz tlsconfig.Authorizer, v *verifier) *tls.Config {
-	c := tlsconfig.MTLSServerConfig(svids, bundles, authz)
-	c.VerifyPeerCertificate = nil // replaced by VerifyConnection below
+// serverTLSConfig starts from mtls.ServerConfig (go-spiffe's mTLS server
+// config: SVID per handshake from the source, TLS >= 1.2, verification in
+// VerifyConnection) and verifies with the proxy's own verifier, which
+// classifies rejections and caches chains.
+func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtls.Authorizer, v *verifier) *tls.Config {
+	c := mtls.ServerConfig(svids, bundles, authz)
 	// Request rather than require: a missing certificate then reaches
 	// VerifyConnection and is reported as no_cert instead of a generic
 	// handshake error. VerifyConnection still rejects it.
@@ -177,9 +180,8 @@ func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz tls
 	return c
 }
 
-func clientTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz tlsconfig.Authorizer, v *verifier, target addr) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(svids, bundles, authz)
-	c.VerifyPeerCertificate = nil // replaced by VerifyConnection below
+func clientTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtls.Authorizer, v *verifier, target addr) *tls.Config {
+	c := mtls.ClientConfig(svids, bundles, authz)
 	c.VerifyConnection = v.verifyConnection
 	c.MinVersion = tls.VersionTLS12
 	c.DynamicRecordSizingDisabled = true
@@ -228,6 +230,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.wg.Add(1)
 	go p.acceptLoop(ln)
 	p.log.Info("proxy listening", zap.String("listen", ln.Addr().String()), zap.String("target", rt.target.String()),
+		zap.String("authorizer", rt.authz.String()),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes),
 		zap.Int("max_handshakes_per_source", rt.lim.perSource))
 	return nil

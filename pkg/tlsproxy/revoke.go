@@ -35,7 +35,7 @@ func (r endReason) String() string { return endReasonNames[r] }
 // peer handshook with: a peer that has rotated its SVID since is judged
 // by the one this connection carries.
 func authorizedNow(rt *runtimeConfig, t *tracked) bool {
-	return rt.authz(t.peer, [][]*x509.Certificate{t.peerCerts}) == nil
+	return rt.authz.Authorize(t.peer, [][]*x509.Certificate{t.peerCerts}) == nil
 }
 
 // reauthorize closes the established connections whose peer rt's allow

@@ -3,22 +3,22 @@ package tlsproxy
 import (
 	"errors"
 	"fmt"
-	"slices"
 
 	"go.uber.org/zap"
 )
 
 // Update changes a proxy in place, running or not: connections accepted
-// from now on use cfg's allow list, limits, timeouts and target.
-// Established connections keep their target and timeouts, but not their
-// authorization: when the allow list changes, the new one is re-run on
-// the certificate each established peer handshook with, and those no
-// longer allowed are closed (TCP mode at once; HTTP mode after the request
-// in flight, within DrainTimeout). A changed MaxConnLifetime applies to
-// established connections too, counted from their handshake. Lowered
-// limits apply to admission only: nothing open is closed to meet them.
-// Session tickets issued before the update are not resumed, so every
-// peer is verified against the new allow list with a full handshake.
+// from now on use cfg's allow list (or Authorizer), limits, timeouts and
+// target. Established connections keep their target and timeouts, but not
+// their authorization: when the policy changes (its mtls.Fingerprint), the
+// new one is re-run on the certificate each established peer handshook
+// with, and those no longer allowed are closed (TCP mode at once; HTTP
+// mode after the request in flight, within DrainTimeout). A changed
+// MaxConnLifetime applies to established connections too, counted from
+// their handshake. Lowered limits apply to admission only: nothing open
+// is closed to meet them. Session tickets issued before the update are not
+// resumed, so every peer is verified against the new policy with a full
+// handshake.
 //
 // In HTTP mode each request (not connection) goes to the target in force
 // when it arrives.
@@ -68,14 +68,14 @@ func (p *Proxy) Update(cfg Config) error {
 		p.http.transport.CloseIdleConnections()
 	}
 	revoked := 0
-	if !slices.Equal(old.cfg.Allow, rt.cfg.Allow) {
+	if old.policy != rt.policy {
 		revoked = p.reauthorize(rt)
 	}
 	if old.cfg.MaxConnLifetime != rt.cfg.MaxConnLifetime {
 		p.rearmLifetimes()
 	}
 	p.log.Info("proxy updated", zap.Strings("changed", changedFields(old.cfg, rt.cfg)), zap.Int("revoked_connections", revoked),
-		zap.String("target", rt.target.String()), zap.Strings("allow", rt.cfg.Allow),
+		zap.String("target", rt.target.String()), zap.String("authorizer", rt.authz.String()),
 		zap.Int("max_conns", rt.lim.maxConns), zap.Int("max_handshakes", rt.lim.maxHandshakes))
 	return nil
 }
@@ -89,7 +89,7 @@ func changedFields(a, b Config) []string {
 		}
 	}
 	add(a.Target != b.Target, "target")
-	add(!slices.Equal(a.Allow, b.Allow), "allow")
+	add(a.PolicyFingerprint() != b.PolicyFingerprint(), "allow")
 	add(a.RewriteHost != b.RewriteHost, "rewrite_host")
 	add(a.MaxConns != b.MaxConns, "max_conns")
 	add(a.MaxHandshakes != b.MaxHandshakes, "max_handshakes")

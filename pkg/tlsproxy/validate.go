@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 )
 
 // FieldError is a problem with one field of a Config. Field is the
@@ -21,8 +23,8 @@ func (e *FieldError) Unwrap() error { return e.Err }
 func (e *FieldError) FieldName() string { return e.Field }
 
 // Validate checks cfg as New will, without opening anything: name, mode,
-// addresses, the loopback rule for the plaintext side, the allow list and
-// the limits. Every problem is reported, each as a *FieldError, joined.
+// addresses, the loopback rule for the plaintext side, the allow list (or
+// Authorizer: one of them) and the limits. Every problem is reported, each as a *FieldError, joined.
 func (cfg Config) Validate() error {
 	var errs []error
 	fail := func(field string, err error) { errs = append(errs, &FieldError{Field: field, Err: err}) }
@@ -58,11 +60,14 @@ func (cfg Config) Validate() error {
 	if cfg.HTTP && cfg.Mode == ModeClient {
 		fail("http", errors.New("HTTP mode is only available in server mode"))
 	}
-	if len(cfg.Allow) == 0 {
-		fail("allow", errEmptyAllow)
+	switch {
+	case cfg.Authorizer != nil && len(cfg.Allow) > 0:
+		fail("allow", errAllowAndAuthorizer)
+	case cfg.Authorizer == nil && len(cfg.Allow) == 0:
+		fail("allow", mtls.ErrEmptyAllow)
 	}
 	for i, e := range cfg.Allow {
-		if _, _, err := parseAllowEntry(e); err != nil {
+		if err := mtls.CheckAllowEntry(e); err != nil {
 			fail(fmt.Sprintf("allow[%d]", i), fmt.Errorf("%q: %w", e, err))
 		}
 	}

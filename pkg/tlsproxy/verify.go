@@ -14,8 +14,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 )
 
 // Cause classifies why a connection was rejected. Every cause has its own
@@ -26,7 +27,7 @@ type Cause string
 const (
 	CauseNoCert         Cause = "no_cert"         // the peer presented no certificate
 	CauseUnknownCA      Cause = "unknown_ca"      // not signed by any trusted bundle (foreign trust domain, rotated-away CA, self-signed)
-	CauseUnauthorizedID Cause = "unauthorized_id" // valid SVID, but its SPIFFE ID is not in Allow
+	CauseUnauthorizedID Cause = "unauthorized_id" // valid SVID, but the Authorizer (Allow) refuses its SPIFFE ID
 	CauseExpired        Cause = "expired"         // chain is trusted but a certificate is expired or not yet valid
 	CauseNotTLS         Cause = "not_tls"         // the first bytes were not a TLS record (plaintext, garbage)
 	CauseTimeout        Cause = "timeout"         // the handshake did not finish within HandshakeTimeout
@@ -64,7 +65,7 @@ func (e *peerError) Unwrap() error { return e.err }
 // bundle change or an allow-list change.
 type verifier struct {
 	bundles x509bundle.Source
-	authz   tlsconfig.Authorizer
+	authz   mtls.Authorizer
 	cache   chainCache
 }
 
@@ -95,7 +96,7 @@ func (v *verifier) verify(certs []*x509.Certificate, now time.Time) (spiffeid.ID
 		}
 		v.cache.put(certs, bundle, chains)
 	}
-	if err := v.authz(id, chains); err != nil {
+	if err := v.authz.Authorize(id, chains); err != nil {
 		return id, &peerError{cause: CauseUnauthorizedID, id: id, err: err}
 	}
 	return id, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 	"github.com/identity-agent/identity-agent/pkg/traefik"
@@ -30,18 +31,21 @@ func Example() {
 	_ = os.WriteFile(filepath.Join(dir, "key.pem"), key, 0o600)
 	_ = os.WriteFile(filepath.Join(dir, "bundle.pem"), svid.EncodeCertsPEM(ca.X509Bundle().X509Authorities()), 0o644)
 
+	// Files are the output's names for them (rotation.Output's CertFile,
+	// KeyFile, BundleFile).
 	r, err := traefik.NewReloader(filepath.Join(dir, "identity-agent.yml"),
-		traefik.Files{
-			Cert:   filepath.Join(dir, "svid.pem"),
-			Key:    filepath.Join(dir, "key.pem"),
-			Bundle: filepath.Join(dir, "bundle.pem"),
-		},
+		traefik.Files{Cert: "svid.pem", Key: "key.pem", Bundle: "bundle.pem"},
 		traefik.WithPeerSPIFFEID(spiffeid.RequireFromPath(td, "/model-server")))
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	if err := r.Reload(context.Background()); err != nil {
+	// A rotation.Manager tells each reload what it wrote; here by hand.
+	w := rotation.Written{Dir: dir, Files: map[string]string{}}
+	for _, name := range []string{"svid.pem", "key.pem", "bundle.pem"} {
+		w.Files[name] = filepath.Join(dir, name)
+	}
+	if err := r.Reload(context.Background(), w); err != nil {
 		fmt.Println(err)
 		return
 	}

@@ -37,9 +37,8 @@ func TestWithRotationManager(t *testing.T) {
 
 	outDir := filepath.Join(t.TempDir(), "traefik")
 	dyn := dynPath(t)
-	r, err := NewReloader(dyn, Files{
-		Cert: filepath.Join(outDir, "svid.pem"), Key: filepath.Join(outDir, "key.pem"), Bundle: filepath.Join(outDir, "bundle.pem"),
-	}, WithPeerSPIFFEID(modelID))
+	// The output's names: each reload is told where the manager wrote them.
+	r, err := NewReloader(dyn, Files{Cert: "svid.pem", Key: "key.pem", Bundle: "bundle.pem"}, WithPeerSPIFFEID(modelID))
 	require.NoError(t, err)
 	m, err := rotation.NewManager(src, []rotation.Output{{
 		Name: "traefik", Selector: svid.Selector{Hint: "traefik"}, Dir: outDir,

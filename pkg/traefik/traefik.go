@@ -21,7 +21,8 @@ import (
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
 // Kind is what Reloader.Kind returns: the reload kind in configs, logs and
@@ -33,7 +34,10 @@ const Kind = "traefik"
 const DefaultTransportName = "spiffe"
 
 // Files names the PEM files an output writes; the Reloader reads them on
-// every Reload.
+// every Reload. An entry that is not an absolute path is the name of a
+// file of the output's set ("svid.pem", as rotation.Output names it), read
+// at the path the reload is told (rotation.Written); an absolute path is
+// read as is.
 type Files struct {
 	Cert   string // leaf first, then intermediates
 	Key    string // PKCS#8 private key
@@ -64,7 +68,7 @@ func WithFileMode(m fs.FileMode) Option { return func(r *Reloader) { r.mode = m 
 // WithOwner gives the dynamic file to uid:gid (-1 keeps either), e.g. the
 // user Traefik runs as.
 func WithOwner(uid, gid int) Option {
-	return func(r *Reloader) { r.owner = svid.Owner{UID: uid, GID: gid} }
+	return func(r *Reloader) { r.owner = atomicdir.Owner{UID: uid, GID: gid} }
 }
 
 // WithLogger sets the logger (default: none).
@@ -80,7 +84,7 @@ type Reloader struct {
 	serverName string
 	tcp        bool
 	mode       fs.FileMode
-	owner      svid.Owner
+	owner      atomicdir.Owner
 	log        *zap.Logger
 
 	mu sync.Mutex
@@ -97,7 +101,7 @@ func NewReloader(dynamicFile string, files Files, opts ...Option) (*Reloader, er
 		files: files,
 		name:  DefaultTransportName,
 		mode:  0o600,
-		owner: svid.KeepOwner(),
+		owner: atomicdir.KeepOwner(),
 		log:   zap.NewNop(),
 	}
 	for _, o := range opts {
@@ -140,10 +144,14 @@ func (r *Reloader) Path() string { return r.path }
 // directory, fsync, mode/owner, rename, directory fsync). Traefik's file
 // provider sees the rename and applies the new transport. Material that does
 // not validate (key not matching the certificate, no root CA) is not written.
-func (r *Reloader) Reload(ctx context.Context) error {
+func (r *Reloader) Reload(ctx context.Context, w rotation.Written) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	m, err := r.read(ctx)
+	files, err := r.files.in(w)
+	if err != nil {
+		return fmt.Errorf("traefik: %s: %w", r.path, err)
+	}
+	m, err := r.read(ctx, files)
 	if err != nil {
 		return err
 	}
@@ -157,7 +165,7 @@ func (r *Reloader) Reload(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("traefik: %s: %w", r.path, err)
 	}
-	if err := svid.WriteFileAtomic(r.path, data, r.mode, r.owner); err != nil {
+	if err := atomicdir.WriteFile(r.path, data, r.mode, r.owner); err != nil {
 		return fmt.Errorf("traefik: %w", err)
 	}
 	r.log.Info("traefik dynamic configuration written", zap.String("file", r.path),
@@ -174,7 +182,7 @@ type material struct {
 // read loads the three files. The output writer swaps them as one set, but
 // three reads can still straddle a swap; a key that does not match the
 // certificate is read again a few times before it counts as an error.
-func (r *Reloader) read(ctx context.Context) (material, error) {
+func (r *Reloader) read(ctx context.Context, files Files) (material, error) {
 	var lastErr error
 	for attempt := range 5 {
 		if attempt > 0 {
@@ -184,7 +192,7 @@ func (r *Reloader) read(ctx context.Context) (material, error) {
 			case <-time.After(time.Duration(attempt) * 20 * time.Millisecond):
 			}
 		}
-		m, err := r.readOnce()
+		m, err := r.readOnce(files)
 		if err == nil {
 			return m, nil
 		}
@@ -198,26 +206,41 @@ func (r *Reloader) read(ctx context.Context) (material, error) {
 
 var errMismatch = errors.New("key does not match certificate")
 
-func (r *Reloader) readOnce() (material, error) {
+// in resolves the names of files of the written set to their paths.
+func (f Files) in(w rotation.Written) (Files, error) {
+	for _, p := range []*string{&f.Cert, &f.Key, &f.Bundle} {
+		if filepath.IsAbs(*p) {
+			continue
+		}
+		abs, err := w.Path(*p)
+		if err != nil {
+			return f, err
+		}
+		*p = abs
+	}
+	return f, nil
+}
+
+func (r *Reloader) readOnce(files Files) (material, error) {
 	var m material
 	var err error
-	if m.cert, err = os.ReadFile(r.files.Cert); err != nil {
+	if m.cert, err = os.ReadFile(files.Cert); err != nil {
 		return m, fmt.Errorf("traefik: %s: cert: %w", r.path, err)
 	}
-	if m.key, err = os.ReadFile(r.files.Key); err != nil {
+	if m.key, err = os.ReadFile(files.Key); err != nil {
 		return m, fmt.Errorf("traefik: %s: key: %w", r.path, err)
 	}
-	if m.bundle, err = os.ReadFile(r.files.Bundle); err != nil {
+	if m.bundle, err = os.ReadFile(files.Bundle); err != nil {
 		return m, fmt.Errorf("traefik: %s: bundle: %w", r.path, err)
 	}
 	pair, err := tls.X509KeyPair(m.cert, m.key)
 	if err != nil {
-		return m, fmt.Errorf("traefik: %s: %s and %s: %w: %w", r.path, r.files.Cert, r.files.Key, errMismatch, err)
+		return m, fmt.Errorf("traefik: %s: %s and %s: %w: %w", r.path, files.Cert, files.Key, errMismatch, err)
 	}
 	m.leaf = pair.Leaf
 	if m.leaf == nil {
 		if m.leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return m, fmt.Errorf("traefik: %s: %s: %w", r.path, r.files.Cert, err)
+			return m, fmt.Errorf("traefik: %s: %s: %w", r.path, files.Cert, err)
 		}
 	}
 	n := 0
@@ -231,12 +254,12 @@ func (r *Reloader) readOnce() (material, error) {
 			continue
 		}
 		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return m, fmt.Errorf("traefik: %s: bundle %s: %w", r.path, r.files.Bundle, err)
+			return m, fmt.Errorf("traefik: %s: bundle %s: %w", r.path, files.Bundle, err)
 		}
 		n++
 	}
 	if n == 0 {
-		return m, fmt.Errorf("traefik: %s: bundle %s holds no certificate", r.path, r.files.Bundle)
+		return m, fmt.Errorf("traefik: %s: bundle %s holds no certificate", r.path, files.Bundle)
 	}
 	return m, nil
 }

@@ -25,6 +25,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
@@ -36,11 +38,11 @@ var (
 )
 
 // output mimics what pkg/rotation writes for an output: cert, key and
-// bundle swapped together by svid.DirWriter.
+// bundle swapped together by atomicdir.Writer.
 type output struct {
 	t     *testing.T
 	ca    *svidtest.CA
-	w     *svid.DirWriter
+	w     *atomicdir.Writer
 	dir   string
 	files Files
 }
@@ -49,7 +51,7 @@ func newOutput(t *testing.T, ca *svidtest.CA) *output {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "traefik")
 	require.NoError(t, os.Mkdir(dir, 0o755))
-	w, err := svid.NewDirWriter(dir)
+	w, err := atomicdir.NewWriter(dir)
 	require.NoError(t, err)
 	return &output{t: t, ca: ca, w: w, dir: dir, files: Files{
 		Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "key.pem"), Bundle: filepath.Join(dir, "bundle.pem"),
@@ -63,7 +65,7 @@ func (o *output) rotate(id spiffeid.ID) *x509svid.SVID {
 	require.NoError(o.t, err)
 	key, err := svid.EncodeKeyPEM(s.PrivateKey)
 	require.NoError(o.t, err)
-	_, err = o.w.Write([]svid.File{
+	_, err = o.w.Write([]atomicdir.File{
 		{Name: "svid.pem", Data: svid.EncodeCertsPEM(s.Certificates), Mode: 0o644},
 		{Name: "key.pem", Data: key, Mode: 0o600},
 		{Name: "bundle.pem", Data: svid.EncodeCertsPEM(o.ca.X509Bundle().X509Authorities()), Mode: 0o644},
@@ -111,7 +113,7 @@ func TestReloadWritesServersTransport(t *testing.T) {
 	r, err := NewReloader(dyn, out.files, WithPeerSPIFFEID(modelID), WithServerName("model.internal"))
 	require.NoError(t, err)
 	require.Equal(t, "traefik", r.Kind())
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 
 	data := read(t, dyn)
 	// Generic walk of the exact key path Traefik reads.
@@ -148,7 +150,7 @@ func TestReloadFollowsRotationAndSkipsNoops(t *testing.T) {
 	dyn := dynPath(t)
 	r, err := NewReloader(dyn, out.files, WithTCP(), WithFileMode(0o640), WithTransportName("model-mtls"))
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	first := read(t, dyn)
 	c := parseStrict(t, first)
 	require.Equal(t, c.HTTP.ServersTransports["model-mtls"], c.TCP.ServersTransports["model-mtls"].TLS)
@@ -158,20 +160,20 @@ func TestReloadFollowsRotationAndSkipsNoops(t *testing.T) {
 	// Nothing changed: the file is not rewritten, so Traefik sees no event.
 	before, err := os.Stat(dyn)
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	after, err := os.Stat(dyn)
 	require.NoError(t, err)
 	require.Equal(t, before.Sys().(*syscall.Stat_t).Ino, after.Sys().(*syscall.Stat_t).Ino)
 
 	// SVID rotation, then CA rotation: each changes the parsed config.
 	s2 := out.rotate(traefikID)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	second := read(t, dyn)
 	require.NotEqual(t, parseStrict(t, first), parseStrict(t, second))
 	require.Contains(t, string(second), s2.Certificates[0].SerialNumber.Text(16))
 	require.NoError(t, ca.Rotate())
 	out.rotate(traefikID)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	third := parseStrict(t, read(t, dyn))
 	require.Equal(t, string(read(t, out.files.Bundle)), third.HTTP.ServersTransports["model-mtls"].RootCAs[0])
 	require.Equal(t, 2, strings.Count(third.HTTP.ServersTransports["model-mtls"].RootCAs[0], "BEGIN CERTIFICATE"), "old and new root during CA rotation")
@@ -187,7 +189,7 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	dyn := dynPath(t)
 	r, err := NewReloader(dyn, out.files)
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	good := read(t, dyn)
 
 	// A key from another SVID: never written.
@@ -200,7 +202,7 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(bad.Key, otherKey, 0o600))
 	rb, err := NewReloader(dyn, bad)
 	require.NoError(t, err)
-	err = rb.Reload(context.Background())
+	err = rb.Reload(context.Background(), rotation.Written{})
 	require.ErrorContains(t, err, "key.pem")
 	require.ErrorContains(t, err, "key does not match certificate")
 	require.Equal(t, good, read(t, dyn))
@@ -209,13 +211,13 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(empty.Bundle, []byte("not pem\n"), 0o644))
 	re, err := NewReloader(dyn, empty)
 	require.NoError(t, err)
-	require.ErrorContains(t, re.Reload(context.Background()), "holds no certificate")
+	require.ErrorContains(t, re.Reload(context.Background(), rotation.Written{}), "holds no certificate")
 	require.Equal(t, good, read(t, dyn))
 
 	missing := Files{Cert: filepath.Join(badDir, "nope.pem"), Key: out.files.Key, Bundle: out.files.Bundle}
 	rm, err := NewReloader(dyn, missing)
 	require.NoError(t, err)
-	err = rm.Reload(context.Background())
+	err = rm.Reload(context.Background(), rotation.Written{})
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	require.ErrorContains(t, err, "nope.pem")
 	require.Equal(t, good, read(t, dyn))
@@ -223,6 +225,29 @@ func TestBadMaterialKeepsLastGoodFile(t *testing.T) {
 	entries, err := os.ReadDir(filepath.Dir(dyn))
 	require.NoError(t, err)
 	require.Len(t, entries, 1)
+}
+
+// TestFilesByNameFromWritten: names of the output's files are read where
+// the reload is told they were written; a name the set lacks is one error
+// naming it, and the dynamic file is left alone.
+func TestFilesByNameFromWritten(t *testing.T) {
+	ca := newCA(t)
+	out := newOutput(t, ca)
+	s := out.rotate(traefikID)
+	dyn := dynPath(t)
+	r, err := NewReloader(dyn, Files{Cert: "svid.pem", Key: "key.pem", Bundle: "bundle.pem"})
+	require.NoError(t, err)
+	w := rotation.Written{Dir: out.dir, Files: map[string]string{
+		"svid.pem": out.files.Cert, "key.pem": out.files.Key, "bundle.pem": out.files.Bundle}, SVID: s}
+	require.NoError(t, r.Reload(context.Background(), w))
+	require.Contains(t, string(read(t, dyn)), "serial "+s.Certificates[0].SerialNumber.Text(16)+" ")
+	good := read(t, dyn)
+
+	out.rotate(traefikID)
+	delete(w.Files, "bundle.pem")
+	err = r.Reload(context.Background(), w)
+	require.ErrorContains(t, err, "traefik: "+dyn+": bundle.pem was not written to "+out.dir)
+	require.Equal(t, good, read(t, dyn))
 }
 
 func TestNewReloaderRejects(t *testing.T) {
@@ -261,10 +286,10 @@ func TestAtomicRewrites(t *testing.T) {
 		require.NoError(t, err)
 	}
 	// The two complete documents: every read must be byte-identical to one.
-	require.NoError(t, rs[1].Reload(context.Background()))
+	require.NoError(t, rs[1].Reload(context.Background(), rotation.Written{}))
 	docB := read(t, dyn)
 	require.NoError(t, checkDoc(docB))
-	require.NoError(t, rs[0].Reload(context.Background()))
+	require.NoError(t, rs[0].Reload(context.Background(), rotation.Written{}))
 	docA := read(t, dyn)
 	require.NoError(t, checkDoc(docA))
 
@@ -297,7 +322,7 @@ func TestAtomicRewrites(t *testing.T) {
 	}()
 	const rewrites = 300
 	for i := range rewrites {
-		require.NoError(t, rs[(i+1)%2].Reload(context.Background()))
+		require.NoError(t, rs[(i+1)%2].Reload(context.Background(), rotation.Written{}))
 	}
 	stop.Store(true)
 	wg.Wait()
@@ -412,7 +437,7 @@ func TestTransportReachesSPIFFEBackend(t *testing.T) {
 	get := func(peer spiffeid.ID) (string, error) {
 		r, err := NewReloader(dyn, out.files, WithPeerSPIFFEID(peer))
 		require.NoError(t, err)
-		require.NoError(t, r.Reload(context.Background()))
+		require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 		st := parseStrict(t, read(t, dyn)).HTTP.ServersTransports["spiffe"]
 		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: traefikTLSConfig(t, st)}}
 		defer c.CloseIdleConnections()
@@ -445,7 +470,7 @@ func TestReloadHonoursContext(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.ErrorIs(t, r.Reload(ctx), context.Canceled)
+	require.ErrorIs(t, r.Reload(ctx, rotation.Written{}), context.Canceled)
 	_, err = os.Stat(dyn)
 	require.ErrorIs(t, err, fs.ErrNotExist)
 }
@@ -459,7 +484,7 @@ func TestOwner(t *testing.T) {
 	dyn := dynPath(t)
 	r, err := NewReloader(dyn, out.files, WithOwner(65534, 65534))
 	require.NoError(t, err)
-	require.NoError(t, r.Reload(context.Background()))
+	require.NoError(t, r.Reload(context.Background(), rotation.Written{}))
 	fi, err := os.Stat(dyn)
 	require.NoError(t, err)
 	require.Equal(t, uint32(65534), fi.Sys().(*syscall.Stat_t).Uid)

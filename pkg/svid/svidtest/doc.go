@@ -6,7 +6,9 @@
 // a SPIRE agent.
 //
 //	srv := svidtest.Start(t, svidtest.Config{TTL: time.Minute})
-//	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(srv.Addr())))
+//	src := svid.NewSource(svid.WithAddr(srv.Addr())) // as a process would use a SPIRE agent's socket
+//	_ = src.Start(ctx)
+//	_ = src.WaitReady(ctx)
 //
 // It behaves as a SPIRE agent does where a client can tell:
 //

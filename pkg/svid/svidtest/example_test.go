@@ -9,14 +9,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
 )
 
 // A Workload API with two identities, told apart by their hints; a
-// go-spiffe client fetches them as it would from a SPIRE agent. In a test,
+// svid.Source (go-spiffe's Workload API client underneath) follows them as
+// it would a SPIRE agent. In a test,
 // svidtest.Start(t, cfg) does the directory, Start and Stop in one line.
 func Example() {
 	dir, _ := os.MkdirTemp("", "svidtest")
@@ -42,11 +42,14 @@ func Example() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(srv.Addr()))
-	if err != nil {
+	src := svid.NewSource(svid.WithAddr(srv.Addr()))
+	_ = src.Start(ctx)
+	defer src.Close()
+	if err := src.WaitReady(ctx); err != nil {
 		fmt.Println(err)
 		return
 	}
+	x509ctx := src.X509Context()
 	for _, sv := range x509ctx.SVIDs {
 		_, _, err := x509svid.Verify(sv.Certificates, x509ctx.Bundles)
 		fmt.Println(sv.ID, sv.Hint, "verifies:", err == nil)

@@ -1,4 +1,4 @@
-package svid
+package atomicdir
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 )
 
 // MakeDir creates the directory an output is written into: the one place
-// such a directory is made, by NewDirWriter and Write for a library user,
+// such a directory is made, by NewWriter and Write for a library user,
 // and by the agent's service prepare step before the agent starts.
 //
 // The ownership rule: the directory belongs to the user who writes the
@@ -23,7 +23,7 @@ import (
 // needs CAP_FOWNER for a directory it already gave away; both are set on
 // the opened directory, never through a path that could meanwhile have
 // become a symlink. An existing path is left alone and reported with
-// fs.ErrExist. CheckOutputDir is the same rule for a directory that
+// fs.ErrExist. CheckDir is the same rule for a directory that
 // already exists.
 func MakeDir(path string, mode fs.FileMode, uid, gid int) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -70,7 +70,7 @@ type DirError struct {
 
 func (e *DirError) Error() string { return "directory " + e.Path + " " + e.Problem }
 
-// CheckOutputDir is MakeDir's ownership rule for a directory that already
+// CheckDir is MakeDir's ownership rule for a directory that already
 // exists at path: it must be a real directory (not a symlink to one) owned
 // by uid, the user that writes the set; who names that user in the message
 // ("the agent's user", or a user name). A directory owned by anyone else
@@ -81,9 +81,9 @@ func (e *DirError) Error() string { return "directory " + e.Path + " " + e.Probl
 // error means the path could not be looked at.
 //
 // The agent applies it at `config validate`, `run` and reload (one check,
-// agent.NewPlan), at `service prepare`, and the DirWriter again on every
+// agent.NewPlan), at `service prepare`, and the Writer again on every
 // write, on the directory it has opened.
-func CheckOutputDir(path string, uid int, who string) error {
+func CheckDir(path string, uid int, who string) error {
 	fi, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

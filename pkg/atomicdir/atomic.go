@@ -1,4 +1,4 @@
-package svid
+package atomicdir
 
 import (
 	"crypto/rand"
@@ -11,7 +11,7 @@ import (
 	"syscall"
 )
 
-// File is one file of a set written by DirWriter.
+// File is one file of a set written by Writer.
 type File struct {
 	Name string      // base name inside the directory; must not start with ".."
 	Data []byte      // written as is
@@ -29,16 +29,16 @@ func KeepOwner() Owner { return Owner{UID: -1, GID: -1} }
 
 func (o Owner) isKeep() bool { return o.UID < 0 && o.GID < 0 }
 
-// WriteFileAtomic replaces path with data so that a reader sees either the
+// WriteFile replaces path with data so that a reader sees either the
 // old or the new content, never a mix: it writes a temporary file in the
 // same directory (same filesystem, so rename is atomic), gives it its final
 // owner and mode before any data goes in, fsyncs it, renames it over path
 // and fsyncs the directory so the rename survives a crash.
 //
-// Use DirWriter when several files (certificate and key) must change
-// together: two WriteFileAtomic calls leave a window with a new certificate
+// Use Writer when several files (certificate and key) must change
+// together: two WriteFile calls leave a window with a new certificate
 // and an old key.
-func WriteFileAtomic(path string, data []byte, mode fs.FileMode, owner Owner) error {
+func WriteFile(path string, data []byte, mode fs.FileMode, owner Owner) error {
 	if mode.Perm() == 0 {
 		return fmt.Errorf("write %s: mode %04o leaves the file unreadable", path, mode.Perm())
 	}

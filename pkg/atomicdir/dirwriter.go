@@ -1,4 +1,4 @@
-package svid
+package atomicdir
 
 import (
 	"bytes"
@@ -23,27 +23,27 @@ const (
 	tsLayout    = "2006_01_02_15_04_05"
 )
 
-// WriterOption configures a DirWriter.
-type WriterOption func(*DirWriter)
+// Option configures a Writer.
+type Option func(*Writer)
 
 // WithOwner sets the owner of written files and versioned directories.
 // The default leaves ownership as the process creates it.
-func WithOwner(o Owner) WriterOption {
-	return func(w *DirWriter) { w.owner = o }
+func WithOwner(o Owner) Option {
+	return func(w *Writer) { w.owner = o }
 }
 
 // WithDirMode sets the mode of the target directory (applied by
-// NewDirWriter) and of each versioned directory. Default 0755: the files'
+// NewWriter) and of each versioned directory. Default 0755: the files'
 // own modes guard the secrets, the directories only need to be traversable
 // by the service that reads them.
-func WithDirMode(m fs.FileMode) WriterOption {
-	return func(w *DirWriter) {
+func WithDirMode(m fs.FileMode) Option {
+	return func(w *Writer) {
 		w.dirMode = m.Perm()
 		w.dirModeSet = true
 	}
 }
 
-// DirWriter writes a set of files into one directory so that the whole set
+// Writer writes a set of files into one directory so that the whole set
 // changes at once (the Kubernetes AtomicWriter layout):
 //
 //	dir/..2026_01_02_15_04_05.123456789/cert.pem   the data, one dir per version
@@ -62,9 +62,9 @@ func WithDirMode(m fs.FileMode) WriterOption {
 // per trust domain) still swaps as a whole, and a file dropped from the
 // set disappears with the swap.
 //
-// Only one DirWriter per directory may write at a time; Write is safe for
-// concurrent use within one DirWriter.
-type DirWriter struct {
+// Only one Writer per directory may write at a time; Write is safe for
+// concurrent use within one Writer.
+type Writer struct {
 	dir        string
 	owner      Owner
 	dirMode    fs.FileMode
@@ -72,12 +72,12 @@ type DirWriter struct {
 	mu         sync.Mutex
 }
 
-// NewDirWriter returns a writer for dir, creating it when missing with
+// NewWriter returns a writer for dir, creating it when missing with
 // MakeDir (the dir mode, the owner's group). An existing dir must be a
-// real directory owned by the process's user (CheckOutputDir's rule):
+// real directory owned by the process's user (CheckDir's rule):
 // someone else's directory, or a symlink to one, is refused here and on
 // every later write.
-func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
+func NewWriter(dir string, opts ...Option) (*Writer, error) {
 	if dir == "" {
 		return nil, errors.New("dir writer: directory is empty")
 	}
@@ -85,7 +85,7 @@ func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dir writer %s: %w", dir, err)
 	}
-	w := &DirWriter{dir: abs, owner: KeepOwner(), dirMode: 0o755}
+	w := &Writer{dir: abs, owner: KeepOwner(), dirMode: 0o755}
 	for _, o := range opts {
 		o(w)
 	}
@@ -103,7 +103,7 @@ func NewDirWriter(dir string, opts ...WriterOption) (*DirWriter, error) {
 }
 
 // Dir returns the absolute target directory.
-func (w *DirWriter) Dir() string { return w.dir }
+func (w *Writer) Dir() string { return w.dir }
 
 // ownerName names the user the writer's directory must belong to.
 const ownerName = "the writer's user"
@@ -112,10 +112,10 @@ const ownerName = "the writer's user"
 // and checks it is a directory of the process's user; create makes it
 // first (MakeDir) when it is missing. Everything the writer does happens
 // through the returned handle.
-func (w *DirWriter) openOwnDir(create bool) (d *dirFD, created bool, err error) {
+func (w *Writer) openOwnDir(create bool) (d *dirFD, created bool, err error) {
 	d, err = openDirPath(w.dir)
 	if create && errors.Is(err, fs.ErrNotExist) {
-		// Removed since NewDirWriter (an operator cleaning up, a tmpfs
+		// Removed since NewWriter (an operator cleaning up, a tmpfs
 		// remounted): the guard's rewrite must recover.
 		if merr := MakeDir(w.dir, w.dirMode, -1, w.owner.GID); merr != nil && !errors.Is(merr, fs.ErrExist) {
 			return nil, false, fmt.Errorf("create directory: %w", merr)
@@ -124,7 +124,7 @@ func (w *DirWriter) openOwnDir(create bool) (d *dirFD, created bool, err error) 
 		d, err = openDirPath(w.dir)
 	}
 	if err != nil {
-		if cerr := CheckOutputDir(w.dir, os.Geteuid(), ownerName); cerr != nil {
+		if cerr := CheckDir(w.dir, os.Geteuid(), ownerName); cerr != nil {
 			return nil, false, cerr
 		}
 		return nil, false, err
@@ -147,7 +147,7 @@ func (w *DirWriter) openOwnDir(create bool) (d *dirFD, created bool, err error) 
 // keeps the directory so that it can fill it and later prune it with
 // CAP_CHOWN alone, never needing CAP_FOWNER or CAP_DAC_OVERRIDE (which
 // would let it read every service's keys).
-func (w *DirWriter) prepareDir(d *dirFD) error {
+func (w *Writer) prepareDir(d *dirFD) error {
 	if err := d.chmod(w.dirMode); err != nil {
 		return fmt.Errorf("chmod %s to %04o: %w", d.path, w.dirMode, err)
 	}
@@ -165,7 +165,7 @@ func (w *DirWriter) prepareDir(d *dirFD) error {
 // removed and the previous set stays exactly as it was; errors after the
 // swap (fsync of the directory, links for new names) return changed=true,
 // because the new set is already what ..data shows.
-func (w *DirWriter) Write(files []File) (changed bool, err error) {
+func (w *Writer) Write(files []File) (changed bool, err error) {
 	if err := checkFiles(files); err != nil {
 		return false, fmt.Errorf("write %s: %w", w.dir, err)
 	}
@@ -181,7 +181,7 @@ func (w *DirWriter) Write(files []File) (changed bool, err error) {
 	return changed, err
 }
 
-func (w *DirWriter) writeAt(d *dirFD, files []File) (changed bool, err error) {
+func (w *Writer) writeAt(d *dirFD, files []File) (changed bool, err error) {
 	// Refuse before touching anything when a stable name cannot become a
 	// link, so this failure too leaves the previous set intact.
 	tops := topNames(files)
@@ -275,7 +275,7 @@ func (w *DirWriter) writeAt(d *dirFD, files []File) (changed bool, err error) {
 // makeVersionDir creates a new, empty version directory
 // "..<timestamp>.<random>" in d and returns it opened, with the writer's
 // mode and group.
-func (w *DirWriter) makeVersionDir(d *dirFD) (string, *dirFD, error) {
+func (w *Writer) makeVersionDir(d *dirFD) (string, *dirFD, error) {
 	pfx := ".." + time.Now().UTC().Format(tsLayout) + "."
 	for range 100 {
 		var rnd [4]byte
@@ -298,7 +298,7 @@ func (w *DirWriter) makeVersionDir(d *dirFD) (string, *dirFD, error) {
 // makeDir creates name in d and returns it opened and prepared: created
 // 0700, checked to be the one just made (a directory of ours), then given
 // the writer's mode and group through the handle.
-func (w *DirWriter) makeDir(d *dirFD, name string) (*dirFD, error) {
+func (w *Writer) makeDir(d *dirFD, name string) (*dirFD, error) {
 	if err := d.mkdir(name); err != nil {
 		return nil, err
 	}
@@ -322,7 +322,7 @@ func (w *DirWriter) makeDir(d *dirFD, name string) (*dirFD, error) {
 
 // ownLink reports whether st describes a symlink the writer made: links
 // are never chowned, so the writer's own have its uid.
-func (w *DirWriter) ownLink(st fileStat) bool {
+func (w *Writer) ownLink(st fileStat) bool {
 	return st.mode&fs.ModeSymlink != 0 && st.uid == os.Geteuid()
 }
 
@@ -344,7 +344,7 @@ func splitName(name string) (sub, base string) {
 // equals files in content and mode (and owner, when set), so a guard can
 // notice a deleted, edited or chmod-ed file and rewrite the set. ok=false
 // with a nil error means "differs"; an error means the check itself failed.
-func (w *DirWriter) Check(files []File) (ok bool, err error) {
+func (w *Writer) Check(files []File) (ok bool, err error) {
 	diff, err := w.Diff(files)
 	if err != nil {
 		return false, err
@@ -354,7 +354,7 @@ func (w *DirWriter) Check(files []File) (ok bool, err error) {
 
 // Diff is Check with the reason: "" when the set on disk equals files,
 // otherwise the first difference found, e.g. "key.pem: mode 0644, want 0600".
-func (w *DirWriter) Diff(files []File) (string, error) {
+func (w *Writer) Diff(files []File) (string, error) {
 	if err := checkFiles(files); err != nil {
 		return "", fmt.Errorf("check %s: %w", w.dir, err)
 	}
@@ -377,7 +377,7 @@ func (w *DirWriter) Diff(files []File) (string, error) {
 	return diff, nil
 }
 
-func (w *DirWriter) diffAt(d *dirFD, files []File) (string, error) {
+func (w *Writer) diffAt(d *dirFD, files []File) (string, error) {
 	target, err := d.readlink(dataLink)
 	if errors.Is(err, fs.ErrNotExist) {
 		return dataLink + ": missing", nil
@@ -427,7 +427,7 @@ func (w *DirWriter) diffAt(d *dirFD, files []File) (string, error) {
 }
 
 // describeAt says what stands at name in d instead of a symlink.
-func (w *DirWriter) describeAt(d *dirFD, name string) string {
+func (w *Writer) describeAt(d *dirFD, name string) string {
 	st, err := d.lstat(name)
 	if err != nil {
 		return "unreadable"
@@ -438,7 +438,7 @@ func (w *DirWriter) describeAt(d *dirFD, name string) string {
 // versionDiff compares the files of one opened version directory with
 // files: entries, type, mode, owner and content. Nothing is followed: a
 // symlink in place of a file or subdirectory is a difference.
-func (w *DirWriter) versionDiff(vd *dirFD, vst fileStat, target string, files []File) (string, error) {
+func (w *Writer) versionDiff(vd *dirFD, vst fileStat, target string, files []File) (string, error) {
 	entries, err := vd.names()
 	if err != nil {
 		return "", err
@@ -522,7 +522,7 @@ func (w *DirWriter) versionDiff(vd *dirFD, vst fileStat, target string, files []
 // ensureLink makes name a symlink to ..data/name, replacing a regular file
 // (a pre-existing plain file from before the agent) or a wrong link with
 // one rename so the name never disappears.
-func (w *DirWriter) ensureLink(d *dirFD, name string) error {
+func (w *Writer) ensureLink(d *dirFD, name string) error {
 	want := dataLink + "/" + name
 	if cur, err := d.readlink(name); err == nil && cur == want {
 		return nil
@@ -549,7 +549,7 @@ func (w *DirWriter) ensureLink(d *dirFD, name string) error {
 // removeStaleLinks removes stable names that the previous set had and the
 // new one does not, but only links that are ours (made by the writer,
 // pointing into ..data).
-func (w *DirWriter) removeStaleLinks(d *dirFD, prev string, tops []string) {
+func (w *Writer) removeStaleLinks(d *dirFD, prev string, tops []string) {
 	if !isVersionDir(prev) {
 		return
 	}
@@ -584,7 +584,7 @@ func (w *DirWriter) removeStaleLinks(d *dirFD, prev string, tops []string) {
 // and the previous one. Only real directories of ours named
 // ..<timestamp>.<random> are considered, so nothing a user put into the
 // directory is touched, and a symlink under such a name is left alone.
-func (w *DirWriter) removeOldVersions(d *dirFD, current, prev string) {
+func (w *Writer) removeOldVersions(d *dirFD, current, prev string) {
 	entries, err := d.names()
 	if err != nil {
 		return
@@ -606,7 +606,7 @@ func (w *DirWriter) removeOldVersions(d *dirFD, current, prev string) {
 // inside them are unlinked, which changes the writer's directory, never
 // the file. A directory of someone else's, or one nested deeper than
 // depth, stops the removal with an error and stays.
-func (w *DirWriter) removeOwnTree(d *dirFD, name string, depth int) error {
+func (w *Writer) removeOwnTree(d *dirFD, name string, depth int) error {
 	sd, err := d.openDir(name)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package svid_test
+package atomicdir_test
 
 import (
 	"io/fs"
@@ -12,13 +12,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
-func newWritten(t *testing.T) (string, *svid.DirWriter, []svid.File) {
+func newWritten(t *testing.T) (string, *atomicdir.Writer, []atomicdir.File) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tls")
-	w, err := svid.NewDirWriter(dir)
+	w, err := atomicdir.NewWriter(dir)
 	require.NoError(t, err)
 	files := fileSet("C", "K", "B")
 	_, err = w.Write(files)
@@ -28,7 +28,7 @@ func newWritten(t *testing.T) (string, *svid.DirWriter, []svid.File) {
 
 // restoreOK runs Restore and checks the set is whole again and each moved
 // path exists under a quarantine name.
-func restoreOK(t *testing.T, dir string, w *svid.DirWriter, files []svid.File) []svid.Moved {
+func restoreOK(t *testing.T, dir string, w *atomicdir.Writer, files []atomicdir.File) []atomicdir.Moved {
 	t.Helper()
 	changed, moved, err := w.Restore(files, time.Now())
 	require.NoError(t, err)

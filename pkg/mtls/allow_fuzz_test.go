@@ -1,4 +1,4 @@
-package tlsproxy
+package mtls
 
 import (
 	"strings"
@@ -8,8 +8,9 @@ import (
 )
 
 // FuzzParseAllow: any entry is accepted or refused without a panic, the
-// config check (Validate) and the parser agree on it, and an accepted
-// entry authorizes what it names and nothing outside its trust domain.
+// per-entry check (CheckAllowEntry, what tlsproxy.Config.Validate runs on
+// each entry) and the parser agree on it, and an accepted entry
+// authorizes what it names and nothing outside its trust domain.
 func FuzzParseAllow(f *testing.F) {
 	for _, s := range []string{
 		"spiffe://example.org/web", "spiffe://example.org/ns/*", "spiffe://example.org/*", "spiffe://example.org",
@@ -22,9 +23,9 @@ func FuzzParseAllow(f *testing.F) {
 	other := spiffeid.RequireFromString("spiffe://other.test/x")
 	f.Fuzz(func(t *testing.T, entry string) {
 		authz, err := ParseAllow([]string{entry})
-		verr := Config{Name: "p", Mode: ModeServer, Listen: "127.0.0.1:1", Target: "127.0.0.1:2", Allow: []string{entry}}.Validate()
-		if (err == nil) != (verr == nil) {
-			t.Fatalf("ParseAllow(%q) = %v but Validate = %v", entry, err, verr)
+		cerr := CheckAllowEntry(entry)
+		if (err == nil) != (cerr == nil) {
+			t.Fatalf("ParseAllow(%q) = %v but CheckAllowEntry = %v", entry, err, cerr)
 		}
 		if err != nil {
 			return
@@ -34,13 +35,13 @@ func FuzzParseAllow(f *testing.F) {
 			t.Fatalf("accepted %q but parseAllowEntry: %v", entry, perr)
 		}
 		if id.TrustDomain() != other.TrustDomain() {
-			if authz(other, nil) == nil {
+			if authz.Authorize(other, nil) == nil {
 				t.Fatalf("%q authorizes %s from another trust domain", entry, other)
 			}
 		}
 		base := strings.TrimSuffix(strings.TrimSpace(entry), "/*")
 		if named, err := spiffeid.FromString(base); err == nil && named.Path() != "" {
-			if authz(named, nil) != nil {
+			if authz.Authorize(named, nil) != nil {
 				t.Fatalf("%q does not authorize %s, the ID it names", entry, named)
 			}
 		}

@@ -1,6 +1,6 @@
 //go:build unix
 
-package svid
+package atomicdir
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package svid_test
+package atomicdir_test
 
 import (
 	"io/fs"
@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/identity-agent/identity-agent/pkg/svid"
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 )
 
 // victim is a directory outside the output directory, mode 0751, holding
@@ -104,9 +104,9 @@ func TestRestoreNeverFollowsPlantedSymlinks(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "tls")
-			w, err := svid.NewDirWriter(dir)
+			w, err := atomicdir.NewWriter(dir)
 			require.NoError(t, err)
-			files := append(fileSet("C", "K", "B"), svid.File{Name: "bundles/a.pem", Data: []byte("A"), Mode: 0o644})
+			files := append(fileSet("C", "K", "B"), atomicdir.File{Name: "bundles/a.pem", Data: []byte("A"), Mode: 0o644})
 			_, err = w.Write(files)
 			require.NoError(t, err)
 			ver, err := os.Readlink(filepath.Join(dir, "..data"))
@@ -125,7 +125,7 @@ func TestRestoreNeverFollowsPlantedSymlinks(t *testing.T) {
 			assert.Empty(t, diff, "restored")
 			check()
 			for _, c := range []string{"C2", "C3", "C4"} {
-				_, err := w.Write(append(fileSet(c, "K", "B"), svid.File{Name: "bundles/a.pem", Data: []byte("A"), Mode: 0o644}))
+				_, err := w.Write(append(fileSet(c, "K", "B"), atomicdir.File{Name: "bundles/a.pem", Data: []byte("A"), Mode: 0o644}))
 				require.NoError(t, err)
 			}
 			check()
@@ -146,13 +146,13 @@ func TestDirWriterRefusesASymlinkedDir(t *testing.T) {
 	target, check := victim(t)
 	link := filepath.Join(t.TempDir(), "tls")
 	require.NoError(t, os.Symlink(target, link))
-	_, err := svid.NewDirWriter(link, svid.WithDirMode(0o700))
+	_, err := atomicdir.NewWriter(link, atomicdir.WithDirMode(0o700))
 	require.EqualError(t, err, "dir writer: directory "+link+" is a symlink; configure the directory it points to")
 	check()
 
 	// Swapped in after the writer was made: every write refuses it.
 	dir := filepath.Join(t.TempDir(), "tls")
-	w, err := svid.NewDirWriter(dir, svid.WithDirMode(0o750))
+	w, err := atomicdir.NewWriter(dir, atomicdir.WithDirMode(0o750))
 	require.NoError(t, err)
 	require.NoError(t, os.Remove(dir))
 	require.NoError(t, os.Symlink(target, dir))
@@ -178,16 +178,16 @@ func TestDirWriterRefusesSomeoneElsesDir(t *testing.T) {
 	require.NoError(t, os.Chown(dir, 65534, 65534))
 	require.NoError(t, os.Chmod(dir, 0o777))
 
-	_, err := svid.NewDirWriter(dir, svid.WithDirMode(0o755))
+	_, err := atomicdir.NewWriter(dir, atomicdir.WithDirMode(0o755))
 	require.EqualError(t, err, "dir writer: directory "+dir+" is owned by uid 65534, not the writer's user (uid 0): chown it to the writer's user or point the config at a directory of its own")
-	require.EqualError(t, svid.CheckOutputDir(dir, 0, "the agent's user"), "directory "+dir+" is owned by uid 65534, not the agent's user (uid 0): chown it to the agent's user or point the config at a directory of its own")
+	require.EqualError(t, atomicdir.CheckDir(dir, 0, "the agent's user"), "directory "+dir+" is owned by uid 65534, not the agent's user (uid 0): chown it to the agent's user or point the config at a directory of its own")
 	fi, err := os.Lstat(dir)
 	require.NoError(t, err)
 	assert.Equal(t, fs.ModeDir|0o777, fi.Mode(), "not chmod-ed")
 
 	// Our directory handed to someone else after the writer was made.
 	own := filepath.Join(shared, "own")
-	w, err := svid.NewDirWriter(own)
+	w, err := atomicdir.NewWriter(own)
 	require.NoError(t, err)
 	require.NoError(t, os.Chown(own, 65534, -1))
 	_, err = w.Write(fileSet("C", "K", "B"))
@@ -210,8 +210,8 @@ func quarantineEntries(t *testing.T, dir string) []string {
 }
 
 // A chmod flood makes every restore quarantine a key-bearing version; at
-// most svid.QuarantineKeep stay, each 0700, and none outlives
-// svid.QuarantineMaxAge.
+// most atomicdir.QuarantineKeep stay, each 0700, and none outlives
+// atomicdir.QuarantineMaxAge.
 func TestQuarantineIsBounded(t *testing.T) {
 	dir, w, files := newWritten(t)
 	t0 := time.Now()
@@ -220,10 +220,10 @@ func TestQuarantineIsBounded(t *testing.T) {
 		_, moved, err := w.Restore(files, t0.Add(time.Duration(i)*time.Second))
 		require.NoError(t, err)
 		require.Len(t, moved, 1)
-		assert.LessOrEqual(t, len(quarantineEntries(t, dir)), svid.QuarantineKeep)
+		assert.LessOrEqual(t, len(quarantineEntries(t, dir)), atomicdir.QuarantineKeep)
 	}
 	q := quarantineEntries(t, dir)
-	require.Len(t, q, svid.QuarantineKeep)
+	require.Len(t, q, atomicdir.QuarantineKeep)
 	for _, n := range q {
 		fi, err := os.Lstat(filepath.Join(dir, n))
 		require.NoError(t, err)
@@ -234,8 +234,8 @@ func TestQuarantineIsBounded(t *testing.T) {
 	// A day later, the next write (nothing to change) clears them.
 	_, err := w.Write(files)
 	require.NoError(t, err)
-	assert.Len(t, quarantineEntries(t, dir), svid.QuarantineKeep, "not yet a day old")
-	_, _, err = w.Restore(files, t0.Add(svid.QuarantineMaxAge+10*time.Second))
+	assert.Len(t, quarantineEntries(t, dir), atomicdir.QuarantineKeep, "not yet a day old")
+	_, _, err = w.Restore(files, t0.Add(atomicdir.QuarantineMaxAge+10*time.Second))
 	require.NoError(t, err)
 	assert.Empty(t, quarantineEntries(t, dir))
 }
@@ -268,7 +268,7 @@ func TestQuarantinePruneKeepsWhatIsNotTheWriters(t *testing.T) {
 		_, _, err := w.Restore(files, t0.Add(time.Duration(i+1)*time.Second))
 		require.NoError(t, err)
 	}
-	_, _, err = w.Restore(files, t0.Add(svid.QuarantineMaxAge+time.Hour))
+	_, _, err = w.Restore(files, t0.Add(atomicdir.QuarantineMaxAge+time.Hour))
 	require.NoError(t, err)
 	q := quarantineEntries(t, dir)
 	assert.ElementsMatch(t, []string{filepath.Base(foreign), ".quarantine-note"}, q)

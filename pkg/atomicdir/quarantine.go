@@ -1,4 +1,4 @@
-package svid
+package atomicdir
 
 import (
 	"fmt"
@@ -38,7 +38,7 @@ type Moved struct {
 // configured ones, or else those the kernel gives a file the process
 // creates (its euid; its egid on Linux, the directory's group on the BSDs
 // and macOS); ver is the version directory the files are in.
-func (w *DirWriter) expectedOwner(ver fileStat) (uid, gid int) {
+func (w *Writer) expectedOwner(ver fileStat) (uid, gid int) {
 	uid, gid = w.owner.UID, w.owner.GID
 	if uid < 0 {
 		uid = os.Geteuid()
@@ -72,7 +72,7 @@ func (w *DirWriter) expectedOwner(ver fileStat) (uid, gid int) {
 // removed - only names the writer gave, only files, links and directories
 // of its own (a directory of someone else's stays; removing what it holds
 // would change it). moved lists what was moved, for the caller to log.
-func (w *DirWriter) Restore(files []File, now time.Time) (changed bool, moved []Moved, err error) {
+func (w *Writer) Restore(files []File, now time.Time) (changed bool, moved []Moved, err error) {
 	if err := checkFiles(files); err != nil {
 		return false, nil, fmt.Errorf("restore %s: %w", w.dir, err)
 	}
@@ -166,7 +166,7 @@ func (w *DirWriter) Restore(files []File, now time.Time) (changed bool, moved []
 // quarantine renames name in d to a fresh quarantine name beside it,
 // first pruning the quarantine to leave room for it: there are never more
 // than QuarantineKeep entries of the writer's, not even for a moment.
-func (w *DirWriter) quarantine(d *dirFD, name, what string, now time.Time) (Moved, error) {
+func (w *Writer) quarantine(d *dirFD, name, what string, now time.Time) (Moved, error) {
 	w.pruneQuarantine(d, now, QuarantineKeep-1)
 	base := quarantinePfx + name + "-" + now.UTC().Format(quarantineTimeLayout)
 	to := base
@@ -205,7 +205,7 @@ func quarantineTime(name string) (time.Time, bool) {
 // than QuarantineMaxAge and removes the others: a file or link is
 // unlinked, a directory of the writer's removed with what it holds; a
 // directory of someone else's stays (see Restore).
-func (w *DirWriter) pruneQuarantine(d *dirFD, now time.Time, keep int) {
+func (w *Writer) pruneQuarantine(d *dirFD, now time.Time, keep int) {
 	names, err := d.names()
 	if err != nil {
 		return
