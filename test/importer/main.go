@@ -17,9 +17,7 @@ import (
 	"os/signal"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
@@ -79,19 +77,23 @@ func startSource(ctx context.Context, addr string) (*svid.Source, error) {
 	return src, nil
 }
 
-// serve answers "hello <peer ID>" over mTLS to the one client ID it allows,
-// presenting the SVID with hint "server".
+// serve answers "hello <peer ID>" over mTLS to the client IDs allow
+// admits (the proxy's allow grammar), presenting the SVID hinted "server".
 func serve(ctx context.Context, src *svid.Source, ln net.Listener, allow string) error {
-	peer, err := spiffeid.FromString(allow)
+	authz, err := mtls.ParseAllow([]string{allow})
 	if err != nil {
 		return err
 	}
-	tlsConf := tlsconfig.MTLSServerConfig(src.X509SVIDSource(svid.Selector{Hint: "server"}), src, tlsconfig.AuthorizeID(peer))
 	srv := &http.Server{
-		TLSConfig:         tlsConf,
+		TLSConfig:         mtls.ServerConfig(src.X509SVIDSource(svid.Selector{Hint: "server"}), src, authz),
 		ReadHeaderTimeout: 10 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_, _ = fmt.Fprintf(w, "hello %s\n", r.TLS.PeerCertificates[0].URIs[0])
+			id, err := mtls.PeerID(r.TLS)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusUnauthorized)
+				return
+			}
+			_, _ = fmt.Fprintf(w, "hello %s\n", id)
 		}),
 	}
 	go func() {
@@ -101,15 +103,16 @@ func serve(ctx context.Context, src *svid.Source, ln net.Listener, allow string)
 	return srv.ServeTLS(ln, "", "")
 }
 
-// get fetches url over mTLS with the SVID hinted "client", accepting only
-// the server ID want.
+// get fetches url over mTLS with the SVID hinted "client", accepting only a
+// server that want admits.
 func get(ctx context.Context, src *svid.Source, url, want string) (string, error) {
-	peer, err := spiffeid.FromString(want)
+	authz, err := mtls.ParseAllow([]string{want})
 	if err != nil {
 		return "", err
 	}
-	tlsConf := tlsconfig.MTLSClientConfig(src.X509SVIDSource(svid.Selector{Hint: "client"}), src, tlsconfig.AuthorizeID(peer))
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 30 * time.Second}
+	tr := &http.Transport{TLSClientConfig: mtls.ClientConfig(src.X509SVIDSource(svid.Selector{Hint: "client"}), src, authz)}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err

@@ -33,14 +33,14 @@ func TestServeAndGet(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, src, ln, "spiffe://example.org/client") }()
-	defer func() { cancel(); <-done }()
+	defer func() { cancel(); _ = <-done }()
 
 	url := "https://" + ln.Addr().String() + "/"
 	body, err := get(ctx, src, url, "spiffe://example.org/server")
 	if err != nil || body != "hello spiffe://example.org/client\n" {
 		t.Fatalf("get = %q, %v", body, err)
 	}
-	if _, err := get(ctx, src, url, "spiffe://example.org/other"); err == nil || !strings.Contains(err.Error(), "unexpected ID") {
-		t.Fatalf("get from a server that is not the wanted ID: %v, want unexpected ID", err)
+	if _, err := get(ctx, src, url, "spiffe://example.org/other"); err == nil || !strings.Contains(err.Error(), "spiffe://example.org/server") {
+		t.Fatalf("get from a server that is not the wanted ID: %v, want a refusal naming it", err)
 	}
 }
