@@ -105,9 +105,10 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a.manager, err = rotation.NewManager(a.source, outs,
 		rotation.WithLogger(a.log.Named("rotation")),
 		rotation.WithRegisterer(a.registry),
-		rotation.WithDebounce(cfg.Rotation.Debounce.D(config.DefaultDebounce)),
-		rotation.WithRetryBackoff(cfg.Rotation.RetryMin.D(config.DefaultRetryMin), cfg.Rotation.RetryMax.D(config.DefaultRetryMax)),
-		rotation.WithExpiryWindow(cfg.Rotation.ExpiryWindow.D(config.DefaultExpiryWindow)),
+		// config.Load filled the defaults (the packages' constants).
+		rotation.WithDebounce(time.Duration(cfg.Rotation.Debounce)),
+		rotation.WithRetryBackoff(time.Duration(cfg.Rotation.RetryMin), time.Duration(cfg.Rotation.RetryMax)),
+		rotation.WithExpiryWindow(time.Duration(cfg.Rotation.ExpiryWindow)),
 		rotation.WithGuard(cfg.Rotation.Guard == nil || *cfg.Rotation.Guard),
 	)
 	if err != nil {
@@ -135,7 +136,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		}
 		a.redisAdmin = adm
 		a.sampler, err = redistransition.NewSampler(adm, redistransition.SamplerConfig{
-			StateFile: t.StateFile, Interval: t.SampleInterval.D(redistransition.DefaultSampleInterval), MaxGap: t.MaxSampleGap.D(redistransition.DefaultMaxSampleGap),
+			StateFile: t.StateFile, Interval: time.Duration(t.SampleInterval), MaxGap: time.Duration(t.MaxSampleGap),
 			PlainPort: t.PlainPort, TLSPort: t.TLSPort, Transition: tr,
 		}, ropts...)
 		if err != nil {

@@ -6,7 +6,7 @@
 // operator can jump to each.
 //
 // The settings a package consumes are checked by that package's Validate;
-// agent.NewPlan converts the config, calls them and maps their FieldErrors
+// agent.NewPlan converts the config, calls them and maps their fielderr.Errors
 // back to lines with Config.At. The defaults are the packages' own
 // constants. This package does no I/O beyond reading the file.
 //

@@ -1,9 +1,5 @@
 package config
 
-// LayoutSPIFFEFSDelivery is the layout value for a SPIFFE Filesystem
-// Delivery credential folder (a draft standard; see docs/FORMATS.md).
-const LayoutSPIFFEFSDelivery = "spiffe-fs-delivery"
-
 // Formats are an output's files beyond cert/key/bundle, and the check
 // that a reload took. They are inlined into Output: the YAML keys sit
 // beside cert_file. Files holding the key take key_mode, the others
@@ -15,8 +11,8 @@ type Formats struct {
 	CombinedFile string `yaml:"combined_file"`
 	// CombinedOrder is key_first (default) or chain_first.
 	CombinedOrder string `yaml:"combined_order"`
-	// Layout "spiffe-fs-delivery" writes the directory as a SPIFFE
-	// Filesystem Delivery credential folder.
+	// Layout "spiffe-fs-delivery" (rotation.LayoutSPIFFEFSDelivery) writes
+	// the directory as a SPIFFE Filesystem Delivery credential folder.
 	Layout string `yaml:"layout"`
 	// BundleDir is a subdirectory of dir with one <trust-domain>.pem per
 	// trust domain, own and federated, never merged.
@@ -31,7 +27,7 @@ type Formats struct {
 type PKCS12 struct {
 	KeystoreFile   string `yaml:"keystore_file"`   // key + chain; mode key_mode
 	TruststoreFile string `yaml:"truststore_file"` // roots (federated with include_federated); mode bundle_mode
-	// PasswordFile holds the password (one trailing newline is ignored);
+	// PasswordFile holds the password (trailing line breaks are ignored);
 	// read at every write, never logged.
 	PasswordFile string `yaml:"password_file"`
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/agent"
 	"github.com/identity-agent/identity-agent/internal/config"
+	"github.com/identity-agent/identity-agent/pkg/rotation"
 )
 
 const formatsExample = `workload_api:
@@ -50,7 +51,7 @@ func TestFormatsParse(t *testing.T) {
 	assert.Equal(t, "tcp://127.0.0.1:8443", h.Verify.Address)
 	assert.Equal(t, "web.internal", h.Verify.ServerName)
 	assert.Equal(t, 20*time.Second, time.Duration(h.Verify.Timeout))
-	assert.Equal(t, config.LayoutSPIFFEFSDelivery, cfg.Outputs[1].Layout)
+	assert.Equal(t, rotation.LayoutSPIFFEFSDelivery, cfg.Outputs[1].Layout)
 	assert.Equal(t, "bundles", cfg.Outputs[2].BundleDir)
 	require.NotNil(t, cfg.Outputs[3].PKCS12)
 	assert.Equal(t, "/etc/identity-agent/p12.pass", cfg.Outputs[3].PKCS12.PasswordFile)
@@ -116,7 +117,7 @@ func TestFormatsExampleParses(t *testing.T) {
 		seen["combined_file"] = seen["combined_file"] || f.CombinedFile != ""
 		seen["chain_first"] = seen["chain_first"] || f.CombinedOrder == "chain_first"
 		seen["bundle_dir"] = seen["bundle_dir"] || f.BundleDir != ""
-		seen["layout"] = seen["layout"] || f.Layout == config.LayoutSPIFFEFSDelivery
+		seen["layout"] = seen["layout"] || f.Layout == rotation.LayoutSPIFFEFSDelivery
 		seen["pkcs12"] = seen["pkcs12"] || f.PKCS12 != nil
 		seen["verify"] = seen["verify"] || f.Verify != nil
 	}

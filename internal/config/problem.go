@@ -87,9 +87,9 @@ func Join(errs ...error) error {
 	return errors.Join(append([]error{ps}, other...)...)
 }
 
-// fieldNamer is what the pkg/ packages' FieldError types have in common:
-// the configuration key the problem concerns, relative to the value that
-// was validated.
+// fieldNamer is an error about one key, relative to the value that was
+// validated: pkg/fielderr.Error (every pkg/ Validate) and the agent's own
+// host checks.
 type fieldNamer interface {
 	error
 	FieldName() string
@@ -98,7 +98,7 @@ type fieldNamer interface {
 // At turns err, found in the value at field (a path such as "outputs[1]"
 // or "proxies[0].listen"; "" for the whole file), into Problems with the
 // file's line numbers. err may join several errors; those with a
-// FieldName (the pkg/ packages' FieldError) point below field.
+// FieldName (pkg/fielderr.Error) point below field.
 func (c *Config) At(field string, err error) error {
 	var ps Problems
 	var walk func(error)

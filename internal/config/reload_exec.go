@@ -8,14 +8,14 @@ type ExecReload struct {
 	Timeout Duration `yaml:"timeout"` // default 30s
 }
 
-func (e *ExecReload) applyDefaults() { e.Timeout = Duration(e.Timeout.D(DefaultExecTimeout)) }
+func (e *ExecReload) applyDefaults() { e.Timeout = Duration(e.Timeout.D(rotation.DefaultExecTimeout)) }
 
 // check: the command is checked by the reloader (rotation.ValidateReloader).
 func (e *ExecReload) check(reloadCheck) {}
 
 // Build is rotation.NewExecReloader.
 func (e *ExecReload) Build(ReloadEnv) (rotation.Reloader, error) {
-	return rotation.NewExecReloader(e.Command, e.Timeout.D(DefaultExecTimeout)), nil
+	return rotation.NewExecReloader(e.Command, e.Timeout.D(rotation.DefaultExecTimeout)), nil
 }
 
 // ServiceNeeds: none beyond running the command.

@@ -11,7 +11,7 @@ type SignalReload struct {
 
 func (s *SignalReload) applyDefaults() {
 	if s.Name == "" {
-		s.Name = DefaultReloadSignal
+		s.Name = rotation.DefaultReloadSignal
 	}
 }
 

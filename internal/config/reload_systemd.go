@@ -10,7 +10,7 @@ type SystemdReload struct {
 
 func (s *SystemdReload) applyDefaults() {
 	if s.Action == "" {
-		s.Action = DefaultSystemdAction
+		s.Action = rotation.DefaultSystemdAction
 	}
 }
 

@@ -27,7 +27,7 @@ type TraefikReload struct {
 
 func (t *TraefikReload) applyDefaults() {
 	if t.Mode == 0 {
-		t.Mode = FileMode(DefaultKeyMode)
+		t.Mode = FileMode(rotation.DefaultKeyMode)
 	}
 }
 
@@ -45,7 +45,7 @@ func (t *TraefikReload) check(c reloadCheck) {
 			c.errorf(path("peer_spiffe_id"), "%q: %v", id, err)
 		}
 	}
-	if m := t.Mode.Or(DefaultKeyMode); m&0o007 != 0 {
+	if m := t.Mode.Or(rotation.DefaultKeyMode); m&0o007 != 0 {
 		c.errorf(path("mode"), "%s lets every user read the inline private key; use 0600 or 0640", FileMode(m))
 	} else if err := rotation.CheckMode(m, true, false); err != nil {
 		c.errorf(path("mode"), "%v", err)
@@ -59,7 +59,7 @@ func (t *TraefikReload) Build(env ReloadEnv) (rotation.Reloader, error) {
 	if !filepath.IsAbs(t.File) || t.Mode&0o007 != 0 {
 		return nil, nil // the file's rules refused it
 	}
-	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(DefaultKeyMode)), traefik.WithLogger(env.logger("traefik"))}
+	opts := []traefik.Option{traefik.WithFileMode(t.Mode.Or(rotation.DefaultKeyMode)), traefik.WithLogger(env.logger("traefik"))}
 	if t.TransportName != "" {
 		opts = append(opts, traefik.WithTransportName(t.TransportName))
 	}

@@ -159,8 +159,8 @@ type Redis struct {
 type RedisTransition struct {
 	// Admin is the connection the agent uses for CONFIG and CLIENT LIST.
 	Admin     RedisReload `yaml:"admin"`
-	PlainPort int         `yaml:"plain_port"` // default 6379
-	TLSPort   int         `yaml:"tls_port"`   // default 6380
+	PlainPort int         `yaml:"plain_port"` // default redistransition.DefaultPlainPort (6379)
+	TLSPort   int         `yaml:"tls_port"`   // default redistransition.DefaultTLSPort (6380)
 	// TLSAddr is where the tls-ping gate dials with the agent's SVID;
 	// default 127.0.0.1:<tls_port>.
 	TLSAddr string `yaml:"tls_addr"`

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -17,23 +18,13 @@ import (
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
 
-// Defaults applied to fields left empty. Each is the consuming package's
-// own default; the config only names them for its callers.
-const (
-	DefaultCertMode      = rotation.DefaultCertMode
-	DefaultKeyMode       = rotation.DefaultKeyMode
-	DefaultBundleMode    = rotation.DefaultBundleMode
-	DefaultJWTMode       = rotation.DefaultJWTMode
-	DefaultJWTBundleMode = rotation.DefaultJWTBundleMode
-	DefaultExpiryWindow  = rotation.DefaultExpiryWindow
-	DefaultDebounce      = rotation.DefaultDebounce
-	DefaultRetryMin      = rotation.DefaultRetryMin
-	DefaultRetryMax      = rotation.DefaultRetryMax
-	DefaultReloadSignal  = rotation.DefaultReloadSignal
-	DefaultExecTimeout   = rotation.DefaultExecTimeout
-	DefaultSystemdAction = rotation.DefaultSystemdAction
-)
-
+// applyDefaults fills the file's empty fields, each from the constant of
+// the package that consumes it (rotation.DefaultKeyMode,
+// redistransition.DefaultPlainPort, ...): the one default, applied here
+// for the file so that the Config (and the reload diff) holds the
+// effective values; those packages' constructors fill a zero value from
+// the same constant for their library callers. Nothing in between applies
+// a default again.
 func (c *Config) applyDefaults(getenv func(string) string) {
 	if c.WorkloadAPI.Socket == "" && getenv != nil {
 		c.WorkloadAPI.Socket = getenv(EnvEndpointSocket)
@@ -49,22 +40,22 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 		c.Log.Format = "json"
 	}
 	r := &c.Rotation
-	r.ExpiryWindow = Duration(r.ExpiryWindow.D(DefaultExpiryWindow))
-	r.Debounce = Duration(r.Debounce.D(DefaultDebounce))
-	r.RetryMin = Duration(r.RetryMin.D(DefaultRetryMin))
-	r.RetryMax = Duration(r.RetryMax.D(DefaultRetryMax))
+	r.ExpiryWindow = Duration(r.ExpiryWindow.D(rotation.DefaultExpiryWindow))
+	r.Debounce = Duration(r.Debounce.D(rotation.DefaultDebounce))
+	r.RetryMin = Duration(r.RetryMin.D(rotation.DefaultRetryMin))
+	r.RetryMax = Duration(r.RetryMax.D(rotation.DefaultRetryMax))
 	if r.Guard == nil {
 		t := true
 		r.Guard = &t
 	}
 	for i := range c.Outputs {
 		o := &c.Outputs[i]
-		o.CertMode = FileMode(o.CertMode.Or(DefaultCertMode))
-		o.KeyMode = FileMode(o.KeyMode.Or(DefaultKeyMode))
-		o.BundleMode = FileMode(o.BundleMode.Or(DefaultBundleMode))
-		o.JWTBundleMode = FileMode(o.JWTBundleMode.Or(DefaultJWTBundleMode))
+		o.CertMode = FileMode(o.CertMode.Or(rotation.DefaultCertMode))
+		o.KeyMode = FileMode(o.KeyMode.Or(rotation.DefaultKeyMode))
+		o.BundleMode = FileMode(o.BundleMode.Or(rotation.DefaultBundleMode))
+		o.JWTBundleMode = FileMode(o.JWTBundleMode.Or(rotation.DefaultJWTBundleMode))
 		for j := range o.JWT {
-			o.JWT[j].Mode = FileMode(o.JWT[j].Mode.Or(DefaultJWTMode))
+			o.JWT[j].Mode = FileMode(o.JWT[j].Mode.Or(rotation.DefaultJWTMode))
 		}
 		for _, rl := range o.Reload {
 			rl.applyDefaults()
@@ -72,12 +63,8 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 	}
 	if c.Redis != nil && c.Redis.Transition != nil {
 		t := c.Redis.Transition
-		if t.PlainPort == 0 {
-			t.PlainPort = redistransition.DefaultPlainPort
-		}
-		if t.TLSPort == 0 {
-			t.TLSPort = redistransition.DefaultTLSPort
-		}
+		t.PlainPort = cmp.Or(t.PlainPort, redistransition.DefaultPlainPort)
+		t.TLSPort = cmp.Or(t.TLSPort, redistransition.DefaultTLSPort)
 		t.Window = Duration(t.Window.D(redistransition.DefaultWindow))
 		t.SampleInterval = Duration(t.SampleInterval.D(redistransition.DefaultSampleInterval))
 		t.MaxSampleGap = Duration(t.MaxSampleGap.D(redistransition.DefaultMaxSampleGap))

@@ -98,7 +98,9 @@ type Admin struct {
 	rdb *redis.Client
 }
 
-// NewAdmin validates cfg and returns an Admin; it connects lazily.
+// NewAdmin validates cfg and returns an Admin; it connects lazily. It
+// takes the package's Options like its other constructors; none of them
+// changes the admin connection today.
 func NewAdmin(cfg AdminConfig, o ...Option) (*Admin, error) {
 	t, err := cfg.target()
 	if err != nil {
@@ -107,16 +109,10 @@ func NewAdmin(cfg AdminConfig, o ...Option) (*Admin, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
-	s := newSettings(o)
 	a := &Admin{cfg: cfg, t: t}
-	ro := &redis.Options{PoolSize: 2, MaxRetries: 1, DialTimeout: cfg.DialTimeout, ClientName: AdminClientName}
-	for _, f := range s.redisOpts {
-		f(ro)
-	}
-	ro.Network, ro.Addr, ro.Dialer = t.network, t.addr, a.dial
-	ro.TLSConfig, ro.Username, ro.Password = nil, "", ""
-	ro.CredentialsProvider, ro.StreamingCredentialsProvider = nil, nil
-	ro.CredentialsProviderContext = nil
+	// CountClients relies on the ClientName.
+	ro := &redis.Options{Network: t.network, Addr: t.addr, Dialer: a.dial,
+		PoolSize: 2, MaxRetries: 1, DialTimeout: cfg.DialTimeout, ClientName: AdminClientName}
 	if cfg.PasswordFile != "" {
 		// Read on every connection; ACL-style AUTH with an explicit user
 		// also succeeds when the default user has no password (phase D).
@@ -133,7 +129,6 @@ func NewAdmin(cfg AdminConfig, o ...Option) (*Admin, error) {
 			return user, pw, nil
 		}
 	}
-	ro.ClientName = AdminClientName // CountClients relies on it
 	a.rdb = redis.NewClient(ro)
 	return a, nil
 }

@@ -1,31 +1,10 @@
 package redistransition
 
 import (
-	"net"
 	"strings"
+
+	"github.com/identity-agent/identity-agent/internal/clientlist"
 )
-
-// parseClientLine parses one CLIENT LIST / CLIENT INFO line
-// ("id=3 addr=127.0.0.1:5000 laddr=127.0.0.1:6379 ... cmd=client|list").
-func parseClientLine(line string) map[string]string {
-	m := map[string]string{}
-	for _, f := range strings.Fields(line) {
-		k, v, ok := strings.Cut(f, "=")
-		if ok {
-			m[k] = v
-		}
-	}
-	return m
-}
-
-// portOf returns the port of host:port, "" for unix sockets and junk.
-func portOf(addr string) string {
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil || p == "0" {
-		return ""
-	}
-	return p
-}
 
 // ConnCounts is CLIENT LIST split by the server-side (laddr) port.
 type ConnCounts struct {
@@ -47,16 +26,11 @@ const AdminClientName = "identity-agent-admin"
 // caller's own CLIENT ID; connections named AdminClientName are skipped too.
 func CountClients(clientList, plainPort, tlsPort, skipID string) ConnCounts {
 	var c ConnCounts
-	for _, line := range strings.Split(clientList, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		f := parseClientLine(line)
+	for _, f := range clientlist.Parse(clientList) {
 		if (skipID != "" && f["id"] == skipID) || f["name"] == AdminClientName {
 			continue
 		}
-		p := portOf(f["laddr"])
+		p := f.LocalPort()
 		switch {
 		case p != "" && p == plainPort:
 			c.Plaintext++

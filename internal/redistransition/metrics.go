@@ -1,6 +1,9 @@
 package redistransition
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/identity-agent/identity-agent/internal/promreg"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type transitionMetrics struct {
 	conns     *prometheus.GaugeVec
@@ -11,16 +14,16 @@ type transitionMetrics struct {
 
 func newTransitionMetrics(r prometheus.Registerer) *transitionMetrics {
 	return &transitionMetrics{
-		conns: register(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		conns: promreg.Shared(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "identity_agent_redis_connections", Help: "Redis connections by server port (plaintext, tls, other=unix), from CLIENT LIST.",
 		}, []string{"port"})),
-		phase: register(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		phase: promreg.Shared(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "identity_agent_redis_transition_phase", Help: "1 for the current transition phase (A-D).",
 		}, []string{"phase"})),
-		gates: register(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		gates: promreg.Shared(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "identity_agent_redis_transition_gate", Help: "1 when the gate of the next transition step passes.",
 		}, []string{"gate"})),
-		cleanSecs: register(r, prometheus.NewGauge(prometheus.GaugeOpts{
+		cleanSecs: promreg.Shared(r, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "identity_agent_redis_plaintext_free_seconds", Help: "How long the sampler has seen no plaintext connection (0 while it sees one).",
 		})),
 	}

@@ -1,14 +1,11 @@
 package redistransition
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
+	"github.com/identity-agent/identity-agent/internal/secretfile"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
@@ -17,10 +14,9 @@ import (
 type Option func(*settings)
 
 type settings struct {
-	logger    *zap.Logger
-	reg       prometheus.Registerer
-	redisOpts []func(*redis.Options)
-	now       func() time.Time
+	logger *zap.Logger
+	reg    prometheus.Registerer
+	now    func() time.Time
 }
 
 func newSettings(opts []Option) *settings {
@@ -48,37 +44,9 @@ func WithRegisterer(r prometheus.Registerer) Option {
 	return func(s *settings) { s.reg = r }
 }
 
-// WithRedisOptions adjusts the go-redis options of the admin connection
-// before it is built. Addr, Dialer, TLSConfig and credentials are owned by
-// this package and reset after f runs.
-func WithRedisOptions(f func(*redis.Options)) Option {
-	return func(s *settings) {
-		if f != nil {
-			s.redisOpts = append(s.redisOpts, f)
-		}
-	}
-}
-
 // withClock is for tests of the time window logic.
 func withClock(now func() time.Time) Option {
 	return func(s *settings) { s.now = now }
-}
-
-// register registers c, or returns the collector already registered under
-// the same descriptor so several users can share one registry.
-func register[T prometheus.Collector](r prometheus.Registerer, c T) T {
-	if r == nil {
-		return c
-	}
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }
 
 func boolGauge(b bool) float64 {
@@ -89,15 +57,12 @@ func boolGauge(b bool) float64 {
 }
 
 // readPasswordFile reads a password file on every use so a rotated password
-// needs no restart. One trailing newline is not part of the password.
+// needs no restart; trailing line breaks are not part of the password
+// (internal/secretfile holds the rule).
 func readPasswordFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	pw, err := secretfile.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("password_file: %w", err)
-	}
-	pw := strings.TrimRight(string(b), "\r\n")
-	if pw == "" {
-		return "", fmt.Errorf("password_file %s: empty", path)
 	}
 	return pw, nil
 }

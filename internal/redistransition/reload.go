@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/identity-agent/identity-agent/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -59,7 +60,7 @@ func NewConfigSetReloader(admin AdminConfig, files TLSFiles, o ...Option) (*Conf
 	}
 	s := newSettings(o)
 	return &ConfigSetReloader{admin: admin, files: files, log: s.logger, opts: o,
-		total: register(s.reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		total: promreg.Shared(s.reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "identity_agent_redis_tls_reloads_total", Help: "CONFIG SET TLS reloads sent to Redis, by result.",
 		}, []string{"result"}))}, nil
 }

@@ -16,7 +16,8 @@ type SamplerConfig struct {
 	// MaxGap: a sample further than this from the previous one restarts
 	// the plaintext-free window (default 10m, as TransitionConfig).
 	MaxGap time.Duration
-	// PlainPort / TLSPort are used when the server reports 0 (default 6379 / 6380).
+	// PlainPort / TLSPort are used when the server reports 0 (default
+	// DefaultPlainPort / DefaultTLSPort).
 	PlainPort, TLSPort int
 	// Transition, when set, is evaluated after each sample (Status without
 	// confirm) so the phase and gate metrics stay current on /metrics.
@@ -49,12 +50,7 @@ func NewSampler(admin *Admin, cfg SamplerConfig, o ...Option) (*Sampler, error) 
 	if cfg.MaxGap <= 0 {
 		cfg.MaxGap = DefaultMaxSampleGap
 	}
-	if cfg.PlainPort == 0 {
-		cfg.PlainPort = DefaultPlainPort
-	}
-	if cfg.TLSPort == 0 {
-		cfg.TLSPort = DefaultTLSPort
-	}
+	cfg.PlainPort, cfg.TLSPort = portsOrDefault(cfg.PlainPort, cfg.TLSPort)
 	s := newSettings(o)
 	return &Sampler{admin: admin, cfg: cfg, log: s.logger, now: s.now, m: newTransitionMetrics(s.reg)}, nil
 }

@@ -87,19 +87,14 @@ func (p Phase) Describe() string {
 
 // ServerConfigOptions parameterize the generated redis.conf block.
 type ServerConfigOptions struct {
-	PlainPort int // default 6379
-	TLSPort   int // default 6380
+	PlainPort int // default DefaultPlainPort
+	TLSPort   int // default DefaultTLSPort
 	// TLSFiles as the Redis server sees them (the agent output's files).
 	TLSFiles TLSFiles
 }
 
 func (o *ServerConfigOptions) defaults() {
-	if o.PlainPort == 0 {
-		o.PlainPort = DefaultPlainPort
-	}
-	if o.TLSPort == 0 {
-		o.TLSPort = DefaultTLSPort
-	}
+	o.PlainPort, o.TLSPort = portsOrDefault(o.PlainPort, o.TLSPort)
 }
 
 // ServerConfig returns a redis.conf block for phase, to append to the

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
 
+	"github.com/identity-agent/identity-agent/internal/clientlist"
 	"github.com/identity-agent/identity-agent/pkg/redisclient"
 )
 
@@ -75,12 +76,7 @@ func NewTransition(admin *Admin, cfg TransitionConfig, o ...Option) (*Transition
 	if cfg.StateFile == "" {
 		return nil, fmt.Errorf("redis transition: state_file is required")
 	}
-	if cfg.PlainPort == 0 {
-		cfg.PlainPort = DefaultPlainPort
-	}
-	if cfg.TLSPort == 0 {
-		cfg.TLSPort = DefaultTLSPort
-	}
+	cfg.PlainPort, cfg.TLSPort = portsOrDefault(cfg.PlainPort, cfg.TLSPort)
 	if cfg.Window <= 0 {
 		cfg.Window = DefaultWindow
 	}
@@ -461,9 +457,8 @@ func (t *Transition) killPlaintext(ctx context.Context, port string) int {
 		return 0
 	}
 	n := 0
-	for _, line := range strings.Split(list, "\n") {
-		f := parseClientLine(strings.TrimSpace(line))
-		if f["id"] == "" || f["id"] == strconv.FormatInt(self, 10) || portOf(f["laddr"]) != port {
+	for _, f := range clientlist.Parse(list) {
+		if f["id"] == "" || f["id"] == strconv.FormatInt(self, 10) || f.LocalPort() != port {
 			continue
 		}
 		if err := conn.Do(ctx, "CLIENT", "KILL", "ID", f["id"]).Err(); err == nil {

@@ -25,6 +25,19 @@ const (
 	DefaultMaxSampleGap = 10 * time.Minute
 )
 
+// portsOrDefault fills zero ports with DefaultPlainPort / DefaultTLSPort:
+// the one place the server config, the Transition and the Sampler take
+// them from.
+func portsOrDefault(plain, tls int) (int, int) {
+	if plain == 0 {
+		plain = DefaultPlainPort
+	}
+	if tls == 0 {
+		tls = DefaultTLSPort
+	}
+	return plain, tls
+}
+
 // ValidateAdminAddr checks an admin address as NewAdmin will, without
 // connecting, and reports whether it is a TLS address (which NewAdmin then
 // also needs the SVID and bundle sources and a server authorizer for).

@@ -23,13 +23,19 @@ const (
 	tsLayout    = "2006_01_02_15_04_05"
 )
 
-// Option configures a Writer.
-type Option func(*Writer)
+// Option configures NewWriter (go-spiffe style functional options).
+type Option func(*config)
+
+type config struct {
+	owner      Owner
+	dirMode    fs.FileMode
+	dirModeSet bool
+}
 
 // WithOwner sets the owner of written files and versioned directories.
 // The default leaves ownership as the process creates it.
 func WithOwner(o Owner) Option {
-	return func(w *Writer) { w.owner = o }
+	return func(c *config) { c.owner = o }
 }
 
 // WithDirMode sets the mode of the target directory (applied by
@@ -37,9 +43,9 @@ func WithOwner(o Owner) Option {
 // own modes guard the secrets, the directories only need to be traversable
 // by the service that reads them.
 func WithDirMode(m fs.FileMode) Option {
-	return func(w *Writer) {
-		w.dirMode = m.Perm()
-		w.dirModeSet = true
+	return func(c *config) {
+		c.dirMode = m.Perm()
+		c.dirModeSet = true
 	}
 }
 
@@ -65,11 +71,9 @@ func WithDirMode(m fs.FileMode) Option {
 // Only one Writer per directory may write at a time; Write is safe for
 // concurrent use within one Writer.
 type Writer struct {
-	dir        string
-	owner      Owner
-	dirMode    fs.FileMode
-	dirModeSet bool
-	mu         sync.Mutex
+	dir string
+	config
+	mu sync.Mutex
 }
 
 // NewWriter returns a writer for dir, creating it when missing with
@@ -85,9 +89,11 @@ func NewWriter(dir string, opts ...Option) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dir writer %s: %w", dir, err)
 	}
-	w := &Writer{dir: abs, owner: KeepOwner(), dirMode: 0o755}
+	w := &Writer{dir: abs, config: config{owner: KeepOwner(), dirMode: 0o755}}
 	for _, o := range opts {
-		o(w)
+		if o != nil {
+			o(&w.config)
+		}
 	}
 	d, created, err := w.openOwnDir(true)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/identity-agent/identity-agent/internal/clientlist"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -184,9 +185,9 @@ func (d *dialer) pathForPort(p string) Path {
 	switch {
 	case p == "":
 		return PathUnknown
-	case d.cfg.tlsAddr != "" && p == portOf(d.cfg.tlsAddr):
+	case d.cfg.tlsAddr != "" && p == clientlist.Port(d.cfg.tlsAddr):
 		return PathTLS
-	case d.cfg.plainAddr != "" && p == portOf(d.cfg.plainAddr):
+	case d.cfg.plainAddr != "" && p == clientlist.Port(d.cfg.plainAddr):
 		return PathPlaintext
 	}
 	return PathUnknown

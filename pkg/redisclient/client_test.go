@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/identity-agent/identity-agent/internal/clientlist"
 	"github.com/identity-agent/identity-agent/internal/metricstest"
 	"github.com/identity-agent/identity-agent/internal/redistest"
 	"github.com/identity-agent/identity-agent/pkg/svid/svidtest"
@@ -232,8 +232,8 @@ func countByPort(ctx context.Context, admin *redis.Client, r *redistest.Proc) (p
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, line := range strings.Split(list, "\n") {
-		switch portOf(parseClientLine(line)["laddr"]) {
+	for _, c := range clientlist.Parse(list) {
+		switch c.LocalPort() {
 		case strconv.Itoa(r.Port):
 			plain++
 		case strconv.Itoa(r.TLSPort):

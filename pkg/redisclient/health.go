@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/identity-agent/identity-agent/internal/clientlist"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -62,8 +62,8 @@ func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 		return r, nil
 	}
 	r.Latency = time.Since(start)
-	fields := parseClientLine(strings.TrimSpace(info))
-	r.ServerAddr = fields["laddr"]
-	r.Path = d.pathForPort(portOf(r.ServerAddr))
+	self := clientlist.ParseLine(info)
+	r.ServerAddr = self["laddr"]
+	r.Path = d.pathForPort(self.LocalPort())
 	return r, nil
 }

@@ -1,7 +1,6 @@
 package redisclient
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,7 +83,8 @@ func WithPlaintext(addr string) Option {
 
 // WithPasswordFile names the file that holds the requirepass / ACL
 // password. It is read on every new connection, so a rotated password
-// needs no restart. Required in disabled and dual_auth. In tls_only it is
+// needs no restart; its trailing line breaks ("\n", "\r\n") are not part
+// of the password, as with "$(cat FILE)" in a shell. Required in disabled and dual_auth. In tls_only it is
 // optional: when set the password is sent too (and ignored if the server
 // has none), so a tls_only client survives a rollback from phase D to C.
 func WithPasswordFile(path string) Option {
@@ -167,21 +167,4 @@ func WithRedisOptions(f func(*redis.Options)) Option {
 			c.redisOpts = append(c.redisOpts, f)
 		}
 	}
-}
-
-// register registers c, or returns the collector already registered under
-// the same descriptor so several clients can share one registry.
-func register[T prometheus.Collector](r prometheus.Registerer, c T) T {
-	if r == nil {
-		return c
-	}
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/identity-agent/identity-agent/internal/secretfile"
 )
 
 // ServerError is an error reply from Redis ("-ERR ...", "-WRONGPASS ...")
@@ -85,15 +86,12 @@ func roundTrip(ctx context.Context, conn net.Conn, timeout time.Duration, args .
 }
 
 // readPasswordFile reads a password file on every use so a rotated password
-// needs no restart. One trailing newline is not part of the password.
+// needs no restart; trailing line breaks are not part of the password
+// (internal/secretfile holds the rule).
 func readPasswordFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	pw, err := secretfile.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("password_file: %w", err)
-	}
-	pw := strings.TrimRight(string(b), "\r\n")
-	if pw == "" {
-		return "", fmt.Errorf("password_file %s: empty", path)
 	}
 	return pw, nil
 }

@@ -1,7 +1,6 @@
 package rotation
 
 import (
-	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/identity-agent/identity-agent/internal/secretfile"
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 )
@@ -96,9 +96,6 @@ func (o *Output) normalizeFormats(check func(field, name string) error) error {
 	if o.Verify != nil && !o.wantsKey() {
 		return fail("verify", "needs a certificate to compare: set cert_file, combined_file, layout or pkcs12.keystore_file")
 	}
-	if o.VerifyTimeout <= 0 {
-		o.VerifyTimeout = DefaultVerifyTimeout
-	}
 	return nil
 }
 
@@ -110,19 +107,15 @@ type p12Entry struct {
 	data        []byte
 }
 
-// readPKCS12Password reads the password file. The error names the file,
-// never its content.
+// readPKCS12Password reads the password file (internal/secretfile: its
+// trailing line breaks are not part of the password). The error names the
+// file, never its content.
 func readPKCS12Password(path string) (string, error) {
-	raw, err := os.ReadFile(path)
+	pw, err := secretfile.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("pkcs12.password_file: %w", err)
 	}
-	raw = bytes.TrimSuffix(raw, []byte("\n"))
-	raw = bytes.TrimSuffix(raw, []byte("\r"))
-	if len(raw) == 0 {
-		return "", fmt.Errorf("pkcs12.password_file %s: empty", path)
-	}
-	return string(raw), nil
+	return pw, nil
 }
 
 // buildFormats adds the files of the format fields for the picked SVID.

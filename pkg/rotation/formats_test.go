@@ -330,7 +330,7 @@ func TestPKCS12PasswordFileErrors(t *testing.T) {
 	t.Cleanup(func() { _ = m.Close() })
 	require.ErrorContains(t, m.WriteAll(context.Background()), "pkcs12.password_file: open "+pw)
 	require.NoError(t, os.WriteFile(pw, []byte("\n"), 0o600))
-	require.ErrorContains(t, m.WriteAll(context.Background()), "pkcs12.password_file "+pw+": empty")
+	require.ErrorContains(t, m.WriteAll(context.Background()), "pkcs12.password_file: "+pw+": empty")
 	_, err = os.Lstat(filepath.Join(dir, "k.p12"))
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	require.NoError(t, os.WriteFile(pw, []byte("hunter2-but-long\r\n"), 0o600))
@@ -341,6 +341,15 @@ func TestPKCS12PasswordFileErrors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, big.NewInt(22), leaf.SerialNumber)
 	assert.NotContains(t, outputState(m, "web").LastWriteError, "hunter2")
+
+	// Every trailing line break goes, as "$(cat FILE)" and openssl's
+	// -passin file: read it (internal/secretfile holds the rule).
+	require.NoError(t, os.WriteFile(pw, []byte("hunter2-but-longer\n\n"), 0o600))
+	require.NoError(t, m.WriteAll(context.Background()))
+	data, err = os.ReadFile(filepath.Join(dir, "k.p12"))
+	require.NoError(t, err)
+	_, _, err = pkcs12.Decode(data, "hunter2-but-longer")
+	require.NoError(t, err, "the password is the file without its trailing line breaks")
 }
 
 type fakeChecker struct{}

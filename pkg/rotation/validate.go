@@ -8,26 +8,14 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 )
 
-// FieldError is a problem with one field of an Output. Field is the
-// configuration key it concerns, as the agent's YAML spells it
-// ("key_mode", "jwt[1].file", "reloads[0]"), so that a caller holding the
-// file can point at the line.
-type FieldError struct {
-	Field string
-	Err   error
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
-func (e *FieldError) Unwrap() error { return e.Err }
-
-// FieldName is the key the error concerns (see FieldError.Field).
-func (e *FieldError) FieldName() string { return e.Field }
-
-func fieldErr(field, format string, args ...any) error {
-	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
-}
+// FieldError is a problem with one field of an Output ("key_mode",
+// "jwt[1].file", "reloads[0]"). It is fielderr.Error, the one type every
+// pkg/ Validate uses, named here for callers of Output.Validate.
+type FieldError = fielderr.Error
 
 // Signals are the signals a signal reload may send, by name. One table for
 // the parser and for messages.
@@ -154,10 +142,10 @@ func (o Output) Validate() error {
 		}
 	}
 	if o.Name == "" {
-		add(fieldErr("name", "is required"))
+		add(fielderr.Errorf("name", "is required"))
 	}
 	if o.Dir == "" {
-		add(fieldErr("dir", "is required"))
+		add(fielderr.Errorf("dir", "is required"))
 	}
 	seen := map[string]string{}
 	file := func(field, name string) {
@@ -165,16 +153,16 @@ func (o Output) Validate() error {
 		case name == "":
 			return
 		case name != filepath.Base(name) || name == "." || name == ".." || strings.ContainsRune(name, filepath.Separator):
-			add(fieldErr(field, "%q must be a plain file name inside dir", name))
+			add(fielderr.Errorf(field, "%q must be a plain file name inside dir", name))
 			return
 		case strings.HasPrefix(name, ".."):
 			// The atomic writer keeps its versioned directories and link
 			// under names starting with "..".
-			add(fieldErr(field, "%q: names starting with \"..\" are reserved", name))
+			add(fielderr.Errorf(field, "%q: names starting with \"..\" are reserved", name))
 			return
 		}
 		if prev, ok := seen[name]; ok {
-			add(fieldErr(field, "%q is also used by %s", name, prev))
+			add(fielderr.Errorf(field, "%q is also used by %s", name, prev))
 			return
 		}
 		seen[name] = field
@@ -195,10 +183,10 @@ func (o Output) Validate() error {
 	for i, j := range o.JWT {
 		p := fmt.Sprintf("jwt[%d]", i)
 		if len(j.Audience) == 0 {
-			add(fieldErr(p+".audience", "at least one audience is required"))
+			add(fielderr.Errorf(p+".audience", "at least one audience is required"))
 		}
 		if j.File == "" {
-			add(fieldErr(p+".file", "is required"))
+			add(fielderr.Errorf(p+".file", "is required"))
 		}
 		file(p+".file", j.File)
 		mode(p+".mode", j.Mode, true)
@@ -237,7 +225,7 @@ func (o Output) Warnings() []error {
 	o = o.withDefaults()
 	var w []error
 	if o.KeyFile != "" && o.CertFile != "" && o.KeyMode.Perm()&^o.CertMode.Perm() != 0 {
-		w = append(w, fieldErr("key_mode", "%s is wider than cert_mode %s: the key is readable where the certificate is not",
+		w = append(w, fielderr.Errorf("key_mode", "%s is wider than cert_mode %s: the key is readable where the certificate is not",
 			octal(o.KeyMode), octal(o.CertMode)))
 	}
 	return w

@@ -17,27 +17,31 @@ const DefaultTimeout = 5 * time.Second
 // Prober probes one endpoint. It holds no connection between probes and is
 // safe for concurrent use.
 type Prober struct {
-	address    string
-	network    string
-	addr       string
+	address string
+	network string
+	addr    string
+	config
+}
+
+// Option configures New (go-spiffe style functional options).
+type Option func(*config)
+
+type config struct {
 	serverName string
 	timeout    time.Duration
 }
 
-// Option configures a Prober.
-type Option func(*Prober)
-
 // WithServerName sets the SNI sent in the handshake (default none), for
 // servers that pick their certificate by name.
 func WithServerName(name string) Option {
-	return func(p *Prober) { p.serverName = name }
+	return func(c *config) { c.serverName = name }
 }
 
 // WithTimeout bounds one probe (default DefaultTimeout).
 func WithTimeout(d time.Duration) Option {
-	return func(p *Prober) {
+	return func(c *config) {
 		if d > 0 {
-			p.timeout = d
+			c.timeout = d
 		}
 	}
 }
@@ -71,9 +75,11 @@ func New(address string, opts ...Option) (*Prober, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Prober{address: address, network: network, addr: addr, timeout: DefaultTimeout}
+	p := &Prober{address: address, network: network, addr: addr, config: config{timeout: DefaultTimeout}}
 	for _, o := range opts {
-		o(p)
+		if o != nil {
+			o(&p.config)
+		}
 	}
 	return p, nil
 }

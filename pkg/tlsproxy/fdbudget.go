@@ -22,7 +22,7 @@ func (c Config) FDs() int {
 // lowered in proportion, with one WARN line, when the proxy starts and on
 // every Update. n <= 0 keeps the default.
 func WithFDBudget(n int) Option {
-	return optionFunc(func(o *options) { o.fdBudget = max(n, 0) })
+	return func(o *options) { o.fdBudget = max(n, 0) }
 }
 
 // SetFDBudget changes the proxy's WithFDBudget share, for a program that

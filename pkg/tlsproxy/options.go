@@ -8,12 +8,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// Option configures a Proxy.
-type Option interface{ apply(*options) }
-
-type optionFunc func(*options)
-
-func (f optionFunc) apply(o *options) { f(o) }
+// Option configures a Proxy (go-spiffe style functional options).
+type Option func(*options)
 
 type options struct {
 	log        *zap.Logger
@@ -30,17 +26,17 @@ type options struct {
 // WithLogger sets the logger (default: no-op). Rejected connections are
 // logged at Warn, one line each.
 func WithLogger(l *zap.Logger) Option {
-	return optionFunc(func(o *options) {
+	return func(o *options) {
 		if l != nil {
 			o.log = l
 		}
-	})
+	}
 }
 
 // WithRegisterer registers the proxy's metrics, labelled proxy="<name>".
 // Several proxies may share one registerer.
 func WithRegisterer(r prometheus.Registerer) Option {
-	return optionFunc(func(o *options) { o.reg = r })
+	return func(o *options) { o.reg = r }
 }
 
 // WithSessionResumption turns TLS session resumption on (the default) or
@@ -48,7 +44,7 @@ func WithRegisterer(r prometheus.Registerer) Option {
 // and are bound to the SVID presented; turning it off costs a full
 // handshake (two signatures and chain verifications) per connection.
 func WithSessionResumption(enabled bool) Option {
-	return optionFunc(func(o *options) { o.noResume = !enabled })
+	return func(o *options) { o.noResume = !enabled }
 }
 
 // WithCurvePreferences restricts the TLS key exchanges offered and
@@ -58,7 +54,7 @@ func WithSessionResumption(enabled bool) Option {
 // deployment that accepts classical-only forward secrecy between its own
 // proxies can pass tls.X25519 to cut it by about a third.
 func WithCurvePreferences(ids ...tls.CurveID) Option {
-	return optionFunc(func(o *options) { o.curves = append([]tls.CurveID(nil), ids...) })
+	return func(o *options) { o.curves = append([]tls.CurveID(nil), ids...) }
 }
 
 // WithBulkBufferBudget bounds the bytes of large (512 KiB) relay buffers
@@ -66,7 +62,7 @@ func WithCurvePreferences(ids ...tls.CurveID) Option {
 // DefaultBulkBufferBudget). Streams beyond it use 64 KiB buffers; 0 turns
 // large buffers off, for hosts where memory matters more than throughput.
 func WithBulkBufferBudget(bytes int) Option {
-	return optionFunc(func(o *options) { o.bulkBudget = max(bytes, 0) })
+	return func(o *options) { o.bulkBudget = max(bytes, 0) }
 }
 
 // WithListener makes the proxy serve on ln instead of listening on
@@ -75,7 +71,7 @@ func WithBulkBufferBudget(bytes int) Option {
 // then be empty; it defaults to ln's address. The proxy owns ln from
 // Start on and closes it when it stops.
 func WithListener(ln net.Listener) Option {
-	return optionFunc(func(o *options) { o.ln = ln })
+	return func(o *options) { o.ln = ln }
 }
 
 // WithUnixListener sets how Start listens on a "unix:///path" address.
@@ -87,10 +83,10 @@ func WithListener(ln net.Listener) Option {
 // and renames it into place). Without this option or WithListener, a
 // unix listen address is an error at Start.
 func WithUnixListener(listen func(path string) (net.Listener, error)) Option {
-	return optionFunc(func(o *options) { o.listenUnix = listen })
+	return func(o *options) { o.listenUnix = listen }
 }
 
 // withFDLimit replaces the RLIMIT_NOFILE lookup, for tests.
 func withFDLimit(f func() (uint64, bool)) Option {
-	return optionFunc(func(o *options) { o.fdLimit = f })
+	return func(o *options) { o.fdLimit = f }
 }

@@ -78,7 +78,9 @@ type runtimeConfig struct {
 func New(cfg Config, svids x509svid.Source, bundles x509bundle.Source, opts ...Option) (*Proxy, error) {
 	o := options{log: zap.NewNop(), bulkBudget: DefaultBulkBufferBudget, fdLimit: fdLimit}
 	for _, opt := range opts {
-		opt.apply(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
 	if cfg.Listen == "" && o.ln != nil {
 		cfg.Listen = addrString(o.ln.Addr())

@@ -5,22 +5,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/identity-agent/identity-agent/pkg/fielderr"
 	"github.com/identity-agent/identity-agent/pkg/mtls"
 )
 
-// FieldError is a problem with one field of a Config. Field is the
-// configuration key as the agent's YAML spells it ("listen", "allow[2]"),
-// so that a caller holding the file can point at the line.
-type FieldError struct {
-	Field string
-	Err   error
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
-func (e *FieldError) Unwrap() error { return e.Err }
-
-// FieldName is the key the error concerns (see FieldError.Field).
-func (e *FieldError) FieldName() string { return e.Field }
+// FieldError is a problem with one field of a Config ("listen",
+// "allow[2]"). It is fielderr.Error, the one type every pkg/ Validate
+// uses, named here for callers of Config.Validate.
+type FieldError = fielderr.Error
 
 // Validate checks cfg as New will, without opening anything: name, mode,
 // addresses, the loopback rule for the plaintext side, the allow list (or

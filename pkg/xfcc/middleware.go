@@ -13,12 +13,8 @@ import (
 
 type ctxKey struct{}
 
-// Option configures Middleware.
-type Option interface{ apply(*options) }
-
-type optionFunc func(*options)
-
-func (f optionFunc) apply(o *options) { f(o) }
+// Option configures Middleware (go-spiffe style functional options).
+type Option func(*options)
 
 type options struct {
 	authz  mtls.Authorizer
@@ -29,7 +25,7 @@ type options struct {
 // client gets 403 Forbidden. Without it every well-formed identity passes
 // (the proxy's allow list has already decided).
 func WithAuthorizer(a mtls.Authorizer) Option {
-	return optionFunc(func(o *options) { o.authz = a })
+	return func(o *options) { o.authz = a }
 }
 
 // WithRejectHandler replaces how a refused request is answered (default:
@@ -37,11 +33,11 @@ func WithAuthorizer(a mtls.Authorizer) Option {
 // logs refusals or answers in its own format. status is 401 or 403; err
 // says why.
 func WithRejectHandler(f func(w http.ResponseWriter, r *http.Request, status int, err error)) Option {
-	return optionFunc(func(o *options) {
+	return func(o *options) {
 		if f != nil {
 			o.reject = f
 		}
-	})
+	}
 }
 
 // Middleware serves a request with next only if it carries exactly one
@@ -58,7 +54,9 @@ func Middleware(next http.Handler, opts ...Option) http.Handler {
 		http.Error(w, http.StatusText(status)+": "+err.Error(), status)
 	}}
 	for _, opt := range opts {
-		opt.apply(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e, err := FromRequest(r)

@@ -16,6 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/identity-agent/identity-agent/internal/unixsock"
 )
 
 // Defaults for Config fields left zero.
@@ -212,7 +214,7 @@ func (s *Server) Start(socketPath string) error {
 		return fmt.Errorf("svidtest: socket directory: %w", err)
 	}
 	// Only the owner may ask a dev CA for identities.
-	lis, err := listenUnix(abs, 0o600)
+	lis, err := unixsock.Listen(abs, 0o600)
 	if err != nil {
 		return fmt.Errorf("svidtest: %w", err)
 	}
