@@ -20,13 +20,10 @@ import (
 	"github.com/identity-agent/identity-agent/internal/service"
 )
 
-// loadPlan reads the config and checks it with every rule `run` applies
-// before it starts (agent.Load, no side effects); a bad file is a usage
-// error (exit 2) whose message is one "FILE:LINE: field: problem" line per
-// problem, all of them at once.
-func loadPlan(path string) (*agent.Plan, error) { return loadPlanAs(path, agent.Self()) }
-
-// loadPlanAs is loadPlan checked for the agent running as as (see runAs).
+// loadPlanAs reads the config and checks it with every rule `run` applies
+// before it starts (agent.LoadAs, no side effects), for the agent running
+// as as (see runAs); a bad file is a usage error (exit 2) whose message is
+// one "FILE:LINE: field: problem" line per problem, all of them at once.
 func loadPlanAs(path string, as agent.RunAs) (*agent.Plan, error) {
 	if path == "" {
 		return nil, withCode(exitUsage, errors.New("--config is required"))
@@ -69,21 +66,34 @@ func runAs(name string) (agent.RunAs, error) {
 	return agent.RunAs{UID: uid, Name: name}, nil
 }
 
-// loadConfigAndLogger is the common start of run and fetch.
-// The plan's warnings go to the log, one entry each.
-func loadConfigAndLogger(path string, stderr io.Writer) (*config.Config, *zap.Logger, error) {
-	p, err := loadPlan(path)
-	if err != nil {
-		return nil, nil, err
+// loadToRun is the common start of run and fetch: the config read,
+// checked as loadPlanAs does and planned once, with the agent's logger (made
+// from the file's log settings; its level is what a reload sets), an
+// unstarted Workload API source and a registry (agent.NewEnv). The plan's
+// warnings go to the log, one entry each.
+func loadToRun(path string, stderr io.Writer) (*agent.Plan, *zap.Logger, zap.AtomicLevel, error) {
+	var (
+		log   *zap.Logger
+		level zap.AtomicLevel
+	)
+	if path == "" {
+		return nil, nil, level, withCode(exitUsage, errors.New("--config is required"))
 	}
-	log, err := newLogger(p.Config.Log, stderr)
+	p, err := agent.LoadToRun(path, os.Getenv, func(cfg *config.Config) (agent.Env, error) {
+		l, lv, err := newLeveledLogger(cfg.Log, stderr)
+		if err != nil {
+			return agent.Env{}, err
+		}
+		log, level = l, lv
+		return agent.NewEnv(cfg, log), nil
+	})
 	if err != nil {
-		return nil, nil, withCode(exitUsage, err)
+		return nil, nil, level, withCode(exitUsage, err)
 	}
 	for _, w := range warningLines(p) {
 		log.Warn("configuration: " + w)
 	}
-	return p.Config, log, nil
+	return p, log, level, nil
 }
 
 // warningLines are the plan's warnings, one "FILE:LINE: field: problem" each.
@@ -101,27 +111,19 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the agent: keep outputs rotated, serve proxies and the admin endpoint",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			plan, err := loadPlan(cfgPath)
+			plan, log, level, err := loadToRun(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			cfg := plan.Config
-			log, level, err := newLeveledLogger(cfg.Log, cmd.ErrOrStderr())
-			if err != nil {
-				return withCode(exitUsage, err)
-			}
 			defer func() { _ = log.Sync() }()
-			for _, w := range warningLines(plan) {
-				log.Warn("configuration: " + w)
-			}
 			// Directories the agent writes into or listens in; under systemd
 			// `service prepare` already made them as root, this is a no-op.
 			if err := service.LayoutFromConfig(cfg).Prepare(""); err != nil {
 				return withCode(exitFailure, err)
 			}
 			notifier := sdnotify.New()
-			a, err := agent.New(cfg, agent.Options{
-				Logger:  log,
+			a, err := agent.New(plan, agent.Options{
 				Version: version,
 				OnReady: func() {
 					if _, err := notifier.Ready("SVIDs written"); err != nil {
@@ -130,7 +132,6 @@ func newRunCmd() *cobra.Command {
 				},
 				OnStopping: func() { _, _ = notifier.Stopping() },
 				LogLevel:   &level,
-				ConfigHash: plan.Hash,
 				ConfigPath: canonicalPath(cfgPath),
 			})
 			if err != nil {
@@ -241,17 +242,18 @@ func newFetchCmd() *cobra.Command {
 		Short: "Write every output once and exit (init containers, scripts)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := loadConfigAndLogger(cfgPath, cmd.ErrOrStderr())
+			plan, log, _, err := loadToRun(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
+			cfg := plan.Config
 			defer func() { _ = log.Sync() }()
 			// The same prepare step as run: the only place the agent
 			// creates its output directories (with their owners' groups).
 			if err := service.LayoutFromConfig(cfg).Prepare(""); err != nil {
 				return withCode(exitFailure, err)
 			}
-			a, err := agent.New(cfg, agent.Options{Logger: log, Version: version})
+			a, err := agent.New(plan, agent.Options{Version: version})
 			if err != nil {
 				return withCode(exitUsage, err)
 			}

@@ -24,21 +24,18 @@ import (
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
 
-// Options are the parts of a run that do not come from the config file.
+// Options are the parts of a run that come neither from the config file
+// nor from the plan's Env.
 type Options struct {
-	Logger  *zap.Logger
 	Version string
 	// OnReady is called once the first SVIDs are written and the proxies
 	// listen (systemd's READY=1).
 	OnReady func()
 	// OnStopping is called when shutdown begins.
 	OnStopping func()
-	// LogLevel, when set, is the level Logger filters at; a reload that
-	// changes log.level sets it.
+	// LogLevel, when set, is the level the Env's logger filters at; a
+	// reload that changes log.level sets it.
 	LogLevel *zap.AtomicLevel
-	// ConfigHash is the SHA-256 of the file cfg was read from (Plan.Hash),
-	// shown by status.
-	ConfigHash string
 	// ConfigPath, when set, is the config file as status reports it
 	// (default cfg.Path); run passes it absolute, so that clients can tell
 	// whether the agent runs the file they were given.
@@ -48,6 +45,7 @@ type Options struct {
 // Agent is one configured agent.
 type Agent struct {
 	opts     Options
+	env      Env
 	log      *zap.Logger
 	registry *prometheus.Registry
 	source   *svid.Source
@@ -56,18 +54,12 @@ type Agent struct {
 
 	// mu guards what a reload swaps while Report reads it.
 	mu          sync.Mutex
-	cfg         *config.Config
-	proxies     []*tlsproxy.Proxy
+	plan        *Plan
 	configState admin.ConfigState
-	// proxyMetrics is each proxy's Registerer (proxymetrics.go).
-	proxyMetrics map[*tlsproxy.Proxy]*proxyMetrics
-	// reloadCh hands Reload's requests to Run; drains are proxies a
-	// reload removed, draining in the background.
+	// proxies are the proxies in force, their drains and their metrics.
+	proxies *proxySet
+	// reloadCh hands Reload's and Apply's requests to Run.
 	reloadCh chan reloadRequest
-	drains   sync.WaitGroup
-	// drainsCtx ends the background drains at shutdown's deadline.
-	drainsCtx  context.Context
-	stopDrains context.CancelFunc
 	// stopped is closed once Run no longer serves reloads, so Reload
 	// refuses at once instead of waiting for a loop that is gone.
 	stopped  chan struct{}
@@ -82,53 +74,44 @@ type Agent struct {
 	fd fdBudget
 }
 
-// New builds every part from cfg without starting anything.
-func New(cfg *config.Config, opts Options) (*Agent, error) {
-	if opts.Logger == nil {
-		opts.Logger = zap.NewNop()
+// errNoSource refuses a plan made only to be checked.
+var errNoSource = errors.New("the plan was made without a Workload API source or registry (only to be checked); make it with NewEnv to run it")
+
+// New builds every part of plan that is not a value (the rotation
+// manager, the proxies, the Redis transition sampler) without starting
+// anything. plan must have been made with a running Env (NewEnv): its
+// source, logger and registry are the agent's.
+func New(plan *Plan, opts Options) (*Agent, error) {
+	env := plan.env
+	if env.Source == nil || env.Registry == nil {
+		return nil, errNoSource
 	}
-	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry(),
-		reloadCh: make(chan reloadRequest), stopped: make(chan struct{}), proxyMetrics: map[*tlsproxy.Proxy]*proxyMetrics{},
-		configState: admin.ConfigState{Path: cmp.Or(opts.ConfigPath, cfg.Path), Hash: opts.ConfigHash}}
-	a.drainsCtx, a.stopDrains = context.WithCancel(context.Background())
+	cfg, st := plan.Config, plan.Settings
+	a := &Agent{plan: plan, opts: opts, env: env, log: env.logger(), registry: env.Registry, source: env.Source,
+		reloadCh: make(chan reloadRequest), stopped: make(chan struct{}),
+		configState: admin.ConfigState{Path: cmp.Or(opts.ConfigPath, cfg.Path), Hash: plan.Hash}}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	retryMax := cfg.WorkloadAPI.RetryMax.D(svid.DefaultRetryMax)
-	a.source = svid.NewSource(svid.WithAddr(cfg.WorkloadAPI.Socket), svid.WithLogger(a.log.Named("workloadapi")),
-		svid.WithBackoff(min(svid.DefaultRetryMin, retryMax), retryMax))
 	a.registerSourceMetrics()
 	a.registerReloadMetrics()
 
-	outs, err := Outputs(cfg, a.reloadEnv())
-	if err != nil {
-		return nil, err
-	}
-	a.manager, err = rotation.NewManager(a.source, outs,
+	var err error
+	a.manager, err = rotation.NewManager(a.source, slices.Clone(plan.Outputs),
 		rotation.WithLogger(a.log.Named("rotation")),
 		rotation.WithRegisterer(a.registry),
-		// config.Load filled the defaults (the packages' constants).
-		rotation.WithDebounce(time.Duration(cfg.Rotation.Debounce)),
-		rotation.WithRetryBackoff(time.Duration(cfg.Rotation.RetryMin), time.Duration(cfg.Rotation.RetryMax)),
-		rotation.WithExpiryWindow(time.Duration(cfg.Rotation.ExpiryWindow)),
-		rotation.WithGuard(cfg.Rotation.Guard == nil || *cfg.Rotation.Guard),
+		rotation.WithDebounce(st.Debounce),
+		rotation.WithRetryBackoff(st.RetryMin, st.RetryMax),
+		rotation.WithExpiryWindow(st.ExpiryWindow),
+		rotation.WithGuard(st.Guard),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("%s: outputs: %w", cfg.Path, err)
 	}
-	a.fd = newFDBudget(cfg)
-	shares := a.fd.shares(cfg.Proxies)
-	for i, pc := range cfg.Proxies {
-		pm := newProxyMetrics(a.registry, false)
-		p, err := NewProxy(pc, a.source,
-			tlsproxy.WithLogger(a.log.Named("proxy")),
-			tlsproxy.WithRegisterer(pm), tlsproxy.WithFDBudget(shareOf(shares, i)))
-		if err != nil {
-			return nil, fmt.Errorf("%s: proxies[%d]: %w", cfg.Path, i, err)
-		}
-		a.proxies = append(a.proxies, p)
-		a.proxyMetrics[p] = pm
+	a.fd = newFDBudget(st)
+	if a.proxies, err = newProxySet(plan, a.log, a.source, a.fd); err != nil {
+		return nil, err
 	}
-	if cfg.Redis != nil && cfg.Redis.Transition != nil {
-		t := cfg.Redis.Transition
+	a.registry.MustRegister(tlsproxy.NewStatsCollector(a.proxies.stats))
+	if t := st.RedisTransition; t != nil {
 		ropts := []redistransition.Option{redistransition.WithLogger(a.log.Named("redis")), redistransition.WithRegisterer(a.registry)}
 		tr, adm, err := RedisTransition(cfg, a.source, ropts...)
 		if err != nil {
@@ -147,10 +130,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	return a, nil
 }
 
-// reloadEnv is what the reloaders are built with (config.ReloadEnv).
-func (a *Agent) reloadEnv() config.ReloadEnv {
-	return config.ReloadEnv{Source: a.source, Logger: a.log, Registerer: a.registry}
-}
+// Env is what the agent's plans are made with: a plan for Apply must be
+// made with it (Reload does so itself).
+func (a *Agent) Env() Env { return a.env }
 
 // Stalled names the outputs whose rotation loop is wedged (see
 // rotation.Manager.Stalled); the systemd watchdog stops on them.
@@ -197,10 +179,11 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	a.mu.Lock()
 	a.configState.AppliedAt = a.started
 	a.mu.Unlock()
-	a.fd.log(a.log, a.cfg.Proxies)
+	cfg := a.plan.Config
+	a.fd.log(a.log, a.plan.Proxies)
 	// A taken address stops the agent before it has done anything else:
 	// no admin socket, no files written, no reloads run.
-	if err := a.listenProxies(parent); err != nil {
+	if err := a.proxies.listen(parent, cfg); err != nil {
 		a.closeRedisAdmin()
 		return err
 	}
@@ -208,12 +191,10 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	proxiesOwned := false
 	defer func() {
 		if !proxiesOwned {
-			for _, p := range a.proxies {
-				_ = p.Close()
-			}
+			a.proxies.closeAll()
 		}
 	}()
-	adm := admin.NewServer(a.cfg.Admin.Socket, a.Report, admin.WithMetricsListen(a.cfg.Admin.MetricsListen),
+	adm := admin.NewServer(cfg.Admin.Socket, a.Report, admin.WithMetricsListen(cfg.Admin.MetricsListen),
 		admin.WithGatherer(a.registry), admin.WithLogger(a.log.Named("admin")))
 	if err := adm.Start(parent); err != nil {
 		a.closeRedisAdmin()
@@ -231,7 +212,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	defer cancel()
 	if err := a.source.Start(ctx); err != nil {
 		a.closeRedisAdmin()
-		return fmt.Errorf("workload API %s: %w", a.cfg.WorkloadAPI.Socket, err)
+		return fmt.Errorf("workload API %s: %w", cfg.WorkloadAPI.Socket, err)
 	}
 	defer func() { _ = a.source.Close() }()
 
@@ -249,7 +230,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 		err = errors.Join(err, a.shutdown(cancel, &workers))
 	}()
 
-	a.log.Info("waiting for the first SVIDs", zap.String("workload_api", a.cfg.WorkloadAPI.Socket))
+	a.log.Info("waiting for the first SVIDs", zap.String("workload_api", cfg.WorkloadAPI.Socket))
 	if err := a.source.WaitReady(ctx); err != nil {
 		return nil // stopped before the first SVID
 	}
@@ -260,10 +241,8 @@ func (a *Agent) Run(parent context.Context) (err error) {
 	if err := a.manager.WriteAll(ctx); err != nil {
 		a.log.Warn("first write incomplete; retrying in the background", zap.Error(err))
 	}
-	for _, p := range a.proxies {
-		if err := p.Start(ctx); err != nil {
-			return fmt.Errorf("proxy %s: %w", p.Name(), err)
-		}
+	if err := a.proxies.start(ctx); err != nil {
+		return err
 	}
 	if a.sampler != nil {
 		workers.Go(func() {
@@ -272,7 +251,7 @@ func (a *Agent) Run(parent context.Context) (err error) {
 			}
 		})
 	}
-	a.log.Info("agent ready", zap.Int("outputs", len(a.cfg.Outputs)), zap.Int("proxies", len(a.proxies)))
+	a.log.Info("agent ready", zap.Int("outputs", len(cfg.Outputs)), zap.Int("proxies", len(a.plan.Proxies)))
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}
@@ -289,10 +268,10 @@ func (a *Agent) Run(parent context.Context) (err error) {
 				// Both were ready and select picked the reload: shutdown
 				// wins, nothing is half applied on the way out.
 				a.refuseReloads()
-				req.done <- ReloadResult{Err: fmt.Errorf("reload %s: %w", req.path, errStopped)}
+				req.done <- ReloadResult{Err: fmt.Errorf("reload %s: %w", req.name(), errStopped)}
 				return nil
 			}
-			req.done <- a.reload(ctx, req.path)
+			req.done <- a.serve(ctx, req)
 		}
 	}
 }
@@ -304,7 +283,7 @@ var errStopped = errors.New("agent stopped")
 // peer of it can ever connect, and `spiffe://exmaple.org/x` would
 // otherwise pass silently. `status` reports the same (Report).
 func (a *Agent) warnUnknownAllowTrustDomains() {
-	for _, u := range unknownAllowTrustDomains(a.cfg, a.source.X509Context()) {
+	for _, u := range unknownAllowTrustDomains(a.plan.Config, a.source.X509Context()) {
 		a.log.Warn("proxy allow entry names a trust domain the agent has no bundle for: no peer of it can connect (a typo, or a federation not set up?)",
 			zap.String("proxy", u.Proxy), zap.String("allow", u.Allow), zap.String("trust_domain", u.TrustDomain), zap.Strings("bundles", u.Bundles))
 	}
@@ -333,21 +312,6 @@ func unknownAllowTrustDomains(cfg *config.Config, x *workloadapi.X509Context) []
 	return out
 }
 
-// listenProxies opens every proxy's listener (served once the first SVIDs
-// are there); a failure names the file's line of that proxy's listen and
-// closes the listeners already opened.
-func (a *Agent) listenProxies(ctx context.Context) error {
-	for i, p := range a.proxies {
-		if err := p.Listen(ctx); err != nil {
-			for _, q := range a.proxies[:i] {
-				_ = q.Close()
-			}
-			return a.cfg.At(fmt.Sprintf("proxies[%d].listen", i), fmt.Errorf("%q: %w", a.cfg.Proxies[i].Listen, err))
-		}
-	}
-	return nil
-}
-
 // refuseReloads makes every Reload from now on return errStopped.
 func (a *Agent) refuseReloads() { a.stopOnce.Do(func() { close(a.stopped) }) }
 
@@ -360,18 +324,12 @@ func (a *Agent) shutdown(cancel context.CancelFunc, workers *sync.WaitGroup) err
 	}
 	a.log.Info("shutting down")
 	var errs []error
-	dctx, dcancel := context.WithTimeout(context.Background(), a.drainTimeout())
+	dctx, dcancel := context.WithTimeout(context.Background(), a.proxies.drainTimeout())
 	defer dcancel()
-	for _, p := range a.currentProxies() {
-		if err := p.Shutdown(dctx); err != nil {
-			errs = append(errs, fmt.Errorf("proxy %s: %w", p.Name(), err))
-		}
-	}
 	// Proxies a reload removed drain under the same deadline.
-	stop := context.AfterFunc(dctx, a.stopDrains)
-	defer stop()
-	a.drains.Wait()
-	a.stopDrains()
+	if err := a.proxies.shutdown(dctx); err != nil {
+		errs = append(errs, err)
+	}
 	cancel()
 	if err := a.manager.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("rotation: %w", err))
@@ -387,25 +345,15 @@ func (a *Agent) closeRedisAdmin() {
 	}
 }
 
-func (a *Agent) drainTimeout() time.Duration {
-	d := tlsproxy.DefaultDrainTimeout
-	for _, p := range a.currentConfig().Proxies {
-		if p.DrainTimeout.D(0) > d {
-			d = p.DrainTimeout.D(0)
-		}
-	}
-	return d
-}
-
 // Fetch writes every output once and returns; for init containers and scripts.
 func (a *Agent) Fetch(ctx context.Context) error {
 	if err := a.source.Start(ctx); err != nil {
-		return fmt.Errorf("workload API %s: %w", a.cfg.WorkloadAPI.Socket, err)
+		return fmt.Errorf("workload API %s: %w", a.plan.Config.WorkloadAPI.Socket, err)
 	}
 	defer func() { _ = a.source.Close() }()
 	if err := a.source.WaitReady(ctx); err != nil {
 		st := a.source.Status()
-		msg := "no X.509-SVID from the Workload API at " + a.cfg.WorkloadAPI.Socket
+		msg := "no X.509-SVID from the Workload API at " + a.plan.Config.WorkloadAPI.Socket
 		if st.LastError != "" {
 			msg += ": " + st.LastError
 		}
@@ -426,18 +374,16 @@ func (a *Agent) Report() admin.Report {
 		Ready:     a.source.X509Context() != nil,
 		State:     a.manager.Snapshot(),
 	}
-	r.UnknownAllowTrustDomains = unknownAllowTrustDomains(a.currentConfig(), a.source.X509Context())
+	plan := a.currentPlan()
+	r.UnknownAllowTrustDomains = unknownAllowTrustDomains(plan.Config, a.source.X509Context())
 	a.mu.Lock()
 	r.Config = a.configState
-	proxies := slices.Clone(a.proxies)
 	a.mu.Unlock()
-	for _, p := range proxies {
-		r.Proxies = append(r.Proxies, p.Stats())
-	}
+	r.Proxies = a.proxies.stats()
 	if a.sampler != nil {
 		// The sampler keeps its state in the file that `redis transition`
 		// reads too; written atomically, so a plain read is consistent.
-		st, err := redistransition.LoadState(a.currentConfig().Redis.Transition.StateFile)
+		st, err := redistransition.LoadState(plan.Settings.RedisTransition.StateFile)
 		r.Redis = &admin.Redis{Phase: st.CurrentPhase(), Sample: st.Sample}
 		if err != nil {
 			r.Redis.Error = err.Error()

@@ -47,7 +47,7 @@ func TestRunStopsEverythingWhenAProxyCannotListen(t *testing.T) {
 	require.NoError(t, err)
 	defer taken.Close()
 	cfg, dir := setup(t, taken.Addr().String())
-	a, err := agent.New(cfg, agent.Options{})
+	a, err := newAgent(t, cfg, agent.Options{})
 	require.NoError(t, err)
 
 	done := make(chan error, 1)
@@ -71,7 +71,7 @@ func TestRunStopsEverythingWhenAProxyCannotListen(t *testing.T) {
 func startAgent(t *testing.T, cfg *config.Config) *agent.Agent {
 	t.Helper()
 	ready := make(chan struct{})
-	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	a, err := newAgent(t, cfg, agent.Options{OnReady: func() { close(ready) }})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -103,4 +103,14 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	r := a.Report()
 	require.Len(t, r.Proxies, 1)
 	assert.Equal(t, "p", r.Proxies[0].Name)
+}
+
+// newAgent plans cfg to run (NewEnv) and builds the agent from the plan.
+func newAgent(t *testing.T, cfg *config.Config, opts agent.Options) (*agent.Agent, error) {
+	t.Helper()
+	plan, err := agent.NewPlan(cfg, agent.NewEnv(cfg, nil))
+	if err != nil {
+		return nil, err
+	}
+	return agent.New(plan, opts)
 }

@@ -4,7 +4,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/internal/admin"
-	"github.com/identity-agent/identity-agent/internal/config"
 )
 
 // FDReserve is the part of RLIMIT_NOFILE no listener may take: what a
@@ -23,9 +22,9 @@ type fdBudget struct {
 	proxies    int
 }
 
-func newFDBudget(cfg *config.Config) fdBudget {
+func newFDBudget(s Settings) fdBudget {
 	soft, hard, ok := rlimitNOFILE()
-	b := fdBudget{soft: soft, hard: hard, known: ok, admin: admin.FDs(cfg.Admin.MetricsListen != "")}
+	b := fdBudget{soft: soft, hard: hard, known: ok, admin: admin.FDs(s.MetricsListen != "")}
 	if ok {
 		b.proxies = max(int(min(soft, 1<<30))-FDReserve-b.admin, 0)
 	}
@@ -35,14 +34,14 @@ func newFDBudget(cfg *config.Config) fdBudget {
 // shares is each proxy's budget, in order: what its limits need when they
 // all fit, else the proxies' part in proportion to need. Nil when there is
 // no limit to share.
-func (b fdBudget) shares(proxies []config.Proxy) []int {
+func (b fdBudget) shares(proxies []ProxyPlan) []int {
 	if !b.known || len(proxies) == 0 {
 		return nil
 	}
 	need := make([]int, len(proxies))
 	total := 0
-	for i, pc := range proxies {
-		need[i] = ProxyConfig(pc).FDs()
+	for i, pp := range proxies {
+		need[i] = pp.Config.FDs()
 		total += need[i]
 	}
 	out := make([]int, len(proxies))
@@ -58,13 +57,13 @@ func (b fdBudget) shares(proxies []config.Proxy) []int {
 
 // log writes the one line that says what the agent got: under
 // systemd-nspawn, for one, LimitNOFILE is capped below what a unit asks.
-func (b fdBudget) log(l *zap.Logger, proxies []config.Proxy) {
+func (b fdBudget) log(l *zap.Logger, proxies []ProxyPlan) {
 	if !b.known {
 		return
 	}
 	need := 0
-	for _, pc := range proxies {
-		need += ProxyConfig(pc).FDs()
+	for _, pp := range proxies {
+		need += pp.Config.FDs()
 	}
 	fields := []zap.Field{zap.Uint64("soft", b.soft), zap.Uint64("hard", b.hard),
 		zap.Int("reserve", FDReserve), zap.Int("admin", b.admin), zap.Int("proxies", b.proxies), zap.Int("proxies_need", need)}

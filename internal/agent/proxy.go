@@ -19,8 +19,12 @@ const ProxySocketMode = 0o600
 // Unix listen sockets are created by unixsock, never reachable at the
 // umask's mode.
 func NewProxy(pc config.Proxy, src *svid.Source, opts ...tlsproxy.Option) (*tlsproxy.Proxy, error) {
+	return newProxy(proxyPlan(pc), src, opts...)
+}
+
+func newProxy(pp ProxyPlan, src *svid.Source, opts ...tlsproxy.Option) (*tlsproxy.Proxy, error) {
 	opts = append([]tlsproxy.Option{tlsproxy.WithUnixListener(listenProxyUnix)}, opts...)
-	return tlsproxy.New(ProxyConfig(pc), src.X509SVIDSource(svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}), src, opts...)
+	return tlsproxy.New(pp.Config, src.X509SVIDSource(pp.Selector), src, opts...)
 }
 
 func listenProxyUnix(path string) (net.Listener, error) {

@@ -115,10 +115,10 @@ func readSettled(ctx context.Context, path string, settle time.Duration, attempt
 
 // load is Load under ctx (a reload gives up its waits when the agent
 // stops).
-func load(ctx context.Context, path string, getenv func(string) string, as RunAs) (*Plan, error) {
+func load(ctx context.Context, path string, getenv func(string) string, env EnvFunc) (*Plan, error) {
 	data, err := readSettled(ctx, path, SettleInterval, settleAttempts)
 	if err != nil {
 		return nil, err
 	}
-	return parse(path, data, getenv, as)
+	return parse(path, data, getenv, env)
 }

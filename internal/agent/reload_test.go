@@ -136,7 +136,7 @@ func TestReloadRestartsAProxyOnItsOwnAddress(t *testing.T) {
 func TestReloadAfterRunReturnsAtOnce(t *testing.T) {
 	cfg, dir := setup(t, "127.0.0.1:0")
 	ready := make(chan struct{})
-	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	a, err := newAgent(t, cfg, agent.Options{OnReady: func() { close(ready) }})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -234,7 +234,7 @@ outputs:
 	cfg, err := config.Parse(path, []byte(withProxy), func(string) string { return "" })
 	require.NoError(t, err)
 	ready := make(chan struct{})
-	a, err := agent.New(cfg, agent.Options{OnReady: func() { close(ready) }})
+	a, err := newAgent(t, cfg, agent.Options{OnReady: func() { close(ready) }})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

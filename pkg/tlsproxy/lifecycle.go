@@ -29,6 +29,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		if p.opts.ln != nil {
 			_ = p.opts.ln.Close()
 		}
+		p.mu.Lock()
+		p.closeListenerSignalLocked()
+		p.mu.Unlock()
 		if p.col != nil {
 			p.reg.Unregister(p.col)
 		}
@@ -38,6 +41,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	// for it (status, tests, an orchestrator) must find the port closed.
 	_ = p.ln.Close()
 	p.draining = true
+	p.closeListenerSignalLocked()
 	p.idle = make(chan struct{})
 	if len(p.conns) == 0 {
 		close(p.idle)
@@ -83,6 +87,34 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("proxy %q: drain: %w", p.name, err)
 	}
 	return nil
+}
+
+// ListenerClosed returns a channel that is closed once Shutdown (or
+// Close) has closed the proxy's listener: its address is free again, for
+// a proxy that takes it over, while open connections may still drain. A
+// proxy that never listened closes it when Shutdown finds nothing to close.
+func (p *Proxy) ListenerClosed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lnClosed == nil {
+		p.lnClosed = make(chan struct{})
+		if p.draining || p.stopped {
+			close(p.lnClosed)
+		}
+	}
+	return p.lnClosed
+}
+
+// closeListenerSignalLocked closes ListenerClosed's channel; p.mu is held.
+func (p *Proxy) closeListenerSignalLocked() {
+	if p.lnClosed == nil {
+		p.lnClosed = make(chan struct{})
+	}
+	select {
+	case <-p.lnClosed:
+	default:
+		close(p.lnClosed)
+	}
 }
 
 // Close stops the proxy at once: it closes the listener and every open

@@ -58,6 +58,7 @@ type Proxy struct {
 	stopped  bool
 	wg       sync.WaitGroup // accept loop and connection goroutines
 	idle     chan struct{}  // closed when draining and the last connection ended
+	lnClosed chan struct{}  // closed once Shutdown has closed the listener (lifecycle.go)
 }
 
 // runtimeConfig is one generation of a proxy's settings.
