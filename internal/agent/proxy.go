@@ -29,12 +29,11 @@ func listenProxyUnix(path string) (net.Listener, error) {
 
 // ProxyConfig maps a configured proxy to tlsproxy's Config.
 func ProxyConfig(pc config.Proxy) tlsproxy.Config {
-	return tlsproxy.Config{
+	tc := tlsproxy.Config{
 		Name:                            pc.Name,
 		Mode:                            tlsproxy.Mode(pc.Mode),
 		Listen:                          pc.Listen,
 		Target:                          pc.Target,
-		Allow:                           pc.Allow,
 		HTTP:                            pc.HTTP,
 		RewriteHost:                     pc.RewriteHost,
 		MaxConns:                        pc.MaxConns,
@@ -47,4 +46,14 @@ func ProxyConfig(pc config.Proxy) tlsproxy.Config {
 		MaxConnLifetime:                 time.Duration(pc.MaxConnLifetime),
 		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
 	}
+	// Who may connect: the authorizer of the proxy's kind (config's
+	// authorizer table). A proxy whose kind does not build keeps its allow
+	// list as tlsproxy's sugar, so that Validate names each bad entry (or
+	// the missing list) at its line, in the words `proxy --allow` gets.
+	if a, err := pc.Authorizer(); err == nil && a != nil {
+		tc.Authorizer = a
+	} else {
+		tc.Allow = pc.Allow
+	}
+	return tc
 }
