@@ -6,6 +6,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/unixsock"
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
@@ -47,13 +48,18 @@ func ProxyConfig(pc config.Proxy) tlsproxy.Config {
 		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
 	}
 	// Who may connect: the authorizer of the proxy's kind (config's
-	// authorizer table). A proxy whose kind does not build keeps its allow
-	// list as tlsproxy's sugar, so that Validate names each bad entry (or
-	// the missing list) at its line, in the words `proxy --allow` gets.
-	if a, err := pc.Authorizer(); err == nil && a != nil {
+	// authorizer table). One that does not build was reported at its line
+	// by the file's check; here an allow list stays tlsproxy's sugar (its
+	// Validate names each bad entry, in the words `proxy --allow` gets),
+	// and any other kind refuses every peer.
+	a, err := pc.Authorizer()
+	switch {
+	case err == nil && a != nil:
 		tc.Authorizer = a
-	} else {
-		tc.Allow = pc.Allow
+	case err == nil || pc.Allow != nil:
+		tc.Allow = pc.Allow // none set: Validate's "at least one allowed SPIFFE ID"
+	default:
+		tc.Authorizer = mtls.Describe("refuses every peer ("+err.Error()+")", nil)
 	}
 	return tc
 }

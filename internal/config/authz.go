@@ -89,17 +89,22 @@ func (a *Authorizers) AuthorizerKind() string {
 }
 
 // Authorizer builds the authorizer of the one kind the proxy sets (see
-// authzKeys.authorizer); nil, nil when it sets none or several (the
-// file's rules refuse several; tlsproxy's Validate refuses none). Errors
-// name the key below the proxy.
+// authzKeys.authorizer); nil, nil when it sets none (tlsproxy's Validate
+// refuses that: "allow: at least one allowed SPIFFE ID is required").
+// Errors name the key below the proxy, as *fielderr.Error; the file's
+// check (config validate, run, reload) reports them at their lines.
 func (a *Authorizers) Authorizer() (mtls.Authorizer, error) {
 	return buildAuthz(a.kinds())
 }
 
 func buildAuthz(kinds []authzKeys) (mtls.Authorizer, error) {
 	set := setKinds(kinds)
-	if len(set) != 1 {
+	switch len(set) {
+	case 0:
 		return nil, nil
+	case 1:
+	default:
+		return nil, fielderr.Errorf(set[1].key(), "sets %s: one authorizer per proxy", strings.Join(authzKeyNames(set), " and "))
 	}
 	az, err := set[0].authorizer()
 	if err != nil {
@@ -118,17 +123,27 @@ func defaultAuthz(kinds []authzKeys) {
 	}
 }
 
-// checkAuthz reports a proxy that sets several kinds, at the proxy, and
-// each set kind's own rules. A proxy that sets none is refused by
-// tlsproxy's Validate ("allow: at least one allowed SPIFFE ID is
-// required"), as before there were kinds.
+// checkAuthz reports, each at its line: a proxy that sets several kinds
+// (one line: the kinds' own rules wait), each set kind's own rules, and,
+// when those hold, whether the kind builds (a bad allow entry, a policy
+// file that cannot be read or parsed). The plan builds it again (the
+// content it authorizes with is the content it read); a problem it finds
+// that tlsproxy's Validate finds too is one line (agent drops the echo).
+// A proxy that sets no kind is refused by tlsproxy's Validate ("allow: at
+// least one allowed SPIFFE ID is required"), as before there were kinds.
 func checkAuthz(v *validator, p func(...any) []any, kinds []authzKeys) {
 	set := setKinds(kinds)
-	if len(set) > 1 {
-		v.errorf(p(set[1].key()), "sets %s: one authorizer per proxy", strings.Join(authzKeyNames(set), " and "))
-		return
+	if len(set) == 1 {
+		before := len(v.errs)
+		set[0].check(v, p)
+		if len(v.errs) > before {
+			return
+		}
 	}
-	for _, k := range set {
-		k.check(v, p)
+	if _, err := buildAuthz(kinds); err != nil {
+		var fe *fielderr.Error
+		if errors.As(err, &fe) {
+			v.errorf(append(p(), parseField(fe.Field)...), "%v", fe.Err)
+		}
 	}
 }

@@ -115,7 +115,14 @@ func TestAuthorizerKindIsOneTableEntry(t *testing.T) {
 	_, err, probs = parseDemo(t, "proxies:\n  - name: p\n    allow: [spiffe://example.org/a]\n    policy_file: /etc/ids\n")
 	require.NoError(t, err)
 	require.EqualError(t, probs, "a.yaml:4: proxies[0].policy_file: sets allow and policy_file: one authorizer per proxy")
-	require.Nil(t, buildAuthz2(t, "proxies:\n  - name: p\n    allow: [spiffe://example.org/a]\n    policy_file: /etc/ids\n"), "two kinds build nothing")
+	ps, _, _ = parseDemo(t, "proxies:\n  - name: p\n    allow: [spiffe://example.org/a]\n    policy_file: /etc/ids\n")
+	_, err = buildAuthz(ps[0].kinds())
+	require.EqualError(t, err, "policy_file: sets allow and policy_file: one authorizer per proxy", "two kinds build nothing")
+
+	// The file's check builds the kind: what only building finds is at its line too.
+	_, err, probs = parseDemo(t, "proxies:\n  - name: p\n    policy_file: /nonexistent/ids\n")
+	require.NoError(t, err)
+	require.EqualError(t, probs, "a.yaml:3: proxies[0].policy_file: open /nonexistent/ids: no such file or directory")
 
 	dir := t.TempDir()
 	file := filepath.Join(dir, "ids")
@@ -154,15 +161,6 @@ func TestAuthorizerKindIsOneTableEntry(t *testing.T) {
 
 func authzKindOf(kinds []authzKeys) string {
 	return strings.Join(authzKeyNames(setKinds(kinds)), "+")
-}
-
-func buildAuthz2(t *testing.T, doc string) mtls.Authorizer {
-	t.Helper()
-	ps, err, _ := parseDemo(t, doc)
-	require.NoError(t, err)
-	a, err := buildAuthz(ps[0].kinds())
-	require.NoError(t, err)
-	return a
 }
 
 // TestAllowIsTheAllowKind: existing `allow:` lists decode into the allow
