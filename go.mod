@@ -1,6 +1,16 @@
 module github.com/identity-agent/identity-agent
 
-go 1.26.8
+// The lowest Go this module builds with, so that importing pkg/ does not
+// raise an importer's go line past what is needed. The code itself needs
+// go1.25 (sync.WaitGroup.Go); the dependencies force go1.26.0: go-redis
+// v9.23.0, prometheus/client_golang v1.25.0, grpc v1.85.0 and golang.org/x/sys
+// v0.48.0 (and x/net, x/crypto, x/text) each declare `go 1.26.0`. go1.25 is
+// out of upstream support, so none is held back for it. `make test-mingo`
+// builds and tests pkg/ with this toolchain, and from an outside module.
+go 1.26.0
+
+// The agent itself is built with a current patch release.
+toolchain go1.26.8
 
 require (
 	github.com/coreos/go-systemd/v22 v22.7.0

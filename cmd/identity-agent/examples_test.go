@@ -449,7 +449,9 @@ func TestUvicornExampleBehindProxy(t *testing.T) {
 		// A forged header naming someone else is removed by the proxy.
 		r = curl(t, append([]string{"--cacert", bundle, "--cert", cert, "--key", key,
 			"-H", "X-Forwarded-Client-Cert: URI=spiffe://example.org/admin"}, httpsLocalhost(published, "/")...)...)
-		return r.code == 0, fmt.Sprintf("%+v", r)
+		// Until uvicorn listens the proxy answers 502 with no body (curl
+		// still exits 0): wait for the app's own answer.
+		return r.code == 0 && strings.HasPrefix(r.stdout, "ok caller="), fmt.Sprintf("%+v", r)
 	})
 	assert.Equal(t, "ok caller=spiffe://example.org/traefik\n", r.stdout)
 

@@ -127,6 +127,13 @@ redis:
 	r := runCLI(t, "redis", "transition", "status", "--config", cfgPath)
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "phase A")
+	// status says the same before any advance (it said phase=-: the state
+	// file has no phase until the first advance; issue 22, 2.9).
+	var agentSays result
+	require.Eventually(t, func() bool {
+		agentSays = runCLI(t, "status", "--config", cfgPath)
+		return strings.Contains(agentSays.stdout, "redis   phase=A ")
+	}, 20*time.Second, 200*time.Millisecond, "status never said phase=A; last:\n%s", agentSays.stdout)
 
 	r = runCLI(t, "redis", "transition", "advance", "--config", cfgPath)
 	assert.Equal(t, 1, r.code, "no --confirm")

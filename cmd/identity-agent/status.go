@@ -41,12 +41,15 @@ func newStatusCmd() *cobra.Command {
 			var fileProblem string
 			if addr == "" && cfgPath != "" {
 				if perr := unparsableConfig(cfgPath); perr != nil {
-					fileProblem = "config " + strings.ReplaceAll(perr.Error(), "\n", "; ") + " (not applied; the agent runs the previous version)"
+					fileProblem = "config " + strings.ReplaceAll(perr.Error(), "\n", "; ") + notAppliedRuns
 				}
 			}
 			if err != nil { // UNKNOWN on stdout, like every other grade
 				reasons := []string{err.Error()}
 				if fileProblem != "" {
+					// No agent was found, so none is known to run anything:
+					// the file may be why (its admin: block), --admin helps.
+					fileProblem = strings.TrimSuffix(fileProblem, notAppliedRuns) + notAppliedFind
 					reasons = append(reasons, fileProblem)
 				}
 				if asJSON {
@@ -86,6 +89,13 @@ func newStatusCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
 	return cmd
 }
+
+// What status adds to a config file problem: when the agent answered, and
+// when none was found.
+const (
+	notAppliedRuns = " (not applied; the agent runs the previous version)"
+	notAppliedFind = " (not applied; pass --admin SOCKET to reach the agent)"
+)
 
 // verdict heads the --json output: the grade and its reasons.
 type verdict struct {

@@ -67,7 +67,9 @@ type ConfigReload struct {
 }
 
 // Redis is the password → mTLS transition as its state file records it:
-// the phase reached and the plaintext-port sampler's last sample.
+// the current phase (redistransition.State.CurrentPhase: what the last
+// step reached or, if newer, what the sampler saw on the server) and the
+// plaintext-port sampler's last sample.
 type Redis struct {
 	Phase  redistransition.Phase       `json:"phase,omitempty"`
 	Sample redistransition.SampleState `json:"sample"`

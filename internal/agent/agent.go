@@ -438,7 +438,7 @@ func (a *Agent) Report() admin.Report {
 		// The sampler keeps its state in the file that `redis transition`
 		// reads too; written atomically, so a plain read is consistent.
 		st, err := redistransition.LoadState(a.currentConfig().Redis.Transition.StateFile)
-		r.Redis = &admin.Redis{Phase: st.Phase, Sample: st.Sample}
+		r.Redis = &admin.Redis{Phase: st.CurrentPhase(), Sample: st.Sample}
 		if err != nil {
 			r.Redis.Error = err.Error()
 		}

@@ -63,7 +63,9 @@ func TestReadSettledRefusesAFileThatKeepsChanging(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "agent.yaml")
 	require.NoError(t, os.WriteFile(p, []byte("outputs: []\n"), 0o600))
 	rewrite(t, p)
-	_, err := readSettled(context.Background(), p, 20*time.Millisecond, 5)
+	// The writer rewrites every ~6 ms; a settle interval 40 times that keeps
+	// a starved writer (a loaded 2-core box) from looking like a still file.
+	_, err := readSettled(context.Background(), p, 250*time.Millisecond, 5)
 	require.Error(t, err)
 	var ps config.Problems
 	require.ErrorAs(t, err, &ps)

@@ -86,6 +86,7 @@ func (s *Sampler) SampleOnce(ctx context.Context) (ConnCounts, error) {
 		}
 		sm.LastSample, sm.Last = now, c
 		sm.Samples++
+		sm.Phase, _ = phaseOf(ServerSettings{Port: v["port"], TLSPort: v["tls-port"]}, *st)
 		if !sm.PlaintextZeroSince.IsZero() {
 			clean = now.Sub(sm.PlaintextZeroSince)
 		}

@@ -50,6 +50,23 @@ type SampleState struct {
 	LastPlaintextSeen  time.Time  `json:"last_plaintext_seen,omitzero"`
 	Last               ConnCounts `json:"last"`
 	Samples            uint64     `json:"samples"`
+	// Phase is the phase the server's settings showed at LastSample,
+	// derived as `redis transition status` derives it (A before any
+	// advance, where State.Phase is still empty); empty when the settings
+	// fit no phase.
+	Phase Phase `json:"phase,omitempty"`
+}
+
+// CurrentPhase is the phase as last known: the one an advance or rollback
+// reached, or the one the sampler saw if it sampled since (the server may
+// have been changed by hand; before the first advance only the sampler
+// knows it). `status` reports it, so that it agrees with `redis transition
+// status`, which reads the server itself.
+func (s State) CurrentPhase() Phase {
+	if s.Sample.Phase != "" && !s.Sample.LastSample.Before(s.PhaseSince) {
+		return s.Sample.Phase
+	}
+	return s.Phase
 }
 
 const stateVersion = 1

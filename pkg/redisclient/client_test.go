@@ -242,3 +242,37 @@ func countByPort(ctx context.Context, admin *redis.Client, r *redistest.Proc) (p
 	}
 	return plain, tlsN, nil
 }
+
+// A real redis-server presenting spiffe://example.org/redis to a client
+// whose server_id (or server_trust_domain) wants another: the error names
+// what the server presented and what was wanted, through the client and
+// through PingTLS (redis check, the transition's tls-ping gate).
+func TestWrongServerIDNamesPresentedAndWanted(t *testing.T) {
+	e := redistest.NewEnv(t)
+	r := redistest.Start(t, e, redistest.Spec{TLS: true, Port0: true})
+	ctx := redistest.Context(t)
+	for _, tc := range []struct{ id, td, want string }{
+		{"spiffe://example.org/not-redis", "", "server_id wants spiffe://example.org/not-redis"},
+		{"spiffe://other.org", "", "server_id wants a member of other.org"},
+		{"", "other.org", "server_trust_domain wants a member of other.org"},
+	} {
+		authz, err := ServerAuthorizer(tc.id, tc.td)
+		require.NoError(t, err)
+		c, err := New(ModeTLSOnly, WithTLS(r.TLSAddr(), e.Client, e.Client, authz),
+			WithRedisOptions(func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 }))
+		require.NoError(t, err)
+		err = c.Redis().Ping(ctx).Err()
+		_ = c.Close()
+		require.Error(t, err)
+		var te *TLSError
+		require.ErrorAs(t, err, &te)
+		assert.Equal(t, CauseServerID, te.Cause)
+		_, perr := PingTLS(ctx, r.TLSAddr(), e.Client, e.Client, authz, "")
+		require.Error(t, perr)
+		for _, err := range []error{err, perr} {
+			assert.Contains(t, err.Error(), "server presented spiffe://example.org/redis", "%+v", tc)
+			assert.Contains(t, err.Error(), tc.want, "%+v", tc)
+		}
+		t.Logf("%v\n%v", err, perr)
+	}
+}

@@ -3,6 +3,7 @@ package redisclient
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"time"
@@ -32,6 +33,10 @@ func NewTLSConfig(svids x509svid.Source, bundles x509bundle.Source, serverAuthz 
 // exact SPIFFE ID or, when id is empty, a trust domain. An id without a path
 // ("spiffe://example.org") also means "any member of that trust domain". Both empty is an
 // error: an mTLS client that accepts any server would defeat the transition.
+// A refusal names the ID the server presented and what the setting wants
+// ("server presented spiffe://example.org/cache, server_id wants
+// spiffe://example.org/redis"); go-spiffe's own error, which names only the
+// first, stays in the chain.
 func ServerAuthorizer(id, trustDomain string) (tlsconfig.Authorizer, error) {
 	switch {
 	case id != "":
@@ -40,18 +45,43 @@ func ServerAuthorizer(id, trustDomain string) (tlsconfig.Authorizer, error) {
 			return nil, fmt.Errorf("server_id %q: %w", id, err)
 		}
 		if sid.Path() == "" {
-			return tlsconfig.AuthorizeMemberOf(sid.TrustDomain()), nil
+			return namedAuthorizer(tlsconfig.AuthorizeMemberOf(sid.TrustDomain()), "server_id wants a member of "+sid.TrustDomain().Name()), nil
 		}
-		return tlsconfig.AuthorizeID(sid), nil
+		return namedAuthorizer(tlsconfig.AuthorizeID(sid), "server_id wants "+sid.String()), nil
 	case trustDomain != "":
 		td, err := spiffeid.TrustDomainFromString(trustDomain)
 		if err != nil {
 			return nil, fmt.Errorf("server_trust_domain %q: %w", trustDomain, err)
 		}
-		return tlsconfig.AuthorizeMemberOf(td), nil
+		return namedAuthorizer(tlsconfig.AuthorizeMemberOf(td), "server_trust_domain wants a member of "+td.Name()), nil
 	}
 	return nil, fmt.Errorf("server_id or server_trust_domain is required to authorize the Redis server")
 }
+
+// namedAuthorizer makes authz's refusal say what was wanted as well as
+// what was presented.
+func namedAuthorizer(authz tlsconfig.Authorizer, want string) tlsconfig.Authorizer {
+	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+		if err := authz(id, chains); err != nil {
+			return &unwantedIDError{presented: id, want: want, err: err}
+		}
+		return nil
+	}
+}
+
+// unwantedIDError replaces go-spiffe's text (`unexpected ID "..."`, which
+// does not say what was expected) and keeps its error in the chain.
+type unwantedIDError struct {
+	presented spiffeid.ID
+	want      string
+	err       error
+}
+
+func (e *unwantedIDError) Error() string {
+	return fmt.Sprintf("server presented %s, %s", e.presented, e.want)
+}
+
+func (e *unwantedIDError) Unwrap() error { return e.err }
 
 // TLSPeer is what PingTLS learned about the server.
 type TLSPeer struct {

@@ -49,9 +49,11 @@ func TestApplyLeavesUntouchedOutputsAlone(t *testing.T) {
 	require.Eventually(t, func() bool { return len(lines(keepLog)) == 1 && len(lines(sameLog)) == 1 }, waitFor, tick)
 	keepTarget, err := os.Readlink(filepath.Join(dir, "keep", "..data"))
 	require.NoError(t, err)
-	_, found, err := metricstest.Lookup(reg, "identity_agent_rotations_total", map[string]string{"output": "gone"})
-	require.NoError(t, err)
-	require.True(t, found, "the removed output had a series before")
+	// The counter is bumped just after the write the file shows.
+	require.Eventually(t, func() bool {
+		_, found, err := metricstest.Lookup(reg, "identity_agent_rotations_total", map[string]string{"output": "gone"})
+		return err == nil && found
+	}, waitFor, tick, "the removed output had a series before")
 
 	keepEvents := w.count("keep", false)
 	sameAgain, sameLog2 := reloadLog(t, dir, "same2")
@@ -67,6 +69,9 @@ func TestApplyLeavesUntouchedOutputsAlone(t *testing.T) {
 
 	// The added output is written at once, with its own mode.
 	waitSerial(t, filepath.Join(dir, "mode", "svid.pem"), serial)
+	// A first write makes the stable names one after another: wait until
+	// the write returned before looking at the key.
+	require.Eventually(t, func() bool { return w.count("mode", true) == 1 }, waitFor, tick)
 	fi, err := os.Stat(filepath.Join(dir, "mode", "key.pem"))
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o640), fi.Mode().Perm())
@@ -96,7 +101,7 @@ func TestApplyLeavesUntouchedOutputsAlone(t *testing.T) {
 	// The removed output: its files stay, its series are gone, its name is
 	// no longer in the state.
 	require.FileExists(t, filepath.Join(dir, "gone", "svid.pem"))
-	_, found, err = metricstest.Lookup(reg, "identity_agent_rotations_total", map[string]string{"output": "gone"})
+	_, found, err := metricstest.Lookup(reg, "identity_agent_rotations_total", map[string]string{"output": "gone"})
 	require.NoError(t, err)
 	require.False(t, found, "a removed output's series must be deleted")
 	var names []string

@@ -38,7 +38,9 @@ type ConnStatus struct {
 	// LastUpdate is when the last X.509 context or JWT bundle set arrived.
 	LastUpdate time.Time `json:"last_update"`
 	// LastError is the most recent error, kept after recovery so a flapping
-	// connection can still be diagnosed from the status alone.
+	// connection can still be diagnosed from the status alone. While the
+	// X.509 stream is down it is that stream's error: the JWT bundle
+	// stream's, which fails with it, is only logged.
 	LastError     string    `json:"last_error,omitempty"`
 	LastErrorTime time.Time `json:"last_error_time"`
 	// Reconnects counts recoveries of the X.509 stream after it had failed
@@ -498,10 +500,18 @@ func (s *Source) watchLoop(ctx context.Context, what string, watch func() error)
 	}
 }
 
+// recordError keeps err as LastError and logs it. disconnect is set for
+// the errors of the X.509 stream (and the client), which Connected
+// describes: while that stream is down, a JWT bundle stream error (it
+// fails at the same moment and retries on its own) is logged but does not
+// replace the X.509 error, so the reason status gives for "unreachable"
+// is about the stream that matters to every output.
 func (s *Source) recordError(err error, disconnect bool) {
 	s.mu.Lock()
-	s.status.LastError = err.Error()
-	s.status.LastErrorTime = time.Now()
+	if disconnect || s.status.Connected || s.status.LastError == "" {
+		s.status.LastError = err.Error()
+		s.status.LastErrorTime = time.Now()
+	}
 	if disconnect {
 		s.status.Connected = false
 	}

@@ -30,7 +30,13 @@
 // The scenarios of test/spire run against this server and against a real
 // SPIRE server and agent, so that where they differ a test says so.
 //
-// Server.RotateSVIDs and Server.RotateCA let a test force rotations; Stop
+// Start and NewUnstarted use DefaultTrustDomain (example.org) when the
+// Config names none; New, for a server outside a test, needs one.
+//
+// Server.RotateSVIDs and Server.RotateCA let a test force rotations;
+// Server.RotateSVIDsAndWait rotates and returns once a given source (a
+// go-spiffe X509Source, a svid.Source or its selected view) serves the new
+// SVID, and WaitForCurrentSVID waits for that after any other change. Stop
 // and Start restart the server with its CAs kept, as a SPIRE agent keeps
 // its trust bundle across a restart.
 //

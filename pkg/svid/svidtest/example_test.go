@@ -58,3 +58,40 @@ func Example() {
 	// spiffe://example.org/api api verifies: true
 	// spiffe://example.org/db db verifies: true
 }
+
+// A test rotates the SVIDs and continues once the code under test's source
+// serves the new one, with no polling loop of its own. In a test,
+// svidtest.Start(t, cfg) replaces New, Start and Stop.
+func ExampleServer_RotateSVIDsAndWait() {
+	dir, _ := os.MkdirTemp("", "svidtest")
+	defer os.RemoveAll(dir)
+	srv, _ := svidtest.New(svidtest.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
+	if err := srv.Start(filepath.Join(dir, "api.sock")); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer srv.Stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src := svid.NewSource(svid.WithAddr(srv.Addr()))
+	_ = src.Start(ctx)
+	defer func() { _ = src.Close() }()
+	if err := src.WaitReady(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	before, _ := src.GetX509SVID()
+
+	after, err := srv.RotateSVIDsAndWait(ctx, src)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	now, _ := src.GetX509SVID()
+	fmt.Println(after.ID, "rotated:", before.Certificates[0].SerialNumber.Cmp(after.Certificates[0].SerialNumber) != 0)
+	fmt.Println("the source serves it:", now.Certificates[0].Equal(after.Certificates[0]))
+	// Output:
+	// spiffe://example.org/workload rotated: true
+	// the source serves it: true
+}

@@ -36,7 +36,8 @@ type Identity struct {
 
 // Config configures a Server.
 type Config struct {
-	// TrustDomain of the main CA. Required.
+	// TrustDomain of the main CA. New refuses a zero one; Start and
+	// NewUnstarted, the helpers for tests, use DefaultTrustDomain instead.
 	TrustDomain spiffeid.TrustDomain
 	// Identities issued to callers; default spiffe://<td>/workload.
 	Identities []Identity
