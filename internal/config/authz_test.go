@@ -78,7 +78,7 @@ func (d *demoProxy) kinds() []authzKeys { return append(d.Proxy.kinds(), &d.demo
 
 // parseDemo decodes doc (a "proxies:" list) strictly as the file is, and
 // runs the demo table's defaults and checks, with the file's lines.
-func parseDemo(t *testing.T, doc string) ([]demoProxy, error, Problems) {
+func parseDemo(t *testing.T, doc string) ([]demoProxy, Problems, error) {
 	t.Helper()
 	var root yaml.Node
 	require.NoError(t, yaml.Unmarshal([]byte(doc), &root))
@@ -93,7 +93,7 @@ func parseDemo(t *testing.T, doc string) ([]demoProxy, error, Problems) {
 		defaultAuthz(f.Proxies[i].kinds())
 		checkAuthz(v, func(e ...any) []any { return append([]any{"proxies", i}, e...) }, f.Proxies[i].kinds())
 	}
-	return f.Proxies, err, v.errs
+	return f.Proxies, v.errs, err
 }
 
 // TestAuthorizerKindIsOneTableEntry: a kind added to the table is decoded
@@ -104,15 +104,15 @@ func parseDemo(t *testing.T, doc string) ([]demoProxy, error, Problems) {
 func TestAuthorizerKindIsOneTableEntry(t *testing.T) {
 	assert.Equal(t, []string{"allow"}, AuthorizerKinds())
 
-	ps, err, probs := parseDemo(t, "proxies:\n  - name: p\n    policy_file: relative.txt\n")
+	ps, probs, err := parseDemo(t, "proxies:\n  - name: p\n    policy_file: relative.txt\n")
 	require.NoError(t, err)
 	require.Equal(t, "#", ps[0].Comment, "the kind's default")
 	require.EqualError(t, probs, `a.yaml:3: proxies[0].policy_file: "relative.txt" must be an absolute path`)
 
-	_, err, _ = parseDemo(t, "proxies:\n  - name: p\n    policy_flie: /x\n")
+	_, _, err = parseDemo(t, "proxies:\n  - name: p\n    policy_flie: /x\n")
 	require.EqualError(t, err, "yaml: unmarshal errors:\n  line 3: field policy_flie not found in type config.demoProxy")
 
-	_, err, probs = parseDemo(t, "proxies:\n  - name: p\n    allow: [spiffe://example.org/a]\n    policy_file: /etc/ids\n")
+	_, probs, err = parseDemo(t, "proxies:\n  - name: p\n    allow: [spiffe://example.org/a]\n    policy_file: /etc/ids\n")
 	require.NoError(t, err)
 	require.EqualError(t, probs, "a.yaml:4: proxies[0].policy_file: sets allow and policy_file: one authorizer per proxy")
 	ps, _, _ = parseDemo(t, "proxies:\n  - name: p\n    allow: [spiffe://example.org/a]\n    policy_file: /etc/ids\n")
@@ -120,14 +120,14 @@ func TestAuthorizerKindIsOneTableEntry(t *testing.T) {
 	require.EqualError(t, err, "policy_file: sets allow and policy_file: one authorizer per proxy", "two kinds build nothing")
 
 	// The file's check builds the kind: what only building finds is at its line too.
-	_, err, probs = parseDemo(t, "proxies:\n  - name: p\n    policy_file: /nonexistent/ids\n")
+	_, probs, err = parseDemo(t, "proxies:\n  - name: p\n    policy_file: /nonexistent/ids\n")
 	require.NoError(t, err)
 	require.EqualError(t, probs, "a.yaml:3: proxies[0].policy_file: open /nonexistent/ids: no such file or directory")
 
 	dir := t.TempDir()
 	file := filepath.Join(dir, "ids")
 	require.NoError(t, os.WriteFile(file, []byte("# who\nspiffe://example.org/web\n"), 0o600))
-	ps, err, probs = parseDemo(t, "proxies:\n  - name: p\n    policy_file: "+file+"\n")
+	ps, probs, err = parseDemo(t, "proxies:\n  - name: p\n    policy_file: "+file+"\n")
 	require.NoError(t, err)
 	require.Nil(t, probs)
 	require.Equal(t, "policy_file", authzKindOf(ps[0].kinds()))
