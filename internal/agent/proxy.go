@@ -6,6 +6,7 @@ import (
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/internal/unixsock"
+	"github.com/identity-agent/identity-agent/pkg/mtls"
 	"github.com/identity-agent/identity-agent/pkg/svid"
 	"github.com/identity-agent/identity-agent/pkg/tlsproxy"
 )
@@ -33,12 +34,11 @@ func listenProxyUnix(path string) (net.Listener, error) {
 
 // ProxyConfig maps a configured proxy to tlsproxy's Config.
 func ProxyConfig(pc config.Proxy) tlsproxy.Config {
-	return tlsproxy.Config{
+	tc := tlsproxy.Config{
 		Name:                            pc.Name,
 		Mode:                            tlsproxy.Mode(pc.Mode),
 		Listen:                          pc.Listen,
 		Target:                          pc.Target,
-		Allow:                           pc.Allow,
 		HTTP:                            pc.HTTP,
 		RewriteHost:                     pc.RewriteHost,
 		MaxConns:                        pc.MaxConns,
@@ -51,4 +51,19 @@ func ProxyConfig(pc config.Proxy) tlsproxy.Config {
 		MaxConnLifetime:                 time.Duration(pc.MaxConnLifetime),
 		UnsafeAllowNonLoopbackPlaintext: pc.UnsafeAllowNonLoopbackPlaintext,
 	}
+	// Who may connect: the authorizer of the proxy's kind (config's
+	// authorizer table). One that does not build was reported at its line
+	// by the file's check; here an allow list stays tlsproxy's sugar (its
+	// Validate names each bad entry, in the words `proxy --allow` gets),
+	// and any other kind refuses every peer.
+	a, err := pc.Authorizer()
+	switch {
+	case err == nil && a != nil:
+		tc.Authorizer = a
+	case err == nil || pc.Allow != nil:
+		tc.Allow = pc.Allow // none set: Validate's "at least one allowed SPIFFE ID"
+	default:
+		tc.Authorizer = mtls.Describe("refuses every peer ("+err.Error()+")", nil)
+	}
+	return tc
 }

@@ -23,7 +23,7 @@ func TestProxyUnixSocketIsPrivate(t *testing.T) {
 	sock := filepath.Join(dir, "cli.sock")
 	src := svid.NewSource(svid.WithAddr("unix://" + filepath.Join(dir, "none.sock"))) // never started: listening needs no SVID
 	p, err := agent.NewProxy(config.Proxy{Name: "cli", Mode: "client", Listen: "unix://" + sock, Target: "127.0.0.1:1",
-		Allow: []string{"spiffe://example.org/server"}, MaxHandshakes: 7}, src)
+		MaxHandshakes: 7, Authorizers: config.Authorizers{AllowKeys: config.AllowKeys{Allow: []string{"spiffe://example.org/server"}}}}, src)
 	require.NoError(t, err)
 	require.NoError(t, p.Start(context.Background()))
 	fi, err := os.Stat(sock)

@@ -120,14 +120,13 @@ type JWTFile struct {
 
 // Proxy is one mTLS proxy.
 type Proxy struct {
-	Name     string   `yaml:"name"`
-	Mode     string   `yaml:"mode"` // server | client
-	SpiffeID string   `yaml:"spiffe_id"`
-	Hint     string   `yaml:"hint"`
-	Listen   string   `yaml:"listen"`
-	Target   string   `yaml:"target"`
-	Allow    []string `yaml:"allow"`
-	HTTP     bool     `yaml:"http"`
+	Name     string `yaml:"name"`
+	Mode     string `yaml:"mode"` // server | client
+	SpiffeID string `yaml:"spiffe_id"`
+	Hint     string `yaml:"hint"`
+	Listen   string `yaml:"listen"`
+	Target   string `yaml:"target"`
+	HTTP     bool   `yaml:"http"`
 	// RewriteHost (with http) sends the target address as Host.
 	RewriteHost bool `yaml:"rewrite_host"`
 
@@ -147,6 +146,9 @@ type Proxy struct {
 	MaxConnLifetime Duration `yaml:"max_conn_lifetime"`
 
 	UnsafeAllowNonLoopbackPlaintext bool `yaml:"unsafe_allow_non_loopback_plaintext"`
+
+	// Authorizers: who may connect, one kind per proxy (allow; authz.go).
+	Authorizers `yaml:",inline"`
 }
 
 // Redis configures the password → mTLS transition sampler and tool.

@@ -62,6 +62,9 @@ func (c *Config) applyDefaults(getenv func(string) string) {
 			rl.applyDefaults()
 		}
 	}
+	for i := range c.Proxies {
+		defaultAuthz(c.Proxies[i].kinds())
+	}
 	if c.Redis != nil && c.Redis.Transition != nil {
 		t := c.Redis.Transition
 		t.PlainPort = cmp.Or(t.PlainPort, redistransition.DefaultPlainPort)
@@ -176,6 +179,7 @@ func (c *Config) validate(v *validator) {
 		checkSelector(v, p(), px.SpiffeID, px.Hint)
 		checkSocketPath(v, p("listen"), px.Listen)
 		checkSocketPath(v, p("target"), px.Target)
+		checkAuthz(v, p, px.kinds())
 	}
 
 	if c.Redis != nil && c.Redis.Transition != nil {
