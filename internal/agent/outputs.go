@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"reflect"
 
 	"github.com/identity-agent/identity-agent/internal/config"
 	"github.com/identity-agent/identity-agent/pkg/atomicdir"
@@ -53,24 +54,20 @@ func buildReloader(env Env, o config.Output, owner atomicdir.Owner, r config.Rel
 }
 
 // withEqual makes rl comparable by rotation.Output.Equal (the reload diff)
-// when it cannot compare itself: the redis reloader (its server
-// authorizer is a func) and the traefik one (its logger) are keyed by the
-// settings they were built from (the output's own settings, which they
-// also use, are compared by Output.Equal). A kind whose reloader has
-// neither an Equal(rotation.Reloader) bool, nor a comparable value, nor a
-// line here equals only itself: its output is replaced on every reload,
-// which is safe but says "changed".
+// when it cannot compare itself (the redis reloader holds its server
+// authorizer as a func, the traefik one a logger): it is keyed by the
+// settings of its kind it was built from. The output's own settings,
+// which reloaders also use, are compared by Output.Equal. So a new kind
+// needs nothing here: a reloader comparable by value (or with an Equal)
+// is compared as it is, any other by its settings.
 func withEqual(rl rotation.Reloader, spec config.ReloadSpec) rotation.Reloader {
-	if _, ok := rl.(selfComparing); ok {
-		return rl
+	if _, ok := rl.(selfComparing); ok || comparableValue(rl) {
+		return rl // Output.Equal compares it itself
 	}
-	switch s := spec.(type) {
-	case *config.RedisReload:
-		return keyed[config.RedisReload]{rl, *s}
-	case *config.TraefikReload:
-		return keyed[config.TraefikReload]{rl, *s}
+	if st, ok := rl.(rotation.StartReloader); ok {
+		return keyedStart{st, spec}
 	}
-	return rl
+	return keyed{rl, spec}
 }
 
 // outputProblem points an error of rotation's at the output's line in
@@ -98,17 +95,47 @@ type selfComparing interface {
 	Equal(other rotation.Reloader) bool
 }
 
-// keyed is a reloader this package builds with the settings K it was
-// built from: two are Equal (rotation.Output.Equal, the reload diff) when
-// their settings are. It forwards only the Reloader methods: the kinds
-// wrapped (redis, traefik) implement no optional rotation interface.
-type keyed[K comparable] struct {
+// keyed is a reloader this package builds with the settings it was built
+// from: two are Equal (rotation.Output.Equal, the reload diff) when their
+// kind and settings are.
+type keyed struct {
 	rotation.Reloader
-	key K
+	spec config.ReloadSpec
 }
 
 // Equal is true for a reloader built from the same settings.
-func (k keyed[K]) Equal(other rotation.Reloader) bool {
-	o, ok := other.(keyed[K])
-	return ok && k.key == o.key
+func (k keyed) Equal(other rotation.Reloader) bool {
+	o, ok := other.(keyed)
+	return ok && sameSpec(k.spec, o.spec)
+}
+
+// keyedStart is keyed for a reloader that acts differently at start
+// (rotation.StartReloader); the wrapper must not hide that.
+type keyedStart struct {
+	rotation.StartReloader
+	spec config.ReloadSpec
+}
+
+// Equal is true for a reloader built from the same settings.
+func (k keyedStart) Equal(other rotation.Reloader) bool {
+	o, ok := other.(keyedStart)
+	return ok && sameSpec(k.spec, o.spec)
+}
+
+// comparableValue tells whether Output.Equal can compare rl by value (a
+// comparable type, or a pointer to one): such a reloader keeps its own
+// optional methods (rotation's up-front validation, its timeout) unwrapped.
+func comparableValue(rl rotation.Reloader) bool {
+	t := reflect.TypeOf(rl)
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t.Comparable()
+}
+
+// sameSpec compares the settings of one reload entry as decoded (plain
+// values, slices and pointers to values: never funcs or state), so deep
+// equality is what "the same settings" means.
+func sameSpec(a, b config.ReloadSpec) bool {
+	return reflect.TypeOf(a) == reflect.TypeOf(b) && reflect.DeepEqual(a, b)
 }
