@@ -26,7 +26,4 @@
 // insecureSkipVerify: true. In Traefik that combination skips only the
 // hostname check: its VerifyPeerCertificate still verifies the chain
 // against rootCAs and then requires the URI SAN to equal peerCertURI.
-//
-// Reloader, which re-reads the output's PEM files and writes the dynamic
-// file outside the set, is deprecated.
 package traefik

@@ -2,6 +2,7 @@ package traefik
 
 import (
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,11 +146,14 @@ func TestFormatCheck(t *testing.T) {
 		want string
 	}{
 		{Format{File: "t.yml"}, ""},
+		{Format{File: "t.yaml", TransportName: "model-mtls_2", Mode: 0o640}, ""},
+		{Format{}, "traefik.file: is required"},
 		{Format{File: "t.toml"}, "traefik: dynamic file t.toml must end in .yml or .yaml"},
 		{Format{File: "t.yml", TransportName: "a b"}, `traefik: transport name "a b"`},
 		{Format{File: "t.yml", Mode: 0o644}, "traefik.mode: 0644 lets every user read the inline private key; use 0600 or 0640"},
 		{Format{File: "t.yml", Mode: 0o660}, "traefik.mode: 0660 lets group or other write the file"},
 		{Format{File: "t.yml", Field: "reload[2].traefik", Mode: 0o604}, "reload[2].traefik.mode: 0604"},
+		{Format{File: "t.yml", Mode: fs.ModeSetuid | 0o600}, "traefik.mode: 4600 sets a setuid, setgid or sticky bit"},
 	} {
 		err := tc.f.Check(rotation.FormatCheck{})
 		if tc.want == "" {
