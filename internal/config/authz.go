@@ -2,7 +2,6 @@ package config
 
 import (
 	"errors"
-	"reflect"
 	"strings"
 
 	"github.com/identity-agent/identity-agent/pkg/fielderr"
@@ -40,22 +39,8 @@ type authzKeys interface {
 	authorizer() (mtls.Authorizer, error)
 }
 
-// kinds lists the kinds embedded in a, in field order. Only the embedded
-// fields' Go types are looked at (never YAML tags): it is what makes the
-// field the one registration line.
-func (a *Authorizers) kinds() []authzKeys {
-	v := reflect.ValueOf(a).Elem()
-	var out []authzKeys
-	for i := range v.NumField() {
-		if !v.Type().Field(i).Anonymous {
-			continue
-		}
-		if k, ok := v.Field(i).Addr().Interface().(authzKeys); ok {
-			out = append(out, k)
-		}
-	}
-	return out
-}
+// kinds lists the kinds embedded in a, in field order (see embedded).
+func (a *Authorizers) kinds() []authzKeys { return embedded[authzKeys](a) }
 
 // AuthorizerKinds are the YAML keys of the authorizer kinds, in table order.
 func AuthorizerKinds() []string {

@@ -43,17 +43,22 @@ type formatKeys interface {
 	format(o *Output) (rotation.Format, error)
 }
 
-// keys lists the formats' keys embedded in f, in field order. Only the
-// embedded fields' Go types are looked at (never YAML tags): it is what
-// makes the field the one registration line.
-func (f *Formats) keys() []formatKeys {
-	v := reflect.ValueOf(f).Elem()
-	var out []formatKeys
+// keys lists the formats' keys embedded in f, in field order (see
+// embedded).
+func (f *Formats) keys() []formatKeys { return embedded[formatKeys](f) }
+
+// embedded lists the embedded fields of the struct s points to that
+// implement T (through a pointer), in field order. Only the fields' Go
+// types are looked at, never YAML tags: it is what makes an embedded
+// field a table's one registration line (Formats, Authorizers).
+func embedded[T any](s any) []T {
+	v := reflect.ValueOf(s).Elem()
+	var out []T
 	for i := range v.NumField() {
 		if !v.Type().Field(i).Anonymous {
 			continue
 		}
-		if k, ok := v.Field(i).Addr().Interface().(formatKeys); ok {
+		if k, ok := v.Field(i).Addr().Interface().(T); ok {
 			out = append(out, k)
 		}
 	}
