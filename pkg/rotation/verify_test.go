@@ -173,7 +173,11 @@ func TestVerifyUvicornRestartedByExec(t *testing.T) {
 			"    if scope['type'] != 'http':\n        return\n"+
 			"    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"+
 			"    await send({'type': 'http.response.body', 'body': b'ok'})\n"), 0o644))
-	port := freePort(t)
+	// A unix socket in the test's own directory, not a TCP port: a port
+	// picked free can be taken by another package's test before uvicorn
+	// binds it, and verify then probes someone else's server until it
+	// times out (failed once in make test-mingo, which runs pkg/ at once).
+	sock := filepath.Join(base, "uvicorn.sock")
 	pidFile := filepath.Join(base, "uvicorn.pid")
 	// restart.sh stops the running uvicorn (SIGTERM, which it handles) and
 	// starts a new one detached from the hook's pipes.
@@ -183,9 +187,17 @@ if [ -f %[2]s ]; then
   pid=$(cat %[2]s); kill -TERM "$pid" 2>/dev/null
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 fi
-/usr/bin/python3 -m uvicorn app:app --host 127.0.0.1 --port %[3]d --ssl-certfile %[4]s/tls.pem >>%[1]s/uvicorn.log 2>&1 </dev/null &
-echo $! > %[2]s`, base, pidFile, port, outDir))
+/usr/bin/python3 -m uvicorn app:app --uds %[3]s --ssl-certfile %[4]s/tls.pem >>%[1]s/uvicorn.log 2>&1 </dev/null &
+echo $! > %[2]s`, base, pidFile, sock, outDir))
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What uvicorn said is the first thing to read when this fails.
+			for _, name := range []string{"uvicorn.log", "runs"} {
+				if b, err := os.ReadFile(filepath.Join(base, name)); err == nil {
+					t.Logf("%s:\n%s", name, b)
+				}
+			}
+		}
 		if raw, err := os.ReadFile(pidFile); err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil && pid > 1 {
 				_ = syscall.Kill(pid, syscall.SIGTERM)
@@ -195,7 +207,7 @@ echo $! > %[2]s`, base, pidFile, port, outDir))
 			}
 		}
 	})
-	probe, err := tlsprobe.New(fmt.Sprintf("tcp://127.0.0.1:%d", port))
+	probe, err := tlsprobe.New("unix://" + sock)
 	require.NoError(t, err)
 	m := newTestManager(t, e, []Output{{Name: "api", Dir: outDir, Reloads: []Reloader{NewExecReloader([]string{restart}, 0)}, Verify: probe, VerifyTimeout: 15 * time.Second, Formats: []Format{&Combined{File: "tls.pem"}}}})
 	runManager(t, m)
