@@ -60,14 +60,16 @@ func newHTTPFront(p *Proxy, rt *runtimeConfig) *httpFront {
 			if rt.cfg.RewriteHost {
 				pr.Out.Host = host
 			}
-			// The verified client identity goes to the target in
-			// X-Forwarded-Client-Cert (package xfcc); any copy the client
-			// sent, in any spelling, is removed first.
-			xfcc.Strip(pr.Out.Header)
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Forwarded-Proto", "https")
+			// The verified client identity goes to the target in
+			// X-Forwarded-Client-Cert (package xfcc); any copy the client
+			// sent, in any spelling, is removed first (by Set, or by Strip
+			// when there is no identity to send).
 			if hc, ok := pr.In.Context().Value(peerKey{}).(*httpConn); ok {
 				xfcc.Set(pr.Out.Header, f.xfcc(hc))
+			} else {
+				xfcc.Strip(pr.Out.Header)
 			}
 		},
 		Transport: f.transport,
