@@ -2,7 +2,6 @@ package tlsproxy
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
@@ -128,14 +127,16 @@ func (f *httpFront) gate(next http.Handler) http.Handler {
 	})
 }
 
-// xfcc is the identity element for a request on hc; By is left out if
-// the proxy cannot read its own SVID at that moment.
+// xfcc is the identity element for a request on hc: the connection's
+// client element (its leaf hashed once, at the handshake) with By, the
+// proxy's own ID, read now; By is left out if the proxy cannot read its
+// own SVID at that moment.
 func (f *httpFront) xfcc(hc *httpConn) xfcc.Element {
-	var by spiffeid.ID
+	e := hc.client
 	if s, err := f.p.svids.GetX509SVID(); err == nil {
-		by = s.ID
+		e.By = s.ID
 	}
-	return xfcc.New(by, hc.leaf, hc.peer)
+	return e
 }
 
 func (f *httpFront) start() {
@@ -176,7 +177,7 @@ type httpConn struct {
 	p        *Proxy
 	t        *tracked
 	peer     spiffeid.ID
-	leaf     *x509.Certificate
+	client   xfcc.Element // xfcc.New of the verified leaf and peer, By left zero
 	once     sync.Once
 }
 

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/pkg/mtls"
+	"github.com/identity-agent/identity-agent/pkg/xfcc"
 )
 
 // Proxy is one server- or client-mode proxy. Create it with New, run it
@@ -614,7 +615,8 @@ func (p *Proxy) serveServer(t *tracked) {
 	}
 	if p.http != nil {
 		// The HTTP server owns the connection from here and releases it on Close.
-		hc := &httpConn{Conn: tc, p: p, t: t, peer: peer, leaf: tc.ConnectionState().PeerCertificates[0]}
+		leaf := tc.ConnectionState().PeerCertificates[0]
+		hc := &httpConn{Conn: tc, p: p, t: t, peer: peer, client: xfcc.New(spiffeid.ID{}, leaf, peer)}
 		t.mu.Lock()
 		t.hc = hc
 		t.mu.Unlock()
