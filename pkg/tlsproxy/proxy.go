@@ -176,7 +176,6 @@ func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtl
 	// handshake error. VerifyConnection still rejects it.
 	c.ClientAuth = tls.RequestClientCert
 	c.VerifyConnection = v.verifyConnection
-	c.MinVersion = tls.VersionTLS12
 	// Full-size records from the start: this is a bulk pipe, not a web
 	// server optimising time to first byte.
 	c.DynamicRecordSizingDisabled = true
@@ -187,7 +186,6 @@ func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtl
 func clientTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtls.Authorizer, v *verifier, target addr) *tls.Config {
 	c := mtls.ClientConfig(svids, bundles, authz)
 	c.VerifyConnection = v.verifyConnection
-	c.MinVersion = tls.VersionTLS12
 	c.DynamicRecordSizingDisabled = true
 	c.ClientSessionCache = boundSessionCache{inner: tls.NewLRUClientSessionCache(64), svids: svids}
 	if target.network == "tcp" {
