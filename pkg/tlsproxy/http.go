@@ -2,7 +2,6 @@ package tlsproxy
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
@@ -60,14 +59,16 @@ func newHTTPFront(p *Proxy, rt *runtimeConfig) *httpFront {
 			if rt.cfg.RewriteHost {
 				pr.Out.Host = host
 			}
-			// The verified client identity goes to the target in
-			// X-Forwarded-Client-Cert (package xfcc); any copy the client
-			// sent, in any spelling, is removed first.
-			xfcc.Strip(pr.Out.Header)
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Forwarded-Proto", "https")
+			// The verified client identity goes to the target in
+			// X-Forwarded-Client-Cert (package xfcc); any copy the client
+			// sent, in any spelling, is removed first (by Set, or by Strip
+			// when there is no identity to send).
 			if hc, ok := pr.In.Context().Value(peerKey{}).(*httpConn); ok {
 				xfcc.Set(pr.Out.Header, f.xfcc(hc))
+			} else {
+				xfcc.Strip(pr.Out.Header)
 			}
 		},
 		Transport: f.transport,
@@ -126,14 +127,16 @@ func (f *httpFront) gate(next http.Handler) http.Handler {
 	})
 }
 
-// xfcc is the identity element for a request on hc; By is left out if
-// the proxy cannot read its own SVID at that moment.
+// xfcc is the identity element for a request on hc: the connection's
+// client element (its leaf hashed once, at the handshake) with By, the
+// proxy's own ID, read now; By is left out if the proxy cannot read its
+// own SVID at that moment.
 func (f *httpFront) xfcc(hc *httpConn) xfcc.Element {
-	var by spiffeid.ID
+	e := hc.client
 	if s, err := f.p.svids.GetX509SVID(); err == nil {
-		by = s.ID
+		e.By = s.ID
 	}
-	return xfcc.New(by, hc.leaf, hc.peer)
+	return e
 }
 
 func (f *httpFront) start() {
@@ -174,7 +177,7 @@ type httpConn struct {
 	p        *Proxy
 	t        *tracked
 	peer     spiffeid.ID
-	leaf     *x509.Certificate
+	client   xfcc.Element // xfcc.New of the verified leaf and peer, By left zero
 	once     sync.Once
 }
 

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/identity-agent/identity-agent/pkg/mtls"
+	"github.com/identity-agent/identity-agent/pkg/xfcc"
 )
 
 // Proxy is one server- or client-mode proxy. Create it with New, run it
@@ -175,7 +176,6 @@ func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtl
 	// handshake error. VerifyConnection still rejects it.
 	c.ClientAuth = tls.RequestClientCert
 	c.VerifyConnection = v.verifyConnection
-	c.MinVersion = tls.VersionTLS12
 	// Full-size records from the start: this is a bulk pipe, not a web
 	// server optimising time to first byte.
 	c.DynamicRecordSizingDisabled = true
@@ -186,7 +186,6 @@ func serverTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtl
 func clientTLSConfig(svids x509svid.Source, bundles x509bundle.Source, authz mtls.Authorizer, v *verifier, target addr) *tls.Config {
 	c := mtls.ClientConfig(svids, bundles, authz)
 	c.VerifyConnection = v.verifyConnection
-	c.MinVersion = tls.VersionTLS12
 	c.DynamicRecordSizingDisabled = true
 	c.ClientSessionCache = boundSessionCache{inner: tls.NewLRUClientSessionCache(64), svids: svids}
 	if target.network == "tcp" {
@@ -614,7 +613,8 @@ func (p *Proxy) serveServer(t *tracked) {
 	}
 	if p.http != nil {
 		// The HTTP server owns the connection from here and releases it on Close.
-		hc := &httpConn{Conn: tc, p: p, t: t, peer: peer, leaf: tc.ConnectionState().PeerCertificates[0]}
+		leaf := tc.ConnectionState().PeerCertificates[0]
+		hc := &httpConn{Conn: tc, p: p, t: t, peer: peer, client: xfcc.New(spiffeid.ID{}, leaf, peer)}
 		t.mu.Lock()
 		t.hc = hc
 		t.mu.Unlock()
