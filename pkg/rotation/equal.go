@@ -26,6 +26,8 @@ func (o Output) Equal(other Output) bool {
 		equalChecker(a.Verify, b.Verify)
 }
 
+// ownerOrKeep is w, or {-1,-1} ("leave as is") for the zero Owner: the
+// one place that rule lives (normalize, Equal).
 func ownerOrKeep(w atomicdir.Owner) atomicdir.Owner {
 	if w == (atomicdir.Owner{}) {
 		return atomicdir.Owner{UID: -1, GID: -1}

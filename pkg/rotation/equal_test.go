@@ -34,9 +34,8 @@ func TestOutputEqual(t *testing.T) {
 	}
 	a := mk()
 	assert.True(t, a.Equal(mk()), "built apart from the same settings")
-	// State does not count: a built PKCS#12 cache or known trust domains.
+	// State does not count: a built PKCS#12 cache.
 	a.Formats[4].(*PKCS12).cache = map[string]p12Entry{"k.p12": {fingerprint: "x"}}
-	a.Formats[2].(*FSDelivery).known = map[string]bool{"x": true}
 	assert.True(t, a.Equal(mk()))
 	// The zero Owner is "leave as is".
 	b := mk()

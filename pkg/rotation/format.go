@@ -21,9 +21,9 @@ import (
 // PKCS#12 stores (*PKCS12), JWT-SVIDs and JWKS (*JWT), or your own. An
 // Output writes the files of all its Formats as one set.
 //
-// A Format value may keep state between builds (the PKCS#12 encodings,
-// the trust domains a layout has written): it belongs to one Output, and
-// the Output calls it from one goroutine at a time. Use pointers.
+// A Format value may keep state between builds (the PKCS#12 encodings):
+// it belongs to one Output, and the Output calls it from one goroutine at
+// a time. Use pointers.
 type Format interface {
 	// Name names the format in messages: "pem", "pkcs12".
 	Name() string

@@ -25,11 +25,6 @@ const LayoutSPIFFEFSDelivery = "spiffe-fs-delivery"
 // bundle_mode in the agent's config; defaults 0600 and 0644.
 type FSDelivery struct {
 	KeyMode, BundleMode fs.FileMode
-
-	// The trust bundle names this format has written into dir (or an
-	// earlier run left there): each stays, redacted, once withdrawn.
-	known    map[string]bool
-	knownDir string
 }
 
 // Name implements Format.
@@ -91,35 +86,36 @@ func (f *FSDelivery) Build(in FormatInput) ([]atomicdir.File, error) {
 	return files, nil
 }
 
-// knownTrustBundles are the trust bundles written so far: those an
-// earlier run left in dir (links of ours into ..data, read once, so a
-// trust domain withdrawn while the agent was down is redacted too) and
-// those of the set last written. Until this Manager wrote a set, dir is
-// read at every build.
+// knownTrustBundles are the trust bundles written so far, each of which
+// stays, redacted, once withdrawn: those of the set last written (every
+// build writes all the known ones, so that set holds them all) or, until
+// this Manager wrote a set, those an earlier run left in dir (links of
+// ours into ..data, so a trust domain withdrawn while the agent was down
+// is redacted too).
 func (f *FSDelivery) knownTrustBundles(in FormatInput) map[string]bool {
-	if f.known == nil || f.knownDir != in.Dir || in.Previous == nil {
-		f.known, f.knownDir = map[string]bool{}, in.Dir
+	known := map[string]bool{}
+	if in.Previous == nil {
 		if entries, err := os.ReadDir(in.Dir); err == nil {
 			for _, e := range entries {
 				if _, ok := svid.FSDeliveryTrustDomain(e.Name()); !ok {
 					continue
 				}
 				if link, err := os.Readlink(filepath.Join(in.Dir, e.Name())); err == nil && link == "..data/"+e.Name() {
-					f.known[e.Name()] = true
+					known[e.Name()] = true
 				}
 			}
 		}
 	}
 	for _, p := range in.Previous {
 		if _, ok := svid.FSDeliveryTrustDomain(p.Name); ok {
-			f.known[p.Name] = true
+			known[p.Name] = true
 		}
 	}
-	return f.known
+	return known
 }
 
 // Equal reports whether g is an FSDelivery with the same settings.
 func (f *FSDelivery) Equal(g Format) bool {
 	o, ok := g.(*FSDelivery)
-	return ok && (f == o || f != nil && o != nil && f.KeyMode == o.KeyMode && f.BundleMode == o.BundleMode)
+	return ok && (f == o || f != nil && o != nil && *f == *o)
 }

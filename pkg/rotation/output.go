@@ -108,9 +108,7 @@ func (o Output) normalize() (Output, error) {
 		return o, fmt.Errorf("output %q: dir %q: %w", o.Name, o.Dir, err)
 	}
 	o.Dir = abs
-	if o.Owner == (atomicdir.Owner{}) {
-		o.Owner = atomicdir.Owner{UID: -1, GID: -1}
-	}
+	o.Owner = ownerOrKeep(o.Owner)
 	o.Formats = slices.Clone(o.Formats)
 	o.Reloads = append([]Reloader(nil), o.Reloads...)
 	return o, nil
