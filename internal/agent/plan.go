@@ -58,12 +58,6 @@ type ProxyPlan struct {
 	Config tlsproxy.Config
 	// Selector picks the SVID the proxy presents.
 	Selector svid.Selector
-	// PolicyHash is the fingerprint of the content of the proxy's
-	// authorization policy (its allow entries; a policy file's bytes once
-	// config builds such authorizers), taken when the plan was made: a
-	// reload that finds it changed updates the proxy in place even when no
-	// setting in the agent's own file changed.
-	PolicyHash string
 }
 
 // Settings are the agent-wide settings of a plan with their defaults
@@ -241,14 +235,8 @@ func NewPlan(cfg *config.Config, env Env) (*Plan, error) {
 // proxyPlan is what the plan keeps of one configured proxy.
 func proxyPlan(pc config.Proxy) ProxyPlan {
 	tc := ProxyConfig(pc)
-	return ProxyPlan{Config: tc, Selector: svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}, PolicyHash: policyHash(tc)}
+	return ProxyPlan{Config: tc, Selector: svid.Selector{SpiffeID: pc.SpiffeID, Hint: pc.Hint}}
 }
-
-// policyHash is the fingerprint of the content that decides who may
-// connect (tlsproxy.Config.PolicyFingerprint: the allow entries, or a
-// policy's String and Content), taken when the plan is made: a policy
-// that reads a file is compared by the bytes each plan saw.
-func policyHash(tc tlsproxy.Config) string { return tc.PolicyFingerprint() }
 
 // settingsOf reads the agent-wide settings; config filled their defaults
 // (the packages' constants).

@@ -56,15 +56,17 @@ func TestPlanBuildsEveryReloaderComparably(t *testing.T) {
 	}
 }
 
-// TestPlanPolicyHash: a proxy's PolicyHash follows the content of its
-// authorization policy (the allow entries, in order) and nothing else.
-func TestPlanPolicyHash(t *testing.T) {
+// TestPlanPolicyFingerprint: a planned proxy's policy fingerprint (what
+// the reload diff compares, through tlsproxy.Config.Equal) follows the
+// content of its authorization policy (the allow entries, in order) and
+// nothing else.
+func TestPlanPolicyFingerprint(t *testing.T) {
 	y := head + "proxies:\n" + px("a", "127.0.0.1:6701")
 	hash := func(y string) string {
 		t.Helper()
 		p, err := agent.NewPlan(parseConfig(t, y), agent.Env{})
 		require.NoError(t, err)
-		return p.Proxies[0].PolicyHash
+		return p.Proxies[0].Config.PolicyFingerprint()
 	}
 	base := hash(y)
 	require.NotEmpty(t, base)

@@ -362,9 +362,10 @@ func (s *proxySet) drainInBackground(d draining) {
 }
 
 // equal reports whether o runs exactly as p: same settings and the same
-// policy content.
+// policy content (tlsproxy.Config.Equal compares the authorizers by
+// PolicyFingerprint: a policy's bytes as each plan loaded them).
 func (p ProxyPlan) equal(o ProxyPlan) bool {
-	return p.Config.Equal(o.Config) && p.Selector == o.Selector && p.PolicyHash == o.PolicyHash
+	return p.Config.Equal(o.Config) && p.Selector == o.Selector
 }
 
 // inPlace reports whether the change from p to o is one tlsproxy.Update
