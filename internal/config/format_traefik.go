@@ -74,8 +74,8 @@ func (t *TraefikReload) parts(o *Output, j int) (*traefik.Format, *traefik.Linke
 		for _, e := range unjoin(err) {
 			var fe *rotation.FieldError
 			if errors.As(e, &fe) {
-				if strings.HasSuffix(fe.Field, ".mode") {
-					continue
+				if isModeField(fe.Field) {
+					continue // reported at its line by check
 				}
 				e = fe.Err
 			}
@@ -87,6 +87,10 @@ func (t *TraefikReload) parts(o *Output, j int) (*traefik.Format, *traefik.Linke
 	}
 	return f, &traefik.Linker{Link: t.File, File: f.File}, nil
 }
+
+// isModeField tells a traefik.Format error about its mode, which check
+// reports at the entry's mode line, from the others.
+func isModeField(field string) bool { return strings.HasSuffix(field, ".mode") }
 
 func unjoin(err error) []error {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {

@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/identity-agent/identity-agent/pkg/rotation"
+	"github.com/identity-agent/identity-agent/pkg/traefik"
 )
 
 // TraefikReload writes a Traefik dynamic configuration file (with the
@@ -45,10 +46,14 @@ func (t *TraefikReload) check(c reloadCheck) {
 			c.errorf(path("peer_spiffe_id"), "%q: %v", id, err)
 		}
 	}
-	if m := t.Mode.Or(rotation.DefaultKeyMode); m&0o007 != 0 {
-		c.errorf(path("mode"), "%s lets every user read the inline private key; use 0600 or 0640", FileMode(m))
-	} else if err := rotation.CheckMode(m, true, false); err != nil {
-		c.errorf(path("mode"), "%v", err)
+	// The mode rule is the dynamic file's own (traefik.Format.Check);
+	// the file reports it at this entry's mode line.
+	mf := traefik.Format{Mode: t.Mode.Or(rotation.DefaultKeyMode)}
+	for _, e := range unjoin(mf.Check(rotation.FormatCheck{UnsafeWorldReadableKey: c.out.UnsafeWorldReadableKey})) {
+		var fe *rotation.FieldError
+		if errors.As(e, &fe) && isModeField(fe.Field) {
+			c.errorf(path("mode"), "%v", fe.Err)
+		}
 	}
 }
 
@@ -57,7 +62,7 @@ func (t *TraefikReload) check(c reloadCheck) {
 // format_traefik.go), and adds what only the traefik package checks (the
 // file's extension, the transport name).
 func (t *TraefikReload) Build(env ReloadEnv) (rotation.Reloader, error) {
-	if !filepath.IsAbs(t.File) || t.Mode&0o007 != 0 {
+	if !filepath.IsAbs(t.File) {
 		return nil, nil // the file's rules refused it
 	}
 	_, l, err := t.parts(&env.Output, -1)
