@@ -93,7 +93,7 @@ func CheckDir(path string, uid int, who string) error {
 		// search): not a *DirError.
 		return fmt.Errorf("directory %s: %w", path, err)
 	case fi.Mode()&fs.ModeSymlink != 0:
-		return &DirError{Path: path, Problem: "is a symlink; configure the directory it points to"}
+		return &DirError{Path: path, Problem: symlinkProblem}
 	case !fi.IsDir():
 		return &DirError{Path: path, Problem: "exists and is not a directory"}
 	}
