@@ -3,10 +3,8 @@ package atomicdir
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 )
@@ -31,8 +29,9 @@ func Relink(dir, name, target string) error {
 	}
 	d, err := openDirPath(dir)
 	if err != nil {
-		if isSymlinkErr(err) {
-			return &DirError{Path: dir, Problem: symlinkProblem}
+		// Say what stands there (a symlink, a file) when it is a verdict.
+		if cerr := CheckLinkDir(dir); cerr != nil {
+			return cerr
 		}
 		return fmt.Errorf("link %s: %w", filepath.Join(dir, name), err)
 	}
@@ -70,24 +69,15 @@ func Relink(dir, name, target string) error {
 // refusal is a *DirError, and any other error means the path could not be
 // looked at.
 func CheckLinkDir(path string) error {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		return fmt.Errorf("directory %s: %w", path, err)
-	case fi.Mode()&fs.ModeSymlink != 0:
-		return &DirError{Path: path, Problem: symlinkProblem}
-	case !fi.IsDir():
-		return &DirError{Path: path, Problem: "exists and is not a directory"}
+	fi, err := lstatRealDir(path)
+	if fi == nil || err != nil {
+		return err
 	}
 	if p := linkDirProblem(fi.Mode()); p != "" {
 		return &DirError{Path: path, Problem: p}
 	}
 	return nil
 }
-
-const symlinkProblem = "is a symlink; configure the directory it points to"
 
 // linkDirProblem is CheckLinkDir's verdict on a directory's mode; "" when
 // fine. Group-writable is allowed: the group that may write a consumer's

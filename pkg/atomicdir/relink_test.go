@@ -38,6 +38,12 @@ func TestRelink(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, fi.IsDir(), "a directory at the name stays")
 
+	file := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	var de *atomicdir.DirError
+	require.ErrorAs(t, atomicdir.Relink(file, "dyn.yml", "/srv/set/a.yml"), &de)
+	require.Equal(t, "exists and is not a directory", de.Problem)
+
 	for _, bad := range []string{"", ".", "..", "a/b.yml"} {
 		require.ErrorContains(t, atomicdir.Relink(dir, bad, "/srv/set/a.yml"), "not a file name", "name %q", bad)
 	}
