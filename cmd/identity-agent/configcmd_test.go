@@ -169,3 +169,44 @@ outputs:
 	assert.Equal(t, "warning: "+p+":8: outputs[0].key_mode: 0640 is wider than cert_mode 0600: the key is readable where the certificate is not\n", r.stderr)
 	assert.Equal(t, p+": OK (1 outputs, 0 proxies)\n", r.stdout)
 }
+
+// A Traefik link in a directory every user can write (/tmp-like), or in a
+// directory that is a symlink, is refused at its line by `config
+// validate`, `run` and `fetch` alike (the Linker refuses it again on every
+// reload), and the check makes nothing there.
+func TestConfigRefusesAnUnsafeTraefikLinkDir(t *testing.T) {
+	dir := t.TempDir()
+	open, real := filepath.Join(dir, "open"), filepath.Join(dir, "real")
+	require.NoError(t, os.Mkdir(open, 0o700))
+	require.NoError(t, os.Chmod(open, 0o777|os.ModeSticky))
+	require.NoError(t, os.Mkdir(real, 0o755))
+	require.NoError(t, os.Symlink(real, filepath.Join(dir, "sym")))
+	p := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(fmt.Sprintf(`workload_api:
+  socket: unix:///run/spire/agent.sock
+outputs:
+  - name: a
+    dir: %[1]s/out/a
+    cert_file: svid.pem
+    key_file: key.pem
+    bundle_file: bundle.pem
+    reload:
+      - traefik: {file: %[1]s/open/dyn.yml}
+  - name: b
+    dir: %[1]s/out/b
+    cert_file: svid.pem
+    key_file: key.pem
+    bundle_file: bundle.pem
+    reload:
+      - traefik: {file: %[1]s/sym/dyn.yml}
+`, dir)), 0o600))
+	want := p + ":10: outputs[0].reload[0].traefik.file: directory " + open + " is writable by every user (mode 1777): another local user could put a file or a directory at the link's name; use a directory only the agent and the consumer can write\n" +
+		p + ":17: outputs[1].reload[0].traefik.file: directory " + filepath.Join(dir, "sym") + " is a symlink; configure the directory it points to\n"
+	before := walk(t, dir)
+	for _, args := range [][]string{{"config", "validate", p}, {"run", "--config", p}, {"fetch", "--config", p}} {
+		r := runCLI(t, args...)
+		assert.Equal(t, 2, r.code, args)
+		assert.Equal(t, want, r.stderr, args)
+	}
+	assert.Equal(t, before, walk(t, dir), "nothing made by the checks")
+}

@@ -52,7 +52,14 @@ func rules(t *testing.T) []rule {
 	tmp := t.TempDir()
 	require.NoError(t, os.Mkdir(filepath.Join(tmp, "real"), 0o755))
 	require.NoError(t, os.Symlink(filepath.Join(tmp, "real"), filepath.Join(tmp, "link")))
+	// A Traefik link's directory every user can write, as /tmp.
+	open := filepath.Join(tmp, "open")
+	require.NoError(t, os.Mkdir(open, 0o700))
+	require.NoError(t, os.Chmod(open, 0o777|os.ModeSticky))
 	return append(ownerRules(t), []rule{
+		{"traefik link in a dir every user can write", head + "outputs:\n" + out("traefik", "/etc/traefik/tls", "bundle_file: bundle.pem", "reload:", "  - traefik: {file: "+filepath.Join(open, "dyn.yml")+"}"),
+			`agent.yaml:9: outputs[0].reload[0].traefik.file: directory ` + open + ` is writable by every user (mode 1777): another local user could put a file or a directory at the link's name; use a directory only the agent and the consumer can write`,
+			`agent.yaml:9: outputs[0].reload[0].traefik.file: directory /tmp is writable by every user (mode 1777): another local user could put a file or a directory at the link's name; use a directory only the agent and the consumer can write`},
 		{"dir is a symlink", head + "outputs:\n" + out("redis", filepath.Join(tmp, "link")),
 			`agent.yaml:4: outputs[0].dir: "` + filepath.Join(tmp, "link") + `" is a symlink; configure the directory it points to`,
 			`agent.yaml:4: outputs[0].dir: "/srv/tls" is a symlink; configure the directory it points to`},

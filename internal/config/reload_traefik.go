@@ -7,6 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/identity-agent/identity-agent/pkg/atomicdir"
 	"github.com/identity-agent/identity-agent/pkg/rotation"
 	"github.com/identity-agent/identity-agent/pkg/traefik"
 )
@@ -60,7 +61,8 @@ func (t *TraefikReload) check(c reloadCheck) {
 // Build makes the entry's reload, the traefik.Linker that re-points File
 // at the dynamic file written with the output's set (its format:
 // format_traefik.go), and adds what only the traefik package checks (the
-// file's extension, the transport name).
+// file's extension, the transport name) and the rule of the directory the
+// link is made in (atomicdir.CheckLinkDir), when it exists.
 func (t *TraefikReload) Build(env ReloadEnv) (rotation.Reloader, error) {
 	if !filepath.IsAbs(t.File) {
 		return nil, nil // the file's rules refused it
@@ -68,6 +70,12 @@ func (t *TraefikReload) Build(env ReloadEnv) (rotation.Reloader, error) {
 	_, l, err := t.parts(&env.Output, -1)
 	if err != nil {
 		return nil, errors.New(strings.TrimPrefix(err.Error(), "traefik: "))
+	}
+	// The Linker applies the same rule on every reload, to the directory
+	// it has opened; a path this user cannot look at is not a verdict.
+	var de *atomicdir.DirError
+	if err := atomicdir.CheckLinkDir(filepath.Dir(t.File)); errors.As(err, &de) {
+		return nil, &rotation.FieldError{Field: "file", Err: de}
 	}
 	return l, nil
 }

@@ -84,18 +84,9 @@ func (e *DirError) Error() string { return "directory " + e.Path + " " + e.Probl
 // agent.NewPlan), at `service prepare`, and the Writer again on every
 // write, on the directory it has opened.
 func CheckDir(path string, uid int, who string) error {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		// Not a verdict on the directory (e.g. a parent this user may not
-		// search): not a *DirError.
-		return fmt.Errorf("directory %s: %w", path, err)
-	case fi.Mode()&fs.ModeSymlink != 0:
-		return &DirError{Path: path, Problem: "is a symlink; configure the directory it points to"}
-	case !fi.IsDir():
-		return &DirError{Path: path, Problem: "exists and is not a directory"}
+	fi, err := lstatRealDir(path)
+	if fi == nil || err != nil {
+		return err
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
@@ -114,4 +105,25 @@ func ownerProblem(have, want int, who string) string {
 		return ""
 	}
 	return fmt.Sprintf("is owned by uid %d, not %s (uid %d): chown it to %s or point the config at a directory of its own", have, who, want, who)
+}
+
+const symlinkProblem = "is a symlink; configure the directory it points to"
+
+// lstatRealDir is where CheckDir and CheckLinkDir start: nil, nil for a
+// missing path; a *DirError for a symlink or something not a directory;
+// any other error when the path cannot be looked at (e.g. a parent this
+// user may not search), which is not a verdict on the directory.
+func lstatRealDir(path string) (fs.FileInfo, error) {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("directory %s: %w", path, err)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return nil, &DirError{Path: path, Problem: symlinkProblem}
+	case !fi.IsDir():
+		return nil, &DirError{Path: path, Problem: "exists and is not a directory"}
+	}
+	return fi, nil
 }

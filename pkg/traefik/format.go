@@ -2,12 +2,9 @@ package traefik
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -172,9 +169,10 @@ type Linker struct {
 // Kind implements rotation.Reloader.
 func (l *Linker) Kind() string { return Kind }
 
-// Reload implements rotation.Reloader: re-point Link at the written File.
-// A regular file at Link (the dynamic file an older version wrote there)
-// is replaced; a directory is not.
+// Reload implements rotation.Reloader: re-point Link at the written File
+// with atomicdir.Relink, through the opened watched directory (refused
+// when it is writable by every user). A regular file at Link (the dynamic
+// file an older version wrote there) is replaced; a directory is not.
 func (l *Linker) Reload(ctx context.Context, w rotation.Written) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -189,23 +187,8 @@ func (l *Linker) Reload(ctx context.Context, w rotation.Written) error {
 	if filepath.Clean(l.Link) == filepath.Clean(target) {
 		return fmt.Errorf("traefik: link %s is the dynamic file itself", l.Link)
 	}
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
+	if err := atomicdir.Relink(filepath.Dir(l.Link), filepath.Base(l.Link), target); err != nil {
 		return fmt.Errorf("traefik: link %s: %w", l.Link, err)
-	}
-	dir := filepath.Dir(l.Link)
-	// Not .yml: Traefik's directory provider skips it.
-	tmp := filepath.Join(dir, "."+filepath.Base(l.Link)+".link-"+hex.EncodeToString(rnd[:]))
-	if err := os.Symlink(target, tmp); err != nil {
-		return fmt.Errorf("traefik: link %s: %w", l.Link, err)
-	}
-	if err := os.Rename(tmp, l.Link); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("traefik: link %s: %w", l.Link, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	return nil
 }

@@ -176,3 +176,41 @@ func checkDoc(data []byte) error {
 	}
 	return nil
 }
+
+// TestLinkerNeverLinksOutsideTheWatchedDir: the watched directory swapped
+// for a symlink to another directory (by a user who can write its parent),
+// or left writable by every user, is refused on reload, and the directory
+// the symlink points to gets nothing; the error names the directory.
+func TestLinkerNeverLinksOutsideTheWatchedDir(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	set, elsewhere, watched := filepath.Join(base, "certs"), filepath.Join(base, "elsewhere"), filepath.Join(base, "dynamic")
+	require.NoError(t, os.Mkdir(set, 0o755))
+	require.NoError(t, os.Mkdir(elsewhere, 0o755))
+	target := filepath.Join(set, "dyn.yml")
+	require.NoError(t, os.WriteFile(target, []byte("set\n"), 0o600))
+	w := rotation.Written{Dir: set, Files: map[string]string{"dyn.yml": target}}
+	l := &Linker{Link: filepath.Join(watched, "identity-agent.yml"), File: "dyn.yml"}
+
+	require.NoError(t, os.Symlink(elsewhere, watched))
+	err := l.Reload(ctx, w)
+	require.ErrorContains(t, err, "traefik: link "+l.Link+": directory "+watched+" is a symlink")
+	ents, err := os.ReadDir(elsewhere)
+	require.NoError(t, err)
+	require.Empty(t, ents, "nothing made where the symlink points")
+
+	require.NoError(t, os.Remove(watched))
+	require.NoError(t, os.Mkdir(watched, 0o700))
+	require.NoError(t, os.Chmod(watched, 0o777|os.ModeSticky))
+	err = l.Reload(ctx, w)
+	require.ErrorContains(t, err, "directory "+watched+" is writable by every user (mode 1777)")
+	ents, err = os.ReadDir(watched)
+	require.NoError(t, err)
+	require.Empty(t, ents)
+
+	require.NoError(t, os.Chmod(watched, 0o755))
+	require.NoError(t, l.Reload(ctx, w))
+	got, err := os.Readlink(l.Link)
+	require.NoError(t, err)
+	require.Equal(t, target, got)
+}
