@@ -73,11 +73,11 @@ func WriteFile(path string, data []byte, mode fs.FileMode, owner Owner) error {
 // the umask plays no part in what the file ends up with.
 func createPrivate(dir, prefix string) (*os.File, string, error) {
 	for range 10 {
-		var rnd [8]byte
-		if _, err := rand.Read(rnd[:]); err != nil {
-			return nil, "", fmt.Errorf("random temp name: %w", err)
+		base, err := tempName(prefix)
+		if err != nil {
+			return nil, "", err
 		}
-		name := filepath.Join(dir, prefix+hex.EncodeToString(rnd[:]))
+		name := filepath.Join(dir, base)
 		f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
 		if errors.Is(err, fs.ErrExist) {
 			continue
@@ -88,6 +88,16 @@ func createPrivate(dir, prefix string) (*os.File, string, error) {
 		return f, name, nil
 	}
 	return nil, "", fmt.Errorf("create temp file in %s: too many name collisions", dir)
+}
+
+// tempName is prefix followed by 16 random hex digits: a name no one can
+// guess before it exists, for an entry that is then renamed into place.
+func tempName(prefix string) (string, error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return "", fmt.Errorf("random temp name: %w", err)
+	}
+	return prefix + hex.EncodeToString(rnd[:]), nil
 }
 
 // fillFile sets mode, then owner, then writes, fsyncs and closes f; f is

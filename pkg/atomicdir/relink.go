@@ -1,8 +1,6 @@
 package atomicdir
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"path/filepath"
@@ -43,12 +41,11 @@ func Relink(dir, name, target string) error {
 	if p := linkDirProblem(st.mode); p != "" {
 		return &DirError{Path: dir, Problem: p}
 	}
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
+	// No extension of name's: a watcher that loads *.yml skips it.
+	tmp, err := tempName("." + name + ".link-")
+	if err != nil {
 		return fmt.Errorf("link %s: %w", d.join(name), err)
 	}
-	// No extension of name's: a watcher that loads *.yml skips it.
-	tmp := "." + name + ".link-" + hex.EncodeToString(rnd[:])
 	if err := d.symlink(target, tmp); err != nil {
 		return err
 	}
